@@ -1,0 +1,148 @@
+"""The event catalog: event types (one schema each), stages, topics and settings, from catalog.yaml."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+CATALOG_FILE = Path(__file__).parent / "catalog.yaml"
+EVENT_PREFIX = "cd4ml."
+
+
+def topic_id(name: str) -> str:
+    """The Pub/Sub topic id of an event type (dots become dashes) or of a foreign topic (unchanged)."""
+    return name.replace(".", "-")
+
+
+def dead_letter_topic(stage: str) -> str:
+    """The dead-letter topic id of a stage's subscription."""
+    return f"cd4ml-{stage.replace('_', '-')}-dead-letter"
+
+
+def subscription_id(stage: str) -> str:
+    """The push subscription id that feeds a stage."""
+    return f"cd4ml-{stage.replace('_', '-')}"
+
+
+def dead_letter_hold(stage: str) -> str:
+    """The pull subscription that keeps what a stage dead-lettered, for inspection."""
+    return dead_letter_topic(stage) + "-hold"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One Cloud Function: its input, its outputs and what it needs."""
+
+    name: str
+    doc: str
+    trigger: str
+    emits: tuple[str, ...]
+    memory: str
+    timeout_seconds: int
+    uses: tuple[str, ...]
+    env: tuple[str, ...]
+
+    @property
+    def trigger_topic(self) -> str:
+        return topic_id(self.trigger)
+
+    @property
+    def foreign(self) -> bool:
+        """True when the stage consumes a Google-owned topic rather than a cd4ml event."""
+        return not self.trigger.startswith(EVENT_PREFIX)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Retry and dead-letter policy of every stage subscription."""
+
+    ack_deadline_seconds: int
+    max_delivery_attempts: int
+    minimum_backoff_seconds: int
+    maximum_backoff_seconds: int
+    dead_letter_retention_seconds: int
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable the code reads."""
+
+    name: str
+    doc: str
+    required: bool
+    default: str | None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Everything catalog.yaml and the schemas define."""
+
+    event_types: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    delivery: Delivery
+    foreign_topics: tuple[str, ...]
+    settings: tuple[Setting, ...]
+    succeeded_on: str
+    failed_on: tuple[str, ...]
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage named {name!r}; stages are {', '.join(s.name for s in self.stages)}")
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic a deployment has: one per event type, the foreign ones, one dead-letter per stage."""
+        return (
+            tuple(topic_id(t) for t in self.event_types)
+            + self.foreign_topics
+            + tuple(dead_letter_topic(s.name) for s in self.stages)
+        )
+
+
+@functools.cache
+def load() -> Catalog:
+    """Read catalog.yaml and the schema directory once per process."""
+    raw: dict[str, Any] = yaml.safe_load(CATALOG_FILE.read_text())
+    event_types = tuple(sorted(p.name.removesuffix(".json") for p in SCHEMA_DIR.glob(f"{EVENT_PREFIX}*.json")))
+    stages = tuple(
+        Stage(
+            name=name,
+            doc=spec["doc"],
+            trigger=spec["trigger"],
+            emits=tuple(spec["emits"]),
+            memory=spec["memory"],
+            timeout_seconds=int(spec["timeout_seconds"]),
+            uses=tuple(spec["uses"]),
+            env=tuple(spec["env"]),
+        )
+        for name, spec in raw["stages"].items()
+    )
+    settings = tuple(
+        Setting(name=k, doc=v["doc"], required=bool(v.get("required", False)), default=v.get("default"))
+        for k, v in raw["settings"].items()
+    )
+    return Catalog(
+        event_types=event_types,
+        stages=stages,
+        delivery=Delivery(**raw["delivery"]),
+        foreign_topics=tuple(raw["foreign_topics"]),
+        settings=settings,
+        succeeded_on=raw["run"]["succeeded_on"],
+        failed_on=tuple(raw["run"]["failed_on"]),
+    )
+
+
+@functools.cache
+def schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of an event type, or of ``manifest`` / ``run``."""
+    file = SCHEMA_DIR / (f"{name}.json" if name.startswith(EVENT_PREFIX) else f"{name}.schema.json")
+    result: dict[str, Any] = json.loads(file.read_text())
+    return result

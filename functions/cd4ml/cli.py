@@ -1,0 +1,198 @@
+"""The ``cd4ml`` command: run a model, follow or inspect runs, push models, drive the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cd4ml import clients, ledger
+from cd4ml.errors import Cd4mlError
+from cd4ml.events import RUN_REQUESTED, Event, now
+from cd4ml.settings import Settings
+
+
+def _use_local_stack_if_unconfigured() -> None:
+    """Without CD4ML_PROJECT in the environment, talk to the local stack when one is running."""
+    if os.environ.get("CD4ML_PROJECT"):
+        return
+    from local_emulator.stack import Stack
+
+    stack = Stack.load()
+    if stack is not None and stack.running():
+        os.environ.update(stack.env)
+
+
+def _settings() -> Settings:
+    _use_local_stack_if_unconfigured()
+    env = {"CD4ML_STAGE": "cli", "CD4ML_DEAD_LETTER_TOPIC": "", **os.environ}
+    if not env.get("CD4ML_PROJECT"):
+        raise Cd4mlError("no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`")
+    return Settings.from_env(env)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings()
+    scheduled = now().replace(microsecond=0)
+    run_id = ledger.run_id(args.model, scheduled)
+    from cd4ml.bus import Bus
+    from cd4ml.events import format_time
+
+    event = Event.new(RUN_REQUESTED, run_id, {
+        "model": args.model, "scheduled_time": format_time(scheduled), "trigger": "manual",
+        "requested_by": os.environ.get("USER", "cli")}, source=f"//cd4ml/cli/{os.uname().nodename}")
+    Bus(settings.project).publish(event)
+    print(run_id if not args.json or not args.wait else "", file=sys.stdout if not args.json else sys.stderr)
+    if not args.wait:
+        if args.json:
+            print(json.dumps({"run_id": run_id}))
+        return 0
+    return _follow(settings, run_id, args.timeout, args.json)
+
+
+def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> int:
+    from cd4ml.timeline import event_line
+
+    book = ledger.Ledger(clients.firestore_client(settings))
+    out = sys.stderr if as_json else sys.stdout
+    shown: set[str] = set()
+    deadline = time.monotonic() + timeout
+    record: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        record = book.get(run_id)
+        if record:
+            for event in sorted(record.get("events", []), key=lambda e: e["time"]):
+                if event["id"] not in shown:
+                    shown.add(event["id"])
+                    print(event_line(record, event), file=out, flush=True)
+            if record.get("status") in ledger.TERMINAL:
+                break
+        time.sleep(0.3)
+    if as_json:
+        print(json.dumps(record or {"run_id": run_id, "status": "unknown"}, indent=2, default=str))
+    if record is None or record.get("status") not in ledger.TERMINAL:
+        print(f"run {run_id}: still {record.get('status') if record else 'not started'} after {timeout:.0f} s",
+              file=sys.stderr)
+        return 3
+    if record["status"] != "succeeded":
+        error = record.get("error") or {}
+        print(f"run {run_id} {record['status']}: {error.get('message', 'no reason recorded')}", file=sys.stderr)
+        return 1
+    print(f"run {run_id} succeeded", file=out)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cd4ml.timeline import render
+
+    settings = _settings()
+    book = ledger.Ledger(clients.firestore_client(settings))
+    if args.run:
+        record = book.get(args.run)
+        if record is None:
+            print(f"no run {args.run!r} in the ledger", file=sys.stderr)
+            return 1
+        print(json.dumps(record, indent=2, default=str) if args.json else render(record))
+        return 0
+    runs = book.recent(args.limit, args.model)
+    if args.json:
+        print(json.dumps(runs, indent=2, default=str))
+        return 0
+    if not runs:
+        print("no runs yet")
+    for run in runs:
+        events = run.get("events") or []
+        last = events[-1]["type"].removeprefix("cd4ml.").removesuffix(".v1") if events else "-"
+        print(f"{run['run_id']:<36} {run.get('status', '?'):<10} {last}")
+    return 0
+
+
+def cmd_model_push(args: argparse.Namespace) -> int:
+    from cd4ml import models
+
+    settings = _settings()
+    pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket)
+    print(f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
+          + (f", trainer package {pushed.package_uri}" if pushed.package_uri else ""))
+    return 0
+
+
+def cmd_model_check(args: argparse.Namespace) -> int:
+    from cd4ml import models
+
+    manifest = models.read(Path(args.folder))
+    print(f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone})")
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from local_emulator import stack
+
+    if args.action == "up":
+        stack.up(tick_seconds=args.tick_seconds, say=lambda m: print(m, file=sys.stderr))
+        return 0
+    if args.action == "down":
+        if not stack.down(say=lambda m: print(m, file=sys.stderr)):
+            print("the local stack is not running", file=sys.stderr)
+        return 0
+    running = stack.current()
+    if args.json:
+        print(json.dumps({k: v for k, v in running.endpoints.items() if k != "topology"}, indent=2))
+    else:
+        for key, value in sorted(running.env.items()):
+            print(f"export {key}={value}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cd4ml", description="Continuous training and delivery of ML models on Google Cloud.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="request a run of a model now")
+    run.add_argument("model")
+    run.add_argument("--wait", action="store_true", help="follow the run live; exit 0 only if it succeeds")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    run.add_argument("--json", action="store_true", help="print the final run record as JSON on stdout")
+    run.set_defaults(func=cmd_run)
+    status = sub.add_parser("status", help="timeline of a run, or the recent runs")
+    status.add_argument("run", nargs="?")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--limit", type=int, default=10)
+    status.add_argument("--model")
+    status.set_defaults(func=cmd_status)
+    model = sub.add_parser("model", help="check or push a model folder (manifest.yaml + trainer)")
+    model_sub = model.add_subparsers(dest="action", required=True)
+    push = model_sub.add_parser("push", help="validate and upload the manifest and trainer package")
+    push.add_argument("folder")
+    push.set_defaults(func=cmd_model_push)
+    check = model_sub.add_parser("check", help="validate the manifest only")
+    check.add_argument("folder")
+    check.set_defaults(func=cmd_model_check)
+    local = sub.add_parser("local", help="the local stack: up, env, down")
+    local.add_argument("action", choices=["up", "env", "down"])
+    local.add_argument("--json", action="store_true", help="env: endpoints as JSON")
+    local.add_argument("--tick-seconds", type=float, default=2.0, help="up: watch tick period (default 2)")
+    local.set_defaults(func=cmd_local)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Cd4mlError as error:
+        print(f"cd4ml: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if type(error).__name__ == "StackError":
+            print(f"cd4ml: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Google Cloud clients, built lazily from Settings: endpoints and credentials are the only thing that varies.
+
+Each import happens inside its factory, so a function loads only the clients it uses (cold start).
+An endpoint written ``http://HOST:PORT`` means plaintext gRPC (an API-level stand-in); anything else is a
+normal TLS endpoint with Application Default Credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from google.cloud import firestore, pubsub_v1, storage
+
+    from cd4ml.settings import Settings
+
+
+def _plaintext(endpoint: str) -> str | None:
+    return endpoint.removeprefix("http://") if endpoint.startswith("http://") else None
+
+
+def storage_client(settings: Settings) -> storage.Client:
+    """Cloud Storage; honours STORAGE_EMULATOR_HOST, which needs anonymous credentials."""
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=settings.project, credentials=AnonymousCredentials())
+    return storage.Client(project=settings.project)
+
+
+def firestore_client(settings: Settings) -> firestore.Client:
+    """Firestore (native mode); honours FIRESTORE_EMULATOR_HOST."""
+    from google.cloud import firestore
+
+    return firestore.Client(project=settings.project)
+
+
+def publisher_client() -> pubsub_v1.PublisherClient:
+    """Pub/Sub publisher that sends each message at once (no 10 ms batching); honours PUBSUB_EMULATOR_HOST."""
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
+
+
+def job_service_client(settings: Settings) -> Any:
+    """Vertex AI JobService (aiplatform_v1), regional endpoint unless settings name another."""
+    import grpc
+    from google.cloud import aiplatform_v1
+    from google.cloud.aiplatform_v1.services.job_service.transports import JobServiceGrpcTransport
+
+    host = _plaintext(settings.vertex_endpoint)
+    if host:
+        return aiplatform_v1.JobServiceClient(transport=JobServiceGrpcTransport(channel=grpc.insecure_channel(host)))
+    endpoint = settings.vertex_endpoint or f"{settings.region}-aiplatform.googleapis.com"
+    return aiplatform_v1.JobServiceClient(client_options={"api_endpoint": endpoint})
+
+
+def cloud_build_client(settings: Settings) -> Any:
+    """Cloud Build (cloudbuild_v1)."""
+    import grpc
+    from google.cloud.devtools import cloudbuild_v1
+    from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import CloudBuildGrpcTransport
+
+    host = _plaintext(settings.cloudbuild_endpoint)
+    if host:
+        return cloudbuild_v1.CloudBuildClient(transport=CloudBuildGrpcTransport(channel=grpc.insecure_channel(host)))
+    if settings.cloudbuild_endpoint:
+        return cloudbuild_v1.CloudBuildClient(client_options={"api_endpoint": settings.cloudbuild_endpoint})
+    return cloudbuild_v1.CloudBuildClient()

@@ -1,0 +1,262 @@
+"""The run ledger in Firestore: ``runs/{run_id}`` (schemas/run.schema.json) and exactly-once effects.
+
+Pub/Sub delivers at least once, so every side effect is guarded by a create-if-absent claim in a
+transaction (``runs/{run_id}/effects/{name}``): claim, act, record the result. A redelivery finds the
+result and reuses it; one that finds a claim whose lease expired first asks the external system
+(``recover``) before acting again, so a crash between acting and recording loses nothing and doubles
+nothing. Events are recorded by id, so recording the same event twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from cd4ml import catalog
+from cd4ml.errors import RetryableError
+from cd4ml.events import Event, format_time, now
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
+
+RUNS = "runs"
+MODELS = "models"
+EFFECTS = "effects"
+TERMINAL = ("succeeded", "failed", "rejected")
+_RUN_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}-\d{8}t\d{6}z$")
+
+
+def run_id(model: str, scheduled_time: datetime) -> str:
+    """The run id of a model's run scheduled at ``scheduled_time``: same schedule slot, same run."""
+    return f"{model}-{scheduled_time.astimezone(timezone.utc):%Y%m%dt%H%M%Sz}"
+
+
+def is_run_id(text: str) -> bool:
+    return bool(_RUN_ID.match(text))
+
+
+def status_after(current: str, event_type: str) -> str:
+    """The run status once ``event_type`` happened; a finished run stays finished."""
+    if current in TERMINAL:
+        return current
+    cat = catalog.load()
+    if event_type == cat.succeeded_on:
+        return "succeeded"
+    if event_type in cat.failed_on:
+        return "failed"
+    return current
+
+
+class Ledger:
+    """Run records and effect guards on a Firestore client."""
+
+    def __init__(self, db: firestore.Client) -> None:
+        self._db = db
+
+    def _run(self, run_id: str) -> Any:
+        return self._db.collection(RUNS).document(run_id)
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        snap = self._run(run_id).get()
+        return snap.to_dict() if snap.exists else None
+
+    def recent(self, limit: int = 10, model: str | None = None) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+        from google.cloud import firestore
+
+        query = self._db.collection(RUNS)
+        if model:
+            query = query.where(filter=firestore.FieldFilter("model", "==", model))
+        docs = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit).stream()
+        return [d.to_dict() for d in docs]
+
+    def open_run(self, run_id: str, *, model: str, scheduled_time: datetime, trigger: str,
+                 manifest: Mapping[str, Any], event: Event) -> tuple[dict[str, Any], bool]:
+        """Create the run if absent; returns (record, created). A duplicate request gets the existing run."""
+        from google.cloud import firestore
+
+        ref = self._run(run_id)
+        stamp = format_time(now())
+        record = {
+            "run_id": run_id,
+            "model": model,
+            "status": "running",
+            "trigger": trigger,
+            "scheduled_time": format_time(scheduled_time),
+            "created_at": stamp,
+            "updated_at": stamp,
+            "manifest": dict(manifest),
+            "events": [event.summary()],
+        }
+
+        @firestore.transactional  # type: ignore[misc]
+        def txn(transaction: Any) -> tuple[dict[str, Any], bool]:
+            snap = ref.get(transaction=transaction)
+            if snap.exists:
+                return snap.to_dict(), False
+            transaction.create(ref, record)
+            return record, True
+
+        return txn(self._db.transaction())  # type: ignore[no-any-return]
+
+    def record(self, run_id: str, event: Event | None = None, fields: Mapping[str, Any] | None = None,
+               *, error: Mapping[str, Any] | None = None, status: str | None = None) -> dict[str, Any]:
+        """Record an event (once, by id), field updates (dotted paths) and the status it implies.
+
+        When the run succeeds, the model's champion becomes this run's candidate, in the same transaction.
+        """
+        from google.cloud import firestore
+
+        ref = self._run(run_id)
+        champion_ref = None
+
+        @firestore.transactional  # type: ignore[misc]
+        def txn(transaction: Any) -> dict[str, Any]:
+            snap = ref.get(transaction=transaction)
+            if not snap.exists:
+                raise RetryableError(f"run {run_id} is not in the ledger yet")
+            current = snap.to_dict()
+            events = list(current.get("events", []))
+            updates: dict[str, Any] = dict(fields or {})
+            new_status = status or current.get("status", "running")
+            if event is not None:
+                if any(e.get("id") == event.id for e in events):
+                    return current
+                events.append(event.summary())
+                updates["events"] = events
+                new_status = status_after(current.get("status", "running"), event.type)
+            if current.get("status") in TERMINAL:
+                new_status = current["status"]
+            if error is not None and current.get("status") not in TERMINAL:
+                updates["error"] = dict(error)
+            updates["status"] = new_status
+            updates["updated_at"] = format_time(now())
+            transaction.update(ref, updates)
+            if new_status == "succeeded" and current.get("status") != "succeeded":
+                nonlocal champion_ref
+                champion_ref = self._db.collection(MODELS).document(current["model"])
+                evaluation = _merge(current, _nested(updates)).get("evaluation", {})
+                transaction.set(champion_ref, {"champion": {
+                    "run_id": run_id,
+                    "metrics": evaluation.get("metrics", {}),
+                    "model_artifact": current.get("model_artifact", {}),
+                    "since": updates["updated_at"],
+                }}, merge=True)
+            return _merge(current, _nested(updates))
+
+        return txn(self._db.transaction())  # type: ignore[no-any-return]
+
+    def reject(self, run_id: str, *, model: str, error: Mapping[str, Any], event: Event | None) -> None:
+        """End a run as rejected, creating its record if the run was never opened."""
+        from google.cloud import firestore
+
+        ref = self._run(run_id)
+        stamp = format_time(now())
+
+        @firestore.transactional  # type: ignore[misc]
+        def txn(transaction: Any) -> None:
+            snap = ref.get(transaction=transaction)
+            if snap.exists:
+                current = snap.to_dict()
+                if current.get("status") in TERMINAL:
+                    return
+                events = list(current.get("events", []))
+                if event is not None and not any(e.get("id") == event.id for e in events):
+                    events.append(event.summary())
+                transaction.update(ref, {"status": "rejected", "error": dict(error), "events": events,
+                                         "updated_at": stamp})
+                return
+            transaction.create(ref, {
+                "run_id": run_id, "model": model, "status": "rejected", "trigger": "unknown",
+                "created_at": stamp, "updated_at": stamp, "error": dict(error),
+                "events": [event.summary()] if event is not None else [],
+            })
+
+        txn(self._db.transaction())
+
+    def champion(self, model: str) -> dict[str, Any] | None:
+        """The model's current champion: the last run that succeeded."""
+        snap = self._db.collection(MODELS).document(model).get()
+        if not snap.exists:
+            return None
+        champion = (snap.to_dict() or {}).get("champion")
+        return dict(champion) if champion else None
+
+    def in_flight_training(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Runs whose training job was submitted and has not been reported finished."""
+        from google.cloud import firestore
+
+        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("training.active", "==", True))
+        return [d.to_dict() for d in query.limit(limit).stream()]
+
+    def once(self, run_id: str, name: str, act: Callable[[], dict[str, Any]],
+             recover: Callable[[], dict[str, Any] | None] | None = None,
+             lease: timedelta = timedelta(minutes=5)) -> tuple[dict[str, Any], bool]:
+        """Run the side effect ``act`` at most once per (run, name); returns (result, acted_now).
+
+        A claim held by a live attempt makes this raise RetryableError (the redelivery comes back later).
+        """
+        from google.cloud import firestore
+
+        ref = self._run(run_id).collection(EFFECTS).document(name)
+        moment = now()
+
+        @firestore.transactional  # type: ignore[misc]
+        def claim(transaction: Any) -> tuple[str, dict[str, Any] | None]:
+            snap = ref.get(transaction=transaction)
+            if snap.exists:
+                doc = snap.to_dict()
+                if doc.get("state") == "done":
+                    return "done", doc.get("result")
+                if doc.get("lease_until", "") > format_time(moment):
+                    return "busy", None
+                transaction.update(ref, {"lease_until": format_time(moment + lease),
+                                         "attempts": doc.get("attempts", 1) + 1})
+                return "expired", None
+            transaction.create(ref, {"state": "claimed", "lease_until": format_time(moment + lease),
+                                     "claimed_at": format_time(moment), "attempts": 1})
+            return "claimed", None
+
+        state, result = claim(self._db.transaction())
+        if state == "done":
+            return dict(result or {}), False
+        if state == "busy":
+            raise RetryableError(f"effect {name} of run {run_id} is being carried out by another delivery")
+        found = recover() if (state == "expired" and recover is not None) else None
+        acted = found is None
+        if found is not None:
+            result = found
+        else:
+            try:
+                result = act()
+            except BaseException:
+                # Unknown whether the effect happened: let the next delivery ask the external system first.
+                ref.update({"lease_until": format_time(now())})
+                raise
+        ref.update({"state": "done", "result": result, "done_at": format_time(now())})
+        return result, acted
+
+
+def _nested(updates: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn Firestore dotted-path updates into a nested dict."""
+    out: dict[str, Any] = {}
+    for path, value in updates.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``changes`` into a copy of ``base`` (what Firestore does with dotted-path updates)."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

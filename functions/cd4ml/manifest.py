@@ -1,0 +1,144 @@
+"""Model manifests: one YAML file per model, validated against schemas/manifest.schema.json."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from croniter import croniter
+from jsonschema import Draft202012Validator
+
+from cd4ml import catalog
+from cd4ml.errors import InvalidManifest
+from cd4ml.events import plain
+
+
+@dataclass(frozen=True)
+class Training:
+    """The Vertex AI worker pool and what it runs."""
+
+    machine_type: str
+    replica_count: int
+    container_image: str
+    container_command: tuple[str, ...]
+    executor_image: str
+    package_uris: tuple[str, ...]
+    python_module: str
+    args: tuple[str, ...]
+    hyperparameters: Mapping[str, str | int | float | bool]
+    timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The gate: an absolute threshold on one metric, and the regression allowed against the champion."""
+
+    metric: str
+    threshold: float
+    max_regression: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A model: when it runs, on what data, how it trains, how it is gated and shipped."""
+
+    name: str
+    schedule: str
+    time_zone: str
+    data_source: str
+    training: Training
+    evaluation: Evaluation
+    dockerfile: str
+    base_image: str
+    canary_application: str
+    webhook_source: str
+    canary_pipeline: str
+    raw: Mapping[str, Any] = field(hash=False, repr=False)
+
+    def scheduled_time(self, at: datetime) -> datetime:
+        """The schedule's latest fire time at or before ``at``: a scheduler's duplicates map to one run."""
+        zone = ZoneInfo(self.time_zone)
+        local = at.astimezone(zone)
+        itr = croniter(self.schedule, local.replace(microsecond=0) + timedelta(seconds=1))
+        fire: datetime = itr.get_prev(datetime)
+        return fire.astimezone(timezone.utc)
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(catalog.schema("manifest"))
+
+
+def parse(document: Any, origin: str = "manifest") -> Manifest:
+    """Validate a manifest (already YAML-decoded); InvalidManifest names every field and reason."""
+    problems = [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
+        for e in sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    if not problems:
+        if not croniter.is_valid(document["schedule"]):
+            problems.append(f"schedule: {document['schedule']!r} is not a valid cron expression")
+        try:
+            ZoneInfo(document.get("time_zone", "Etc/UTC"))
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(f"time_zone: {document.get('time_zone')!r} is not a known time zone")
+        if "bigquery" in document["data"]["source"]:
+            problems.append("data.source.bigquery: BigQuery sources are not supported yet; use gcs_prefix")
+    if problems:
+        name = document.get("name") if isinstance(document, dict) else None
+        raise InvalidManifest(f"invalid {origin}" + (f" for model {name!r}" if name else ""), problems)
+    t = document["training"]
+    pool = t["worker_pool"]
+    container = t.get("container", {})
+    package = t.get("python_package", {})
+    ev = document["evaluation"]
+    return Manifest(
+        name=document["name"],
+        schedule=document["schedule"],
+        time_zone=document.get("time_zone", "Etc/UTC"),
+        data_source=document["data"]["source"]["gcs_prefix"],
+        training=Training(
+            machine_type=pool["machine_type"],
+            replica_count=pool.get("replica_count", 1),
+            container_image=container.get("image_uri", ""),
+            container_command=tuple(container.get("command", ())),
+            executor_image=package.get("executor_image", ""),
+            package_uris=tuple(package.get("package_uris", ())),
+            python_module=package.get("python_module", ""),
+            args=tuple(t.get("args", ())),
+            hyperparameters=dict(t.get("hyperparameters", {})),
+            timeout_seconds=t.get("timeout_seconds", 3600),
+        ),
+        evaluation=Evaluation(metric=ev["metric"], threshold=float(ev["threshold"]),
+                              max_regression=float(ev.get("max_regression", 0.0))),
+        dockerfile=document["serving"]["dockerfile"],
+        base_image=document["serving"]["base_image"],
+        canary_application=document["canary"]["application"],
+        webhook_source=document["canary"]["webhook_source"],
+        canary_pipeline=document["canary"].get("pipeline", ""),
+        raw=plain(document),
+    )
+
+
+def loads(text: str, origin: str = "manifest") -> Manifest:
+    """Parse and validate a manifest's YAML text."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidManifest(f"invalid {origin}", [f"not YAML: {exc}"]) from exc
+    return parse(document, origin)
+
+
+def resolve_gcs(path: str, bucket: str) -> str:
+    """``gs://…`` as is; a relative path is taken inside ``bucket``."""
+    return path if path.startswith("gs://") else f"gs://{bucket}/{path.lstrip('/')}"
+
+
+def manifest_object(model: str) -> str:
+    """Where a model's manifest lives in the artifact bucket."""
+    return f"manifests/{model}.yaml"

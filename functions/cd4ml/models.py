@@ -1,0 +1,79 @@
+"""Adding a model: validate its manifest, then upload the manifest and its trainer package to the artifact bucket.
+
+A model project is a folder with ``manifest.yaml`` and, for Python package training, a ``setup.py``
+trainer package; ``cd4ml model push FOLDER`` does what this module does.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cd4ml.errors import InvalidManifest
+from cd4ml.gcs import GcsPath
+from cd4ml.manifest import Manifest, loads, manifest_object, resolve_gcs
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+
+MANIFEST = "manifest.yaml"
+_SKIP = {"__pycache__", ".pytest_cache", "serving", "data", "build", "dist"}
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What a push uploaded."""
+
+    manifest: Manifest
+    manifest_uri: str
+    package_uri: str | None
+
+
+def read(folder: Path) -> Manifest:
+    """The folder's manifest, validated; InvalidManifest names each bad field."""
+    file = folder / MANIFEST
+    if not file.is_file():
+        raise InvalidManifest(f"no {MANIFEST} in {folder}")
+    manifest = loads(file.read_text(), origin=str(file))
+    if not (folder / manifest.dockerfile).is_file():
+        raise InvalidManifest(f"invalid {file}", [f"serving.dockerfile: {manifest.dockerfile} does not exist in {folder}"])
+    return manifest
+
+
+def sdist(folder: Path, name: str) -> bytes:
+    """A source distribution (tar.gz with setup.py) of the folder's trainer package, as pip installs it."""
+    root = name.removesuffix(".tar.gz")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder)
+            if path.is_dir() or _SKIP & set(relative.parts) or path.suffix == ".pyc" or relative.name == MANIFEST:
+                continue
+            info = tar.gettarinfo(str(path), arcname=f"{root}/{relative}")
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    return buffer.getvalue()
+
+
+def push(client: storage.Client, folder: Path, artifact_bucket: str) -> Pushed:
+    """Validate, then upload the manifest (and the trainer package, when the folder has a setup.py)."""
+    manifest = read(folder)
+    package_uri = None
+    if manifest.training.package_uris and (folder / "setup.py").is_file():
+        package = GcsPath.parse(resolve_gcs(manifest.training.package_uris[0], artifact_bucket))
+        client.bucket(package.bucket).blob(package.name).upload_from_string(
+            sdist(folder, package.name.rsplit("/", 1)[-1]), content_type="application/gzip")
+        package_uri = package.uri
+    target = GcsPath(artifact_bucket, manifest_object(manifest.name))
+    client.bucket(target.bucket).blob(target.name).upload_from_string(
+        (folder / MANIFEST).read_text(), content_type="application/yaml")
+    serving = (folder / manifest.dockerfile).parent
+    for path in sorted(serving.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            name = f"serving/{manifest.name}/{path.relative_to(serving)}"
+            client.bucket(artifact_bucket).blob(name).upload_from_filename(str(path))
+    return Pushed(manifest=manifest, manifest_uri=target.uri, package_uri=package_uri)

@@ -1,0 +1,136 @@
+"""What every stage shares: the per-process context and the dispatch that maps errors to Pub/Sub outcomes.
+
+A handler returns normally for "done" (the message is acknowledged) and raises for "retry" (HTTP 500,
+Pub/Sub redelivers, and after the subscription's maximum attempts dead-letters). A PermanentError is
+logged once at ERROR with every problem, recorded on the run, and the message is copied to the stage's
+dead-letter topic before it is acknowledged: bad input is never retried forever and never lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from cd4ml import clients, logs
+from cd4ml.bus import Bus
+from cd4ml.errors import PermanentError
+from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
+from cd4ml.ledger import Ledger, is_run_id
+from cd4ml.settings import Settings
+
+if TYPE_CHECKING:
+    from cloudevents.http import CloudEvent
+    from google.cloud import storage
+
+Handler = Callable[[PubSubMessage, "Context"], None]
+
+
+class Context:
+    """Settings and lazily built clients of one process (one stage)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = logs.get(settings.stage)
+
+    @property
+    def source(self) -> str:
+        """ce-source of the events this stage emits."""
+        s = self.settings
+        return f"//cloudfunctions.googleapis.com/projects/{s.project}/locations/{s.region}/functions/{s.stage}"
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(clients.firestore_client(self.settings))
+
+    @cached_property
+    def bus(self) -> Bus:
+        return Bus(self.settings.project)
+
+    @cached_property
+    def storage(self) -> storage.Client:
+        return clients.storage_client(self.settings)
+
+    @cached_property
+    def jobs(self) -> Any:
+        return clients.job_service_client(self.settings)
+
+    @cached_property
+    def builds(self) -> Any:
+        return clients.cloud_build_client(self.settings)
+
+    def info(self, message: str, run_id: str = "", **details: Any) -> None:
+        self.log.info(message, extra={"stage": self.settings.stage, "run_id": run_id or None, "details": details})
+
+    def emit(self, run_id: str, type_: str, data: Mapping[str, Any], fields: Mapping[str, Any] | None = None,
+             *, error: Mapping[str, Any] | None = None) -> Event:
+        """Record ``type_`` on the run with ``fields``, then publish it. Both are idempotent by event id."""
+        event = Event.new(type_, run_id, data, source=self.source)
+        record = self.ledger.record(run_id, event, fields, error=error)
+        for seen in record.get("events", []):
+            if seen.get("id") == event.id and seen.get("time") != format_time(event.time):
+                event = Event(type=event.type, subject=event.subject, data=event.data, id=event.id,
+                              source=event.source, time=parse_time(seen["time"]))
+        self.bus.publish(event)
+        self.info(f"emitted {type_}", run_id, event_id=event.id, event_type=type_)
+        return event
+
+    def reject(self, message: PubSubMessage, error: PermanentError) -> None:
+        """Log once, record on the run when it is known, and dead-letter the message."""
+        run_id = error.run_id or message.attributes.get("ce-subject", "")
+        self.log.error(error.message, extra={
+            "stage": self.settings.stage, "run_id": run_id or None, "event_id": message.message_id,
+            "details": {"problems": list(error.problems), "error_type": type(error).__name__,
+                        "dead_letter_topic": self.settings.dead_letter_topic},
+        })
+        if run_id and is_run_id(run_id):
+            model = run_id.rsplit("-", 1)[0]
+            self.ledger.reject(run_id, model=model, event=None, error={
+                "stage": self.settings.stage, "message": error.message, "problems": list(error.problems),
+                "message_id": message.message_id, "at": format_time(now()),
+            })
+        self.bus.dead_letter(self.settings.dead_letter_topic, message, stage=self.settings.stage,
+                             error=error.message)
+
+
+@functools.cache
+def context() -> Context:
+    """The context of this process, built on first use."""
+    logs.configure()
+    return Context(Settings.from_env())
+
+
+def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
+    """Unwrap the Pub/Sub message from Eventarc's messagePublished event and run ``handler`` on it."""
+    ctx = context()
+    try:
+        message = PubSubMessage.from_push(cloud_event.data)
+    except PermanentError as error:
+        raw = json.dumps(cloud_event.data, default=str).encode() if cloud_event.data is not None else b""
+        message = PubSubMessage(message_id=str(cloud_event["id"]), publish_time=now(), attributes={}, data=raw)
+        ctx.reject(message, error)
+        return
+    try:
+        handler(message, ctx)
+    except PermanentError as error:
+        ctx.reject(message, error)
+
+
+def require_run(ctx: Context, event: Event) -> dict[str, Any]:
+    """The run an event belongs to; PermanentError when the event names no run the ledger knows."""
+    if not event.subject:
+        raise PermanentError(f"{event.type} event {event.id} has no ce-subject (run id)")
+    run = ctx.ledger.get(event.subject)
+    if run is None:
+        raise PermanentError(f"{event.type} event {event.id} names run {event.subject!r}, which the ledger does not know",
+                             run_id=None)
+    return run
+
+
+def quiet_libraries() -> None:
+    """Keep client libraries' chatter below WARNING in the JSON log stream."""
+    for name in ("google", "urllib3", "grpc"):
+        logging.getLogger(name).setLevel(logging.WARNING)

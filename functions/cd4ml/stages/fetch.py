@@ -1,0 +1,50 @@
+"""fetch_data: open the run for a run.requested event and snapshot the model's training data."""
+
+from __future__ import annotations
+
+from cd4ml import events, ledger, snapshot
+from cd4ml.errors import InvalidEvent, InvalidManifest, UnknownModel
+from cd4ml.events import Event, PubSubMessage, parse_time
+from cd4ml.gcs import GcsPath, read_text
+from cd4ml.manifest import Manifest, loads, manifest_object, resolve_gcs
+from cd4ml.runtime import Context
+
+
+def load_manifest(ctx: Context, model: str, run_id: str | None) -> Manifest:
+    """The model's manifest from the artifact bucket; UnknownModel when there is none."""
+    path = GcsPath(ctx.settings.artifact_bucket, manifest_object(model))
+    text = read_text(ctx.storage, path)
+    if text is None:
+        raise UnknownModel(f"unknown model {model!r}", [f"no manifest at {path.uri}"], run_id=run_id)
+    try:
+        return loads(text, origin=path.uri)
+    except InvalidManifest as error:
+        raise InvalidManifest(error.summary, error.problems, run_id=run_id) from error
+
+
+def fetch_data(message: PubSubMessage, ctx: Context) -> None:
+    """run.requested → data.fetched."""
+    event = Event.from_message(message, [events.RUN_REQUESTED])
+    model = str(event.data["model"])
+    requested = event.data.get("scheduled_time")
+    provisional = event.subject or (ledger.run_id(model, parse_time(requested)) if requested else None)
+    manifest = load_manifest(ctx, model, provisional)
+    scheduled = parse_time(requested) if requested else manifest.scheduled_time(event.time)
+    run_id = ledger.run_id(model, scheduled)
+    if event.subject and event.subject != run_id:
+        raise InvalidEvent("run.requested names the wrong run", [
+            f"ce-subject {event.subject!r} is not the run id {run_id!r} of model {model!r} at {requested}"
+        ], run_id=event.subject)
+    run, created = ctx.ledger.open_run(run_id, model=model, scheduled_time=scheduled,
+                                       trigger=str(event.data.get("trigger", "manual")),
+                                       manifest=manifest.raw, event=event)
+    if run["status"] in ledger.TERMINAL:
+        ctx.info(f"run {run_id} already ended {run['status']}; duplicate request ignored", run_id)
+        return
+    ctx.info("run opened" if created else "run already open; resuming", run_id, model=model)
+    source = resolve_gcs(manifest.data_source, ctx.settings.data_bucket)
+    result, _ = ctx.ledger.once(
+        run_id, "dataset",
+        lambda: snapshot.take(ctx.storage, source, ctx.settings.data_bucket, model).to_dict(),
+    )
+    ctx.emit(run_id, events.DATA_FETCHED, {"model": model, "dataset": result}, {"dataset": result})

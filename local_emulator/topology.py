@@ -1,0 +1,57 @@
+"""The Pub/Sub graph the local stack creates, derived from the catalog (Terraform derives the same)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cd4ml.catalog import Catalog, dead_letter_hold, dead_letter_topic, subscription_id
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A subscription: push to a stage, or a pull hold that keeps dead-lettered messages."""
+
+    name: str
+    topic: str
+    stage: str | None
+    dead_letter_topic: str | None
+    max_delivery_attempts: int | None
+    minimum_backoff_seconds: int | None
+    maximum_backoff_seconds: int | None
+    ack_deadline_seconds: int
+    retention_seconds: int | None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Topics, subscriptions and each stage's environment variable names."""
+
+    topics: tuple[str, ...]
+    subscriptions: tuple[Subscription, ...]
+    stage_env: dict[str, tuple[str, ...]]
+
+
+def stage_env_names(cat: Catalog, stage: str) -> tuple[str, ...]:
+    """The variables a stage's process gets: its catalog list plus its name and dead-letter topic."""
+    return tuple(sorted({*cat.stage(stage).env, "CD4ML_STAGE", "CD4ML_DEAD_LETTER_TOPIC"}))
+
+
+def plan(cat: Catalog) -> Topology:
+    """The topics and subscriptions of a deployment of ``cat``."""
+    d = cat.delivery
+    subs: list[Subscription] = []
+    for stage in cat.stages:
+        subs.append(Subscription(
+            name=subscription_id(stage.name), topic=stage.trigger_topic, stage=stage.name,
+            dead_letter_topic=dead_letter_topic(stage.name), max_delivery_attempts=d.max_delivery_attempts,
+            minimum_backoff_seconds=d.minimum_backoff_seconds, maximum_backoff_seconds=d.maximum_backoff_seconds,
+            ack_deadline_seconds=d.ack_deadline_seconds, retention_seconds=None,
+        ))
+        subs.append(Subscription(
+            name=dead_letter_hold(stage.name), topic=dead_letter_topic(stage.name), stage=None,
+            dead_letter_topic=None, max_delivery_attempts=None, minimum_backoff_seconds=None,
+            maximum_backoff_seconds=None, ack_deadline_seconds=60,
+            retention_seconds=d.dead_letter_retention_seconds,
+        ))
+    return Topology(topics=cat.topics, subscriptions=tuple(subs),
+                    stage_env={s.name: stage_env_names(cat, s.name) for s in cat.stages})

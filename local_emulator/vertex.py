@@ -1,0 +1,231 @@
+"""A local Vertex AI stand-in: a gRPC JobService that runs CustomJobs as local subprocesses.
+
+It answers the calls cd4ml makes with the unchanged client::
+
+    aiplatform_v1.JobServiceClient(
+        transport=JobServiceGrpcTransport(channel=grpc.insecure_channel("127.0.0.1:PORT")))
+
+CreateCustomJob, GetCustomJob, ListCustomJobs (filter ``labels.KEY="VALUE"``, ``labels.KEY:*``,
+``display_name="…"``, ``state=JOB_STATE_…``, AND-combined; everything in one page) and
+CancelCustomJob; other JobService methods answer UNIMPLEMENTED. Errors are those of Vertex:
+INVALID_ARGUMENT for a bad request, NOT_FOUND for an unknown job, FAILED_PRECONDITION when
+cancelling a finished job.
+
+A job goes QUEUED → PENDING (package download and install) → RUNNING → SUCCEEDED, FAILED or
+CANCELLED. The trainer gets Vertex's environment (AIP_MODEL_DIR, CLUSTER_SPEC, …): see
+``_vertex_runner`` for how packages are installed and for the stand-in's one deviation (the trainer
+runs with this server's own Python interpreter instead of the executor image).
+
+Run it with ``python -m local_emulator.vertex --host 127.0.0.1 --port P --state-dir DIR
+[--max-concurrent 2]``: it logs JSON lines to stderr, prints nothing else, and on SIGTERM or
+SIGINT cancels every unfinished job, kills the trainers' process groups and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.cloud import aiplatform_v1
+from google.protobuf import empty_pb2
+
+from local_emulator._vertex_jobs import JobTable
+from local_emulator._vertex_requests import (
+    InvalidRequest,
+    JobFilter,
+    JobNotCancellable,
+    JobNotFound,
+    parse_parent,
+)
+
+SERVICE = "google.cloud.aiplatform.v1.JobService"
+DEFAULT_MAX_CONCURRENT = 2
+_RPC_THREADS = 8
+
+_log = logging.getLogger("local_emulator.vertex")
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+@dataclass(frozen=True)
+class VertexServer:
+    """A running stand-in: its gRPC server, the port it listens on, and its job table."""
+
+    server: grpc.Server
+    host: str
+    port: int
+    jobs: JobTable
+
+    @property
+    def address(self) -> str:
+        """``host:port``, ready for ``grpc.insecure_channel``."""
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop answering RPCs, cancel unfinished jobs and kill their trainers; returns when all are gone."""
+        self.server.stop(grace).wait()
+        self.jobs.close()
+        _log.info("stopped", extra={"address": self.address})
+
+
+def serve(
+    host: str,
+    port: int,
+    state_dir: Path,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> VertexServer:
+    """Start the stand-in on host:port (0 picks a free port) and return at once.
+
+    ``environ`` is what trainers inherit and where ``STORAGE_EMULATOR_HOST`` is looked up for the
+    package downloads; it defaults to this process's environment.
+    """
+    jobs = JobTable(state_dir, max_concurrent, os.environ if environ is None else environ)
+    server = grpc.server(ThreadPoolExecutor(max_workers=_RPC_THREADS, thread_name_prefix="vertex-rpc"))
+    server.add_generic_rpc_handlers((_job_service(jobs),))
+    bound = int(server.add_insecure_port(f"{host}:{port}"))
+    if bound == 0:
+        jobs.close()
+        raise OSError(f"cannot listen on {host}:{port}")
+    server.start()
+    _log.info("serving", extra={"address": f"{host}:{bound}", "state_dir": str(state_dir),
+                                "max_concurrent": max_concurrent})
+    return VertexServer(server, host, bound, jobs)
+
+
+def _job_service(jobs: JobTable) -> grpc.GenericRpcHandler:
+    """The JobService methods, on proto-plus (de)serializers so the real client's bytes round-trip."""
+
+    def create(request: aiplatform_v1.CreateCustomJobRequest, context: grpc.ServicerContext) -> Any:
+        return jobs.create(parse_parent(request.parent), request.custom_job)
+
+    def get(request: aiplatform_v1.GetCustomJobRequest, context: grpc.ServicerContext) -> Any:
+        return jobs.get(request.name)
+
+    def list_jobs(request: aiplatform_v1.ListCustomJobsRequest, context: grpc.ServicerContext) -> Any:
+        where = parse_parent(request.parent)
+        return aiplatform_v1.ListCustomJobsResponse(
+            custom_jobs=jobs.list(where, JobFilter.parse(request.filter))
+        )
+
+    def cancel(request: aiplatform_v1.CancelCustomJobRequest, context: grpc.ServicerContext) -> Any:
+        jobs.cancel(request.name)
+        return empty_pb2.Empty()
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "CreateCustomJob": _unary(create, aiplatform_v1.CreateCustomJobRequest.deserialize,
+                                      aiplatform_v1.CustomJob.serialize),
+            "GetCustomJob": _unary(get, aiplatform_v1.GetCustomJobRequest.deserialize,
+                                   aiplatform_v1.CustomJob.serialize),
+            "ListCustomJobs": _unary(list_jobs, aiplatform_v1.ListCustomJobsRequest.deserialize,
+                                     aiplatform_v1.ListCustomJobsResponse.serialize),
+            "CancelCustomJob": _unary(cancel, aiplatform_v1.CancelCustomJobRequest.deserialize,
+                                      empty_pb2.Empty.SerializeToString),
+        },
+    )
+
+
+def _unary(
+    behaviour: Callable[[_Request, grpc.ServicerContext], _Response],
+    deserialize: Callable[[bytes], _Request],
+    serialize: Callable[[_Response], bytes],
+) -> grpc.RpcMethodHandler:
+    """A unary handler that turns the stand-in's errors into Vertex's status codes."""
+
+    def handle(request: _Request, context: grpc.ServicerContext) -> _Response:
+        try:
+            return behaviour(request, context)
+        except InvalidRequest as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except JobNotFound as exc:
+            _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except JobNotCancellable as exc:
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=deserialize, response_serializer=serialize
+    )
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    _log.info("rpc rejected", extra={"code": code.name, "error": message})
+    context.abort(code, message)
+    raise AssertionError("grpc.ServicerContext.abort returned")  # it always raises
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line, Cloud Logging style: severity, message, time, logger and extras."""
+
+    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record, with every ``extra=`` field, as one JSON line."""
+        entry: dict[str, object] = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "logger": record.name,
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m local_emulator.vertex",
+        description="Local Vertex AI stand-in: a gRPC JobService running CustomJobs as subprocesses.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on (0 picks one)")
+    parser.add_argument("--state-dir", type=Path, required=True,
+                        help="where job records, packages and trainer logs are kept")
+    parser.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT,
+                        help=f"jobs running at once; others stay queued (default {DEFAULT_MAX_CONCURRENT})")
+    args = parser.parse_args(argv)
+    if args.max_concurrent < 1:
+        parser.error("--max-concurrent must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stand-in until SIGTERM or SIGINT."""
+    args = _parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        _log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running = serve(args.host, args.port, args.state_dir, args.max_concurrent)
+    while not stop.wait(1.0):
+        pass
+    running.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
