@@ -37,9 +37,7 @@ _log = logging.getLogger("local_emulator.vertex")
 JobState = aiplatform_v1.JobState
 CustomJob = aiplatform_v1.CustomJob
 
-TERMINAL_STATES = frozenset(
-    {JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED}
-)
+TERMINAL_STATES = frozenset({JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED})
 _RECORDS = "customJobs"
 
 
@@ -85,8 +83,10 @@ class JobTable:
             self._entries[job_id] = entry
             self._save(job_id, record)
             created = _copy(record)
-        _log.info("job created", extra={"job": record.name, "display_name": record.display_name,
-                                        "labels": dict(record.labels)})
+        _log.info(
+            "job created",
+            extra={"job": record.name, "display_name": record.display_name, "labels": dict(record.labels)},
+        )
         self._pool.submit(self._run, job_id, where, entry)
         return created
 
@@ -114,8 +114,9 @@ class JobTable:
                 raise JobNotCancellable(name, JobState(state).name)
             entry.cancel.set()
             if state == JobState.JOB_STATE_QUEUED:
-                self._finish(entry.job, Outcome(JobState.JOB_STATE_CANCELLED, code_pb2.CANCELLED,
-                                                "The job was cancelled."))
+                self._finish(
+                    entry.job, Outcome(JobState.JOB_STATE_CANCELLED, code_pb2.CANCELLED, "The job was cancelled.")
+                )
             elif state != JobState.JOB_STATE_CANCELLING:
                 self._transition(entry.job, JobState.JOB_STATE_CANCELLING)
 
@@ -135,8 +136,9 @@ class JobTable:
             if entry.job.state != JobState.JOB_STATE_QUEUED:
                 return  # cancelled while queued
             self._transition(entry.job, JobState.JOB_STATE_PENDING)
-            context = JobContext(job_id, where.project, where.location, self._dir / job_id,
-                                 _copy(entry.job), self._base_env)
+            context = JobContext(
+                job_id, where.project, where.location, self._dir / job_id, _copy(entry.job), self._base_env
+            )
 
         def on_running() -> None:
             with self._lock:
@@ -148,12 +150,16 @@ class JobTable:
             outcome = run_job(context, entry.cancel, on_running)
         except Exception as exc:  # a bug or an environment problem: the job must still end
             _log.exception("job crashed in the stand-in", extra={"job": entry.job.name})
-            outcome = Outcome(JobState.JOB_STATE_FAILED, code_pb2.INTERNAL,
-                              f"The local Vertex AI stand-in failed to run the job: {exc!r}")
+            outcome = Outcome(
+                JobState.JOB_STATE_FAILED,
+                code_pb2.INTERNAL,
+                f"The local Vertex AI stand-in failed to run the job: {exc!r}",
+            )
         with self._lock:
             if outcome.state == JobState.JOB_STATE_CANCELLED and self._closing:
-                outcome = Outcome(outcome.state, outcome.code,
-                                  "The job was cancelled because the local Vertex AI stand-in shut down.")
+                outcome = Outcome(
+                    outcome.state, outcome.code, "The job was cancelled because the local Vertex AI stand-in shut down."
+                )
             self._finish(entry.job, outcome)
 
     def _entry(self, name: str) -> _Entry:
@@ -191,10 +197,14 @@ class JobTable:
             self._entries[job_id] = _Entry(job)
             self._last_id = max(self._last_id, int(job_id))
             if job.state not in TERMINAL_STATES:
-                self._finish(job, Outcome(
-                    JobState.JOB_STATE_FAILED, code_pb2.ABORTED,
-                    f"The local Vertex AI stand-in stopped while the job was {JobState(job.state).name}.",
-                ))
+                self._finish(
+                    job,
+                    Outcome(
+                        JobState.JOB_STATE_FAILED,
+                        code_pb2.ABORTED,
+                        f"The local Vertex AI stand-in stopped while the job was {JobState(job.state).name}.",
+                    ),
+                )
         if self._entries:
             _log.info("jobs loaded", extra={"count": len(self._entries), "state_dir": str(self._dir)})
 

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from google.cloud import aiplatform_v1
 
 _PARENT = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)$")
-_JOB_NAME = re.compile(
-    r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs/(?P<id>[0-9]+)$"
-)
+_JOB_NAME = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs/(?P<id>[0-9]+)$")
 # Google Cloud label rules, restricted to ASCII (the real rule also admits international letters).
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -91,8 +89,10 @@ def parse_parent(parent: str) -> Location:
     match = _PARENT.match(parent)
     if match is None:
         raise InvalidRequest(
-            [f"Field: parent; Message: Invalid resource name {parent!r}, "
-             "expected projects/{project}/locations/{location}."]
+            [
+                f"Field: parent; Message: Invalid resource name {parent!r}, "
+                "expected projects/{project}/locations/{location}."
+            ]
         )
     return Location(match["project"], match["location"])
 
@@ -102,8 +102,10 @@ def parse_job_name(name: str) -> JobName:
     match = _JOB_NAME.match(name)
     if match is None:
         raise InvalidRequest(
-            [f"Field: name; Message: Invalid resource name {name!r}, "
-             "expected projects/{project}/locations/{location}/customJobs/{numeric id}."]
+            [
+                f"Field: name; Message: Invalid resource name {name!r}, "
+                "expected projects/{project}/locations/{location}/customJobs/{numeric id}."
+            ]
         )
     return JobName(Location(match["project"], match["location"]), match["id"])
 
@@ -114,15 +116,12 @@ def check_custom_job(job: aiplatform_v1.CustomJob) -> None:
     if not job.display_name:
         problems.append("Field: custom_job.display_name; Message: Required field is not set.")
     elif len(job.display_name) > _MAX_DISPLAY_NAME:
-        problems.append(
-            f"Field: custom_job.display_name; Message: Must be at most {_MAX_DISPLAY_NAME} characters."
-        )
+        problems.append(f"Field: custom_job.display_name; Message: Must be at most {_MAX_DISPLAY_NAME} characters.")
     problems.extend(_label_problems(dict(job.labels)))
     pools = list(job.job_spec.worker_pool_specs)
     if not pools:
         problems.append(
-            "Field: custom_job.job_spec.worker_pool_specs; "
-            "Message: At least one worker pool spec must be specified."
+            "Field: custom_job.job_spec.worker_pool_specs; Message: At least one worker pool spec must be specified."
         )
     for index, pool in enumerate(pools):
         problems.extend(_pool_problems(index, pool))
@@ -170,9 +169,7 @@ def _pool_problems(index: int, pool: aiplatform_v1.WorkerPoolSpec) -> list[str]:
     if not pool.machine_spec.machine_type:
         problems.append(f"Field: {field}.machine_spec.machine_type; Message: Required field is not set.")
     if has_container == has_package:
-        problems.append(
-            f"Field: {field}; Message: Exactly one of container_spec or python_package_spec must be set."
-        )
+        problems.append(f"Field: {field}; Message: Exactly one of container_spec or python_package_spec must be set.")
     if has_container and not pool.container_spec.image_uri:
         problems.append(f"Field: {field}.container_spec.image_uri; Message: Required field is not set.")
     if has_package:
@@ -182,13 +179,9 @@ def _pool_problems(index: int, pool: aiplatform_v1.WorkerPoolSpec) -> list[str]:
                 f"Field: {field}.python_package_spec.executor_image_uri; Message: Required field is not set."
             )
         if not spec.python_module:
-            problems.append(
-                f"Field: {field}.python_package_spec.python_module; Message: Required field is not set."
-            )
+            problems.append(f"Field: {field}.python_package_spec.python_module; Message: Required field is not set.")
         if not spec.package_uris:
-            problems.append(
-                f"Field: {field}.python_package_spec.package_uris; Message: Required field is not set."
-            )
+            problems.append(f"Field: {field}.python_package_spec.package_uris; Message: Required field is not set.")
         for uri in spec.package_uris:
             if not uri.startswith("gs://") or len(uri.split("/", 3)) < 4:
                 problems.append(

@@ -15,6 +15,7 @@ Vertex sets. ``container_spec`` jobs cannot run at all and fail with a clear mes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,9 +36,7 @@ from google.rpc import code_pb2
 
 _log = logging.getLogger("local_emulator.vertex")
 
-CONTAINER_UNSUPPORTED = (
-    "container_spec jobs are not supported by the local Vertex AI stand-in; use python_package_spec"
-)
+CONTAINER_UNSUPPORTED = "container_spec jobs are not supported by the local Vertex AI stand-in; use python_package_spec"
 STDERR_TAIL_LINES = 20
 _POLL_S = 0.1
 _KILL_GRACE_S = 5.0
@@ -113,9 +112,9 @@ def _primary_pool(job: aiplatform_v1.CustomJob) -> aiplatform_v1.WorkerPoolSpec:
 
 def _download(ctx: JobContext, uris: list[str]) -> list[Path]:
     """Copy each gs:// package into JOBDIR/packages, keeping its file name."""
-    from google.api_core import exceptions as gexc  # noqa: PLC0415 - only jobs need the GCS client
-    from google.auth.credentials import AnonymousCredentials  # noqa: PLC0415
-    from google.cloud.storage import Client  # noqa: PLC0415
+    from google.api_core import exceptions as gexc  # only jobs need the GCS client
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.storage import Client
 
     emulator = ctx.base_env.get("STORAGE_EMULATOR_HOST")
     client = (
@@ -137,13 +136,17 @@ def _download(ctx: JobContext, uris: list[str]) -> list[Path]:
             client.bucket(bucket).blob(name).download_to_filename(str(path))
         except gexc.NotFound as exc:
             raise _RunFailed(
-                Outcome(JobState.JOB_STATE_FAILED, code_pb2.INVALID_ARGUMENT,
-                        f"The Python package {uri} does not exist: {exc.message}")
+                Outcome(
+                    JobState.JOB_STATE_FAILED,
+                    code_pb2.INVALID_ARGUMENT,
+                    f"The Python package {uri} does not exist: {exc.message}",
+                )
             ) from exc
         except gexc.GoogleAPIError as exc:
             raise _RunFailed(
-                Outcome(JobState.JOB_STATE_FAILED, code_pb2.INTERNAL,
-                        f"Downloading the Python package {uri} failed: {exc}")
+                Outcome(
+                    JobState.JOB_STATE_FAILED, code_pb2.INTERNAL, f"Downloading the Python package {uri} failed: {exc}"
+                )
             ) from exc
         paths.append(path)
     return paths
@@ -164,13 +167,19 @@ def _install(packages: list[Path], job_dir: Path) -> list[Path]:
                 paths.extend(_extract_sdist(package, job_dir / "src" / str(index)))
             else:
                 raise _RunFailed(
-                    Outcome(JobState.JOB_STATE_FAILED, code_pb2.INVALID_ARGUMENT,
-                            f"Unsupported Python package {name!r}: expected a .tar.gz, .tgz, .zip or .whl")
+                    Outcome(
+                        JobState.JOB_STATE_FAILED,
+                        code_pb2.INVALID_ARGUMENT,
+                        f"Unsupported Python package {name!r}: expected a .tar.gz, .tgz, .zip or .whl",
+                    )
                 )
         except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
             raise _RunFailed(
-                Outcome(JobState.JOB_STATE_FAILED, code_pb2.INVALID_ARGUMENT,
-                        f"Installing the Python package {name!r} failed: {exc}")
+                Outcome(
+                    JobState.JOB_STATE_FAILED,
+                    code_pb2.INVALID_ARGUMENT,
+                    f"Installing the Python package {name!r} failed: {exc}",
+                )
             ) from exc
     return paths
 
@@ -188,9 +197,7 @@ def _extract_sdist(package: Path, target: Path) -> list[Path]:
     return [root, root / "src"] if (root / "src").is_dir() else [root]
 
 
-def trainer_environment(
-    ctx: JobContext, pool: aiplatform_v1.WorkerPoolSpec, python_path: list[Path]
-) -> dict[str, str]:
+def trainer_environment(ctx: JobContext, pool: aiplatform_v1.WorkerPoolSpec, python_path: list[Path]) -> dict[str, str]:
     """The trainer's environment: the server's, plus what Vertex sets, plus the spec's env vars."""
     env = dict(ctx.base_env)
     output = ctx.job.job_spec.base_output_directory.output_uri_prefix.rstrip("/")
@@ -204,12 +211,15 @@ def trainer_environment(
     job_spec_json = aiplatform_v1.CustomJobSpec.to_json(ctx.job.job_spec, indent=None)
     cluster = {"workerpool0": ["localhost:2222"]}
     env["CLUSTER_SPEC"] = json.dumps(
-        {"cluster": cluster, "environment": "cloud",
-         "task": {"type": "workerpool0", "index": 0}, "job": job_spec_json}
+        {"cluster": cluster, "environment": "cloud", "task": {"type": "workerpool0", "index": 0}, "job": job_spec_json}
     )
     env["TF_CONFIG"] = json.dumps(
-        {"cluster": {"chief": cluster["workerpool0"]}, "environment": "cloud",
-         "task": {"type": "chief", "index": 0}, "job": job_spec_json}
+        {
+            "cluster": {"chief": cluster["workerpool0"]},
+            "environment": "cloud",
+            "task": {"type": "chief", "index": 0},
+            "job": job_spec_json,
+        }
     )
     inherited = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
     env["PYTHONPATH"] = os.pathsep.join([*map(str, python_path), *inherited])
@@ -229,8 +239,13 @@ def _run_trainer(
     timeout = _seconds(ctx.job.job_spec.scheduling.timeout)
     stdout_path, stderr_path = ctx.job_dir / "stdout.log", ctx.job_dir / "stderr.log"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        process = subprocess.Popen(  # noqa: S603 - the command is the job's own trainer
-            command, cwd=ctx.job_dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        process = subprocess.Popen(
+            command,
+            cwd=ctx.job_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
             start_new_session=True,
         )
     _log.info("trainer started", extra={"job_id": ctx.job_id, "pid": process.pid})
@@ -249,18 +264,21 @@ def _run_trainer(
         return _cancelled()
     if stopped_by == "timeout":
         return Outcome(
-            JobState.JOB_STATE_FAILED, code_pb2.DEADLINE_EXCEEDED,
+            JobState.JOB_STATE_FAILED,
+            code_pb2.DEADLINE_EXCEEDED,
             f"The job exceeded its timeout of {timeout:g} s (job_spec.scheduling.timeout) and was "
             f"stopped.{_stderr_tail(stderr_path)}",
         )
     if process.returncode == 0:
         return Outcome(JobState.JOB_STATE_SUCCEEDED)
     status = (
-        f"was terminated by signal {-process.returncode}" if process.returncode < 0
+        f"was terminated by signal {-process.returncode}"
+        if process.returncode < 0
         else f"exited with a non-zero status of {process.returncode}"
     )
     return Outcome(
-        JobState.JOB_STATE_FAILED, code_pb2.INVALID_ARGUMENT,
+        JobState.JOB_STATE_FAILED,
+        code_pb2.INVALID_ARGUMENT,
         f"The replica workerpool0-0 {status}. Logs: {stderr_path}.{_stderr_tail(stderr_path)}",
     )
 
@@ -269,19 +287,15 @@ def kill_process_group(process: subprocess.Popen[bytes]) -> None:
     """Stop the trainer and everything it started: SIGTERM to its group, SIGKILL after a grace period."""
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(_KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
     _signal_group(process.pid, signal.SIGKILL)  # also whatever the trainer left behind
     process.wait()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone
 
 
 def _cancelled() -> Outcome:

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
@@ -103,8 +103,9 @@ def serve(
         jobs.close()
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
-    _log.info("serving", extra={"address": f"{host}:{bound}", "state_dir": str(state_dir),
-                                "max_concurrent": max_concurrent})
+    _log.info(
+        "serving", extra={"address": f"{host}:{bound}", "state_dir": str(state_dir), "max_concurrent": max_concurrent}
+    )
     return VertexServer(server, host, bound, jobs)
 
 
@@ -119,9 +120,7 @@ def _job_service(jobs: JobTable) -> grpc.GenericRpcHandler:
 
     def list_jobs(request: aiplatform_v1.ListCustomJobsRequest, context: grpc.ServicerContext) -> Any:
         where = parse_parent(request.parent)
-        return aiplatform_v1.ListCustomJobsResponse(
-            custom_jobs=jobs.list(where, JobFilter.parse(request.filter))
-        )
+        return aiplatform_v1.ListCustomJobsResponse(custom_jobs=jobs.list(where, JobFilter.parse(request.filter)))
 
     def cancel(request: aiplatform_v1.CancelCustomJobRequest, context: grpc.ServicerContext) -> Any:
         jobs.cancel(request.name)
@@ -130,14 +129,20 @@ def _job_service(jobs: JobTable) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
-            "CreateCustomJob": _unary(create, aiplatform_v1.CreateCustomJobRequest.deserialize,
-                                      aiplatform_v1.CustomJob.serialize),
-            "GetCustomJob": _unary(get, aiplatform_v1.GetCustomJobRequest.deserialize,
-                                   aiplatform_v1.CustomJob.serialize),
-            "ListCustomJobs": _unary(list_jobs, aiplatform_v1.ListCustomJobsRequest.deserialize,
-                                     aiplatform_v1.ListCustomJobsResponse.serialize),
-            "CancelCustomJob": _unary(cancel, aiplatform_v1.CancelCustomJobRequest.deserialize,
-                                      empty_pb2.Empty.SerializeToString),
+            "CreateCustomJob": _unary(
+                create, aiplatform_v1.CreateCustomJobRequest.deserialize, aiplatform_v1.CustomJob.serialize
+            ),
+            "GetCustomJob": _unary(
+                get, aiplatform_v1.GetCustomJobRequest.deserialize, aiplatform_v1.CustomJob.serialize
+            ),
+            "ListCustomJobs": _unary(
+                list_jobs,
+                aiplatform_v1.ListCustomJobsRequest.deserialize,
+                aiplatform_v1.ListCustomJobsResponse.serialize,
+            ),
+            "CancelCustomJob": _unary(
+                cancel, aiplatform_v1.CancelCustomJobRequest.deserialize, empty_pb2.Empty.SerializeToString
+            ),
         },
     )
 
@@ -159,9 +164,7 @@ def _unary(
         except JobNotCancellable as exc:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
-    return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=deserialize, response_serializer=serialize
-    )
+    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=deserialize, response_serializer=serialize)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -180,7 +183,7 @@ class JsonLogFormatter(logging.Formatter):
         entry: dict[str, object] = {
             "severity": record.levelname,
             "message": record.getMessage(),
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "logger": record.name,
         }
         entry.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
@@ -196,10 +199,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True, help="port to listen on (0 picks one)")
-    parser.add_argument("--state-dir", type=Path, required=True,
-                        help="where job records, packages and trainer logs are kept")
-    parser.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT,
-                        help=f"jobs running at once; others stay queued (default {DEFAULT_MAX_CONCURRENT})")
+    parser.add_argument(
+        "--state-dir", type=Path, required=True, help="where job records, packages and trainer logs are kept"
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT,
+        help=f"jobs running at once; others stay queued (default {DEFAULT_MAX_CONCURRENT})",
+    )
     args = parser.parse_args(argv)
     if args.max_concurrent < 1:
         parser.error("--max-concurrent must be at least 1")

@@ -30,10 +30,19 @@ def _use_local_stack_if_unconfigured() -> None:
 
 def _settings() -> Settings:
     _use_local_stack_if_unconfigured()
-    env = {"CD4ML_STAGE": "cli", "CD4ML_DEAD_LETTER_TOPIC": "", **os.environ}
+    env = {**os.environ}
     if not env.get("CD4ML_PROJECT"):
         raise Cd4mlError("no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`")
     return Settings.from_env(env)
+
+
+_FIRST = ("run_id", "model", "status", "error", "trigger", "scheduled_time", "created_at", "updated_at", "events",
+          "dataset", "training", "model_artifact", "evaluation", "image", "canary")
+
+
+def ordered(record: dict[str, Any]) -> dict[str, Any]:
+    """The run record with its most telling fields first, for people reading JSON."""
+    return {**{k: record[k] for k in _FIRST if k in record}, **{k: v for k, v in sorted(record.items()) if k not in _FIRST}}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -74,7 +83,7 @@ def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> i
                 break
         time.sleep(0.3)
     if as_json:
-        print(json.dumps(record or {"run_id": run_id, "status": "unknown"}, indent=2, default=str))
+        print(json.dumps(ordered(record) if record else {"run_id": run_id, "status": "unknown"}, indent=2, default=str))
     if record is None or record.get("status") not in ledger.TERMINAL:
         print(f"run {run_id}: still {record.get('status') if record else 'not started'} after {timeout:.0f} s",
               file=sys.stderr)
@@ -97,11 +106,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if record is None:
             print(f"no run {args.run!r} in the ledger", file=sys.stderr)
             return 1
-        print(json.dumps(record, indent=2, default=str) if args.json else render(record))
+        print(json.dumps(ordered(record), indent=2, default=str) if args.json else render(record))
         return 0
     runs = book.recent(args.limit, args.model)
     if args.json:
-        print(json.dumps(runs, indent=2, default=str))
+        print(json.dumps([ordered(r) for r in runs], indent=2, default=str))
         return 0
     if not runs:
         print("no runs yet")
@@ -134,7 +143,10 @@ def cmd_local(args: argparse.Namespace) -> int:
     from local_emulator import stack
 
     if args.action == "up":
-        stack.up(tick_seconds=args.tick_seconds, say=lambda m: print(m, file=sys.stderr))
+        try:
+            stack.up(tick_seconds=args.tick_seconds, say=lambda m: print(m, file=sys.stderr))
+        except stack.AlreadyRunning as running:
+            print(f"cd4ml: {running}", file=sys.stderr)
         return 0
     if args.action == "down":
         if not stack.down(say=lambda m: print(m, file=sys.stderr)):

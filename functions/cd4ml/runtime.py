@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cd4ml import clients, logs
 from cd4ml.bus import Bus
-from cd4ml.errors import PermanentError
+from cd4ml.errors import InvalidSettings, PermanentError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.ledger import Ledger, is_run_id
 from cd4ml.settings import Settings
@@ -100,7 +100,11 @@ class Context:
 def context() -> Context:
     """The context of this process, built on first use."""
     logs.configure()
-    return Context(Settings.from_env())
+    quiet_libraries()
+    settings = Settings.from_env()
+    if not settings.stage or not settings.dead_letter_topic:
+        raise InvalidSettings("a function needs CD4ML_STAGE and CD4ML_DEAD_LETTER_TOPIC set")
+    return Context(settings)
 
 
 def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:

@@ -24,9 +24,8 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1
-from google.cloud.storage import Client as StorageClient
 from google.cloud.aiplatform_v1.services.job_service.transports.grpc import JobServiceGrpcTransport
-
+from google.cloud.storage import Client as StorageClient
 from local_emulator.vertex import VertexServer, serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +66,7 @@ def main():
     time.sleep(args.sleep)
     print("training done")
     bucket, _, prefix = os.environ["AIP_MODEL_DIR"].removeprefix("gs://").partition("/")
-    client = StorageClient(project=os.environ["CLOUD_ML_PROJECT_ID"])
+    client = storage.Client(project=os.environ["CLOUD_ML_PROJECT_ID"])
     model = {"argv": sys.argv[1:], "env": {name: os.environ.get(name) for name in ENV}}
     client.bucket(bucket).blob(prefix + "model.json").upload_from_string(json.dumps(model))
 
@@ -105,7 +104,10 @@ def _container_job(run_id: str = "run-1", **labels: str) -> aiplatform_v1.Custom
 
 
 def _package_job(
-    package_uri: str, *args: str, output: str = f"gs://{BUCKET}/runs/r1", timeout_s: int = 0,
+    package_uri: str,
+    *args: str,
+    output: str = f"gs://{BUCKET}/runs/r1",
+    timeout_s: int = 0,
     run_id: str = "run-1",
 ) -> aiplatform_v1.CustomJob:
     spec = {
@@ -125,7 +127,8 @@ def _package_job(
 
 
 def _wait(
-    client: aiplatform_v1.JobServiceClient, name: str,
+    client: aiplatform_v1.JobServiceClient,
+    name: str,
     until: Callable[[aiplatform_v1.CustomJob], bool] = lambda job: job.state in TERMINAL,
     timeout_s: float = 60.0,
 ) -> aiplatform_v1.CustomJob:
@@ -161,7 +164,7 @@ def _wait_dead(pid: int, timeout_s: float = 10.0) -> None:
 def _build_sdist(path: Path) -> None:
     files = {
         "tinytrainer-0.1/setup.py": 'from setuptools import setup\nsetup(name="tinytrainer", '
-                                    'version="0.1", packages=["tinytrainer"])\n',
+        'version="0.1", packages=["tinytrainer"])\n',
         "tinytrainer-0.1/PKG-INFO": "Metadata-Version: 2.1\nName: tinytrainer\nVersion: 0.1\n",
         "tinytrainer-0.1/tinytrainer/__init__.py": "",
         "tinytrainer-0.1/tinytrainer/task.py": TRAINER,
@@ -178,8 +181,7 @@ def _build_wheel(path: Path) -> None:
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr("tinytrainer/__init__.py", "")
         wheel.writestr("tinytrainer/task.py", TRAINER)
-        wheel.writestr("tinytrainer-0.1.dist-info/METADATA",
-                       "Metadata-Version: 2.1\nName: tinytrainer\nVersion: 0.1\n")
+        wheel.writestr("tinytrainer-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: tinytrainer\nVersion: 0.1\n")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -192,7 +194,8 @@ def gcs_endpoint() -> Iterator[str]:
     executable = Path(sys.executable).with_name("gcp-storage-emulator")
     process = subprocess.Popen(
         [str(executable), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 15
@@ -217,7 +220,8 @@ def gcs_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def gcs(gcs_endpoint: str) -> StorageClient:
     client = StorageClient(
-        project="test-project", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        project="test-project",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
         client_options={"api_endpoint": gcs_endpoint},
     )
     client.create_bucket(BUCKET)
@@ -242,8 +246,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., VertexServer]]:
     """Start stand-ins in this process (state under tmp_path/state by default); all stopped at teardown."""
     started: list[VertexServer] = []
 
-    def _start(max_concurrent: int = 2, gcs_endpoint: str | None = None,
-               state_dir: Path | None = None) -> VertexServer:
+    def _start(max_concurrent: int = 2, gcs_endpoint: str | None = None, state_dir: Path | None = None) -> VertexServer:
         environ = dict(os.environ)
         if gcs_endpoint:
             environ["STORAGE_EMULATOR_HOST"] = gcs_endpoint
@@ -285,8 +288,7 @@ def test_list_filters_by_labels(vertex: aiplatform_v1.JobServiceClient) -> None:
         vertex.create_custom_job(parent=PARENT, custom_job=_container_job("run-a"))
     for _ in range(2):
         vertex.create_custom_job(parent=PARENT, custom_job=_container_job("run-b", model="digits"))
-    vertex.create_custom_job(parent="projects/test-project/locations/europe-west4",
-                             custom_job=_container_job("run-a"))
+    vertex.create_custom_job(parent="projects/test-project/locations/europe-west4", custom_job=_container_job("run-a"))
 
     def count(filter_text: str, parent: str = PARENT) -> int:
         return len(list(vertex.list_custom_jobs(request={"parent": parent, "filter": filter_text})))
@@ -324,17 +326,32 @@ def test_malformed_name_is_invalid(vertex: aiplatform_v1.JobServiceClient) -> No
     ("job", "expected"),
     [
         (aiplatform_v1.CustomJob(), ["custom_job.display_name", "worker_pool_specs; Message: At least one"]),
-        (aiplatform_v1.CustomJob(display_name="x", job_spec={"worker_pool_specs": [
-            {"replica_count": 2, "container_spec": {"image_uri": "i"}}]}),
-         ["must have replica_count 1, got 2", "machine_spec.machine_type"]),
-        (aiplatform_v1.CustomJob(display_name="x", job_spec={"worker_pool_specs": [_pool()]}),
-         ["Exactly one of container_spec or python_package_spec"]),
-        (aiplatform_v1.CustomJob(display_name="x", job_spec={"worker_pool_specs": [
-            _pool(python_package_spec={"package_uris": ["/tmp/x.tar.gz"]})]}),
-         ["executor_image_uri", "python_module", "is not a Cloud Storage object URI"]),
-        (aiplatform_v1.CustomJob(display_name="x", labels={"Run": "a", "run_id": "2024-01-01T00:00"},
-                                 job_spec={"worker_pool_specs": [_pool(container_spec={"image_uri": "i"})]}),
-         ["Invalid label key 'Run'", "Invalid value '2024-01-01T00:00'"]),
+        (
+            aiplatform_v1.CustomJob(
+                display_name="x",
+                job_spec={"worker_pool_specs": [{"replica_count": 2, "container_spec": {"image_uri": "i"}}]},
+            ),
+            ["must have replica_count 1, got 2", "machine_spec.machine_type"],
+        ),
+        (
+            aiplatform_v1.CustomJob(display_name="x", job_spec={"worker_pool_specs": [_pool()]}),
+            ["Exactly one of container_spec or python_package_spec"],
+        ),
+        (
+            aiplatform_v1.CustomJob(
+                display_name="x",
+                job_spec={"worker_pool_specs": [_pool(python_package_spec={"package_uris": ["/tmp/x.tar.gz"]})]},
+            ),
+            ["executor_image_uri", "python_module", "is not a Cloud Storage object URI"],
+        ),
+        (
+            aiplatform_v1.CustomJob(
+                display_name="x",
+                labels={"Run": "a", "run_id": "2024-01-01T00:00"},
+                job_spec={"worker_pool_specs": [_pool(container_spec={"image_uri": "i"})]},
+            ),
+            ["Invalid label key 'Run'", "Invalid value '2024-01-01T00:00'"],
+        ),
     ],
 )
 def test_invalid_jobs_are_rejected_with_every_problem(
@@ -358,9 +375,7 @@ def test_cancelling_a_finished_job_is_a_failed_precondition(vertex: aiplatform_v
         vertex.cancel_custom_job(name=job.name)
 
 
-def test_a_restarted_server_still_answers_for_its_jobs(
-    start: Callable[..., VertexServer], tmp_path: Path
-) -> None:
+def test_a_restarted_server_still_answers_for_its_jobs(start: Callable[..., VertexServer], tmp_path: Path) -> None:
     state = tmp_path / "state"
     first = start(state_dir=state)
     client = _client(first.address)
@@ -387,10 +402,23 @@ def test_a_restarted_server_still_answers_for_its_jobs(
 def test_cli_logs_json_and_exits_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "local_emulator.vertex", "--host", "127.0.0.1", "--port", str(port),
-         "--state-dir", str(tmp_path / "state"), "--max-concurrent", "1"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "local_emulator.vertex",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--max-concurrent",
+            "1",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -420,8 +448,12 @@ def test_cli_logs_json_and_exits_on_sigterm(tmp_path: Path) -> None:
 @pytest.mark.emulator
 @pytest.mark.parametrize("kind", ["sdist", "wheel"])
 def test_python_package_job_trains_and_writes_the_model(
-    kind: str, start: Callable[..., VertexServer], gcs_endpoint: str, gcs: StorageClient,
-    packages: dict[str, str], tmp_path: Path,
+    kind: str,
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    gcs: StorageClient,
+    packages: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     client = _client(start(gcs_endpoint=gcs_endpoint).address)
     output = f"gs://{BUCKET}/runs/{kind}"
@@ -442,7 +474,10 @@ def test_python_package_job_trains_and_writes_the_model(
     assert env["AIP_CHECKPOINT_DIR"] == f"{output}/checkpoints/"
     assert env["AIP_TENSORBOARD_LOG_DIR"] == f"{output}/logs/"
     assert (env["CLOUD_ML_PROJECT_ID"], env["CLOUD_ML_REGION"], env["CLOUD_ML_JOB_ID"]) == (
-        "test-project", "us-central1", job_id)
+        "test-project",
+        "us-central1",
+        job_id,
+    )
     assert env["STORAGE_EMULATOR_HOST"] == gcs_endpoint
     assert env["EXTRA_SETTING"] == "from-spec"
     cluster_spec = json.loads(env["CLUSTER_SPEC"])
@@ -454,7 +489,10 @@ def test_python_package_job_trains_and_writes_the_model(
 
 @pytest.mark.emulator
 def test_crashing_trainer_fails_with_its_stderr_tail(
-    start: Callable[..., VertexServer], gcs_endpoint: str, packages: dict[str, str], tmp_path: Path,
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    packages: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     client = _client(start(gcs_endpoint=gcs_endpoint).address)
     created = client.create_custom_job(parent=PARENT, custom_job=_package_job(packages["sdist"], "--crash"))
@@ -470,7 +508,9 @@ def test_crashing_trainer_fails_with_its_stderr_tail(
 
 @pytest.mark.emulator
 def test_missing_package_fails_the_job(
-    start: Callable[..., VertexServer], gcs_endpoint: str, gcs: StorageClient,
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    gcs: StorageClient,
 ) -> None:
     client = _client(start(gcs_endpoint=gcs_endpoint).address)
     uri = f"gs://{BUCKET}/packages/absent-0.1.tar.gz"
@@ -481,7 +521,10 @@ def test_missing_package_fails_the_job(
 
 @pytest.mark.emulator
 def test_timeout_kills_the_trainer(
-    start: Callable[..., VertexServer], gcs_endpoint: str, packages: dict[str, str], tmp_path: Path,
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    packages: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     client = _client(start(gcs_endpoint=gcs_endpoint).address)
     created = client.create_custom_job(
@@ -495,7 +538,10 @@ def test_timeout_kills_the_trainer(
 
 @pytest.mark.emulator
 def test_at_most_max_concurrent_jobs_run_and_cancel_kills_the_trainer(
-    start: Callable[..., VertexServer], gcs_endpoint: str, packages: dict[str, str], tmp_path: Path,
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    packages: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     client = _client(start(max_concurrent=1, gcs_endpoint=gcs_endpoint).address)
     first = client.create_custom_job(parent=PARENT, custom_job=_package_job(packages["sdist"], "--sleep", "60"))
@@ -515,7 +561,10 @@ def test_at_most_max_concurrent_jobs_run_and_cancel_kills_the_trainer(
 
 @pytest.mark.emulator
 def test_cancelling_a_queued_job_never_runs_it(
-    start: Callable[..., VertexServer], gcs_endpoint: str, packages: dict[str, str], tmp_path: Path,
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    packages: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     client = _client(start(max_concurrent=1, gcs_endpoint=gcs_endpoint).address)
     running = client.create_custom_job(parent=PARENT, custom_job=_package_job(packages["sdist"], "--sleep", "60"))
@@ -529,25 +578,33 @@ def test_cancelling_a_queued_job_never_runs_it(
 
 @pytest.mark.emulator
 def test_processes_left_behind_by_a_trainer_are_killed(
-    start: Callable[..., VertexServer], gcs_endpoint: str, packages: dict[str, str], tmp_path: Path,
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    packages: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     client = _client(start(gcs_endpoint=gcs_endpoint).address)
-    job = _wait(client, client.create_custom_job(
-        parent=PARENT, custom_job=_package_job(packages["sdist"], "--spawn")).name)
+    job = _wait(
+        client, client.create_custom_job(parent=PARENT, custom_job=_package_job(packages["sdist"], "--spawn")).name
+    )
     assert job.state == JobState.JOB_STATE_SUCCEEDED, job.error.message
     _wait_dead(int((_job_dir(tmp_path / "state", job) / "grandchild.pid").read_text()))
 
 
 @pytest.mark.emulator
 def test_sigterm_cancels_running_jobs_and_kills_their_trainers(
-    gcs_endpoint: str, packages: dict[str, str], tmp_path: Path,
+    gcs_endpoint: str,
+    packages: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     port = _free_port()
     state = tmp_path / "state"
     process = subprocess.Popen(
         [sys.executable, "-m", "local_emulator.vertex", "--port", str(port), "--state-dir", str(state)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "STORAGE_EMULATOR_HOST": gcs_endpoint},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "STORAGE_EMULATOR_HOST": gcs_endpoint},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -1,0 +1,171 @@
+"""Pure parts of the local Cloud Build: substitutions, the docker builder's arguments, ListBuilds filters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+#: Builder images whose `build`, `tag` and `push` commands the local Cloud Build runs with buildah/skopeo.
+DOCKER_BUILDERS = frozenset({"gcr.io/cloud-builders/docker", "docker", "docker.io/library/docker"})
+
+_VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+# docker build flags: passed on to buildah bud, or accepted and ignored (no cache, never pull, one platform).
+_PASSED_WITH_VALUE = {"--build-arg": "--build-arg", "--label": "--label", "--target": "--target", "--add-host": "--add-host"}
+_IGNORED_WITH_VALUE = frozenset({"--platform", "--network", "--cache-from", "--progress", "--iidfile", "--memory", "--shm-size"})
+_IGNORED_SWITCHES = frozenset({"--no-cache", "--pull", "-q", "--quiet", "--rm", "--force-rm", "--compress"})
+
+
+class StepError(ValueError):
+    """A build step the local Cloud Build cannot run; the message becomes the build's failure detail."""
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """Apply Cloud Build substitutions ($NAME, ${NAME}, $$ for a literal $); unknown names are left as written."""
+
+    def _one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(2)
+        return values.get(name, match.group(0))
+
+    return _VARIABLE.sub(_one, text)
+
+
+def builder_name(step_name: str) -> str:
+    """A builder image without its tag or digest, e.g. gcr.io/cloud-builders/docker."""
+    name = step_name.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+    return name
+
+
+@dataclass(frozen=True)
+class DockerBuild:
+    """`docker build` arguments, resolved: tags, Dockerfile, context, and flags for buildah bud."""
+
+    tags: tuple[str, ...]
+    dockerfile: str | None
+    context: str
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DockerTag:
+    """`docker tag SOURCE TARGET`."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class DockerPush:
+    """`docker push IMAGE`."""
+
+    image: str
+
+
+DockerCommand = DockerBuild | DockerTag | DockerPush
+
+
+def _split_flag(arg: str) -> tuple[str, str | None]:
+    if arg.startswith("--") and "=" in arg:
+        flag, value = arg.split("=", 1)
+        return flag, value
+    return arg, None
+
+
+def parse_docker_build(args: Sequence[str]) -> DockerBuild:
+    """Read `docker build` arguments (without the leading "build"); raise StepError on what is not supported."""
+    tags: list[str] = []
+    dockerfile: str | None = None
+    options: list[str] = []
+    positional: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            continue
+        flag, value = _split_flag(arg)
+        takes_value = flag in {"-t", "--tag", "-f", "--file"} or flag in _PASSED_WITH_VALUE or flag in _IGNORED_WITH_VALUE
+        if takes_value and value is None:
+            if index >= len(args):
+                raise StepError(f"docker build flag {flag} needs a value")
+            value = args[index]
+            index += 1
+        if flag in {"-t", "--tag"}:
+            tags.append(str(value))
+        elif flag in {"-f", "--file"}:
+            dockerfile = value
+        elif flag in _PASSED_WITH_VALUE:
+            options += [_PASSED_WITH_VALUE[flag], str(value)]
+        elif flag in _IGNORED_WITH_VALUE or flag in _IGNORED_SWITCHES:
+            continue
+        else:
+            raise StepError(f"docker build flag {flag} is not supported by the local Cloud Build")
+    if len(positional) != 1:
+        raise StepError(f"docker build needs exactly one context path, got {positional or 'none'}")
+    return DockerBuild(tuple(tags), dockerfile, positional[0], tuple(options))
+
+
+def parse_docker_step(name: str, entrypoint: str, args: Sequence[str]) -> DockerCommand:
+    """Turn one step of the docker builder into a command; raise StepError for anything else."""
+    if builder_name(name) not in DOCKER_BUILDERS:
+        raise StepError(f"builder {name!r} is not supported by the local Cloud Build (only gcr.io/cloud-builders/docker)")
+    if entrypoint and entrypoint != "docker":
+        raise StepError(f"entrypoint {entrypoint!r} is not supported by the local Cloud Build")
+    if not args:
+        raise StepError("docker step without arguments")
+    command, rest = args[0], list(args[1:])
+    if command in {"build", "buildx"}:
+        if command == "buildx":
+            if not rest or rest[0] != "build":
+                raise StepError("only `docker buildx build` is supported")
+            rest = rest[1:]
+        return parse_docker_build(rest)
+    if command == "tag" and len(rest) == 2:
+        return DockerTag(rest[0], rest[1])
+    if command == "push" and len(rest) == 1:
+        return DockerPush(rest[0])
+    raise StepError(f"`docker {' '.join(args)}` is not supported by the local Cloud Build (build, tag, push are)")
+
+
+BuildFields = Mapping[str, object]
+Predicate = Callable[[BuildFields], bool]
+
+_TERM = re.compile(r'^\s*(tags|status|id|images|build_id|trigger_id|project_id)\s*(=|:)\s*("(?:[^"\\]|\\.)*"|[^\s()"]+)\s*$')
+
+
+def parse_filter(expression: str) -> Predicate:
+    """Compile the subset of ListBuilds' filter syntax used by callers: `field="v"` terms joined by AND.
+
+    Supported fields: tags, status, id (build_id), images, trigger_id, project_id. A repeated field
+    (tags, images) matches when any element equals the value, as in the real API.
+    """
+    if not expression.strip():
+        return lambda _fields: True
+    terms: list[tuple[str, str]] = []
+    for raw in re.split(r"\s+AND\s+", expression.strip()):
+        match = _TERM.match(raw)
+        if match is None:
+            raise ValueError(f"unsupported filter term {raw.strip()!r}")
+        field, _, value = match.groups()
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        terms.append(({"build_id": "id"}.get(field, field), value))
+
+    def _matches(fields: BuildFields) -> bool:
+        for field, value in terms:
+            actual = fields.get(field)
+            if isinstance(actual, (list, tuple)):
+                if value not in actual:
+                    return False
+            elif actual != value:
+                return False
+        return True
+
+    return _matches

@@ -1,0 +1,56 @@
+# One Cloud Functions (gen2) function per stage, all from one archive of functions/.
+
+data "archive_file" "functions" {
+  type        = "zip"
+  source_dir  = "${path.module}/../functions"
+  output_path = "${path.module}/.build/functions.zip"
+  excludes    = ["**/__pycache__/**", "**/*.pyc", ".mypy_cache/**", ".pytest_cache/**"]
+}
+
+# The name carries the archive's hash, so a code change is a new object and every function redeploys.
+resource "google_storage_bucket_object" "functions_source" {
+  bucket       = google_storage_bucket.artifacts.name
+  name         = "sources/functions-${data.archive_file.functions.output_md5}.zip"
+  source       = data.archive_file.functions.output_path
+  content_type = "application/zip"
+}
+
+resource "google_cloudfunctions2_function" "stage" {
+  for_each = local.stages
+
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names[each.key]
+  description = each.value.doc
+  labels      = merge(local.labels, { cd4ml-stage = local.stage_slug[each.key] })
+
+  build_config {
+    runtime     = "python311"
+    entry_point = each.key
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.artifacts.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory               = each.value.memory
+    timeout_seconds                = each.value.timeout_seconds
+    max_instance_count             = var.max_instance_count
+    ingress_settings               = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision = true
+    service_account_email          = google_service_account.function[each.key].email
+
+    # Exactly the settings the stage's catalog entry lists, plus the two every stage gets.
+    environment_variables = merge(
+      { for name in each.value.env : name => local.setting_values[name] },
+      {
+        CD4ML_STAGE             = each.key
+        CD4ML_DEAD_LETTER_TOPIC = local.dead_letter_topics[each.key]
+      },
+    )
+  }
+}

@@ -1,0 +1,85 @@
+# Topics and subscriptions: one topic per event type, Google's own topics, and per stage a push subscription
+# with retry and dead-letter policy, a dead-letter topic and a pull subscription that holds what was dead-lettered.
+
+resource "google_pubsub_topic" "event" {
+  for_each = local.topic_ids
+
+  project = var.project_id
+  name    = each.value
+  labels  = local.labels
+}
+
+# Cloud Build publishes build status to `cloud-builds` and Artifact Registry publishes pushes to `gcr`, but
+# only if the topic exists, and neither service reliably creates it. Created here unless adopted (already there).
+resource "google_pubsub_topic" "foreign" {
+  for_each = setsubtract(keys(local.catalog.foreign_topics), var.adopt_foreign_topics)
+
+  project = var.project_id
+  name    = each.key
+  labels  = local.labels
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  for_each = local.dead_letter_topics
+
+  project = var.project_id
+  name    = each.value
+  labels  = local.labels
+}
+
+# Explicit authenticated push instead of a function event_trigger: an Eventarc trigger's subscription cannot
+# dead-letter. The endpoint path /projects/P/topics/T is what makes functions-framework turn the raw push body
+# into a google.cloud.pubsub.topic.v1.messagePublished CloudEvent.
+resource "google_pubsub_subscription" "stage" {
+  for_each = local.stages
+
+  project = var.project_id
+  name    = local.subscription_ids[each.key]
+  topic   = "projects/${var.project_id}/topics/${local.trigger_topic_ids[each.key]}"
+  labels  = local.labels
+
+  ack_deadline_seconds = local.delivery.ack_deadline_seconds
+
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.stage[each.key].service_config[0].uri}/projects/${var.project_id}/topics/${local.trigger_topic_ids[each.key]}"
+
+    oidc_token {
+      service_account_email = google_service_account.invoker[each.key].email
+      audience              = google_cloudfunctions2_function.stage[each.key].service_config[0].uri
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "${local.delivery.minimum_backoff_seconds}s"
+    maximum_backoff = "${local.delivery.maximum_backoff_seconds}s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter[each.key].id
+    max_delivery_attempts = local.delivery.max_delivery_attempts
+  }
+
+  # Never expire: a stage that is idle for 31 days (a monthly model) must keep its subscription.
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [google_pubsub_topic.event, google_pubsub_topic.foreign]
+}
+
+resource "google_pubsub_subscription" "dead_letter_hold" {
+  for_each = local.dead_letter_holds
+
+  project = var.project_id
+  name    = each.value
+  topic   = google_pubsub_topic.dead_letter[each.key].id
+  labels  = local.labels
+
+  message_retention_duration = "${local.delivery.dead_letter_retention_seconds}s"
+  retain_acked_messages      = true
+  ack_deadline_seconds       = 60
+
+  expiration_policy {
+    ttl = ""
+  }
+}

@@ -1,0 +1,22 @@
+# Where serving images go, and the key that lets trigger_canary call Spinnaker.
+
+resource "google_artifact_registry_repository" "images" {
+  project       = var.project_id
+  location      = var.region
+  repository_id = var.registry_repository_id
+  format        = "DOCKER"
+  description   = "cd4ml serving images, tagged with the run id; pushes are announced on the gcr topic."
+  labels        = local.labels
+}
+
+# Only the secret: its versions (the key Spinnaker's webhook payload constraint expects) are added out of band,
+# so the key never passes through Terraform state.
+resource "google_secret_manager_secret" "gate_key" {
+  project   = var.project_id
+  secret_id = var.gate_key_secret_id
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+}

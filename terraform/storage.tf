@@ -1,0 +1,61 @@
+# The data bucket (sources, datasets/) and the artifact bucket (manifests/, sources/, runs/), private and versioned.
+
+resource "google_storage_bucket" "data" {
+  #checkov:skip=CKV_GCP_62:Access is recorded by Cloud Audit Logs (Data Access logs), which Google recommends over legacy usage logs; a log bucket would itself need one.
+  project  = var.project_id
+  name     = local.data_bucket
+  location = coalesce(var.bucket_location, var.region)
+  labels   = local.labels
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = var.noncurrent_version_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+resource "google_storage_bucket" "artifacts" {
+  #checkov:skip=CKV_GCP_62:Access is recorded by Cloud Audit Logs (Data Access logs), which Google recommends over legacy usage logs; a log bucket would itself need one.
+  project  = var.project_id
+  name     = local.artifact_bucket
+  location = coalesce(var.bucket_location, var.region)
+  labels   = local.labels
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = var.noncurrent_version_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+# The functions read a model's manifest from manifests/MODEL.yaml; Terraform is its only writer.
+resource "google_storage_bucket_object" "manifest" {
+  for_each = local.manifest_files
+
+  bucket         = google_storage_bucket.artifacts.name
+  name           = "manifests/${each.key}.yaml"
+  source         = each.value
+  source_md5hash = filemd5(each.value)
+  content_type   = "application/yaml"
+  cache_control  = "no-store"
+}

@@ -1,0 +1,113 @@
+variable "project_id" {
+  type        = string
+  description = "Google Cloud project that hosts the whole pipeline."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project id (6-30 lowercase letters, digits and dashes), not a number or a name."
+  }
+}
+
+variable "region" {
+  type        = string
+  description = "Region of the functions, Cloud Scheduler, Artifact Registry, Vertex AI and Cloud Build."
+  default     = "us-central1"
+}
+
+variable "spinnaker_gate_url" {
+  type        = string
+  description = "Base URL of Spinnaker Gate, e.g. https://gate.spinnaker.example.com (trigger_canary POSTs /webhooks/webhook/SOURCE)."
+
+  validation {
+    condition     = can(regex("^https://[^/\\s]+", var.spinnaker_gate_url))
+    error_message = "spinnaker_gate_url must be an https:// URL: the webhook carries a pre-shared key."
+  }
+}
+
+variable "manifests_dir" {
+  type        = string
+  description = "Folder searched for **/manifest.yaml, one per model; relative paths are taken from this module."
+  default     = "../examples"
+}
+
+variable "bucket_location" {
+  type        = string
+  description = "Location of the data and artifact buckets; null means var.region."
+  default     = null
+}
+
+variable "data_bucket_name" {
+  type        = string
+  description = "Name of the bucket of source data and dataset snapshots; null means PROJECT-cd4ml-data."
+  default     = null
+}
+
+variable "artifact_bucket_name" {
+  type        = string
+  description = "Name of the bucket of manifests, function sources, models and build contexts; null means PROJECT-cd4ml-artifacts."
+  default     = null
+}
+
+variable "noncurrent_version_retention_days" {
+  type        = number
+  description = "Days an overwritten or deleted object version is kept in the versioned buckets."
+  default     = 30
+
+  validation {
+    condition     = var.noncurrent_version_retention_days >= 1
+    error_message = "noncurrent_version_retention_days must be at least 1."
+  }
+}
+
+variable "registry_repository_id" {
+  type        = string
+  description = "Artifact Registry Docker repository of the serving images."
+  default     = "cd4ml"
+}
+
+variable "gate_key_secret_id" {
+  type        = string
+  description = "Secret Manager secret holding the Spinnaker webhook key; its versions are added out of band."
+  default     = "cd4ml-spinnaker-webhook-key"
+}
+
+variable "firestore_database" {
+  type        = string
+  description = "Firestore (native mode) database of the run ledger; the functions' Firestore access is limited to it."
+  default     = "(default)"
+}
+
+variable "vertex_endpoint" {
+  type        = string
+  description = "CD4ML_VERTEX_ENDPOINT: empty means the regional endpoint REGION-aiplatform.googleapis.com."
+  default     = ""
+}
+
+variable "cloudbuild_endpoint" {
+  type        = string
+  description = "CD4ML_CLOUDBUILD_ENDPOINT: empty means the client library's default endpoint."
+  default     = ""
+}
+
+variable "max_instance_count" {
+  type        = number
+  description = "Upper bound of instances per function (each serves one request at a time)."
+  default     = 20
+}
+
+variable "adopt_foreign_topics" {
+  type        = set(string)
+  description = "Google-owned topics (cloud-builds, gcr) that already exist in the project: subscribed to by name instead of created."
+  default     = []
+
+  validation {
+    condition     = alltrue([for t in var.adopt_foreign_topics : contains(keys(local.catalog.foreign_topics), t)])
+    error_message = "adopt_foreign_topics may only name foreign topics of the catalog (cloud-builds, gcr)."
+  }
+}
+
+variable "labels" {
+  type        = map(string)
+  description = "Labels added to every labelled resource."
+  default     = {}
+}

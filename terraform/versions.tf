@@ -1,0 +1,22 @@
+terraform {
+  # Terraform 1.9+ for cross-object variable validation; checked with 1.11.
+  required_version = ">= 1.9, < 2.0"
+
+  required_providers {
+    # tests/terraform checks every block against the schema of this provider version (cdktn-provider-google 21.1.0
+    # embeds hashicorp/google 8.7.0); move both together.
+    google = {
+      source  = "hashicorp/google"
+      version = "~> 8.7"
+    }
+    archive = {
+      source  = "hashicorp/archive"
+      version = "~> 2.7"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project_id
+  region  = var.region
+}
