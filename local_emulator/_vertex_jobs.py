@@ -27,6 +27,7 @@ from local_emulator._vertex_requests import (
     JobNotCancellable,
     JobNotFound,
     Location,
+    ServiceClosing,
     check_custom_job,
     parse_job_name,
 )
@@ -72,7 +73,7 @@ class JobTable:
         now = _now()
         with self._lock:
             if self._closing:
-                raise RuntimeError("the local Vertex AI stand-in is shutting down")
+                raise ServiceClosing
             self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
             job_id = str(self._last_id)
             record.name = where.job_name(job_id)
@@ -82,20 +83,20 @@ class JobTable:
             entry = _Entry(record)
             self._entries[job_id] = entry
             self._save(job_id, record)
-            created = _copy(record)
-        _log.info(
-            "job created",
-            extra={"job": record.name, "display_name": record.display_name, "labels": dict(record.labels)},
-        )
-        self._pool.submit(self._run, job_id, where, entry)
-        return created
+            _log.info(
+                "job created",
+                extra={"job": record.name, "display_name": record.display_name, "labels": dict(record.labels)},
+            )
+            # Submitted under the lock, so close() either refuses this job or sees it queued.
+            self._pool.submit(self._run, job_id, where, entry)
+            return _copy(record)
 
     def get(self, name: str) -> CustomJob:
         """The job with this resource name, or JobNotFound."""
         with self._lock:
             return _copy(self._entry(name).job)
 
-    def list(self, where: Location, job_filter: JobFilter) -> list[CustomJob]:
+    def select(self, where: Location, job_filter: JobFilter) -> list[CustomJob]:
         """The jobs of a location that match the filter, oldest first."""
         prefix = where.parent + "/"
         with self._lock:

@@ -59,6 +59,13 @@ class JobNotCancellable(VertexRequestError, RuntimeError):
         super().__init__(f"Cannot cancel CustomJob {name}: it is already in state {state}.")
 
 
+class ServiceClosing(VertexRequestError, RuntimeError):
+    """The stand-in is shutting down and takes no new jobs (gRPC UNAVAILABLE)."""
+
+    def __init__(self) -> None:
+        super().__init__("The local Vertex AI stand-in is shutting down.")
+
+
 @dataclass(frozen=True)
 class Location:
     """A ``projects/{project}/locations/{location}`` parent."""

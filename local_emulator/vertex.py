@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 from google.cloud import aiplatform_v1
@@ -48,6 +48,7 @@ from local_emulator._vertex_requests import (
     JobFilter,
     JobNotCancellable,
     JobNotFound,
+    ServiceClosing,
     parse_parent,
 )
 
@@ -96,12 +97,17 @@ def serve(
     package downloads; it defaults to this process's environment.
     """
     jobs = JobTable(state_dir, max_concurrent, os.environ if environ is None else environ)
-    server = grpc.server(ThreadPoolExecutor(max_workers=_RPC_THREADS, thread_name_prefix="vertex-rpc"))
+    # No SO_REUSEPORT: a second server on a busy port must fail, not silently share it.
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=_RPC_THREADS, thread_name_prefix="vertex-rpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
     server.add_generic_rpc_handlers((_job_service(jobs),))
-    bound = int(server.add_insecure_port(f"{host}:{port}"))
-    if bound == 0:
+    try:
+        bound = int(server.add_insecure_port(f"{host}:{port}"))
+    except RuntimeError as exc:
         jobs.close()
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
     server.start()
     _log.info(
         "serving", extra={"address": f"{host}:{bound}", "state_dir": str(state_dir), "max_concurrent": max_concurrent}
@@ -112,17 +118,17 @@ def serve(
 def _job_service(jobs: JobTable) -> grpc.GenericRpcHandler:
     """The JobService methods, on proto-plus (de)serializers so the real client's bytes round-trip."""
 
-    def create(request: aiplatform_v1.CreateCustomJobRequest, context: grpc.ServicerContext) -> Any:
+    def create(request: aiplatform_v1.CreateCustomJobRequest) -> aiplatform_v1.CustomJob:
         return jobs.create(parse_parent(request.parent), request.custom_job)
 
-    def get(request: aiplatform_v1.GetCustomJobRequest, context: grpc.ServicerContext) -> Any:
+    def get(request: aiplatform_v1.GetCustomJobRequest) -> aiplatform_v1.CustomJob:
         return jobs.get(request.name)
 
-    def list_jobs(request: aiplatform_v1.ListCustomJobsRequest, context: grpc.ServicerContext) -> Any:
+    def list_jobs(request: aiplatform_v1.ListCustomJobsRequest) -> aiplatform_v1.ListCustomJobsResponse:
         where = parse_parent(request.parent)
-        return aiplatform_v1.ListCustomJobsResponse(custom_jobs=jobs.list(where, JobFilter.parse(request.filter)))
+        return aiplatform_v1.ListCustomJobsResponse(custom_jobs=jobs.select(where, JobFilter.parse(request.filter)))
 
-    def cancel(request: aiplatform_v1.CancelCustomJobRequest, context: grpc.ServicerContext) -> Any:
+    def cancel(request: aiplatform_v1.CancelCustomJobRequest) -> empty_pb2.Empty:
         jobs.cancel(request.name)
         return empty_pb2.Empty()
 
@@ -148,7 +154,7 @@ def _job_service(jobs: JobTable) -> grpc.GenericRpcHandler:
 
 
 def _unary(
-    behaviour: Callable[[_Request, grpc.ServicerContext], _Response],
+    behaviour: Callable[[_Request], _Response],
     deserialize: Callable[[bytes], _Request],
     serialize: Callable[[_Response], bytes],
 ) -> grpc.RpcMethodHandler:
@@ -156,13 +162,15 @@ def _unary(
 
     def handle(request: _Request, context: grpc.ServicerContext) -> _Response:
         try:
-            return behaviour(request, context)
+            return behaviour(request)
         except InvalidRequest as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except JobNotFound as exc:
             _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except JobNotCancellable as exc:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ServiceClosing as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
     return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=deserialize, response_serializer=serialize)
 

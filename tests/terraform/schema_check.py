@@ -74,7 +74,7 @@ def _check_body(
 ) -> Iterator[tuple[str, str]]:
     present: set[str] = set()
     for name, value in hcl.body_items(body):
-        if name == "dynamic" and hcl.is_block(value):
+        if name == "dynamic" and isinstance(value, list):
             for entry in value:
                 for block_name, dyn in hcl.body_items(entry):
                     present.add(block_name)

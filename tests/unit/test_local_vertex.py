@@ -399,6 +399,12 @@ def test_a_restarted_server_still_answers_for_its_jobs(start: Callable[..., Vert
     assert len(list(client.list_custom_jobs(parent=PARENT))) == 3
 
 
+def test_a_busy_port_is_an_error(start: Callable[..., VertexServer], tmp_path: Path) -> None:
+    running = start()
+    with pytest.raises(OSError, match="cannot listen"):
+        serve("127.0.0.1", running.port, tmp_path / "other-state")
+
+
 def test_cli_logs_json_and_exits_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(

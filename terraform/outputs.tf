@@ -1,0 +1,60 @@
+output "topics" {
+  description = "Topic id of every event type."
+  value       = { for t, r in google_pubsub_topic.event : t => r.name }
+}
+
+output "dead_letter_topics" {
+  description = "Dead-letter topic id of every stage."
+  value       = { for s, r in google_pubsub_topic.dead_letter : s => r.name }
+}
+
+output "subscriptions" {
+  description = "Per stage: the push subscription that feeds it and the pull subscription holding what it dead-lettered."
+  value = { for s in keys(local.stages) : s => {
+    push             = google_pubsub_subscription.stage[s].name
+    dead_letter_hold = google_pubsub_subscription.dead_letter_hold[s].name
+  } }
+}
+
+output "function_uris" {
+  description = "Cloud Run URI of every stage's function (internal ingress only)."
+  value       = { for s, f in google_cloudfunctions2_function.stage : s => f.service_config[0].uri }
+}
+
+output "data_bucket" {
+  description = "Bucket of source data and dataset snapshots."
+  value       = google_storage_bucket.data.name
+}
+
+output "artifact_bucket" {
+  description = "Bucket of manifests, function sources, models and build contexts."
+  value       = google_storage_bucket.artifacts.name
+}
+
+output "registry" {
+  description = "Image registry prefix (CD4ML_REGISTRY): images are REGISTRY/MODEL:RUN_ID."
+  value       = local.registry
+}
+
+output "gate_key_secret" {
+  description = "Secret to add the Spinnaker webhook key to: gcloud secrets versions add NAME --data-file=-"
+  value       = google_secret_manager_secret.gate_key.id
+}
+
+output "service_accounts" {
+  description = "Every identity cd4ml runs as."
+  value = {
+    functions = { for s, a in google_service_account.function : s => a.email }
+    push      = { for s, a in google_service_account.invoker : s => a.email }
+    training  = google_service_account.training.email
+    build     = google_service_account.build.email
+  }
+}
+
+output "scheduler_jobs" {
+  description = "Cloud Scheduler job of every model, and the watch tick."
+  value = merge(
+    { for m, j in google_cloud_scheduler_job.run : m => j.name },
+    { watch_tick = google_cloud_scheduler_job.watch_tick.name },
+  )
+}

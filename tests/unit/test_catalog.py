@@ -1,0 +1,47 @@
+"""The catalog: every stage consumes a known topic and emits known events; settings are documented once."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from cd4ml import catalog
+from cd4ml.settings import Settings
+
+MAIN = Path(__file__).resolve().parents[2] / "functions" / "main.py"
+
+
+def test_every_stage_trigger_and_output_is_in_the_catalog() -> None:
+    cat = catalog.load()
+    for stage in cat.stages:
+        assert stage.trigger in cat.event_types or stage.trigger in cat.foreign_topics, stage.name
+        for emitted in stage.emits:
+            assert emitted in cat.event_types, (stage.name, emitted)
+        for name in stage.env:
+            assert name in {s.name for s in cat.settings}, (stage.name, name)
+
+
+def test_every_stage_has_a_handler_in_main() -> None:
+    handlers = {n.name for n in ast.parse(MAIN.read_text()).body if isinstance(n, ast.FunctionDef)}
+    assert {s.name for s in catalog.load().stages} <= handlers
+
+
+def test_settings_fields_are_exactly_the_catalog_settings() -> None:
+    names = {f"CD4ML_{f.upper()}" for f in Settings.__dataclass_fields__}
+    assert names == {s.name for s in catalog.load().settings}
+
+
+def test_missing_required_settings_are_all_named() -> None:
+    import pytest
+
+    from cd4ml.errors import InvalidSettings
+
+    with pytest.raises(InvalidSettings, match="CD4ML_PROJECT"):
+        Settings.from_env({})
+
+
+def test_every_schema_is_valid_json_schema() -> None:
+    from jsonschema import Draft202012Validator
+
+    for name in [*catalog.load().event_types, "manifest", "run"]:
+        Draft202012Validator.check_schema(catalog.schema(name))

@@ -1,0 +1,84 @@
+"""Events: binary content mode both ways, validation that names every problem."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from cd4ml import events
+from cd4ml.errors import InvalidEvent
+from cd4ml.events import Event, PubSubMessage
+
+
+def _message(attributes: dict[str, str], data: bytes) -> PubSubMessage:
+    return PubSubMessage(message_id="42", publish_time=datetime(2026, 1, 1, 3, 0, 5, tzinfo=timezone.utc),
+                         attributes=attributes, data=data)
+
+
+def test_round_trip_keeps_every_attribute_and_the_data() -> None:
+    event = Event.new(events.DATA_FETCHED, "digits-20260101t030000z", {"model": "digits", "dataset": {
+        "uri": "gs://b/datasets/digits/x/", "sha256": "a" * 64, "rows": 3, "bytes": 10, "files": 1}}, source="//t")
+    data, attributes = event.to_message()
+    assert attributes["ce-specversion"] == "1.0"
+    assert attributes["ce-subject"] == "digits-20260101t030000z"
+    assert attributes["content-type"] == "application/json"
+    back = Event.from_message(_message(attributes, data), [events.DATA_FETCHED])
+    assert back == event
+    assert back.data["dataset"]["rows"] == 3
+
+
+def test_event_ids_are_deterministic_per_run_and_type() -> None:
+    a = Event.new(events.RUN_REQUESTED, "digits-20260101t030000z", {"model": "digits"}, source="//t")
+    b = Event.new(events.RUN_REQUESTED, "digits-20260101t030000z", {"model": "digits"}, source="//t")
+    c = Event.new(events.RUN_REQUESTED, "digits-20260102t030000z", {"model": "digits"}, source="//t")
+    assert a.id == b.id != c.id
+
+
+def test_publishing_invalid_data_names_every_problem() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        Event.new(events.DATA_FETCHED, "r", {"model": "Bad Name", "dataset": {"uri": "s3://x"}}, source="//t")
+    message = caught.value.message
+    for field in ("model", "dataset/uri", "'sha256' is a required property", "'rows' is a required property"):
+        assert field in message
+
+
+def test_receiving_collects_all_envelope_and_data_problems_at_once() -> None:
+    attributes = {"ce-specversion": "0.3", "ce-type": events.RUN_REQUESTED, "content-type": "text/plain"}
+    with pytest.raises(InvalidEvent) as caught:
+        Event.from_message(_message(attributes, b'{"model": 7}'), [events.RUN_REQUESTED])
+    problems = caught.value.problems
+    assert any("ce-specversion" in p for p in problems)
+    assert any("ce-source" in p for p in problems)
+    assert any("content-type" in p for p in problems)
+    assert any(p.startswith("model:") for p in problems)
+
+
+@pytest.mark.parametrize(("attributes", "data", "expected"), [
+    ({"ce-type": "cd4ml.nope.v1"}, b"{}", "is not a cd4ml event type"),
+    ({"ce-type": events.DATA_FETCHED}, b"{}", "is not handled here"),
+    ({"ce-type": events.RUN_REQUESTED}, b"not json", "data is not JSON"),
+    ({"ce-type": events.RUN_REQUESTED}, b"[1]", "data must be a JSON object"),
+])
+def test_wrong_type_or_body_is_invalid(attributes: dict[str, str], data: bytes, expected: str) -> None:
+    full = {"ce-specversion": "1.0", "ce-source": "//t", **attributes}
+    with pytest.raises(InvalidEvent, match=expected):
+        Event.from_message(_message(full, data), [events.RUN_REQUESTED])
+
+
+def test_scheduler_messages_without_id_and_time_take_the_message_id_and_publish_time() -> None:
+    attributes = {"ce-specversion": "1.0", "ce-source": "//cloudscheduler", "ce-type": events.RUN_REQUESTED}
+    event = Event.from_message(_message(attributes, json.dumps({"model": "digits"}).encode()), [events.RUN_REQUESTED])
+    assert event.id == "42"
+    assert event.time == datetime(2026, 1, 1, 3, 0, 5, tzinfo=timezone.utc)
+    assert event.subject == ""
+
+
+def test_push_body_round_trip_and_malformed_bodies() -> None:
+    message = _message({"a": "b"}, b"xyz")
+    assert PubSubMessage.from_push(message.to_push()).data == b"xyz"
+    with pytest.raises(InvalidEvent, match="no 'message' object"):
+        PubSubMessage.from_push({"hello": 1})
+    with pytest.raises(InvalidEvent, match="not base64"):
+        PubSubMessage.from_push({"message": {"data": "%%%"}})

@@ -1,0 +1,88 @@
+"""Manifests: the example is valid; a bad one is refused with each field and reason."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cd4ml import models
+from cd4ml.errors import InvalidManifest
+from cd4ml.manifest import loads, parse, resolve_gcs
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
+
+
+def _example() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((EXAMPLE / "manifest.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def test_the_example_manifest_is_valid() -> None:
+    manifest = models.read(EXAMPLE)
+    assert manifest.name == "digits"
+    assert manifest.training.python_module == "trainer.task"
+    assert manifest.evaluation.metric == "accuracy"
+
+
+def test_a_bad_manifest_names_every_field_and_reason() -> None:
+    doc = _example()
+    doc["name"] = "Digits!"
+    doc["evaluation"].pop("metric")
+    doc["training"]["worker_pool"]["replica_count"] = 0
+    doc["colour"] = "blue"
+    with pytest.raises(InvalidManifest) as caught:
+        parse(doc)
+    text = caught.value.message
+    assert "name: 'Digits!' does not match" in text
+    assert "evaluation: 'metric' is a required property" in text
+    assert "training.worker_pool.replica_count: 0 is less than the minimum of 1" in text
+    assert "'colour' was unexpected" in text
+
+
+def test_training_needs_exactly_one_of_container_or_python_package() -> None:
+    doc = _example()
+    doc["training"]["container"] = {"image_uri": "gcr.io/x/y"}
+    with pytest.raises(InvalidManifest, match="training"):
+        parse(doc)
+
+
+def test_bad_cron_and_time_zone_are_named() -> None:
+    doc = _example()
+    doc["schedule"] = "every day"
+    with pytest.raises(InvalidManifest, match="schedule: 'every day' is not a valid cron expression"):
+        parse(doc)
+    doc = _example()
+    doc["time_zone"] = "Mars/Olympus"
+    with pytest.raises(InvalidManifest, match="time_zone"):
+        parse(doc)
+
+
+def test_not_yaml_is_refused() -> None:
+    with pytest.raises(InvalidManifest, match="not YAML"):
+        loads("name: [unclosed")
+
+
+def test_scheduled_time_is_the_latest_fire_time_so_duplicates_map_to_one_run() -> None:
+    manifest = parse(_example())  # 03:00 UTC daily
+    first = manifest.scheduled_time(datetime(2026, 3, 1, 3, 0, 0, 900000, tzinfo=timezone.utc))
+    retry = manifest.scheduled_time(datetime(2026, 3, 1, 3, 2, 30, tzinfo=timezone.utc))
+    assert first == retry == datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)
+
+
+def test_relative_paths_resolve_inside_the_bucket() -> None:
+    assert resolve_gcs("sources/digits/", "data") == "gs://data/sources/digits/"
+    assert resolve_gcs("gs://other/x", "data") == "gs://other/x"
+
+
+def test_the_trainer_package_is_an_sdist_pip_can_read() -> None:
+    import io
+    import tarfile
+
+    blob = models.sdist(EXAMPLE, "trainer-0.1.0.tar.gz")
+    names = tarfile.open(fileobj=io.BytesIO(blob)).getnames()
+    assert "trainer-0.1.0/setup.py" in names
+    assert "trainer-0.1.0/trainer/task.py" in names
+    assert not any("manifest.yaml" in n or "serving" in n for n in names)
+    assert models.sdist(EXAMPLE, "trainer-0.1.0.tar.gz") == blob  # reproducible
