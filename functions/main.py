@@ -41,3 +41,35 @@ def evaluate(cloud_event: CloudEvent) -> None:
     from cd4ml.stages.evaluation import evaluate as stage
 
     dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def build_image(cloud_event: CloudEvent) -> None:
+    """evaluation.passed → a Cloud Build build of the serving image."""
+    from cd4ml.stages.delivery import build_image as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def on_build(cloud_event: CloudEvent) -> None:
+    """cloud-builds → image.built | image.failed."""
+    from cd4ml.stages.delivery import on_build as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def on_push(cloud_event: CloudEvent) -> None:
+    """gcr → image.pushed."""
+    from cd4ml.stages.delivery import on_push as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def trigger_canary(cloud_event: CloudEvent) -> None:
+    """image.pushed → Spinnaker webhook → canary.triggered | canary.failed."""
+    from cd4ml.stages.delivery import trigger_canary as stage
+
+    dispatch(cloud_event, stage)

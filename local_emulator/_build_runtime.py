@@ -7,7 +7,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +32,7 @@ class JsonLineFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "severity": record.levelname,
             "message": record.getMessage(),
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "component": self._component,
         }
         for key, value in vars(record).items():
@@ -195,25 +194,6 @@ class ChildGroups:
             kill_process_group(proc, grace_seconds=2.0)
 
 
-def wait_for_port(host: str, port: int, timeout: float) -> bool:
-    """True once something accepts TCP connections on host:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """An ephemeral TCP port that was free a moment ago (tests and the stack pick ports this way)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def atomic_write(path: Path) -> Iterator[IO[str]]:
     """Write a file whole or not at all (readers never see half a JSON document)."""
@@ -227,9 +207,11 @@ class TopicPublisher:
     """Publishes to one Pub/Sub topic (the emulator, through PUBSUB_EMULATOR_HOST), one message per batch."""
 
     def __init__(self, project: str, topic: str) -> None:
-        from google.cloud import pubsub_v1  # deferred: 0.4 s import, only servers that publish pay it
+        # deferred: a 0.4 s import that only the servers that publish pay
+        from google.cloud.pubsub_v1 import PublisherClient
+        from google.cloud.pubsub_v1.types import BatchSettings
 
-        self._client = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
+        self._client = PublisherClient(batch_settings=BatchSettings(max_messages=1))
         self.topic_path: str = self._client.topic_path(project, topic)
 
     def publish(self, data: bytes, attributes: Mapping[str, str], timeout: float = 10.0) -> str:
@@ -266,18 +248,26 @@ class OrderedPublisher:
             for attempt in range(1, self._attempts + 1):
                 try:
                     message_id = self._publisher.publish(item.data, item.attributes)
-                except Exception as error:  # noqa: BLE001 - any publish failure is retried, then logged
+                except Exception as error:  # retried, then logged: a lost notification must be visible
                     if attempt == self._attempts:
                         self._log.error(
                             "publish failed; message dropped",
-                            extra={"topic": self._publisher.topic_path, "attributes": dict(item.attributes), "error": repr(error)},
+                            extra={
+                                "topic": self._publisher.topic_path,
+                                "attributes": dict(item.attributes),
+                                "error": repr(error),
+                            },
                         )
                     else:
                         time.sleep(0.2 * 2**attempt)
                 else:
                     self._log.info(
                         "published",
-                        extra={"topic": self._publisher.topic_path, "attributes": dict(item.attributes), "message_id": message_id},
+                        extra={
+                            "topic": self._publisher.topic_path,
+                            "attributes": dict(item.attributes),
+                            "message_id": message_id,
+                        },
                     )
                     break
 

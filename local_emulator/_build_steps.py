@@ -12,8 +12,15 @@ DOCKER_BUILDERS = frozenset({"gcr.io/cloud-builders/docker", "docker", "docker.i
 _VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 # docker build flags: passed on to buildah bud, or accepted and ignored (no cache, never pull, one platform).
-_PASSED_WITH_VALUE = {"--build-arg": "--build-arg", "--label": "--label", "--target": "--target", "--add-host": "--add-host"}
-_IGNORED_WITH_VALUE = frozenset({"--platform", "--network", "--cache-from", "--progress", "--iidfile", "--memory", "--shm-size"})
+_PASSED_WITH_VALUE = {
+    "--build-arg": "--build-arg",
+    "--label": "--label",
+    "--target": "--target",
+    "--add-host": "--add-host",
+}
+_IGNORED_WITH_VALUE = frozenset(
+    {"--platform", "--network", "--cache-from", "--progress", "--iidfile", "--memory", "--shm-size"}
+)
 _IGNORED_SWITCHES = frozenset({"--no-cache", "--pull", "-q", "--quiet", "--rm", "--force-rm", "--compress"})
 
 
@@ -91,7 +98,9 @@ def parse_docker_build(args: Sequence[str]) -> DockerBuild:
             positional.append(arg)
             continue
         flag, value = _split_flag(arg)
-        takes_value = flag in {"-t", "--tag", "-f", "--file"} or flag in _PASSED_WITH_VALUE or flag in _IGNORED_WITH_VALUE
+        takes_value = (
+            flag in {"-t", "--tag", "-f", "--file"} or flag in _PASSED_WITH_VALUE or flag in _IGNORED_WITH_VALUE
+        )
         if takes_value and value is None:
             if index >= len(args):
                 raise StepError(f"docker build flag {flag} needs a value")
@@ -115,7 +124,9 @@ def parse_docker_build(args: Sequence[str]) -> DockerBuild:
 def parse_docker_step(name: str, entrypoint: str, args: Sequence[str]) -> DockerCommand:
     """Turn one step of the docker builder into a command; raise StepError for anything else."""
     if builder_name(name) not in DOCKER_BUILDERS:
-        raise StepError(f"builder {name!r} is not supported by the local Cloud Build (only gcr.io/cloud-builders/docker)")
+        raise StepError(
+            f"builder {name!r} is not supported by the local Cloud Build (only gcr.io/cloud-builders/docker)"
+        )
     if entrypoint and entrypoint != "docker":
         raise StepError(f"entrypoint {entrypoint!r} is not supported by the local Cloud Build")
     if not args:
@@ -137,7 +148,9 @@ def parse_docker_step(name: str, entrypoint: str, args: Sequence[str]) -> Docker
 BuildFields = Mapping[str, object]
 Predicate = Callable[[BuildFields], bool]
 
-_TERM = re.compile(r'^\s*(tags|status|id|images|build_id|trigger_id|project_id)\s*(=|:)\s*("(?:[^"\\]|\\.)*"|[^\s()"]+)\s*$')
+_TERM = re.compile(
+    r'^\s*(tags|status|id|images|build_id|trigger_id|project_id)\s*(=|:)\s*("(?:[^"\\]|\\.)*"|[^\s()"]+)\s*$'
+)
 
 
 def parse_filter(expression: str) -> Predicate:

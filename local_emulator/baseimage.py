@@ -154,7 +154,7 @@ def write_oci_layout(rootfs_tar: Path, layout: Path, spec: BaseImageSpec) -> str
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
             "Cmd": ["python3"],
-            "Labels": {"org.opencontainers.image.description": f"cd4ml local base: Debian {spec.suite} {' '.join(spec.packages)}"},
+            "Labels": {"org.opencontainers.image.description": f"cd4ml local base: Debian {spec.suite}"},
         },
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
         "history": [{"created": created, "created_by": "mmdebstrap " + " ".join(spec.packages)}],
@@ -164,7 +164,11 @@ def write_oci_layout(rootfs_tar: Path, layout: Path, spec: BaseImageSpec) -> str
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": f"sha256:{config_digest}", "size": len(config_bytes)},
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": f"sha256:{config_digest}",
+            "size": len(config_bytes),
+        },
         "layers": [
             {
                 "mediaType": "application/vnd.oci.image.layer.v1.tar",
@@ -215,7 +219,9 @@ def ensure_base_image(spec: BaseImageSpec, cache_dir: Path) -> BaseImage:
         digest = write_oci_layout(rootfs, entry / "oci", spec)
         rootfs.unlink()
         seconds = time.monotonic() - started
-        done.write_text(json.dumps({"manifest_digest": digest, "spec": asdict(spec), "seconds": seconds}), encoding="utf-8")
+        done.write_text(
+            json.dumps({"manifest_digest": digest, "spec": asdict(spec), "seconds": seconds}), encoding="utf-8"
+        )
         _log.info("built base image", extra={"key": spec.key, "seconds": round(seconds, 2), "digest": digest})
         return BaseImage(spec, entry / "oci", digest, seconds)
 
@@ -270,7 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseImageError as error:
         _log.error("base image failed", extra={"error": str(error)})
         return 1
-    json.dump({"layout": str(image.layout), "reference": image.reference, "digest": image.manifest_digest, "key": spec.key}, sys.stdout)
+    json.dump(
+        {"layout": str(image.layout), "reference": image.reference, "digest": image.manifest_digest, "key": spec.key},
+        sys.stdout,
+    )
     sys.stdout.write("\n")
     return 0
 

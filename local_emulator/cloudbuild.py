@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,9 +63,14 @@ from local_emulator._build_steps import (
 
 Status = cloudbuild.Build.Status
 FailureType = cloudbuild.Build.FailureInfo.FailureType
+# Members as typed values (proto-plus enums look like plain ints to mypy).
+STATUS_UNKNOWN, QUEUED, WORKING, SUCCESS, FAILURE, INTERNAL_ERROR, TIMEOUT, CANCELLED, EXPIRED = (
+    Status(value) for value in (0, 1, 2, 3, 4, 5, 6, 7, 9)
+)
+USER_BUILD_STEP, PUSH_FAILED, PUSH_IMAGE_NOT_FOUND, FETCH_SOURCE_FAILED = (FailureType(value) for value in (5, 1, 2, 6))
 
 #: Statuses after which a build never changes again.
-TERMINAL = frozenset({Status.SUCCESS, Status.FAILURE, Status.INTERNAL_ERROR, Status.TIMEOUT, Status.CANCELLED, Status.EXPIRED})
+TERMINAL = frozenset({SUCCESS, FAILURE, INTERNAL_ERROR, TIMEOUT, CANCELLED, EXPIRED})
 SERVICE = "google.devtools.cloudbuild.v1.CloudBuild"
 OPERATIONS_SERVICE = "google.longrunning.Operations"
 DEFAULT_BASE_IMAGES: tuple[tuple[str, str], ...] = (("python:3.11-slim", "debian"),)
@@ -99,7 +104,7 @@ class _Outcome:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _span(start: datetime) -> cloudbuild.TimeSpan:
@@ -107,7 +112,8 @@ def _span(start: datetime) -> cloudbuild.TimeSpan:
 
 
 def _copy(build: cloudbuild.Build) -> cloudbuild.Build:
-    return cloudbuild.Build.deserialize(cloudbuild.Build.serialize(build))
+    copied: cloudbuild.Build = cloudbuild.Build.deserialize(cloudbuild.Build.serialize(build))
+    return copied
 
 
 def build_json(build: cloudbuild.Build) -> str:
@@ -196,7 +202,14 @@ class _TimedOut(Exception):
 class BuildRunner:
     """Runs builds: fetch the source, run the docker steps with buildah, push with skopeo, report."""
 
-    def __init__(self, settings: Settings, store: BuildStore, storage: ImageStorage, children: ChildGroups, notify: Callable[[cloudbuild.Build], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: BuildStore,
+        storage: ImageStorage,
+        children: ChildGroups,
+        notify: Callable[[cloudbuild.Build], None],
+    ) -> None:
         self._settings = settings
         self._store = store
         self._storage = storage
@@ -220,8 +233,8 @@ class BuildRunner:
             if build is None or build.status in TERMINAL:
                 return build
             self._cancelled.add(build_id)
-            if build.status == Status.QUEUED:
-                self._finish(build, _Outcome(Status.CANCELLED, "Build was cancelled"))
+            if build.status == QUEUED:
+                self._finish(build, _Outcome(CANCELLED, "Build was cancelled"))
                 return build
         self._children.cancel(build_id)
         return self._store.get(build_id)
@@ -239,22 +252,27 @@ class BuildRunner:
             build.failure_info = cloudbuild.Build.FailureInfo(type_=outcome.failure_type, detail=outcome.detail)
         build.finish_time = _now()
         for step in build.steps:
-            if step.status in (Status.STATUS_UNKNOWN, Status.QUEUED, Status.WORKING):
-                step.status = Status.CANCELLED if step.status == Status.WORKING else Status.QUEUED
+            if step.status in (STATUS_UNKNOWN, QUEUED, WORKING):
+                step.status = CANCELLED if step.status == WORKING else QUEUED
         self._store.put(build)
         self._notify(build)
         _log.info(
             "build finished",
-            extra={"build_id": build.id, "status": outcome.status.name, "detail": outcome.detail, "tags": list(build.tags)},
+            extra={
+                "build_id": build.id,
+                "status": outcome.status.name,
+                "detail": outcome.detail,
+                "tags": list(build.tags),
+            },
         )
 
     def run(self, build_id: str) -> None:
         """Execute one queued build to its terminal status (called on a worker thread)."""
         with self._lock:
             build = self._store.get(build_id)
-            if build is None or build.status != Status.QUEUED or build_id in self._cancelled:
+            if build is None or build.status != QUEUED or build_id in self._cancelled:
                 return
-            build.status = Status.WORKING
+            build.status = WORKING
             build.start_time = _now()
             self._store.put(build)
         self._notify(build)
@@ -269,31 +287,37 @@ class BuildRunner:
                 log_file.write(f"FINISHED {outcome.status.name} {outcome.detail}\n")
         except _Cancelled:
             outcome = (
-                _Outcome(Status.INTERNAL_ERROR, "local Cloud Build stopped while the build ran")
+                _Outcome(INTERNAL_ERROR, "local Cloud Build stopped while the build ran")
                 if self.stopping
-                else _Outcome(Status.CANCELLED, "Build was cancelled")
+                else _Outcome(CANCELLED, "Build was cancelled")
             )
         except _TimedOut:
-            outcome = _Outcome(Status.TIMEOUT, f"Build timed out after {int(timeout.total_seconds())}s")
-        except Exception as error:  # noqa: BLE001 - any bug here must still end the build, as INTERNAL_ERROR
+            outcome = _Outcome(TIMEOUT, f"Build timed out after {int(timeout.total_seconds())}s")
+        except Exception as error:  # a bug here must still end the build (INTERNAL_ERROR), not hang it
             _log.exception("build crashed", extra={"build_id": build_id})
-            outcome = _Outcome(Status.INTERNAL_ERROR, f"local Cloud Build internal error: {error!r}")
+            outcome = _Outcome(INTERNAL_ERROR, f"local Cloud Build internal error: {error!r}")
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
             if internal:
                 self._children.run(self._storage.rmi(*internal), owner=f"cleanup-{build_id}", timeout=120)
         self._finish(build, outcome)
 
-    def _command(self, argv: Sequence[str], build_id: str, deadline: float, log_file: IO[str], cwd: Path | None = None) -> CommandResult:
+    def _command(
+        self, argv: Sequence[str], build_id: str, deadline: float, log_file: IO[str], cwd: Path | None = None
+    ) -> CommandResult:
         self._check(build_id, deadline)
-        result = self._children.run(argv, owner=build_id, timeout=deadline - time.monotonic(), log_file=log_file, cwd=cwd)
+        result = self._children.run(
+            argv, owner=build_id, timeout=deadline - time.monotonic(), log_file=log_file, cwd=cwd
+        )
         if result.timed_out:
             raise _TimedOut
         if result.cancelled:
             raise _Cancelled
         return result
 
-    def _execute(self, build: cloudbuild.Build, workspace: Path, log_file: IO[str], deadline: float, internal: list[str]) -> _Outcome:
+    def _execute(
+        self, build: cloudbuild.Build, workspace: Path, log_file: IO[str], deadline: float, internal: list[str]
+    ) -> _Outcome:
         fetched = _now()
         failure = self._fetch_source(build, workspace, log_file)
         build.timing["FETCHSOURCE"] = _span(fetched)
@@ -311,13 +335,13 @@ class BuildRunner:
         for index, step in enumerate(build.steps):
             self._check(build.id, deadline)
             started = _now()
-            step.status = Status.WORKING
+            step.status = WORKING
             step.timing = cloudbuild.TimeSpan(start_time=started)
             self._store.put(build)
             log_file.write(f"Step #{index} ({step.name} {' '.join(step.args)})\n")
             failure = self._run_step(build, index, values, workspace, log_file, deadline, built, internal)
             step.timing = _span(started)
-            step.status = Status.FAILURE if failure else Status.SUCCESS
+            step.status = FAILURE if failure else SUCCESS
             self._store.put(build)
             if failure is not None:
                 return failure
@@ -328,36 +352,40 @@ class BuildRunner:
             source = built.get(qualified(image))
             if source is None:
                 detail = f"image {image} was not built by any step, so it cannot be pushed"
-                return _Outcome(Status.FAILURE, detail, FailureType.PUSH_IMAGE_NOT_FOUND)
+                return _Outcome(FAILURE, detail, PUSH_IMAGE_NOT_FOUND)
             started = _now()
             digest, result = self._push(source, image, build.id, deadline, log_file)
             if digest is None:
-                return _Outcome(Status.FAILURE, f"failed to push {image}: {result.tail(3)}", FailureType.PUSH_FAILED)
+                return _Outcome(FAILURE, f"failed to push {image}: {result.tail(3)}", PUSH_FAILED)
             build.results.images.append(cloudbuild.BuiltImage(name=image, digest=digest, push_timing=_span(started)))
         if build.images:
             build.timing["PUSH"] = _span(pushed)
-        return _Outcome(Status.SUCCESS)
+        return _Outcome(SUCCESS)
 
     def _fetch_source(self, build: cloudbuild.Build, workspace: Path, log_file: IO[str]) -> _Outcome | None:
         source = build.source.storage_source
         where = f"gs://{source.bucket}/{source.object_}"
         if not source.bucket or not source.object_:
-            return _Outcome(Status.FAILURE, "build has no storage_source; the local Cloud Build only fetches sources from GCS", FailureType.FETCH_SOURCE_FAILED)
+            return _Outcome(
+                FAILURE,
+                "build has no storage_source; the local Cloud Build only fetches sources from GCS",
+                FETCH_SOURCE_FAILED,
+            )
         from google.api_core import exceptions as api_exceptions
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        from google.cloud.storage import Client as StorageClient
 
         archive = workspace.with_name(f"{workspace.name}.source")
         workspace.mkdir(parents=True, exist_ok=True)
         log_file.write(f"Fetching storage object: {where}\n")
         try:
-            client = storage.Client(project=build.project_id, credentials=AnonymousCredentials())
+            client = StorageClient(project=build.project_id, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
             blob = client.bucket(source.bucket).blob(source.object_, generation=source.generation or None)
             blob.download_to_filename(str(archive))
         except api_exceptions.NotFound:
-            return _Outcome(Status.FAILURE, f"failed to fetch source: {where}: object not found", FailureType.FETCH_SOURCE_FAILED)
-        except Exception as error:  # noqa: BLE001 - any transport or API error is the build's reason
-            return _Outcome(Status.FAILURE, f"failed to fetch source {where}: {error}", FailureType.FETCH_SOURCE_FAILED)
+            return _Outcome(FAILURE, f"failed to fetch source: {where}: object not found", FETCH_SOURCE_FAILED)
+        except Exception as error:  # transport or API error: the build's failure reason
+            return _Outcome(FAILURE, f"failed to fetch source {where}: {error}", FETCH_SOURCE_FAILED)
         try:
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as zipped:
@@ -369,10 +397,12 @@ class BuildRunner:
                 with tarfile.open(archive, "r:*") as tar:
                     tar.extractall(workspace, filter="data")
         except (tarfile.TarError, zipfile.BadZipFile, ValueError, OSError) as error:
-            return _Outcome(Status.FAILURE, f"failed to unpack source {where}: {error}", FailureType.FETCH_SOURCE_FAILED)
+            return _Outcome(FAILURE, f"failed to unpack source {where}: {error}", FETCH_SOURCE_FAILED)
         finally:
             archive.unlink(missing_ok=True)
-        build.source_provenance.resolved_storage_source = cloudbuild.StorageSource(bucket=source.bucket, object_=source.object_, generation=source.generation)
+        build.source_provenance.resolved_storage_source = cloudbuild.StorageSource(
+            bucket=source.bucket, object_=source.object_, generation=source.generation
+        )
         return None
 
     def _run_step(
@@ -394,13 +424,17 @@ class BuildRunner:
             if not cwd.is_relative_to(workspace.resolve()) or not cwd.is_dir():
                 raise StepError(f"step dir {step.dir_!r} is not a directory in the workspace")
         except StepError as error:
-            return _Outcome(Status.FAILURE, f"{prefix}: {error}", FailureType.USER_BUILD_STEP)
+            return _Outcome(FAILURE, f"{prefix}: {error}", USER_BUILD_STEP)
         if isinstance(command, DockerBuild):
             context = (cwd / command.context).resolve()
             if not context.is_dir():
-                return _Outcome(Status.FAILURE, f"{prefix}: unable to prepare context: path {command.context!r} not found", FailureType.USER_BUILD_STEP)
+                return _Outcome(
+                    FAILURE, f"{prefix}: unable to prepare context: path {command.context!r} not found", USER_BUILD_STEP
+                )
             dockerfile = (cwd / command.dockerfile) if command.dockerfile else None
-            names = [f"localhost/cd4ml-local-build/{build.id}:step{index}-{n}" for n in range(max(1, len(command.tags)))]
+            names = [
+                f"localhost/cd4ml-local-build/{build.id}:step{index}-{n}" for n in range(max(1, len(command.tags)))
+            ]
             internal.extend(names)
             result = self._command(
                 self._storage.bud(context=context, dockerfile=dockerfile, tags=names, options=command.options),
@@ -410,28 +444,41 @@ class BuildRunner:
                 cwd=cwd,
             )
             if not result.ok:
-                return _Outcome(Status.FAILURE, f"{prefix}: step exited with non-zero status: {result.returncode}: {_reason(result)}", FailureType.USER_BUILD_STEP)
-            for tag, name in zip(command.tags, names):
+                return _Outcome(
+                    FAILURE,
+                    f"{prefix}: step exited with non-zero status: {result.returncode}: {_reason(result)}",
+                    USER_BUILD_STEP,
+                )
+            for tag, name in zip(command.tags, names, strict=False):
                 built[qualified(tag)] = name
         elif isinstance(command, DockerTag):
             source = built.get(qualified(command.source))
             if source is None:
-                return _Outcome(Status.FAILURE, f"{prefix}: No such image: {command.source}", FailureType.USER_BUILD_STEP)
+                return _Outcome(FAILURE, f"{prefix}: No such image: {command.source}", USER_BUILD_STEP)
             built[qualified(command.target)] = source
         elif isinstance(command, DockerPush):
             source = built.get(qualified(command.image))
             if source is None:
-                return _Outcome(Status.FAILURE, f"{prefix}: An image does not exist locally with the tag: {command.image}", FailureType.USER_BUILD_STEP)
+                return _Outcome(
+                    FAILURE, f"{prefix}: An image does not exist locally with the tag: {command.image}", USER_BUILD_STEP
+                )
             digest, result = self._push(source, command.image, build.id, deadline, log_file)
             if digest is None:
-                return _Outcome(Status.FAILURE, f"{prefix}: push of {command.image} failed: {result.tail(3)}", FailureType.USER_BUILD_STEP)
+                return _Outcome(FAILURE, f"{prefix}: push of {command.image} failed: {result.tail(3)}", USER_BUILD_STEP)
         return None
 
-    def _push(self, source: str, image: str, build_id: str, deadline: float, log_file: IO[str]) -> tuple[str | None, CommandResult]:
+    def _push(
+        self, source: str, image: str, build_id: str, deadline: float, log_file: IO[str]
+    ) -> tuple[str | None, CommandResult]:
         """Push an image from storage to its registry; return the manifest digest the registry stored."""
         digest_file = self._work / f"{build_id}.{uuid.uuid4().hex}.digest"
         try:
-            result = self._command(self._storage.copy(self._storage.reference(source), f"docker://{image}", digest_file=digest_file), build_id, deadline, log_file)
+            result = self._command(
+                self._storage.copy(self._storage.reference(source), f"docker://{image}", digest_file=digest_file),
+                build_id,
+                deadline,
+                log_file,
+            )
             digest = digest_file.read_text(encoding="utf-8").strip() if result.ok and digest_file.exists() else None
         finally:
             digest_file.unlink(missing_ok=True)
@@ -452,7 +499,14 @@ def _reason(result: CommandResult) -> str:
 class CloudBuildService:
     """The gRPC methods: CreateBuild, GetBuild, ListBuilds, CancelBuild, and Operations.GetOperation."""
 
-    def __init__(self, settings: Settings, store: BuildStore, runner: BuildRunner, executor: futures.ThreadPoolExecutor, notify: Callable[[cloudbuild.Build], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: BuildStore,
+        runner: BuildRunner,
+        executor: futures.ThreadPoolExecutor,
+        notify: Callable[[cloudbuild.Build], None],
+    ) -> None:
         self._settings = settings
         self._store = store
         self._runner = runner
@@ -464,16 +518,36 @@ class CloudBuildService:
         build_service = grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "CreateBuild": unary(self.create_build, request_deserializer=cloudbuild.CreateBuildRequest.deserialize, response_serializer=operations_pb2.Operation.SerializeToString),
-                "GetBuild": unary(self.get_build, request_deserializer=cloudbuild.GetBuildRequest.deserialize, response_serializer=cloudbuild.Build.serialize),
-                "ListBuilds": unary(self.list_builds, request_deserializer=cloudbuild.ListBuildsRequest.deserialize, response_serializer=cloudbuild.ListBuildsResponse.serialize),
-                "CancelBuild": unary(self.cancel_build, request_deserializer=cloudbuild.CancelBuildRequest.deserialize, response_serializer=cloudbuild.Build.serialize),
+                "CreateBuild": unary(
+                    self.create_build,
+                    request_deserializer=cloudbuild.CreateBuildRequest.deserialize,
+                    response_serializer=operations_pb2.Operation.SerializeToString,
+                ),
+                "GetBuild": unary(
+                    self.get_build,
+                    request_deserializer=cloudbuild.GetBuildRequest.deserialize,
+                    response_serializer=cloudbuild.Build.serialize,
+                ),
+                "ListBuilds": unary(
+                    self.list_builds,
+                    request_deserializer=cloudbuild.ListBuildsRequest.deserialize,
+                    response_serializer=cloudbuild.ListBuildsResponse.serialize,
+                ),
+                "CancelBuild": unary(
+                    self.cancel_build,
+                    request_deserializer=cloudbuild.CancelBuildRequest.deserialize,
+                    response_serializer=cloudbuild.Build.serialize,
+                ),
             },
         )
         operations = grpc.method_handlers_generic_handler(
             OPERATIONS_SERVICE,
             {
-                "GetOperation": unary(self.get_operation, request_deserializer=operations_pb2.GetOperationRequest.FromString, response_serializer=operations_pb2.Operation.SerializeToString),
+                "GetOperation": unary(
+                    self.get_operation,
+                    request_deserializer=operations_pb2.GetOperationRequest.FromString,
+                    response_serializer=operations_pb2.Operation.SerializeToString,
+                ),
             },
         )
         return [build_service, operations]
@@ -481,14 +555,22 @@ class CloudBuildService:
     def _operation(self, build: cloudbuild.Build) -> operations_pb2.Operation:
         metadata = any_pb2.Any()
         metadata.Pack(cloudbuild.BuildOperationMetadata.pb(cloudbuild.BuildOperationMetadata(build=build)))
-        operation = operations_pb2.Operation(name=operation_name(build.project_id, build.id), metadata=metadata, done=build.status in TERMINAL)
-        if build.status == Status.SUCCESS:
+        operation = operations_pb2.Operation(
+            name=operation_name(build.project_id, build.id), metadata=metadata, done=build.status in TERMINAL
+        )
+        if build.status == SUCCESS:
             operation.response.Pack(cloudbuild.Build.pb(build))
         elif build.status in TERMINAL:
-            operation.error.CopyFrom(status_pb2.Status(code=grpc.StatusCode.UNKNOWN.value[0], message=build.status_detail or f"Build {build.status.name}"))
+            operation.error.CopyFrom(
+                status_pb2.Status(
+                    code=grpc.StatusCode.UNKNOWN.value[0], message=build.status_detail or f"Build {build.status.name}"
+                )
+            )
         return operation
 
-    def create_build(self, request: cloudbuild.CreateBuildRequest, context: grpc.ServicerContext) -> operations_pb2.Operation:
+    def create_build(
+        self, request: cloudbuild.CreateBuildRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
         project, location = _project_and_location(request.parent, request.project_id)
         if not project:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "project_id or parent is required")
@@ -498,7 +580,7 @@ class CloudBuildService:
         build.id = str(uuid.uuid4())
         build.project_id = project
         build.name = f"projects/{project}/locations/{location}/builds/{build.id}"
-        build.status = Status.QUEUED
+        build.status = QUEUED
         build.create_time = _now()
         if build.timeout.total_seconds() <= 0:
             build.timeout = _DEFAULT_TIMEOUT
@@ -506,10 +588,13 @@ class CloudBuildService:
             build.queue_ttl = timedelta(hours=1)
         build.log_url = self._runner.log_path(build.id).resolve().as_uri()
         for step in build.steps:
-            step.status = Status.QUEUED
+            step.status = QUEUED
         self._store.put(build)
         self._notify(build)
-        _log.info("build queued", extra={"build_id": build.id, "project": project, "tags": list(build.tags), "images": list(build.images)})
+        _log.info(
+            "build queued",
+            extra={"build_id": build.id, "project": project, "tags": list(build.tags), "images": list(build.images)},
+        )
         self._executor.submit(self._runner.run, build.id)
         return self._operation(build)
 
@@ -530,7 +615,9 @@ class CloudBuildService:
         cancelled = self._runner.cancel(build.id)
         return cancelled if cancelled is not None else build
 
-    def list_builds(self, request: cloudbuild.ListBuildsRequest, context: grpc.ServicerContext) -> cloudbuild.ListBuildsResponse:
+    def list_builds(
+        self, request: cloudbuild.ListBuildsRequest, context: grpc.ServicerContext
+    ) -> cloudbuild.ListBuildsResponse:
         project, _ = _project_and_location(request.parent, request.project_id)
         try:
             matches = parse_filter(request.filter)
@@ -575,7 +662,9 @@ def _prepare_base_images(settings: Settings, storage: ImageStorage, children: Ch
         if source == "debian":
             started = time.monotonic()
             image = baseimage.ensure_base_image(spec, settings.base_cache_dir)
-            _log.info("base image ready", extra={"layout": str(image.layout), "seconds": round(time.monotonic() - started, 2)})
+            _log.info(
+                "base image ready", extra={"layout": str(image.layout), "seconds": round(time.monotonic() - started, 2)}
+            )
             reference = image.reference
         elif Path(source).is_dir():
             reference = f"oci:{source}"
@@ -585,7 +674,10 @@ def _prepare_base_images(settings: Settings, storage: ImageStorage, children: Ch
     for reference, names in by_source.items():
         started = time.monotonic()
         baseimage.import_image(reference, names, storage, children)
-        _log.info("base image imported", extra={"source": reference, "names": names, "seconds": round(time.monotonic() - started, 2)})
+        _log.info(
+            "base image imported",
+            extra={"source": reference, "names": names, "seconds": round(time.monotonic() - started, 2)},
+        )
 
 
 def serve(settings: Settings, stop: threading.Event) -> int:
@@ -608,7 +700,7 @@ def serve(settings: Settings, stop: threading.Event) -> int:
     store = BuildStore(settings.state_dir / "builds")
     runner = BuildRunner(settings, store, storage, children, notify)
     for build in store.load():
-        build.status = Status.INTERNAL_ERROR
+        build.status = INTERNAL_ERROR
         build.status_detail = "local Cloud Build restarted while the build was queued or running"
         build.finish_time = _now()
         store.put(build)
@@ -622,7 +714,10 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         _log.error("cannot bind", extra={"host": settings.host, "port": settings.port})
         return 1
     server.start()
-    _log.info("ready", extra={"address": f"{settings.host}:{bound}", "project": settings.project, "topic": publisher_topic(settings)})
+    _log.info(
+        "ready",
+        extra={"address": f"{settings.host}:{bound}", "project": settings.project, "topic": publisher_topic(settings)},
+    )
     stop.wait()
     _log.info("stopping")
     server.stop(grace=1.0).wait(2.0)
@@ -630,8 +725,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
     children.close()
     executor.shutdown(wait=True, cancel_futures=True)
     for build in store.all():
-        if build.status == Status.QUEUED:
-            build.status = Status.INTERNAL_ERROR
+        if build.status == QUEUED:
+            build.status = INTERNAL_ERROR
             build.status_detail = "local Cloud Build stopped before the build ran"
             build.finish_time = _now()
             store.put(build)
@@ -654,7 +749,9 @@ def _base_image(text: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     """Settings from the command line."""
-    parser = argparse.ArgumentParser(prog="python -m local_emulator.cloudbuild", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m local_emulator.cloudbuild", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state-dir", type=Path, required=True, help="builds, logs, workspaces and image storage")
@@ -670,7 +767,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "or any containers-image reference (oci:DIR:REF, docker-archive:FILE, ...). Default: python:3.11-slim=debian",
     )
     parser.add_argument("--base-cache-dir", type=Path, default=baseimage.default_cache_dir())
-    parser.add_argument("--base-package", action="append", dest="base_packages", help="Debian package of the `debian` base (repeat; default python3 dash coreutils)")
+    parser.add_argument(
+        "--base-package",
+        action="append",
+        dest="base_packages",
+        help="Debian package of the `debian` base (repeat; default python3 dash coreutils)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="builds run at once")
     args = parser.parse_args(argv)
     return Settings(

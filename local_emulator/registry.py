@@ -151,7 +151,7 @@ class _Bridge(ThreadingHTTPServer):
 class _NotificationHandler(BaseHTTPRequestHandler):
     server: _Bridge
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         if self.path != EVENTS_PATH:
             self._answer(404)
             return
@@ -168,9 +168,14 @@ class _NotificationHandler(BaseHTTPRequestHandler):
                 message_id = self.server.publisher.publish(message.to_json(), {})
                 _log.info(
                     "published gcr message",
-                    extra={"action": message.action, "digest": message.digest, "tag": message.tag, "message_id": message_id},
+                    extra={
+                        "action": message.action,
+                        "digest": message.digest,
+                        "tag": message.tag,
+                        "message_id": message_id,
+                    },
                 )
-        except Exception as error:  # noqa: BLE001 - the registry retries the whole envelope on any non-2xx
+        except Exception as error:  # any non-2xx makes the registry retry the envelope
             _log.error("publish to gcr failed; the registry will retry", extra={"error": repr(error)})
             self._answer(503)
             return
@@ -181,7 +186,7 @@ class _NotificationHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
@@ -189,7 +194,7 @@ def _registry_ready(url: str, child: subprocess.Popen[bytes], timeout: float) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - a local http URL we built
+            with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
@@ -220,9 +225,20 @@ def serve(settings: Settings, stop: threading.Event) -> int:
     code = 0
     try:
         if not _registry_ready(f"http://{registry_host}/v2/", child, timeout=15):
-            _log.error("registry did not become ready", extra={"log": str(state_dir / "docker-registry.log"), "exit_code": child.poll()})
+            _log.error(
+                "registry did not become ready",
+                extra={"log": str(state_dir / "docker-registry.log"), "exit_code": child.poll()},
+            )
             return 1
-        _log.info("ready", extra={"registry": registry_host, "notifications": notify_url, "topic": bridge.publisher.topic_path, "pid": child.pid})
+        _log.info(
+            "ready",
+            extra={
+                "registry": registry_host,
+                "notifications": notify_url,
+                "topic": bridge.publisher.topic_path,
+                "pid": child.pid,
+            },
+        )
         while not stop.wait(0.5):
             if child.poll() is not None:
                 _log.error("docker-registry exited", extra={"exit_code": child.returncode})
@@ -240,7 +256,9 @@ def serve(settings: Settings, stop: threading.Event) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     """Settings from the command line."""
-    parser = argparse.ArgumentParser(prog="python -m local_emulator.registry", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m local_emulator.registry", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state-dir", type=Path, required=True, help="registry config, blobs and log")

@@ -44,13 +44,9 @@ resource "google_cloudfunctions2_function" "stage" {
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.function[each.key].email
 
-    # Exactly the settings the stage's catalog entry lists, plus the two every stage gets.
-    environment_variables = merge(
-      { for name in each.value.env : name => local.setting_values[name] },
-      {
-        CD4ML_STAGE             = each.key
-        CD4ML_DEAD_LETTER_TOPIC = local.dead_letter_topics[each.key]
-      },
-    )
+    # Exactly the names catalog.tf derives for the stage (its catalog `env`, CD4ML_STAGE, CD4ML_DEAD_LETTER_TOPIC).
+    environment_variables = {
+      for name in local.function_env_names[each.key] : name => merge(local.setting_values, local.stage_settings[each.key])[name]
+    }
   }
 }

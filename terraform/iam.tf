@@ -1,82 +1,43 @@
-# Every role binding comes from iam_bindings.yaml (each with its reason) and is made at the narrowest
-# resource the service offers: one rule becomes one binding per stage and target. No binding is written
-# anywhere else; tests/terraform/test_iam.py holds that.
+# Every role binding comes from iam_bindings.yaml (each with its reason) through catalog.tf's iam_plan, and is
+# made at the narrowest resource the service offers: one *_iam_member resource per kind of resource. No binding
+# is written anywhere else; tests/terraform/test_iam.py holds that.
 
 locals {
-  iam_rules  = yamldecode(file("${path.module}/iam_bindings.yaml")).bindings
-  iam_scopes = concat(keys(local.stages), [""]) # "" is the scope of a rule without stages
-
   pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-  # "<member>/<stage>" -> IAM member
+  # Symbolic member (catalog.tf: iam_plan) -> IAM member
   iam_members = merge(
-    { for s in keys(local.stages) : "function/${s}" => "serviceAccount:${google_service_account.function[s].email}" },
-    { for s in keys(local.stages) : "invoker/${s}" => "serviceAccount:${google_service_account.invoker[s].email}" },
-    { for s in local.iam_scopes : "pubsub_agent/${s}" => local.pubsub_agent },
-    { for s in local.iam_scopes : "training/${s}" => "serviceAccount:${google_service_account.training.email}" },
-    { for s in local.iam_scopes : "build/${s}" => "serviceAccount:${google_service_account.build.email}" },
+    { for s in keys(local.stages) : "function:${s}" => "serviceAccount:${google_service_account.function[s].email}" },
+    { for s in keys(local.stages) : "invoker:${s}" => "serviceAccount:${google_service_account.invoker[s].email}" },
+    {
+      pubsub_agent = local.pubsub_agent
+      training     = "serviceAccount:${google_service_account.training.email}"
+      build        = "serviceAccount:${google_service_account.build.email}"
+    },
   )
 
-  # `on` -> the resource type that binds it (one *_iam_member resource below per type)
-  iam_kinds = {
-    "project"                  = "project"
-    "emits_topics"             = "topic"
-    "dead_letter_topic"        = "topic"
-    "subscription"             = "subscription"
-    "run_service"              = "run_service"
-    "service_account:training" = "service_account"
-    "service_account:build"    = "service_account"
-    "service_account:invoker"  = "service_account"
-    "bucket:data"              = "bucket"
-    "bucket:artifact"          = "bucket"
-    "secret:gate_key"          = "secret"
-    "repository"               = "repository"
-  }
-
-  # "<on>/<stage>" -> { key known at plan time => resource the binding is on }
+  # Symbolic target -> the resource the binding is on, as its *_iam_member resource names it
   iam_targets = merge(
-    { for s in local.iam_scopes : "project/${s}" => { self = var.project_id } },
-    { for s, stage in local.stages : "emits_topics/${s}" => { for t in stage.emits : t => google_pubsub_topic.event[t].name } },
-    { for s in keys(local.stages) : "dead_letter_topic/${s}" => { self = google_pubsub_topic.dead_letter[s].name } },
-    { for s in keys(local.stages) : "subscription/${s}" => { self = google_pubsub_subscription.stage[s].name } },
-    { for s in keys(local.stages) : "run_service/${s}" => { self = google_cloudfunctions2_function.stage[s].name } },
-    { for s in keys(local.stages) : "service_account:invoker/${s}" => { self = google_service_account.invoker[s].name } },
-    { for s in local.iam_scopes : "service_account:training/${s}" => { self = google_service_account.training.name } },
-    { for s in local.iam_scopes : "service_account:build/${s}" => { self = google_service_account.build.name } },
-    { for s in local.iam_scopes : "bucket:data/${s}" => { self = google_storage_bucket.data.name } },
-    { for s in local.iam_scopes : "bucket:artifact/${s}" => { self = google_storage_bucket.artifacts.name } },
-    { for s in local.iam_scopes : "secret:gate_key/${s}" => { self = google_secret_manager_secret.gate_key.secret_id } },
-    { for s in local.iam_scopes : "repository/${s}" => { self = google_artifact_registry_repository.images.name } },
+    { for t in local.event_types : "topic:${t}" => google_pubsub_topic.event[t].name },
+    { for s in keys(local.stages) : "dead_letter_topic:${s}" => google_pubsub_topic.dead_letter[s].name },
+    { for s in keys(local.stages) : "subscription:${s}" => google_pubsub_subscription.stage[s].name },
+    { for s in keys(local.stages) : "run_service:${s}" => google_cloudfunctions2_function.stage[s].name },
+    { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
+    {
+      "project"                  = var.project_id
+      "service_account:training" = google_service_account.training.name
+      "service_account:build"    = google_service_account.build.name
+      "bucket:data"              = google_storage_bucket.data.name
+      "bucket:artifact"          = google_storage_bucket.artifacts.name
+      "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
+      "repository"               = google_artifact_registry_repository.images.name
+    },
   )
 
-  iam_grants = { for g in flatten([
-    for name, rule in local.iam_rules : [
-      for stage in(contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""])) : [
-        for target_key, target in local.iam_targets["${rule.on}/${stage}"] : {
-          key    = "${name}/${stage}/${target_key}"
-          kind   = local.iam_kinds[rule.on]
-          role   = rule.role
-          member = local.iam_members["${rule.member}/${stage}"]
-          target = target
-          condition = (
-            length(try(rule.prefixes, [])) > 0 ? {
-              title       = "only ${join(" ", try(rule.prefixes, []))}"
-              description = "Objects under, and listings of, ${join(", ", try(rule.prefixes, []))}."
-              expression = join(" || ", flatten([for p in try(rule.prefixes, []) : [
-                "resource.name.startsWith(\"projects/_/buckets/${target}/objects/${p}\")",
-                "api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${p}\")",
-              ]]))
-            } :
-            try(rule.condition, "") == "firestore_database" ? {
-              title       = "only database ${var.firestore_database}"
-              description = "The run ledger's Firestore database."
-              expression  = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
-            } : null
-          )
-        }
-      ]
-    ]
-  ]) : g.key => g }
+  iam_grants = { for k, g in local.iam_plan : k => merge(g, {
+    member = local.iam_members[g.member]
+    target = local.iam_targets[g.target]
+  }) }
 }
 
 resource "google_project_iam_member" "grant" {

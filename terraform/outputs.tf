@@ -52,9 +52,6 @@ output "service_accounts" {
 }
 
 output "scheduler_jobs" {
-  description = "Cloud Scheduler job of every model, and the watch tick."
-  value = merge(
-    { for m, j in google_cloud_scheduler_job.run : m => j.name },
-    { watch_tick = google_cloud_scheduler_job.watch_tick.name },
-  )
+  description = "Cloud Scheduler job of every model, and of the watch tick."
+  value       = { for k, j in google_cloud_scheduler_job.job : k => j.name }
 }

@@ -148,8 +148,9 @@ class Ledger:
 
         return txn(self._db.transaction())  # type: ignore[no-any-return]
 
-    def reject(self, run_id: str, *, model: str, error: Mapping[str, Any], event: Event | None) -> None:
-        """End a run as rejected, creating its record if the run was never opened."""
+    def reject(self, run_id: str, *, model: str, error: Mapping[str, Any], event: Event | None,
+               create: bool = True) -> None:
+        """End a run as rejected; with ``create``, make its record when the run was never opened."""
         from google.cloud import firestore
 
         ref = self._run(run_id)
@@ -167,6 +168,8 @@ class Ledger:
                     events.append(event.summary())
                 transaction.update(ref, {"status": "rejected", "error": dict(error), "events": events,
                                          "updated_at": stamp})
+                return
+            if not create:
                 return
             transaction.create(ref, {
                 "run_id": run_id, "model": model, "status": "rejected", "trigger": "unknown",

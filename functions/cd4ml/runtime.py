@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from cd4ml import clients, logs
+from cd4ml import catalog, clients, logs
 from cd4ml.bus import Bus
 from cd4ml.errors import InvalidSettings, PermanentError
-from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
+from cd4ml.events import RUN_REQUESTED, Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.ledger import Ledger, is_run_id
 from cd4ml.settings import Settings
 
@@ -87,8 +87,10 @@ class Context:
                         "dead_letter_topic": self.settings.dead_letter_topic},
         })
         if run_id and is_run_id(run_id):
+            # Only the stage that opens runs may create a record; the others mark runs that exist.
+            opens_runs = catalog.load().stage(self.settings.stage).trigger == RUN_REQUESTED
             model = run_id.rsplit("-", 1)[0]
-            self.ledger.reject(run_id, model=model, event=None, error={
+            self.ledger.reject(run_id, model=model, event=None, create=opens_runs, error={
                 "stage": self.settings.stage, "message": error.message, "problems": list(error.problems),
                 "message_id": message.message_id, "at": format_time(now()),
             })

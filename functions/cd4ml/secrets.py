@@ -1,0 +1,22 @@
+"""Read the Spinnaker webhook key: Secret Manager in production, a file for the local stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cd4ml.errors import PermanentError
+
+
+def read(reference: str) -> str:
+    """The secret named ``projects/P/secrets/S/versions/V`` or ``file:PATH``; never logged."""
+    if reference.startswith("file:"):
+        path = Path(reference.removeprefix("file:"))
+        if not path.is_file():
+            raise PermanentError(f"the webhook key file {path} does not exist")
+        return path.read_text().strip()
+    if not reference.startswith("projects/"):
+        raise PermanentError("CD4ML_GATE_KEY_SECRET must be projects/P/secrets/S/versions/V or file:PATH")
+    from google.cloud import secretmanager
+
+    response = secretmanager.SecretManagerServiceClient().access_secret_version(name=reference)
+    return str(response.payload.data.decode("utf-8")).strip()

@@ -1,0 +1,133 @@
+# What the event catalog (functions/cd4ml/catalog.yaml), the event schemas beside it, the model manifests and
+# iam_bindings.yaml define, as plain values. Locals only, no resource: tests/terraform evaluates this file with
+# `terraform console` (no provider needed) and compares the result with cd4ml.catalog and the local stack.
+
+locals {
+  catalog     = yamldecode(file("${path.module}/../functions/cd4ml/catalog.yaml"))
+  schemas_dir = "${path.module}/../functions/cd4ml/schemas"
+
+  # One topic per event type: one schema file per type, cd4ml.<noun>.<verb>.v1.json; dots become dashes.
+  event_types = toset([for f in fileset(local.schemas_dir, "cd4ml.*.json") : trimsuffix(f, ".json")])
+  topic_ids   = { for t in local.event_types : t => replace(t, ".", "-") }
+
+  foreign_topics     = toset(keys(local.catalog.foreign_topics))
+  stages             = local.catalog.stages
+  delivery           = local.catalog.delivery
+  stage_slug         = { for s in keys(local.stages) : s => replace(s, "_", "-") }
+  dead_letter_topics = { for s, slug in local.stage_slug : s => "cd4ml-${slug}-dead-letter" }
+  function_names     = { for s, slug in local.stage_slug : s => "cd4ml-${slug}" }
+
+  # A stage's trigger is an event type (its topic) or a Google-owned topic, named as is.
+  trigger_topic_ids = { for s, stage in local.stages : s => lookup(local.topic_ids, stage.trigger, stage.trigger) }
+
+  # Every stage subscription pushes to its function, with the catalog's delivery policy.
+  stage_subscriptions = { for s, slug in local.stage_slug : s => {
+    name                  = "cd4ml-${slug}"
+    topic                 = local.trigger_topic_ids[s]
+    ack_deadline_seconds  = local.delivery.ack_deadline_seconds
+    minimum_backoff       = "${local.delivery.minimum_backoff_seconds}s"
+    maximum_backoff       = "${local.delivery.maximum_backoff_seconds}s"
+    dead_letter_topic     = local.dead_letter_topics[s]
+    max_delivery_attempts = local.delivery.max_delivery_attempts
+  } }
+
+  # What a stage's dead-letter topic received is kept for inspection by a pull subscription.
+  dead_letter_holds = { for s, topic in local.dead_letter_topics : s => {
+    name                       = "${topic}-hold"
+    topic                      = topic
+    ack_deadline_seconds       = 60
+    message_retention_duration = "${local.delivery.dead_letter_retention_seconds}s"
+  } }
+
+  # The environment variable names of each function: its catalog `env` and the two every stage gets.
+  stage_settings     = { for s in keys(local.stages) : s => { CD4ML_STAGE = s, CD4ML_DEAD_LETTER_TOPIC = local.dead_letter_topics[s] } }
+  function_env_names = { for s, stage in local.stages : s => toset(concat(stage.env, keys(local.stage_settings[s]))) }
+
+  # One Cloud Scheduler job per manifest (**/manifest.yaml under var.manifests_dir), and the watch tick.
+  manifests_dir  = startswith(var.manifests_dir, "/") ? var.manifests_dir : "${path.module}/${var.manifests_dir}"
+  manifest_files = { for f in fileset(local.manifests_dir, "**/manifest.yaml") : yamldecode(file("${local.manifests_dir}/${f}")).name => "${local.manifests_dir}/${f}" }
+  manifests      = { for name, path in local.manifest_files : name => yamldecode(file(path)) }
+  job_source     = "//cloudscheduler.googleapis.com/projects/${var.project_id}/locations/${var.region}/jobs"
+  schedules = merge(
+    { for name, m in local.manifests : name => {
+      job       = "cd4ml-${name}"
+      schedule  = m.schedule
+      time_zone = try(m.time_zone, "Etc/UTC")
+      data      = jsonencode({ model = name, trigger = "schedule" })
+      attributes = {
+        "ce-specversion" = "1.0"
+        "ce-type"        = "cd4ml.run.requested.v1"
+        "ce-source"      = "${local.job_source}/cd4ml-${name}"
+        "content-type"   = "application/json"
+      }
+    } },
+    { "watch-tick" = {
+      job       = "cd4ml-watch-tick"
+      schedule  = "* * * * *"
+      time_zone = "Etc/UTC"
+      data      = "{}"
+      attributes = {
+        "ce-specversion" = "1.0"
+        "ce-type"        = "cd4ml.watch.ticked.v1"
+        "ce-source"      = "${local.job_source}/cd4ml-watch-tick"
+        "content-type"   = "application/json"
+      }
+    } },
+  )
+
+  data_bucket     = coalesce(var.data_bucket_name, "${var.project_id}-cd4ml-data")
+  artifact_bucket = coalesce(var.artifact_bucket_name, "${var.project_id}-cd4ml-artifacts")
+  bucket_names    = { "bucket:data" = local.data_bucket, "bucket:artifact" = local.artifact_bucket }
+
+  # Every IAM binding, from iam_bindings.yaml: one per rule, stage and target, with symbolic member and
+  # target ("function:fetch_data", "topic:cd4ml.data.fetched.v1") that iam.tf resolves to real ones.
+  iam_rules            = yamldecode(file("${path.module}/iam_bindings.yaml")).bindings
+  iam_per_stage_scopes = ["dead_letter_topic", "subscription", "run_service", "service_account:invoker"]
+  iam_per_stage_roles  = ["function", "invoker"]
+  iam_kinds = {
+    "project"                  = "project"
+    "emits_topics"             = "topic"
+    "dead_letter_topic"        = "topic"
+    "subscription"             = "subscription"
+    "run_service"              = "run_service"
+    "service_account:training" = "service_account"
+    "service_account:build"    = "service_account"
+    "service_account:invoker"  = "service_account"
+    "bucket:data"              = "bucket"
+    "bucket:artifact"          = "bucket"
+    "secret:gate_key"          = "secret"
+    "repository"               = "repository"
+  }
+  iam_plan = { for g in flatten([
+    for rule_name, rule in local.iam_rules : [
+      for stage in(contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""])) : [
+        for target in(
+          rule.scope == "emits_topics" ? [for t in local.stages[stage].emits : "topic:${t}"] :
+          contains(local.iam_per_stage_scopes, rule.scope) ? ["${rule.scope}:${stage}"] : [rule.scope]
+          ) : {
+          key    = "${rule_name}/${stage}/${target}"
+          rule   = rule_name
+          kind   = local.iam_kinds[rule.scope]
+          role   = rule.role
+          member = contains(local.iam_per_stage_roles, rule.member) ? "${rule.member}:${stage}" : rule.member
+          target = target
+          condition = (
+            length(try(rule.prefixes, [])) > 0 ? {
+              title       = "only ${join(" ", rule.prefixes)}"
+              description = "Objects under, and listings of, ${join(", ", rule.prefixes)}."
+              expression = join(" || ", flatten([for p in rule.prefixes : [
+                "resource.name.startsWith(\"projects/_/buckets/${local.bucket_names[rule.scope]}/objects/${p}\")",
+                "api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${p}\")",
+              ]]))
+            } :
+            try(rule.condition, "") == "firestore_database" ? {
+              title       = "only database ${var.firestore_database}"
+              description = "The run ledger's Firestore database."
+              expression  = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
+            } : null
+          )
+        }
+      ]
+    ]
+  ]) : g.key => g }
+}

@@ -1,0 +1,146 @@
+"""Every stage through functions-framework: bad input is dead-lettered, valid input does its one job."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from cd4ml import catalog, events
+from cd4ml.events import Event, format_time, now
+from tests.contract.conftest import Contract
+
+CD4ML_STAGES = [s for s in catalog.load().stages if not s.foreign]
+
+
+def push_body(attributes: dict[str, str], data: bytes, message_id: str) -> dict[str, Any]:
+    return {"message": {"attributes": attributes, "data": base64.b64encode(data).decode(), "messageId": message_id,
+                        "publishTime": format_time(now())}, "subscription": "projects/cd4ml-contract/subscriptions/x"}
+
+
+def event_body(event: Event, message_id: str = "") -> dict[str, Any]:
+    data, attributes = event.to_message()
+    return push_body(attributes, data, message_id or event.id)
+
+
+def open_run(contract: Contract, run_id: str) -> None:
+    from cd4ml import models
+    from local_emulator.stack import REPO
+
+    manifest = models.read(REPO / "examples" / "digits")
+    start = Event.new(events.RUN_REQUESTED, run_id, {"model": "digits"}, source="//test")
+    contract.post("watch_training", push_body({}, b"", "warm-up"), "x")  # builds this process's context
+    from cd4ml import runtime
+
+    runtime.context().ledger.open_run(run_id, model="digits", scheduled_time=now(), trigger="manual",
+                                      manifest=manifest.raw, event=start)
+    contract.pull(catalog.dead_letter_topic("watch_training"), wait=1)
+
+
+@pytest.mark.parametrize("stage", CD4ML_STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize(("case", "expected"), [
+    ("not_json", "data is not JSON"),
+    ("schema_violation", "is a required property"),
+    ("unknown_type", "is not a cd4ml event type"),
+    ("unknown_run", "which the ledger does not know"),
+])
+def test_bad_input_is_logged_once_and_dead_lettered(contract: Contract, caplog: pytest.LogCaptureFixture,
+                                                    stage: catalog.Stage, case: str, expected: str) -> None:
+    attributes = {"ce-specversion": "1.0", "ce-source": "//test", "ce-type": stage.trigger, "ce-id": f"{case}-1",
+                  "content-type": "application/json", "ce-subject": "digits-20990101t000000z"}
+    data = b"{}"
+    if case == "not_json":
+        data = b"<xml/>"
+    elif case == "unknown_type":
+        attributes["ce-type"] = "cd4ml.thing.happened.v1"
+    elif case == "unknown_run":
+        if stage.trigger in (events.RUN_REQUESTED, events.WATCH_TICKED):
+            pytest.skip("this stage's input does not name an existing run")
+        data = json.dumps(_valid_data(stage.trigger)).encode()
+        attributes["ce-subject"] = "digits-20980101t000000z"  # no run has this id
+    if case == "schema_violation" and stage.trigger == events.WATCH_TICKED:
+        data = json.dumps({"unexpected": True}).encode()
+        expected = "Additional properties are not allowed"
+    with caplog.at_level(logging.ERROR, logger="cd4ml"):
+        response = contract.post(stage.name, push_body(attributes, data, f"{stage.name}-{case}"), stage.trigger_topic)
+    assert response.status_code == 200
+    errors = list({id(r): r for r in caplog.records if r.levelno == logging.ERROR}.values())
+    assert len(errors) == 1 and expected in errors[0].getMessage()
+    dead = contract.pull(catalog.dead_letter_topic(stage.name))
+    assert [m.attributes["cd4ml-original-message-id"] for m in dead] == [f"{stage.name}-{case}"]
+    assert dead[0].data == data  # the original message, intact
+
+
+def _valid_data(type_: str) -> dict[str, Any]:
+    sha = "0" * 64
+    return {
+        events.DATA_FETCHED: {"model": "digits", "dataset": {"uri": "gs://b/d/", "sha256": sha, "rows": 1, "bytes": 1,
+                                                              "files": 1}},
+        events.TRAINING_COMPLETED: {"model": "digits", "job": "j", "model_artifact": {"uri": "gs://b/m", "sha256": sha}},
+        events.EVALUATION_PASSED: {"model": "digits", "metrics": {"accuracy": 1.0}, "gate": {},
+                                   "model_artifact": {"uri": "gs://b/m", "sha256": sha}},
+        events.IMAGE_PUSHED: {"model": "digits", "reference": f"r/digits@sha256:{sha}"},
+    }[type_]
+
+
+def _put(contract: Contract, name: str, data: bytes) -> str:
+    from cd4ml import runtime
+
+    runtime.context().storage.bucket("cd4ml-contract-artifacts").blob(name).upload_from_string(data)
+    return f"gs://cd4ml-contract-artifacts/{name}"
+
+
+def _completed(run_id: str, model: bytes) -> Event:
+    return Event.new(events.TRAINING_COMPLETED, run_id, {"model": "digits", "job": "projects/p/locations/l/customJobs/1",
+                     "model_artifact": {"uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
+                                        "sha256": hashlib.sha256(model).hexdigest()}}, source="//test")
+
+
+def test_evaluate_passes_a_candidate_above_threshold(contract: Contract) -> None:
+    run_id = "digits-20300101t000000z"
+    open_run(contract, run_id)
+    model = b"a model"
+    _put(contract, f"runs/{run_id}/model/model.joblib", model)
+    _put(contract, f"runs/{run_id}/model/metrics.json", json.dumps(
+        {"metrics": {"accuracy": 0.95}, "model_sha256": hashlib.sha256(model).hexdigest()}).encode())
+    assert contract.post("evaluate", event_body(_completed(run_id, model)), "cd4ml-training-completed-v1").status_code == 200
+    [passed] = contract.pull("cd4ml-evaluation-passed-v1")
+    assert json.loads(passed.data)["metrics"] == {"accuracy": 0.95}
+    run = contract.run(run_id)
+    assert run is not None and run["evaluation"]["passed"] is True
+
+
+def test_evaluate_fails_metrics_that_describe_another_model(contract: Contract) -> None:
+    run_id = "digits-20300102t000000z"
+    open_run(contract, run_id)
+    _put(contract, f"runs/{run_id}/model/model.joblib", b"candidate")
+    _put(contract, f"runs/{run_id}/model/metrics.json", json.dumps(
+        {"metrics": {"accuracy": 0.99}, "model_sha256": "f" * 64}).encode())
+    assert contract.post("evaluate", event_body(_completed(run_id, b"candidate")),
+                         "cd4ml-training-completed-v1").status_code == 200
+    [failed] = contract.pull("cd4ml-evaluation-failed-v1")
+    assert "describes model ffff" in json.loads(failed.data)["reasons"][0]
+    run = contract.run(run_id)
+    assert run is not None and run["status"] == "failed" and "describes model" in run["error"]["message"]
+
+
+def test_submit_training_submits_one_job_however_often_delivered(contract: Contract) -> None:
+    from cd4ml import runtime
+
+    run_id = "digits-20300103t000000z"
+    open_run(contract, run_id)
+    fetched = Event.new(events.DATA_FETCHED, run_id, _valid_data(events.DATA_FETCHED), source="//test")
+    for attempt in range(3):
+        assert contract.post("submit_training", event_body(fetched, f"m{attempt}"),
+                             "cd4ml-data-fetched-v1").status_code == 200
+    jobs = list(runtime.context().jobs.list_custom_jobs(request={
+        "parent": "projects/cd4ml-contract/locations/us-central1", "filter": f'labels.cd4ml_run_id="{run_id}"'}))
+    assert len(jobs) == 1
+    assert len(contract.pull("cd4ml-training-submitted-v1")) >= 1
+    run = contract.run(run_id)
+    assert run is not None and run["training"]["job"] == jobs[0].name
+    assert [e["type"] for e in run["events"]].count(events.TRAINING_SUBMITTED) == 1

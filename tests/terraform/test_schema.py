@@ -1,0 +1,120 @@
+"""terraform/ agrees with the google provider's schema, and the check catches what `terraform validate` would."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
+
+from . import hcl, provider_schema  # noqa: E402
+from .schema_check import NOT_GOOGLE, Problem, check_module  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def schema() -> provider_schema.ProviderSchema:
+    return provider_schema.load()
+
+
+@pytest.fixture
+def copy(module: Path, tmp_path: Path) -> Path:
+    """A scratch copy of the module to plant mistakes in."""
+    target = tmp_path / "terraform"
+    shutil.copytree(module, target, ignore=shutil.ignore_patterns(".terraform", ".build"))
+    return target
+
+
+def _plant(directory: Path, file: str, old: str, new: str) -> None:
+    path = directory / file
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} is not once in {file}: the test's anchor moved"
+    path.write_text(text.replace(old, new))
+
+
+def _only(problems: list[Problem]) -> str:
+    assert len(problems) == 1, "\n".join(map(str, problems)) or "no problem found"
+    return str(problems[0])
+
+
+def test_every_block_matches_the_provider_schema(module: Path, schema: provider_schema.ProviderSchema) -> None:
+    problems = check_module(module, schema)
+    assert not problems, "\n".join(map(str, problems))
+
+
+def test_the_module_uses_the_provider_version_it_is_checked_against(
+    module: Path, schema: provider_schema.ProviderSchema
+) -> None:
+    versions = hcl.parse(module / "versions.tf")["terraform"][0]["required_providers"][0]["google"]
+    constraint = versions["version"]
+    match = re.fullmatch(r"~>\s*(\d+)\.(\d+)", constraint)
+    assert match, f"pin the google provider as ~> MAJOR.MINOR, not {constraint!r}"
+    major, minor = (int(x) for x in schema.provider_version.split(".")[:2])
+    assert (major, minor) >= (int(match[1]), int(match[2])) and major == int(match[1]), (
+        f"versions.tf allows google {constraint} but the schema checked is {schema.provider_version} "
+        f"({schema.package}): move them together"
+    )
+
+
+def test_only_allowlisted_blocks_of_other_providers(module: Path, schema: provider_schema.ProviderSchema) -> None:
+    foreign = {(b.kind, b.labels[0]) for b in hcl.top_blocks(module)
+               if b.kind in ("resource", "data") and schema.root(b.kind, b.labels[0]) is None}
+    assert foreign <= set(NOT_GOOGLE)
+
+
+def test_a_planted_typo_is_caught_with_file_resource_and_name(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "pubsub.tf", "ack_deadline_seconds = each.value.ack_deadline_seconds",
+           "ack_deadline_second = each.value.ack_deadline_seconds")
+    message = _only(check_module(copy, schema))
+    assert "pubsub.tf:" in message
+    assert "resource google_pubsub_subscription stage" in message
+    assert "unknown argument 'ack_deadline_second'" in message
+    assert "did you mean 'ack_deadline_seconds'" in message
+
+
+def test_a_typo_in_a_nested_block_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "pubsub.tf", "audience              =", "audiance              =")
+    message = _only(check_module(copy, schema))
+    assert "google_pubsub_subscription stage: push_config.oidc_token.audiance: unknown argument" in message
+
+
+def test_a_missing_required_argument_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "registry.tf", '  format        = "DOCKER"\n', "")
+    message = _only(check_module(copy, schema))
+    assert "registry.tf:" in message and "google_artifact_registry_repository images" in message
+    assert "missing required argument 'format'" in message
+
+
+def test_a_missing_required_block_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "registry.tf", "  replication {\n    auto {}\n  }\n", "")
+    message = _only(check_module(copy, schema))
+    assert "google_secret_manager_secret gate_key" in message and "missing required block 'replication'" in message
+
+
+def test_a_block_written_as_an_argument_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "pubsub.tf", "  retry_policy {\n", "  retry_policy = {\n")
+    message = _only(check_module(copy, schema))
+    assert "resource google_pubsub_subscription stage: retry_policy" in message
+    assert "is a block: write `retry_policy { ... }`" in message
+
+
+def test_an_argument_written_as_a_block_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "functions.tf", "    runtime     = \"python311\"\n", "    runtime {\n      name = \"python311\"\n    }\n")
+    message = _only(check_module(copy, schema))
+    assert "build_config.runtime" in message and "is an argument" in message
+
+
+def test_dynamic_blocks_are_checked_against_their_block(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "iam.tf", "      title       = condition.value.title\n      description",
+           "      titel       = condition.value.title\n      description")
+    message = _only(check_module(copy, schema))
+    assert "google_project_iam_member grant: condition.titel: unknown argument" in message
+
+
+def test_an_unknown_resource_type_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "registry.tf", 'resource "google_artifact_registry_repository" "images"',
+           'resource "google_artifact_registry_repo" "images"')
+    problems = check_module(copy, schema)
+    assert any("unknown resource type 'google_artifact_registry_repo'" in str(p) for p in problems)
