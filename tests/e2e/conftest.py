@@ -1,0 +1,67 @@
+"""Helpers for end-to-end tests: request runs through the CLI code path and wait for them in the ledger."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cd4ml import clients, ledger
+from cd4ml.bus import Bus
+from cd4ml.events import RUN_REQUESTED, Event, format_time, now
+from cd4ml.settings import Settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
+
+
+class Pipeline:
+    """The running stack as a user sees it: request runs, read the ledger, push variants of the example."""
+
+    def __init__(self, stack: Any) -> None:
+        from local_emulator import stack as local
+
+        self.stack = stack
+        self.env = local.client_env(stack)
+        self.settings = Settings.from_env(self.env)
+        os.environ.update({k: v for k, v in self.env.items() if not k.startswith("CD4ML_")})
+        self.ledger = ledger.Ledger(clients.firestore_client(self.settings))
+        self.bus = Bus(self.settings.project)
+
+    def request(self, model: str) -> str:
+        scheduled = now().replace(microsecond=0)
+        run_id = ledger.run_id(model, scheduled)
+        self.bus.publish(Event.new(RUN_REQUESTED, run_id, {
+            "model": model, "scheduled_time": format_time(scheduled), "trigger": "manual"}, source="//tests"))
+        return run_id
+
+    def wait(self, run_id: str, timeout: float = 180.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.ledger.get(run_id)
+            if run and run["status"] in ledger.TERMINAL:
+                return run
+            time.sleep(0.3)
+        raise AssertionError(f"run {run_id} did not finish in {timeout} s: {self.ledger.get(run_id)}")
+
+    def push_variant(self, tmp: Path, name: str, change: Any) -> str:
+        """Push a copy of the example model under another name, its manifest changed by ``change``."""
+        from local_emulator import stack as local
+
+        folder = tmp / name
+        shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+        manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+        manifest["name"] = name
+        manifest["training"]["python_package"]["package_uris"] = [f"packages/{name}/trainer-0.1.0.tar.gz"]
+        change(manifest)
+        (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+        return local.push_model(self.stack, folder)
+
+
+@pytest.fixture(scope="session")
+def pipeline(stack: Any) -> Pipeline:
+    return Pipeline(stack)
