@@ -1,0 +1,80 @@
+"""Sessions: tests (the README's test command), demo, lint, terraform, bench.
+
+Every option is declared here once; Debian tools the local stack needs are installed when run as root
+(as CI does), otherwise the exact apt-get line is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "terraform"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+#: The Debian packages the local stack runs: the delivery stand-ins build and push real OCI images.
+DEBIAN_PACKAGES = ("buildah", "skopeo", "docker-registry", "mmdebstrap", "uidmap")
+#: Which command proves each package is there.
+DEBIAN_COMMANDS = {"buildah": "buildah", "skopeo": "skopeo", "docker-registry": "docker-registry",
+                   "mmdebstrap": "mmdebstrap", "uidmap": "newuidmap"}
+GCLOUD_EMULATORS = Path("/usr/lib/google-cloud-sdk/platform")
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[local,dev]")
+
+
+def _debian(session: nox.Session) -> None:
+    """Install the Debian tools the local stack needs, or say exactly how to."""
+    missing = [pkg for pkg, cmd in DEBIAN_COMMANDS.items() if shutil.which(cmd) is None]
+    if not missing:
+        return
+    line = "apt-get install -y --no-install-recommends " + " ".join(missing)
+    if os.geteuid() != 0:
+        session.error(f"the local stack needs Debian packages: run `sudo apt-get update && sudo {line}`")
+    session.run("apt-get", "update", "-q", external=True)
+    session.run(*line.split(), external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+def _emulators(session: nox.Session) -> None:
+    for path in ("pubsub-emulator", "cloud-firestore-emulator"):
+        if not (GCLOUD_EMULATORS / path).exists():
+            session.error(f"{GCLOUD_EMULATORS / path} is missing: install the gcloud CLI with "
+                          "`apt-get install google-cloud-cli-pubsub-emulator google-cloud-cli-firestore-emulator`")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, contract and end-to-end tests on the local stack (pytest args pass through)."""
+    _debian(session)
+    _emulators(session)
+    _install(session)
+    session.run("pytest", *(session.posargs or ["tests", "--ignore=tests/terraform"]))
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Start the local stack, run the example model live with its timeline, stop the stack."""
+    _debian(session)
+    _emulators(session)
+    _install(session)
+    env = {"CD4ML_STATE_DIR": str(ROOT / ".cd4ml")}
+    session.run("cd4ml", "local", "up", env=env)
+    try:
+        session.run("cd4ml", "run", "digits", "--wait", "--timeout", "300", env=env)
+        session.run("cd4ml", "status", env=env)
+    finally:
+        session.run("cd4ml", "local", "down", env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy (strict) on functions/, local_emulator/ and tests/."""
+    _install(session)
+    session.run("ruff", "check", "functions", "local_emulator", "tests", "noxfile.py")
+    session.run("mypy", "functions", "local_emulator")

@@ -1,0 +1,176 @@
+"""Least privilege, checked: every binding is a justified rule of terraform/iam_bindings.yaml, and nothing more.
+
+The bindings are read as Terraform computes them (catalog.tf's iam_plan, evaluated by `terraform console`),
+and iam.tf is read with python-hcl2 to show that its *_iam_member resources apply that plan and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
+
+from cd4ml import catalog as cd4ml_catalog  # noqa: E402
+from cd4ml.catalog import Catalog  # noqa: E402
+
+from . import hcl  # noqa: E402
+
+PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
+MEMBERS = {"function", "invoker", "pubsub_agent", "training", "build"}
+PER_STAGE_MEMBERS = {"function", "invoker"}
+PER_STAGE_SCOPES = {"emits_topics", "dead_letter_topic", "subscription", "run_service", "service_account:invoker"}
+RULE_KEYS = {"role", "member", "stages", "scope", "prefixes", "condition", "why"}
+#: Roles at project level: each is there because its service has no narrower resource (see iam_bindings.yaml).
+PROJECT_ROLES = {"roles/datastore.user", "roles/aiplatform.user", "roles/aiplatform.viewer",
+                 "roles/cloudbuild.builds.editor", "roles/logging.logWriter"}
+#: Which roles mean a stage uses which service, in the words of the catalog's `uses`.
+SERVICE_ROLES = {"firestore": "roles/datastore.", "vertex": "roles/aiplatform.", "cloudbuild": "roles/cloudbuild.",
+                 "secretmanager": "roles/secretmanager.", "storage": "roles/storage."}
+IAM_RESOURCE = re.compile(r"^google_\w+_iam_(member|binding|policy|audit_config)$")
+
+
+@pytest.fixture(scope="module")
+def cat() -> Catalog:
+    return cd4ml_catalog.load()
+
+
+@pytest.fixture(scope="module")
+def grants(tf_locals: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(tf_locals["iam_plan"].values())
+
+
+def _by_member(grants: list[dict[str, Any]], role_prefix: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = defaultdict(set)
+    for g in grants:
+        if g["role"].startswith(role_prefix):
+            found[g["member"]].add(g["target"])
+    return dict(found)
+
+
+def test_every_rule_has_a_reason_and_a_known_shape(tf_locals: dict[str, Any], cat: Catalog) -> None:
+    problems = []
+    stage_names = {s.name for s in cat.stages}
+    for name, rule in tf_locals["iam_rules"].items():
+        unknown = set(rule) - RULE_KEYS
+        if unknown:
+            problems.append(f"{name}: unknown keys {sorted(unknown)}")
+        if len(str(rule.get("why", "")).split()) < 6:
+            problems.append(f"{name}: `why` must say in a sentence why the binding is needed")
+        if rule.get("member") not in MEMBERS:
+            problems.append(f"{name}: member {rule.get('member')!r} is not one of {sorted(MEMBERS)}")
+        if rule.get("scope") not in tf_locals["iam_kinds"]:
+            problems.append(f"{name}: scope {rule.get('scope')!r} is not one of {sorted(tf_locals['iam_kinds'])}")
+        stages = rule.get("stages")
+        per_stage = rule.get("member") in PER_STAGE_MEMBERS or rule.get("scope") in PER_STAGE_SCOPES
+        if per_stage != (stages is not None):
+            problems.append(f"{name}: `stages` is needed exactly when the member or scope is per stage")
+        if stages is not None and stages != ["*"] and not set(stages) <= stage_names:
+            problems.append(f"{name}: unknown stages {sorted(set(stages) - stage_names)}")
+        if "prefixes" in rule and not str(rule.get("scope")).startswith("bucket:"):
+            problems.append(f"{name}: `prefixes` narrow bucket bindings only")
+        if rule.get("condition", "firestore_database") != "firestore_database":
+            problems.append(f"{name}: unknown condition {rule['condition']!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_primitive_role_anywhere(module: Path, grants: list[dict[str, Any]]) -> None:
+    assert not [g["key"] for g in grants if PRIMITIVE.search(g["role"])]
+    for path in [*module.glob("*.tf"), module / "iam_bindings.yaml"]:
+        assert not PRIMITIVE.search(path.read_text()), f"{path.name} names a primitive role"
+
+
+def test_no_project_wide_pubsub_role(grants: list[dict[str, Any]]) -> None:
+    assert not [g["key"] for g in grants if g["kind"] == "project" and g["role"].startswith("roles/pubsub.")]
+
+
+def test_project_level_roles_are_the_justified_few(grants: list[dict[str, Any]]) -> None:
+    assert {g["role"] for g in grants if g["kind"] == "project"} == PROJECT_ROLES
+    for g in grants:
+        if g["role"] == "roles/datastore.user":
+            assert g["condition"] and "/databases/" in g["condition"]["expression"], g["key"]
+
+
+def test_no_binding_is_made_outside_the_list(module: Path) -> None:
+    """Every IAM resource applies iam_grants of its kind with the plan's role and member; no literal role."""
+    kinds: list[str] = []
+    for block in hcl.top_blocks(module):
+        type_name = block.labels[0] if block.labels else ""
+        if block.kind == "data" and "iam_policy" in type_name:
+            pytest.fail(f"{block.where()}: an authoritative policy document; use *_iam_member from the plan")
+        if block.kind != "resource" or not IAM_RESOURCE.match(type_name):
+            continue
+        assert type_name.endswith("_iam_member"), f"{block.where()}: authoritative IAM resources replace others' grants"
+        match = re.fullmatch(r'\$\{\{for k, g in local\.iam_grants : k => g if g\.kind == "(\w+)"\}\}',
+                             str(block.body.get("for_each")))
+        assert match, f"{block.where()}: for_each must be the iam_grants of one kind"
+        assert block.body.get("role") == "${each.value.role}", block.where()
+        assert block.body.get("member") == "${each.value.member}", block.where()
+        kinds.append(match[1])
+    assert sorted(kinds) == sorted(set(kinds)), "one resource per kind, or a grant is made twice"
+    for path in module.glob("*.tf"):
+        assert "roles/" not in path.read_text(), f"{path.name} names a role: roles live in iam_bindings.yaml"
+
+
+def test_every_kind_of_grant_has_its_resource(module: Path, grants: list[dict[str, Any]]) -> None:
+    handled = set()
+    for block in hcl.top_blocks(module):
+        match = re.search(r'g\.kind == "(\w+)"', str(block.body.get("for_each", "")))
+        if block.kind == "resource" and match:
+            handled.add(match[1])
+    assert {g["kind"] for g in grants} <= handled
+
+
+def test_each_function_publishes_only_to_its_emits_and_its_dead_letter_topic(
+    grants: list[dict[str, Any]], cat: Catalog
+) -> None:
+    published = _by_member(grants, "roles/pubsub.publisher")
+    for stage in cat.stages:
+        assert published.pop(f"function:{stage.name}") == {
+            *(f"topic:{t}" for t in stage.emits), f"dead_letter_topic:{stage.name}"}
+    assert set(published) == {"pubsub_agent"}
+
+
+def test_the_pubsub_agent_gets_what_dead_lettering_and_push_need(grants: list[dict[str, Any]], cat: Catalog) -> None:
+    agent = {(g["role"], g["target"]) for g in grants if g["member"] == "pubsub_agent"}
+    assert agent == {
+        pair for s in cat.stages for pair in (
+            ("roles/pubsub.publisher", f"dead_letter_topic:{s.name}"),
+            ("roles/pubsub.subscriber", f"subscription:{s.name}"),
+            ("roles/iam.serviceAccountTokenCreator", f"service_account:invoker:{s.name}"),
+        )
+    }
+
+
+def test_each_push_identity_invokes_its_own_function_only(grants: list[dict[str, Any]], cat: Catalog) -> None:
+    invokers = {(g["member"], g["role"], g["target"]) for g in grants if g["member"].startswith("invoker:")}
+    assert invokers == {(f"invoker:{s.name}", "roles/run.invoker", f"run_service:{s.name}") for s in cat.stages}
+
+
+def test_service_access_follows_the_catalog_uses(grants: list[dict[str, Any]], cat: Catalog) -> None:
+    for service, prefix in SERVICE_ROLES.items():
+        granted = {m.removeprefix("function:") for m in _by_member(grants, prefix) if m.startswith("function:")}
+        assert granted == {s.name for s in cat.stages if service in s.uses}, service
+
+
+def test_only_the_submitters_may_act_as_the_job_accounts(grants: list[dict[str, Any]], cat: Catalog) -> None:
+    act_as = {(g["member"], g["target"]) for g in grants if g["role"] == "roles/iam.serviceAccountUser"}
+    assert act_as == {
+        *((f"function:{s.name}", "service_account:training") for s in cat.stages
+          if "CD4ML_TRAINING_SERVICE_ACCOUNT" in s.env),
+        *((f"function:{s.name}", "service_account:build") for s in cat.stages if "CD4ML_BUILD_SERVICE_ACCOUNT" in s.env),
+    }
+
+
+def test_bucket_writes_are_narrowed_to_prefixes(grants: list[dict[str, Any]], tf_locals: dict[str, Any]) -> None:
+    for g in grants:
+        if g["kind"] != "bucket" or g["role"] == "roles/storage.objectViewer":
+            continue
+        assert g["role"] == "roles/storage.objectUser", f"{g['key']}: only object roles on buckets"
+        bucket = tf_locals["bucket_names"][g["target"]]
+        assert g["condition"], f"{g['key']}: a bucket-wide write"
+        assert f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/' in g["condition"]["expression"]
