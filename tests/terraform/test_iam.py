@@ -7,6 +7,7 @@ and iam.tf is read with python-hcl2 to show that its *_iam_member resources appl
 from __future__ import annotations
 
 import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cd4ml import catalog as cd4ml_catalog  # noqa: E402
 from cd4ml.catalog import Catalog  # noqa: E402
 
 from . import hcl  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
 
 PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
 MEMBERS = {"function", "invoker", "pubsub_agent", "training", "build"}
@@ -52,19 +54,20 @@ def _by_member(grants: list[dict[str, Any]], role_prefix: str) -> dict[str, set[
     return dict(found)
 
 
-def test_every_rule_has_a_reason_and_a_known_shape(tf_locals: dict[str, Any], cat: Catalog) -> None:
+def rule_problems(rules: dict[str, Any], kinds: dict[str, str], cat: Catalog) -> list[str]:
+    """What is wrong with the rules of iam_bindings.yaml: no reason, unknown members, scopes or stages, ..."""
     problems = []
     stage_names = {s.name for s in cat.stages}
-    for name, rule in tf_locals["iam_rules"].items():
+    for name, rule in rules.items():
         unknown = set(rule) - RULE_KEYS
         if unknown:
             problems.append(f"{name}: unknown keys {sorted(unknown)}")
-        if len(str(rule.get("why", "")).split()) < 6:
+        if len(str(rule.get("why") or "").split()) < 6:
             problems.append(f"{name}: `why` must say in a sentence why the binding is needed")
         if rule.get("member") not in MEMBERS:
             problems.append(f"{name}: member {rule.get('member')!r} is not one of {sorted(MEMBERS)}")
-        if rule.get("scope") not in tf_locals["iam_kinds"]:
-            problems.append(f"{name}: scope {rule.get('scope')!r} is not one of {sorted(tf_locals['iam_kinds'])}")
+        if rule.get("scope") not in kinds:
+            problems.append(f"{name}: scope {rule.get('scope')!r} is not one of {sorted(kinds)}")
         stages = rule.get("stages")
         per_stage = rule.get("member") in PER_STAGE_MEMBERS or rule.get("scope") in PER_STAGE_SCOPES
         if per_stage != (stages is not None):
@@ -75,7 +78,11 @@ def test_every_rule_has_a_reason_and_a_known_shape(tf_locals: dict[str, Any], ca
             problems.append(f"{name}: `prefixes` narrow bucket bindings only")
         if rule.get("condition", "firestore_database") != "firestore_database":
             problems.append(f"{name}: unknown condition {rule['condition']!r}")
-    assert not problems, "\n".join(problems)
+    return problems
+
+
+def test_every_rule_has_a_reason_and_a_known_shape(tf_locals: dict[str, Any], cat: Catalog) -> None:
+    assert rule_problems(tf_locals["iam_rules"], tf_locals["iam_kinds"], cat) == []
 
 
 def test_no_primitive_role_anywhere(module: Path, grants: list[dict[str, Any]]) -> None:
@@ -95,25 +102,59 @@ def test_project_level_roles_are_the_justified_few(grants: list[dict[str, Any]])
             assert g["condition"] and "/databases/" in g["condition"]["expression"], g["key"]
 
 
-def test_no_binding_is_made_outside_the_list(module: Path) -> None:
-    """Every IAM resource applies iam_grants of its kind with the plan's role and member; no literal role."""
+def binding_resource_problems(module: Path) -> list[str]:
+    """IAM made other than by applying the plan: authoritative resources, literal roles, a kind applied twice."""
+    problems: list[str] = []
     kinds: list[str] = []
     for block in hcl.top_blocks(module):
         type_name = block.labels[0] if block.labels else ""
         if block.kind == "data" and "iam_policy" in type_name:
-            pytest.fail(f"{block.where()}: an authoritative policy document; use *_iam_member from the plan")
+            problems.append(f"{block.where()}: an authoritative policy document; bind with *_iam_member from the plan")
         if block.kind != "resource" or not IAM_RESOURCE.match(type_name):
             continue
-        assert type_name.endswith("_iam_member"), f"{block.where()}: authoritative IAM resources replace others' grants"
+        if not type_name.endswith("_iam_member"):
+            problems.append(f"{block.where()}: authoritative IAM resources replace grants made by others")
         match = re.fullmatch(r'\$\{\{for k, g in local\.iam_grants : k => g if g\.kind == "(\w+)"\}\}',
                              str(block.body.get("for_each")))
-        assert match, f"{block.where()}: for_each must be the iam_grants of one kind"
-        assert block.body.get("role") == "${each.value.role}", block.where()
-        assert block.body.get("member") == "${each.value.member}", block.where()
+        if not match:
+            problems.append(f"{block.where()}: for_each must be the iam_grants of one kind, not a binding of its own")
+            continue
+        if block.body.get("role") != "${each.value.role}" or block.body.get("member") != "${each.value.member}":
+            problems.append(f"{block.where()}: role and member must be the plan's (each.value.role, each.value.member)")
+        if match[1] in kinds:
+            problems.append(f"{block.where()}: a second resource for grants of kind {match[1]!r}")
         kinds.append(match[1])
-    assert sorted(kinds) == sorted(set(kinds)), "one resource per kind, or a grant is made twice"
-    for path in module.glob("*.tf"):
-        assert "roles/" not in path.read_text(), f"{path.name} names a role: roles live in iam_bindings.yaml"
+    for path in sorted(module.glob("*.tf")):
+        if "roles/" in path.read_text():
+            problems.append(f"{path}: names a role; roles live in iam_bindings.yaml")
+    return problems
+
+
+def test_no_binding_is_made_outside_the_list(module: Path) -> None:
+    assert binding_resource_problems(module) == []
+
+
+def test_a_planted_binding_outside_the_list_is_caught(module: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "terraform"
+    shutil.copytree(module, copy, ignore=shutil.ignore_patterns(".terraform", ".build"))
+    with (copy / "iam.tf").open("a") as f:
+        f.write('\nresource "google_project_iam_member" "extra" {\n  project = var.project_id\n'
+                '  role    = "roles/pubsub.publisher"\n  member  = "user:someone@example.com"\n}\n')
+    problems = binding_resource_problems(copy)
+    assert any("google_project_iam_member extra: for_each must be the iam_grants" in p for p in problems), problems
+    assert any("iam.tf: names a role" in p for p in problems), problems
+
+
+def test_a_planted_primitive_or_unjustified_rule_is_caught(module: Path, tmp_path: Path, cat: Catalog) -> None:
+    copy = tmp_path / "terraform"
+    shutil.copytree(module, copy, ignore=shutil.ignore_patterns(".terraform", ".build"))
+    with (copy / "iam_bindings.yaml").open("a") as f:
+        f.write("  convenience:\n    role: roles/editor\n    member: build\n    scope: project\n")
+    planted = evaluate({"rules": "local.iam_rules", "kinds": "local.iam_kinds", "plan": "local.iam_plan"},
+                       module=copy)
+    problems = rule_problems(planted["rules"], planted["kinds"], cat)
+    assert "convenience: `why` must say in a sentence why the binding is needed" in problems
+    assert [g["key"] for g in planted["plan"].values() if PRIMITIVE.search(g["role"])] == ["convenience//project"]
 
 
 def test_every_kind_of_grant_has_its_resource(module: Path, grants: list[dict[str, Any]]) -> None:
