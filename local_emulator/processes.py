@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,10 +44,8 @@ def alive(pid: int) -> bool:
 def stop(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process group led by ``pid``, then SIGKILL what is left after ``timeout``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
         deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 2.0)
         while time.monotonic() < deadline:
             _reap(pid)
@@ -56,10 +55,8 @@ def stop(pid: int, timeout: float = 10.0) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _group_alive(pgid: int) -> bool:

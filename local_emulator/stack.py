@@ -8,6 +8,7 @@ stops each process group and leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -203,10 +204,8 @@ def _start_services(stack: Stack) -> None:
 
     storage = clients.storage_client(_cli_settings())
     for bucket in (DATA_BUCKET, ARTIFACT_BUCKET):
-        try:
+        with contextlib.suppress(Conflict):
             storage.create_bucket(bucket)
-        except Conflict:
-            pass
 
 
 def _set_client_env(stack: Stack) -> None:

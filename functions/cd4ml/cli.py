@@ -152,11 +152,11 @@ def cmd_local(args: argparse.Namespace) -> int:
         if not stack.down(say=lambda m: print(m, file=sys.stderr)):
             print("the local stack is not running", file=sys.stderr)
         return 0
-    running = stack.current()
+    current = stack.current()
     if args.json:
-        print(json.dumps({k: v for k, v in running.endpoints.items() if k != "topology"}, indent=2))
+        print(json.dumps({k: v for k, v in current.endpoints.items() if k != "topology"}, indent=2))
     else:
-        for key, value in sorted(running.env.items()):
+        for key, value in sorted(current.env.items()):
             print(f"export {key}={value}")
     return 0
 

@@ -27,7 +27,7 @@ def storage_client(settings: Settings) -> storage.Client:
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=settings.project, credentials=AnonymousCredentials())
+        return storage.Client(project=settings.project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
     return storage.Client(project=settings.project)
 
 
@@ -49,7 +49,7 @@ def job_service_client(settings: Settings) -> Any:
     """Vertex AI JobService (aiplatform_v1), regional endpoint unless settings name another."""
     import grpc
     from google.cloud import aiplatform_v1
-    from google.cloud.aiplatform_v1.services.job_service.transports import JobServiceGrpcTransport
+    from google.cloud.aiplatform_v1.services.job_service.transports.grpc import JobServiceGrpcTransport
 
     host = _plaintext(settings.vertex_endpoint)
     if host:

@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -44,13 +44,13 @@ _NAMESPACE = uuid.UUID("6f1c0c9e-2f4e-4d59-9a57-0c1d4d6b2f10")
 
 def now() -> datetime:
     """The current time, UTC, to the millisecond (what ce-time carries)."""
-    t = datetime.now(timezone.utc)
+    t = datetime.now(UTC)
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
 def format_time(t: datetime) -> str:
     """RFC 3339 with milliseconds and a Z."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -58,7 +58,7 @@ def parse_time(text: str) -> datetime:
     t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
-    return t.astimezone(timezone.utc)
+    return t.astimezone(UTC)
 
 
 def event_id(run_id: str, type_: str, key: str = "") -> str:

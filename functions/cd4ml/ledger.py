@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cd4ml import catalog
@@ -30,7 +30,7 @@ _RUN_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}-\d{8}t\d{6}z$")
 
 def run_id(model: str, scheduled_time: datetime) -> str:
     """The run id of a model's run scheduled at ``scheduled_time``: same schedule slot, same run."""
-    return f"{model}-{scheduled_time.astimezone(timezone.utc):%Y%m%dt%H%M%Sz}"
+    return f"{model}-{scheduled_time.astimezone(UTC):%Y%m%dt%H%M%Sz}"
 
 
 def is_run_id(text: str) -> bool:
@@ -66,11 +66,11 @@ class Ledger:
         """The latest runs, newest first."""
         from google.cloud import firestore
 
-        query = self._db.collection(RUNS)
+        query: Any = self._db.collection(RUNS)
         if model:
             query = query.where(filter=firestore.FieldFilter("model", "==", model))
         docs = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit).stream()
-        return [d.to_dict() for d in docs]
+        return [d.to_dict() or {} for d in docs]
 
     def open_run(self, run_id: str, *, model: str, scheduled_time: datetime, trigger: str,
                  manifest: Mapping[str, Any], event: Event) -> tuple[dict[str, Any], bool]:
@@ -91,7 +91,7 @@ class Ledger:
             "events": [event.summary()],
         }
 
-        @firestore.transactional  # type: ignore[misc]
+        @firestore.transactional
         def txn(transaction: Any) -> tuple[dict[str, Any], bool]:
             snap = ref.get(transaction=transaction)
             if snap.exists:
@@ -112,12 +112,12 @@ class Ledger:
         ref = self._run(run_id)
         champion_ref = None
 
-        @firestore.transactional  # type: ignore[misc]
+        @firestore.transactional
         def txn(transaction: Any) -> dict[str, Any]:
             snap = ref.get(transaction=transaction)
             if not snap.exists:
                 raise RetryableError(f"run {run_id} is not in the ledger yet")
-            current = snap.to_dict()
+            current: dict[str, Any] = snap.to_dict() or {}
             events = list(current.get("events", []))
             updates: dict[str, Any] = dict(fields or {})
             new_status = status or current.get("status", "running")
@@ -156,7 +156,7 @@ class Ledger:
         ref = self._run(run_id)
         stamp = format_time(now())
 
-        @firestore.transactional  # type: ignore[misc]
+        @firestore.transactional
         def txn(transaction: Any) -> None:
             snap = ref.get(transaction=transaction)
             if snap.exists:
@@ -184,7 +184,7 @@ class Ledger:
         snap = self._db.collection(MODELS).document(model).get()
         if not snap.exists:
             return None
-        champion = (snap.to_dict() or {}).get("champion")
+        champion: dict[str, Any] | None = (snap.to_dict() or {}).get("champion")
         return dict(champion) if champion else None
 
     def in_flight_training(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -192,7 +192,7 @@ class Ledger:
         from google.cloud import firestore
 
         query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("training.active", "==", True))
-        return [d.to_dict() for d in query.limit(limit).stream()]
+        return [d.to_dict() or {} for d in query.limit(limit).stream()]
 
     def once(self, run_id: str, name: str, act: Callable[[], dict[str, Any]],
              recover: Callable[[], dict[str, Any] | None] | None = None,
@@ -206,7 +206,7 @@ class Ledger:
         ref = self._run(run_id).collection(EFFECTS).document(name)
         moment = now()
 
-        @firestore.transactional  # type: ignore[misc]
+        @firestore.transactional
         def claim(transaction: Any) -> tuple[str, dict[str, Any] | None]:
             snap = ref.get(transaction=transaction)
             if snap.exists:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -66,7 +66,7 @@ class Manifest:
         local = at.astimezone(zone)
         itr = croniter(self.schedule, local.replace(microsecond=0) + timedelta(seconds=1))
         fire: datetime = itr.get_prev(datetime)
-        return fire.astimezone(timezone.utc)
+        return fire.astimezone(UTC)
 
 
 @functools.cache

@@ -71,10 +71,10 @@ class Contract:
 @pytest.fixture(scope="session")
 def contract(stack: Any) -> Iterator[Contract]:
     from google.cloud import pubsub_v1
+    from local_emulator import stack as local
 
     from cd4ml import clients, models
     from cd4ml.settings import Settings
-    from local_emulator import stack as local
 
     saved = dict(os.environ)
     os.environ.update(local.client_env(stack))

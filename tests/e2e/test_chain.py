@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def test_the_same_data_fetched_three_times_yields_one_training_job(pipeline: Pip
     from cd4ml.stages.training import RUN_LABEL
 
     first = pipeline.wait(pipeline.request("digits"))
-    run_id = ledger.run_id("digits", datetime(2031, 1, 1, tzinfo=timezone.utc))
+    run_id = ledger.run_id("digits", datetime(2031, 1, 1, tzinfo=UTC))
     manifest = loads((REPO / "examples" / "digits" / "manifest.yaml").read_text())
     opening = Event.new(events.RUN_REQUESTED, run_id, {"model": "digits"}, source="//tests")
     pipeline.ledger.open_run(run_id, model="digits", scheduled_time=opening.time, trigger="manual",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -66,9 +66,9 @@ def test_not_yaml_is_refused() -> None:
 
 def test_scheduled_time_is_the_latest_fire_time_so_duplicates_map_to_one_run() -> None:
     manifest = parse(_example())  # 03:00 UTC daily
-    first = manifest.scheduled_time(datetime(2026, 3, 1, 3, 0, 0, 900000, tzinfo=timezone.utc))
-    retry = manifest.scheduled_time(datetime(2026, 3, 1, 3, 2, 30, tzinfo=timezone.utc))
-    assert first == retry == datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)
+    first = manifest.scheduled_time(datetime(2026, 3, 1, 3, 0, 0, 900000, tzinfo=UTC))
+    retry = manifest.scheduled_time(datetime(2026, 3, 1, 3, 2, 30, tzinfo=UTC))
+    assert first == retry == datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
 
 
 def test_relative_paths_resolve_inside_the_bucket() -> None:
@@ -81,7 +81,8 @@ def test_the_trainer_package_is_an_sdist_pip_can_read() -> None:
     import tarfile
 
     blob = models.sdist(EXAMPLE, "trainer-0.1.0.tar.gz")
-    names = tarfile.open(fileobj=io.BytesIO(blob)).getnames()
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        names = tar.getnames()
     assert "trainer-0.1.0/setup.py" in names
     assert "trainer-0.1.0/trainer/task.py" in names
     assert not any("manifest.yaml" in n or "serving" in n for n in names)

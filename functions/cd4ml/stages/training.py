@@ -80,7 +80,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
             "parent": ctx.settings.location, "filter": f'labels.{RUN_LABEL}="{run_id}"'}))
         return {"job": found[0].name, "refused": ""} if found else None
 
-    result, acted = ctx.ledger.once(run_id, "training-job", create, recover=find)
+    result, _ = ctx.ledger.once(run_id, "training-job", create, recover=find)
     if result["refused"]:
         ctx.emit(run_id, events.TRAINING_FAILED,
                  {"model": manifest.name, "state": "NOT_SUBMITTED", "error": result["refused"]},
