@@ -12,7 +12,7 @@ import json
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -43,7 +43,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     manifests: list[Manifest] = [loads(p.read_text(), origin=str(p)) for p in args.manifest]
-    next_fire = {m.name: _next(m, datetime.now(timezone.utc)) for m in manifests}
+    next_fire = {m.name: _next(m, datetime.now(UTC)) for m in manifests}
     tick_topic = publisher.topic_path(args.project, catalog.topic_id(WATCH_TICKED))
     run_topic = publisher.topic_path(args.project, catalog.topic_id(RUN_REQUESTED))
     next_tick = time.monotonic()
@@ -51,7 +51,7 @@ def main() -> None:
         if time.monotonic() >= next_tick:
             publisher.publish(tick_topic, b"{}", **scheduler_attributes(args.project, "cd4ml-watch-tick", WATCH_TICKED))
             next_tick = time.monotonic() + args.tick_seconds
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for m in manifests:
             if now >= next_fire[m.name]:
                 data = json.dumps({"model": m.name, "trigger": "schedule"}).encode()
@@ -63,7 +63,7 @@ def main() -> None:
 
 def _next(manifest: Manifest, after: datetime) -> datetime:
     fire: datetime = croniter(manifest.schedule, after.astimezone(ZoneInfo(manifest.time_zone))).get_next(datetime)
-    return fire.astimezone(timezone.utc)
+    return fire.astimezone(UTC)
 
 
 if __name__ == "__main__":

@@ -107,18 +107,25 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def stage_env(stack: Stack, stage: str) -> dict[str, str]:
-    """The environment of a stage's process: exactly the variables the catalog lists for it."""
-    cat = catalog.load()
-    values = {
-        "CD4ML_PROJECT": PROJECT, "CD4ML_REGION": REGION, "CD4ML_STAGE": stage,
-        "CD4ML_DEAD_LETTER_TOPIC": catalog.dead_letter_topic(stage),
+def _settings(stack: Stack) -> dict[str, str]:
+    """Every CD4ML_* setting of the stack's deployment, but the per-stage ones."""
+    return {
+        "CD4ML_PROJECT": PROJECT, "CD4ML_REGION": REGION,
         "CD4ML_DATA_BUCKET": DATA_BUCKET, "CD4ML_ARTIFACT_BUCKET": ARTIFACT_BUCKET,
         "CD4ML_VERTEX_ENDPOINT": f"http://{stack.endpoints['vertex']}",
         "CD4ML_TRAINING_SERVICE_ACCOUNT": f"cd4ml-training@{PROJECT}.iam.gserviceaccount.com",
-        **stack.endpoints.get("stage_settings", {}),
+        "CD4ML_BUILD_SERVICE_ACCOUNT": f"cd4ml-build@{PROJECT}.iam.gserviceaccount.com",
+        "CD4ML_REGISTRY": f"{stack.endpoints['registry']}/cd4ml",
+        "CD4ML_CLOUDBUILD_ENDPOINT": f"http://{stack.endpoints['cloudbuild']}",
+        "CD4ML_GATE_URL": stack.endpoints["gate"],
+        "CD4ML_GATE_KEY_SECRET": f"file:{_gate_key_file(stack)}",
     }
-    names = set(cat.stage(stage).env) | {"CD4ML_STAGE", "CD4ML_DEAD_LETTER_TOPIC"}
+
+
+def stage_env(stack: Stack, stage: str) -> dict[str, str]:
+    """The environment of a stage's process: exactly the variables the catalog lists for it."""
+    values = {**_settings(stack), "CD4ML_STAGE": stage, "CD4ML_DEAD_LETTER_TOPIC": catalog.dead_letter_topic(stage)}
+    names = set(catalog.load().stage(stage).env) | {"CD4ML_STAGE", "CD4ML_DEAD_LETTER_TOPIC"}
     env = _base_env()
     env.update({k: v for k, v in values.items() if k in names})
     env.update(_emulator_env(stack))
@@ -134,9 +141,7 @@ def _emulator_env(stack: Stack) -> dict[str, str]:
 
 def client_env(stack: Stack) -> dict[str, str]:
     """What a shell (or the CLI) needs to talk to the running stack."""
-    return {**_emulator_env(stack), "CD4ML_PROJECT": PROJECT, "CD4ML_REGION": REGION,
-            "CD4ML_DATA_BUCKET": DATA_BUCKET, "CD4ML_ARTIFACT_BUCKET": ARTIFACT_BUCKET,
-            "CD4ML_VERTEX_ENDPOINT": f"http://{stack.endpoints['vertex']}"}
+    return {**_emulator_env(stack), **_settings(stack)}
 
 
 def up(models: list[Path] | None = None, *, scheduler: bool = True, tick_seconds: float = 2.0,
@@ -153,7 +158,8 @@ def up(models: list[Path] | None = None, *, scheduler: bool = True, tick_seconds
     try:
         _start_services(stack)
         _apply_topology(stack, plan(catalog.load()))
-        say(f"emulators ready in {time.monotonic() - started:.1f} s")
+        _start_delivery(stack, models if models is not None else default_models())
+        say(f"emulators and stand-ins ready in {time.monotonic() - started:.1f} s")
         _start_functions(stack)
         say(f"functions ready in {time.monotonic() - started:.1f} s")
         for folder in models if models is not None else default_models():
@@ -206,6 +212,52 @@ def _start_services(stack: Stack) -> None:
     for bucket in (DATA_BUCKET, ARTIFACT_BUCKET):
         with contextlib.suppress(Conflict):
             storage.create_bucket(bucket)
+
+
+def _gate_key_file(stack: Stack) -> Path:
+    return stack.root / "secrets" / "spinnaker-webhook-key"
+
+
+def gate_config(manifests: list[Any], key: str) -> dict[str, Any]:
+    """The Gate stand-in's pipelines: one canary pipeline per model, triggered by its webhook and the key."""
+    return {"pipelines": [{
+        "application": m.canary_application,
+        "name": m.canary_pipeline or f"{m.name}-canary",
+        "triggers": [{"type": "webhook", "source": m.webhook_source, "enabled": True,
+                      "payloadConstraints": {"cd4ml_key": f"^{key}$", "model": f"^{m.name}$"}}],
+    } for m in manifests]}
+
+
+def _start_delivery(stack: Stack, folders: list[Path]) -> None:
+    """The OCI registry (and its gcr bridge), the Cloud Build stand-in and the Spinnaker Gate stand-in."""
+    import secrets as random_secrets
+
+    from cd4ml import models
+
+    env = {**_base_env(), **_emulator_env(stack), "PYTHONPATH": os.pathsep.join([str(REPO), str(FUNCTIONS_DIR)])}
+    ports = {name: processes.free_port() for name in ("registry", "cloudbuild", "gate")}
+    stack.endpoints.update({"registry": f"127.0.0.1:{ports['registry']}",
+                            "cloudbuild": f"127.0.0.1:{ports['cloudbuild']}",
+                            "gate": f"http://127.0.0.1:{ports['gate']}"})
+    key_file = _gate_key_file(stack)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = random_secrets.token_hex(16)
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    config = stack.root / "gate" / "pipelines.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(gate_config([models.read(f) for f in folders], key), indent=2))
+    common = ["--host", "127.0.0.1"]
+    stack.start("registry", [sys.executable, "-m", "local_emulator.registry", *common, "--port", str(ports["registry"]),
+                             "--state-dir", str(stack.root / "registry"), "--project", PROJECT], env)
+    stack.start("cloudbuild", [sys.executable, "-m", "local_emulator.cloudbuild", *common,
+                               "--port", str(ports["cloudbuild"]), "--state-dir", str(stack.root / "cloudbuild"),
+                               "--project", PROJECT], env)
+    stack.start("gate", [sys.executable, "-m", "local_emulator.gate", *common, "--port", str(ports["gate"]),
+                         "--state-dir", str(stack.root / "gate"), "--config", str(config)], env)
+    stack.wait("registry", _http_ok(f"http://127.0.0.1:{ports['registry']}/v2/"))
+    stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]))
+    stack.wait("gate", _http_ok(f"http://127.0.0.1:{ports['gate']}/health"))
 
 
 def _set_client_env(stack: Stack) -> None:

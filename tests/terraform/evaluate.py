@@ -40,14 +40,14 @@ def evaluate(
     variables: Mapping[str, str] | None = None,
     module: Path = MODULE,
 ) -> dict[str, Any]:
-    """Each named HCL expression evaluated in the provider-free part of ``module``."""
+    """Each named HCL expression evaluated in the provider-free part of ``module`` (terraform/ or a copy of it)."""
     values = {**EXAMPLE_VARIABLES, **(variables or {})}
     with tempfile.TemporaryDirectory(prefix="cd4ml-tf-") as tmp:
         root = Path(tmp)
         scratch = root / "terraform"
         scratch.mkdir()
-        for sibling in module.parent.iterdir():
-            if sibling.name != module.name and not sibling.name.startswith("."):
+        for sibling in REPO.iterdir():  # the repository beside the module, also for a scratch copy of it
+            if sibling.name != MODULE.name and not sibling.name.startswith("."):
                 (root / sibling.name).symlink_to(sibling)
         for name in PROVIDER_FREE:
             shutil.copy(module / name, scratch / name)

@@ -16,11 +16,11 @@ import pytest
 
 pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
 
-from cd4ml import catalog as cd4ml_catalog  # noqa: E402
-from cd4ml.catalog import Catalog  # noqa: E402
+from cd4ml import catalog as cd4ml_catalog
+from cd4ml.catalog import Catalog
 
-from . import hcl  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
+from . import hcl
+from .evaluate import evaluate
 
 PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
 MEMBERS = {"function", "invoker", "pubsub_agent", "training", "build"}

@@ -18,13 +18,14 @@ import yaml
 
 pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
 
-from cd4ml import catalog as cd4ml_catalog  # noqa: E402
-from cd4ml.catalog import Catalog  # noqa: E402
-from local_emulator.scheduler import scheduler_attributes  # noqa: E402
-from local_emulator.topology import Subscription, Topology, plan  # noqa: E402
+from local_emulator.scheduler import scheduler_attributes
+from local_emulator.topology import Subscription, Topology, plan
 
-from . import hcl  # noqa: E402
-from .evaluate import EXAMPLE_VARIABLES, REPO  # noqa: E402
+from cd4ml import catalog as cd4ml_catalog
+from cd4ml.catalog import Catalog
+
+from . import hcl
+from .evaluate import EXAMPLE_VARIABLES, REPO
 
 REGION = "us-central1"
 

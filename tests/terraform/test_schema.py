@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
 
-from . import hcl, provider_schema  # noqa: E402
-from .schema_check import NOT_GOOGLE, Problem, check_module  # noqa: E402
+from . import hcl, provider_schema
+from .schema_check import NOT_GOOGLE, Problem, check_module
 
 
 @pytest.fixture(scope="module")

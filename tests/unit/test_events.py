@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,7 +13,7 @@ from cd4ml.events import Event, PubSubMessage
 
 
 def _message(attributes: dict[str, str], data: bytes) -> PubSubMessage:
-    return PubSubMessage(message_id="42", publish_time=datetime(2026, 1, 1, 3, 0, 5, tzinfo=timezone.utc),
+    return PubSubMessage(message_id="42", publish_time=datetime(2026, 1, 1, 3, 0, 5, tzinfo=UTC),
                          attributes=attributes, data=data)
 
 
@@ -71,7 +71,7 @@ def test_scheduler_messages_without_id_and_time_take_the_message_id_and_publish_
     attributes = {"ce-specversion": "1.0", "ce-source": "//cloudscheduler", "ce-type": events.RUN_REQUESTED}
     event = Event.from_message(_message(attributes, json.dumps({"model": "digits"}).encode()), [events.RUN_REQUESTED])
     assert event.id == "42"
-    assert event.time == datetime(2026, 1, 1, 3, 0, 5, tzinfo=timezone.utc)
+    assert event.time == datetime(2026, 1, 1, 3, 0, 5, tzinfo=UTC)
     assert event.subject == ""
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cd4ml import events
 from cd4ml.ledger import _merge, is_run_id, run_id, status_after
 
 
 def test_run_id_derives_from_model_and_scheduled_time() -> None:
-    rid = run_id("digits", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    rid = run_id("digits", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
     assert rid == "digits-20260102t030405z"
     assert is_run_id(rid) and not is_run_id("digits") and not is_run_id("../etc")
 

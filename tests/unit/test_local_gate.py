@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from local_emulator import processes
 from local_emulator.gate import (
     TEST_DOUBLE_HEADER,
