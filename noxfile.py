@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `nox` script does not add it; tests.terraform needs it
+
+from local_emulator.baseimage import DEBIAN_PACKAGES as _STACK_PACKAGES  # noqa: E402
 
 nox.options.sessions = ["tests", "terraform"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
-#: The Debian packages the local stack runs: the delivery stand-ins build and push real OCI images.
-DEBIAN_PACKAGES = ("buildah", "skopeo", "docker-registry", "mmdebstrap", "uidmap")
-#: Which command proves each package is there.
-DEBIAN_COMMANDS = {"buildah": "buildah", "skopeo": "skopeo", "docker-registry": "docker-registry",
-                   "mmdebstrap": "mmdebstrap", "uidmap": "newuidmap"}
+#: The Debian packages the local stack runs (the delivery stand-ins build and push real OCI images), each with
+#: the command that proves it is installed.
+DEBIAN_COMMANDS = {package: package for package in _STACK_PACKAGES}
 GCLOUD_EMULATORS = Path("/usr/lib/google-cloud-sdk/platform")
 
 
@@ -78,3 +81,11 @@ def lint(session: nox.Session) -> None:
     _install(session)
     session.run("ruff", "check", "functions", "local_emulator", "tests", "noxfile.py")
     session.run("mypy", "functions", "local_emulator")
+
+
+@nox.session
+def terraform(session: nox.Session) -> None:
+    """Check terraform/ offline: fmt, provider schema, checkov, parity and IAM tests (needs terraform on PATH)."""
+    from tests.terraform.session import terraform as check
+
+    check(session)

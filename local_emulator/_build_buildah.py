@@ -12,7 +12,7 @@ _ACCEPT_ANYTHING = {"default": [{"type": "insecureAcceptAnything"}]}
 
 @dataclass(frozen=True)
 class ImageStorage:
-    """A containers-storage tree private to one server, with the vfs driver (works without overlay or fuse)."""
+    """A containers-storage tree private to one server: overlay where it works, else vfs (no mounts needed)."""
 
     root: Path
     runroot: Path
@@ -20,11 +20,13 @@ class ImageStorage:
     driver: str = "vfs"
 
     @classmethod
-    def under(cls, state_dir: Path) -> ImageStorage:
-        """Create (if needed) the storage tree and a signature policy below state_dir."""
+    def under(cls, state_dir: Path, driver: str = "vfs") -> ImageStorage:
+        """Create (if needed) a storage tree for driver and a signature policy below state_dir."""
         base = state_dir / "containers"
-        storage = cls(root=base / "storage", runroot=base / "run", policy=base / "policy.json")
+        root = base / driver
+        storage = cls(root=root / "storage", runroot=root / "run", policy=base / "policy.json", driver=driver)
         storage.root.mkdir(parents=True, exist_ok=True)
+        base.mkdir(parents=True, exist_ok=True)
         storage.runroot.mkdir(parents=True, exist_ok=True)
         if not storage.policy.exists():
             storage.policy.write_text(json.dumps(_ACCEPT_ANYTHING), encoding="utf-8")

@@ -253,11 +253,26 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     stack.start("cloudbuild", [sys.executable, "-m", "local_emulator.cloudbuild", *common,
                                "--port", str(ports["cloudbuild"]), "--state-dir", str(stack.root / "cloudbuild"),
                                "--project", PROJECT], env)
-    stack.start("gate", [sys.executable, "-m", "local_emulator.gate", *common, "--port", str(ports["gate"]),
-                         "--state-dir", str(stack.root / "gate"), "--config", str(config)], env)
+    start_gate(stack)
     stack.wait("registry", _http_ok(f"http://127.0.0.1:{ports['registry']}/v2/"))
-    stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]))
-    stack.wait("gate", _http_ok(f"http://127.0.0.1:{ports['gate']}/health"))
+    # The Cloud Build stand-in opens its port once its base image is ready: minutes on a cold cache.
+    stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]), timeout=300)
+
+
+def start_gate(stack: Stack) -> None:
+    """(Re)start the Spinnaker Gate stand-in on its port, with the pipelines written by ``up``."""
+    port = int(stack.endpoints["gate"].rsplit(":", 1)[1])
+    env = {**_base_env(), "PYTHONPATH": os.pathsep.join([str(REPO), str(FUNCTIONS_DIR)])}
+    stack.start("gate", [sys.executable, "-m", "local_emulator.gate", "--host", "127.0.0.1", "--port", str(port),
+                         "--state-dir", str(stack.root / "gate"), "--config", str(stack.root / "gate" / "pipelines.json")],
+                env)
+    stack.wait("gate", _http_ok(f"http://127.0.0.1:{port}/health"))
+
+
+def stop(stack: Stack, name: str) -> None:
+    """Stop one process of the stack (tests use it to take the Gate down)."""
+    processes.stop(stack.pids.pop(name))
+    stack.save()
 
 
 def _set_client_env(stack: Stack) -> None:

@@ -1,4 +1,5 @@
-# The data bucket (sources, datasets/) and the artifact bucket (manifests/, sources/, runs/), private and versioned.
+# The data bucket (source data, datasets/) and the artifact bucket (manifests/, packages/, serving/, sources/,
+# runs/, builds/), private and versioned; iam_bindings.yaml says who may touch which prefix.
 
 resource "google_storage_bucket" "data" {
   #checkov:skip=CKV_GCP_62:Access is recorded by Cloud Audit Logs (Data Access logs), which Google recommends over legacy usage logs; a log bucket would itself need one.
@@ -48,7 +49,7 @@ resource "google_storage_bucket" "artifacts" {
   }
 }
 
-# The functions read a model's manifest from manifests/MODEL.yaml; Terraform is its only writer.
+# fetch_data reads a model's manifest from manifests/MODEL.yaml (`cd4ml model push` writes the same object).
 resource "google_storage_bucket_object" "manifest" {
   for_each = local.manifest_files
 

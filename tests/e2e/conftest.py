@@ -48,7 +48,7 @@ class Pipeline:
             time.sleep(0.3)
         raise AssertionError(f"run {run_id} did not finish in {timeout} s: {self.ledger.get(run_id)}")
 
-    def push_variant(self, tmp: Path, name: str, change: Any) -> str:
+    def push_variant(self, tmp: Path, name: str, change: Any, extra: dict[str, str] | None = None) -> str:
         """Push a copy of the example model under another name, its manifest changed by ``change``."""
         from local_emulator import stack as local
 
@@ -58,6 +58,8 @@ class Pipeline:
         manifest["name"] = name
         manifest["training"]["python_package"]["package_uris"] = [f"packages/{name}/trainer-0.1.0.tar.gz"]
         change(manifest)
+        for relative, text in (extra or {}).items():
+            (folder / relative).write_text(text)
         (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
         return local.push_model(self.stack, folder)
 

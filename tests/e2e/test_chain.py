@@ -39,9 +39,11 @@ def test_cli_run_wait_json_gives_a_complete_record(pipeline: Pipeline) -> None:
     assert run["evaluation"]["passed"] is True and run["evaluation"]["metrics"]["accuracy"] >= 0.9
     seen = _types(run)
     for milestone in (events.RUN_REQUESTED, events.DATA_FETCHED, events.TRAINING_SUBMITTED,
-                      events.TRAINING_COMPLETED, events.EVALUATION_PASSED):
+                      events.TRAINING_COMPLETED, events.EVALUATION_PASSED, events.IMAGE_BUILT, events.IMAGE_PUSHED,
+                      events.CANARY_TRIGGERED):
         assert milestone in seen
-    assert "data.fetched" in done.stderr and "evaluation.passed" in done.stderr  # the live timeline
+    assert run["image"]["digest"].startswith("sha256:") and run["canary"]["execution_id"]
+    assert "data.fetched" in done.stderr and "canary.triggered" in done.stderr  # the live timeline
 
 
 def test_unreachable_threshold_ends_evaluation_failed_with_metric_and_threshold(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -14,14 +14,32 @@ _HERE = Path(__file__).resolve().parent
 
 #: Every provider-free local the parity and IAM tests read, evaluated by Terraform in one call.
 LOCALS = (
-    "catalog", "event_types", "topic_ids", "foreign_topics", "stage_slug", "dead_letter_topics", "function_names",
-    "trigger_topic_ids", "stage_subscriptions", "dead_letter_holds", "stage_settings", "function_env_names",
-    "manifest_files", "manifests", "schedules", "bucket_names", "iam_rules", "iam_kinds", "iam_plan",
+    "catalog",
+    "event_types",
+    "topic_ids",
+    "foreign_topics",
+    "stage_slug",
+    "dead_letter_topics",
+    "function_names",
+    "trigger_topic_ids",
+    "stage_subscriptions",
+    "dead_letter_holds",
+    "stage_settings",
+    "function_env_names",
+    "manifest_files",
+    "manifests",
+    "schedules",
+    "bucket_names",
+    "iam_rules",
+    "iam_kinds",
+    "iam_plan",
 )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "terraform: needs terraform, python-hcl2 and (once) PyPI; run by nox -s terraform")
+    config.addinivalue_line(
+        "markers", "terraform: needs terraform, python-hcl2 and (once) PyPI; run by nox -s terraform"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -55,8 +55,9 @@ def evaluate(
         body = ", ".join(f"{json.dumps(k)} = {v}" for k, v in expressions.items())
         args = [terraform_binary(), "console", *(f"-var={k}={v}" for k, v in values.items())]
         env = {**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "TF_IN_AUTOMATION": "1"}
-        done = subprocess.run(args, input=f"jsonencode({{{body}}})\n", capture_output=True, text=True,
-                              cwd=scratch, env=env, timeout=60)
+        done = subprocess.run(
+            args, input=f"jsonencode({{{body}}})\n", capture_output=True, text=True, cwd=scratch, env=env, timeout=60
+        )
     if done.returncode != 0:
         raise TerraformError(done.stderr.strip() or done.stdout.strip())
     result: dict[str, Any] = json.loads(json.loads(done.stdout))

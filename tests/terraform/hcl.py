@@ -90,11 +90,6 @@ def _flatten(path: Path, text: str, kind: str, labels: tuple[str, ...], entry: A
         yield from _flatten(path, text, kind, (*labels, label), inner)
 
 
-def module_blocks(directory: Path, kind: str) -> dict[str, TopBlock]:
-    """Top-level blocks of one kind keyed by their address, e.g. ``google_pubsub_topic.event``."""
-    return {b.address if kind != "resource" else b.address: b for b in top_blocks(directory) if b.kind == kind}
-
-
 def locals_map(directory: Path) -> dict[str, Any]:
     """Every ``locals`` entry of the module, as python-hcl2 renders its expression."""
     merged: dict[str, Any] = {}

@@ -116,8 +116,18 @@ def _wheel(version: str) -> Path:
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--dest", str(wheels), f"{PACKAGE}=={version}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                str(wheels),
+                f"{PACKAGE}=={version}",
+            ],
             check=True,
         )
         found = sorted(wheels.glob(f"{PACKAGE.replace('-', '_')}-{version}-*.whl"))
@@ -133,6 +143,7 @@ def _read_assembly(wheel: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             tgz = Path(zf.extract(tgz_name, tmp))
             with tarfile.open(tgz) as tar:
+
                 def member(name: str) -> bytes:
                     handle = tar.extractfile(f"package/{name}")
                     if handle is None:
@@ -201,5 +212,7 @@ def _compact(assembly: Mapping[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     schema = load()
-    print(f"{schema.package}: hashicorp/google {schema.provider_version}, "
-          f"{len(schema.roots['resource'])} resources, {len(schema.roots['data'])} data sources")
+    print(
+        f"{schema.package}: hashicorp/google {schema.provider_version}, "
+        f"{len(schema.roots['resource'])} resources, {len(schema.roots['data'])} data sources"
+    )

@@ -7,6 +7,8 @@ missing required arguments or blocks. Values are not checked. Usage: ``python -m
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -53,14 +55,46 @@ def check_module(directory: Path, schema: ProviderSchema | None = None) -> list[
             continue
         root = schema.root(block.kind, type_name)
         if root is None:
-            problems.append(Problem(block.where(), "", f"unknown {block.kind} type {type_name!r} in hashicorp/google "
-                                    f"{schema.provider_version} (non-google blocks need an entry in NOT_GOOGLE)"))
+            problems.append(
+                Problem(
+                    block.where(),
+                    "",
+                    f"unknown {block.kind} type {type_name!r} in hashicorp/google "
+                    f"{schema.provider_version} (non-google blocks need an entry in NOT_GOOGLE)",
+                )
+            )
             continue
         meta_args, meta_blocks = _META_ARGUMENTS[block.kind]
         problems.extend(
             Problem(block.where(), path, message)
             for path, message in _check_body(schema, root, block.body, "", meta_args, meta_blocks)
         )
+    return problems
+
+
+_REFERENCE = re.compile(r"(?<![\w.])(local|var|data\.[a-z0-9_]+|google_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
+_COMMENT = re.compile(r"^\s*(#|//).*$", re.MULTILINE)
+
+
+def check_references(directory: Path) -> list[Problem]:
+    """References to locals, variables, resources and data sources that the module does not declare."""
+    declared: set[tuple[str, str]] = set()
+    for block in hcl.top_blocks(directory):
+        if block.kind == "locals":
+            declared.update(("local", name) for name, _ in hcl.body_items(block.body))
+        elif block.kind == "variable":
+            declared.add(("var", block.labels[0]))
+        elif block.kind == "resource":
+            declared.add((block.labels[0], block.labels[1]))
+        elif block.kind == "data":
+            declared.add((f"data.{block.labels[0]}", block.labels[1]))
+    problems = []
+    for path in sorted(directory.glob("*.tf")):
+        text = _COMMENT.sub("", path.read_text())
+        for match in _REFERENCE.finditer(text):
+            if (match[1], match[2]) not in declared:
+                line = text.count("\n", 0, match.start()) + 1
+                problems.append(Problem(f"{path}:{line}", "", f"reference to undeclared {match[1]}.{match[2]}"))
     return problems
 
 
@@ -104,9 +138,7 @@ def _check_body(
         yield prefix + name, f"missing required {kind} {name!r}"
 
 
-def _check_dynamic(
-    schema: ProviderSchema, spec: Block, name: str, dyn: Any, prefix: str
-) -> Iterator[tuple[str, str]]:
+def _check_dynamic(schema: ProviderSchema, spec: Block, name: str, dyn: Any, prefix: str) -> Iterator[tuple[str, str]]:
     path = prefix + name
     field = spec.fields.get(name)
     if field is None:
@@ -116,7 +148,7 @@ def _check_dynamic(
         yield path, f"{name!r} is an argument and cannot be generated with `dynamic`"
         return
     contents = dyn.get("content") if isinstance(dyn, dict) else None
-    if not hcl.is_block(contents):
+    if not isinstance(contents, list) or not hcl.is_block(contents):
         yield path, f"`dynamic {name!r}` needs a `content {{ ... }}` block"
         return
     for entry in contents:
@@ -124,8 +156,6 @@ def _check_dynamic(
 
 
 def _suggest(name: str, spec: Block) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, list(spec.fields), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -133,12 +163,14 @@ def _suggest(name: str, spec: Block) -> str:
 def main(argv: list[str]) -> int:
     directory = Path(argv[0] if argv else "terraform")
     schema = provider_schema.load()
-    problems = check_module(directory, schema)
+    problems = check_module(directory, schema) + check_references(directory)
     for problem in problems:
         print(problem)
     checked = sum(1 for b in hcl.top_blocks(directory) if b.kind in _META_ARGUMENTS)
-    print(f"{checked} blocks checked against hashicorp/google {schema.provider_version} "
-          f"({schema.package}): {len(problems)} problems")
+    print(
+        f"{checked} blocks checked against hashicorp/google {schema.provider_version} "
+        f"({schema.package}): {len(problems)} problems"
+    )
     return 1 if problems else 0
 
 

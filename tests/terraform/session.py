@@ -31,8 +31,17 @@ def terraform(session: nox.Session) -> None:
     session.run("python", "-m", "tests.terraform.schema_check", MODULE, env=env)
 
     checkov = _checkov(session)
-    session.run(str(checkov), "--framework", "terraform", "--skip-download", "--compact", "--quiet",
-                "-d", f"{MODULE}/", external=True)
+    session.run(
+        str(checkov),
+        "--framework",
+        "terraform",
+        "--skip-download",
+        "--compact",
+        "--quiet",
+        "-d",
+        f"{MODULE}/",
+        external=True,
+    )
 
     session.run("python", "-m", "pytest", "tests/terraform", "-p", "no:cacheprovider", *session.posargs, env=env)
 

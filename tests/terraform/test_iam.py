@@ -28,11 +28,21 @@ PER_STAGE_MEMBERS = {"function", "invoker"}
 PER_STAGE_SCOPES = {"emits_topics", "dead_letter_topic", "subscription", "run_service", "service_account:invoker"}
 RULE_KEYS = {"role", "member", "stages", "scope", "prefixes", "condition", "why"}
 #: Roles at project level: each is there because its service has no narrower resource (see iam_bindings.yaml).
-PROJECT_ROLES = {"roles/datastore.user", "roles/aiplatform.user", "roles/aiplatform.viewer",
-                 "roles/cloudbuild.builds.editor", "roles/logging.logWriter"}
+PROJECT_ROLES = {
+    "roles/datastore.user",
+    "roles/aiplatform.user",
+    "roles/aiplatform.viewer",
+    "roles/cloudbuild.builds.editor",
+    "roles/logging.logWriter",
+}
 #: Which roles mean a stage uses which service, in the words of the catalog's `uses`.
-SERVICE_ROLES = {"firestore": "roles/datastore.", "vertex": "roles/aiplatform.", "cloudbuild": "roles/cloudbuild.",
-                 "secretmanager": "roles/secretmanager.", "storage": "roles/storage."}
+SERVICE_ROLES = {
+    "firestore": "roles/datastore.",
+    "vertex": "roles/aiplatform.",
+    "cloudbuild": "roles/cloudbuild.",
+    "secretmanager": "roles/secretmanager.",
+    "storage": "roles/storage.",
+}
 IAM_RESOURCE = re.compile(r"^google_\w+_iam_(member|binding|policy|audit_config)$")
 
 
@@ -114,8 +124,9 @@ def binding_resource_problems(module: Path) -> list[str]:
             continue
         if not type_name.endswith("_iam_member"):
             problems.append(f"{block.where()}: authoritative IAM resources replace grants made by others")
-        match = re.fullmatch(r'\$\{\{for k, g in local\.iam_grants : k => g if g\.kind == "(\w+)"\}\}',
-                             str(block.body.get("for_each")))
+        match = re.fullmatch(
+            r'\$\{\{for k, g in local\.iam_grants : k => g if g\.kind == "(\w+)"\}\}', str(block.body.get("for_each"))
+        )
         if not match:
             problems.append(f"{block.where()}: for_each must be the iam_grants of one kind, not a binding of its own")
             continue
@@ -138,8 +149,10 @@ def test_a_planted_binding_outside_the_list_is_caught(module: Path, tmp_path: Pa
     copy = tmp_path / "terraform"
     shutil.copytree(module, copy, ignore=shutil.ignore_patterns(".terraform", ".build"))
     with (copy / "iam.tf").open("a") as f:
-        f.write('\nresource "google_project_iam_member" "extra" {\n  project = var.project_id\n'
-                '  role    = "roles/pubsub.publisher"\n  member  = "user:someone@example.com"\n}\n')
+        f.write(
+            '\nresource "google_project_iam_member" "extra" {\n  project = var.project_id\n'
+            '  role    = "roles/pubsub.publisher"\n  member  = "user:someone@example.com"\n}\n'
+        )
     problems = binding_resource_problems(copy)
     assert any("google_project_iam_member extra: for_each must be the iam_grants" in p for p in problems), problems
     assert any("iam.tf: names a role" in p for p in problems), problems
@@ -150,8 +163,7 @@ def test_a_planted_primitive_or_unjustified_rule_is_caught(module: Path, tmp_pat
     shutil.copytree(module, copy, ignore=shutil.ignore_patterns(".terraform", ".build"))
     with (copy / "iam_bindings.yaml").open("a") as f:
         f.write("  convenience:\n    role: roles/editor\n    member: build\n    scope: project\n")
-    planted = evaluate({"rules": "local.iam_rules", "kinds": "local.iam_kinds", "plan": "local.iam_plan"},
-                       module=copy)
+    planted = evaluate({"rules": "local.iam_rules", "kinds": "local.iam_kinds", "plan": "local.iam_plan"}, module=copy)
     problems = rule_problems(planted["rules"], planted["kinds"], cat)
     assert "convenience: `why` must say in a sentence why the binding is needed" in problems
     assert [g["key"] for g in planted["plan"].values() if PRIMITIVE.search(g["role"])] == ["convenience//project"]
@@ -172,14 +184,18 @@ def test_each_function_publishes_only_to_its_emits_and_its_dead_letter_topic(
     published = _by_member(grants, "roles/pubsub.publisher")
     for stage in cat.stages:
         assert published.pop(f"function:{stage.name}") == {
-            *(f"topic:{t}" for t in stage.emits), f"dead_letter_topic:{stage.name}"}
+            *(f"topic:{t}" for t in stage.emits),
+            f"dead_letter_topic:{stage.name}",
+        }
     assert set(published) == {"pubsub_agent"}
 
 
 def test_the_pubsub_agent_gets_what_dead_lettering_and_push_need(grants: list[dict[str, Any]], cat: Catalog) -> None:
     agent = {(g["role"], g["target"]) for g in grants if g["member"] == "pubsub_agent"}
     assert agent == {
-        pair for s in cat.stages for pair in (
+        pair
+        for s in cat.stages
+        for pair in (
             ("roles/pubsub.publisher", f"dead_letter_topic:{s.name}"),
             ("roles/pubsub.subscriber", f"subscription:{s.name}"),
             ("roles/iam.serviceAccountTokenCreator", f"service_account:invoker:{s.name}"),
@@ -201,9 +217,16 @@ def test_service_access_follows_the_catalog_uses(grants: list[dict[str, Any]], c
 def test_only_the_submitters_may_act_as_the_job_accounts(grants: list[dict[str, Any]], cat: Catalog) -> None:
     act_as = {(g["member"], g["target"]) for g in grants if g["role"] == "roles/iam.serviceAccountUser"}
     assert act_as == {
-        *((f"function:{s.name}", "service_account:training") for s in cat.stages
-          if "CD4ML_TRAINING_SERVICE_ACCOUNT" in s.env),
-        *((f"function:{s.name}", "service_account:build") for s in cat.stages if "CD4ML_BUILD_SERVICE_ACCOUNT" in s.env),
+        *(
+            (f"function:{s.name}", "service_account:training")
+            for s in cat.stages
+            if "CD4ML_TRAINING_SERVICE_ACCOUNT" in s.env
+        ),
+        *(
+            (f"function:{s.name}", "service_account:build")
+            for s in cat.stages
+            if "CD4ML_BUILD_SERVICE_ACCOUNT" in s.env
+        ),
     }
 
 

@@ -52,7 +52,7 @@ def _body(resources: dict[str, hcl.TopBlock], address: str) -> dict[str, Any]:
 
 def _block(body: dict[str, Any], name: str) -> dict[str, Any]:
     value = body.get(name)
-    assert hcl.is_block(value) and len(value) == 1, f"expected one `{name} {{ ... }}` block"
+    assert isinstance(value, list) and hcl.is_block(value) and len(value) == 1, f"expected one `{name} {{ ... }}` block"
     return dict(value[0])
 
 
@@ -77,8 +77,11 @@ def test_event_types_are_the_schema_files(tf_locals: dict[str, Any], cat: Catalo
 
 
 def test_topics_equal_the_local_stack(tf_locals: dict[str, Any], topology: Topology) -> None:
-    deployed = (set(tf_locals["topic_ids"].values()) | set(tf_locals["foreign_topics"])
-                | set(tf_locals["dead_letter_topics"].values()))
+    deployed = (
+        set(tf_locals["topic_ids"].values())
+        | set(tf_locals["foreign_topics"])
+        | set(tf_locals["dead_letter_topics"].values())
+    )
     assert deployed == set(topology.topics)
     assert len(topology.topics) == len(set(topology.topics))
 
@@ -92,7 +95,11 @@ def test_topic_resources_are_the_derived_topics(resources: dict[str, hcl.TopBloc
     dead = _body(resources, "google_pubsub_topic.dead_letter")
     assert (dead["for_each"], dead["name"]) == ("${local.dead_letter_topics}", "${each.value}")
     topics = [a for a in resources if a.startswith("google_pubsub_topic.")]
-    assert sorted(topics) == ["google_pubsub_topic.dead_letter", "google_pubsub_topic.event", "google_pubsub_topic.foreign"]
+    assert sorted(topics) == [
+        "google_pubsub_topic.dead_letter",
+        "google_pubsub_topic.event",
+        "google_pubsub_topic.foreign",
+    ]
 
 
 # ---- subscriptions -----------------------------------------------------------------------------------
@@ -100,18 +107,31 @@ def test_topic_resources_are_the_derived_topics(resources: dict[str, hcl.TopBloc
 
 def _terraform_subscriptions(tf_locals: dict[str, Any]) -> set[Subscription]:
     subs = {
-        Subscription(name=s["name"], topic=s["topic"], stage=stage, dead_letter_topic=s["dead_letter_topic"],
-                     max_delivery_attempts=s["max_delivery_attempts"],
-                     minimum_backoff_seconds=int(s["minimum_backoff"].removesuffix("s")),
-                     maximum_backoff_seconds=int(s["maximum_backoff"].removesuffix("s")),
-                     ack_deadline_seconds=s["ack_deadline_seconds"], retention_seconds=None)
+        Subscription(
+            name=s["name"],
+            topic=s["topic"],
+            stage=stage,
+            dead_letter_topic=s["dead_letter_topic"],
+            max_delivery_attempts=s["max_delivery_attempts"],
+            minimum_backoff_seconds=int(s["minimum_backoff"].removesuffix("s")),
+            maximum_backoff_seconds=int(s["maximum_backoff"].removesuffix("s")),
+            ack_deadline_seconds=s["ack_deadline_seconds"],
+            retention_seconds=None,
+        )
         for stage, s in tf_locals["stage_subscriptions"].items()
     }
     holds = {
-        Subscription(name=h["name"], topic=h["topic"], stage=None, dead_letter_topic=None, max_delivery_attempts=None,
-                     minimum_backoff_seconds=None, maximum_backoff_seconds=None,
-                     ack_deadline_seconds=h["ack_deadline_seconds"],
-                     retention_seconds=int(h["message_retention_duration"].removesuffix("s")))
+        Subscription(
+            name=h["name"],
+            topic=h["topic"],
+            stage=None,
+            dead_letter_topic=None,
+            max_delivery_attempts=None,
+            minimum_backoff_seconds=None,
+            maximum_backoff_seconds=None,
+            ack_deadline_seconds=h["ack_deadline_seconds"],
+            retention_seconds=int(h["message_retention_duration"].removesuffix("s")),
+        )
         for h in tf_locals["dead_letter_holds"].values()
     }
     return subs | holds
@@ -145,7 +165,9 @@ def test_subscription_resources_take_the_derived_settings(resources: dict[str, h
     assert stage["ack_deadline_seconds"] == "${each.value.ack_deadline_seconds}"
     retry = _block(stage, "retry_policy")
     assert (retry["minimum_backoff"], retry["maximum_backoff"]) == (
-        "${each.value.minimum_backoff}", "${each.value.maximum_backoff}")
+        "${each.value.minimum_backoff}",
+        "${each.value.maximum_backoff}",
+    )
     dead = _block(stage, "dead_letter_policy")
     assert dead["max_delivery_attempts"] == "${each.value.max_delivery_attempts}"
     assert dead["dead_letter_topic"] == "${google_pubsub_topic.dead_letter[each.key].id}"
@@ -177,14 +199,16 @@ def test_the_dead_letter_topic_of_a_subscription_is_its_stage_s(tf_locals: dict[
 
 def test_environment_variable_names_equal_the_local_stack(tf_locals: dict[str, Any], topology: Topology) -> None:
     assert {s: sorted(names) for s, names in tf_locals["function_env_names"].items()} == {
-        s: sorted(names) for s, names in topology.stage_env.items()}
+        s: sorted(names) for s, names in topology.stage_env.items()
+    }
 
 
 def test_every_catalog_setting_has_a_value_and_nothing_else_does(
     module: Path, tf_locals: dict[str, Any], cat: Catalog
 ) -> None:
     valued = set(hcl.locals_map(module)["setting_values"]) | {
-        name for per_stage in tf_locals["stage_settings"].values() for name in per_stage}
+        name for per_stage in tf_locals["stage_settings"].values() for name in per_stage
+    }
     assert valued == {s.name for s in cat.settings}
 
 
@@ -194,7 +218,8 @@ def test_functions_set_exactly_the_derived_environment(resources: dict[str, hcl.
     service = _block(fn, "service_config")
     assert service["environment_variables"] == (
         "${{for name in local.function_env_names[each.key] : "
-        "name => merge(local.setting_values, local.stage_settings[each.key])[name]}}")
+        "name => merge(local.setting_values, local.stage_settings[each.key])[name]}}"
+    )
     assert service["available_memory"] == "${each.value.memory}"
     assert service["timeout_seconds"] == "${each.value.timeout_seconds}"
     assert service["service_account_email"] == "${google_service_account.function[each.key].email}"
@@ -231,8 +256,13 @@ def test_schedules_equal_the_manifests_and_the_local_scheduler(tf_locals: dict[s
     manifests = _manifests()
     assert manifests, "examples/ has at least one manifest.yaml"
     expected = {
-        name: _expected_job(f"cd4ml-{name}", "cd4ml.run.requested.v1", m["schedule"], m.get("time_zone", "Etc/UTC"),
-                            {"model": name, "trigger": "schedule"})
+        name: _expected_job(
+            f"cd4ml-{name}",
+            "cd4ml.run.requested.v1",
+            m["schedule"],
+            m.get("time_zone", "Etc/UTC"),
+            {"model": name, "trigger": "schedule"},
+        )
         for name, m in manifests.items()
     }
     expected["watch-tick"] = _expected_job("cd4ml-watch-tick", "cd4ml.watch.ticked.v1", "* * * * *", "Etc/UTC", {})
@@ -245,7 +275,10 @@ def test_scheduler_jobs_take_the_derived_schedules(resources: dict[str, hcl.TopB
     job = _body(resources, "google_cloud_scheduler_job.job")
     assert job["for_each"] == "${local.schedules}"
     assert (job["name"], job["schedule"], job["time_zone"]) == (
-        "${each.value.job}", "${each.value.schedule}", "${each.value.time_zone}")
+        "${each.value.job}",
+        "${each.value.schedule}",
+        "${each.value.time_zone}",
+    )
     target = _block(job, "pubsub_target")
     assert target["topic_name"] == '${google_pubsub_topic.event[each.value.attributes["ce-type"]].id}'
     assert target["data"] == "${base64encode(each.value.data)}"

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
 
 from . import hcl, provider_schema
-from .schema_check import NOT_GOOGLE, Problem, check_module
+from .schema_check import NOT_GOOGLE, Problem, check_module, check_references
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,17 @@ def test_every_block_matches_the_provider_schema(module: Path, schema: provider_
     assert not problems, "\n".join(map(str, problems))
 
 
+def test_every_reference_is_declared(module: Path) -> None:
+    problems = check_references(module)
+    assert not problems, "\n".join(map(str, problems))
+
+
+def test_an_undeclared_reference_is_caught(copy: Path) -> None:
+    _plant(copy, "pubsub.tf", "for_each = local.stage_subscriptions", "for_each = local.stage_subscription")
+    message = _only(check_references(copy))
+    assert "pubsub.tf:" in message and "reference to undeclared local.stage_subscription" in message
+
+
 def test_the_module_uses_the_provider_version_it_is_checked_against(
     module: Path, schema: provider_schema.ProviderSchema
 ) -> None:
@@ -61,14 +72,23 @@ def test_the_module_uses_the_provider_version_it_is_checked_against(
 
 
 def test_only_allowlisted_blocks_of_other_providers(module: Path, schema: provider_schema.ProviderSchema) -> None:
-    foreign = {(b.kind, b.labels[0]) for b in hcl.top_blocks(module)
-               if b.kind in ("resource", "data") and schema.root(b.kind, b.labels[0]) is None}
+    foreign = {
+        (b.kind, b.labels[0])
+        for b in hcl.top_blocks(module)
+        if b.kind in ("resource", "data") and schema.root(b.kind, b.labels[0]) is None
+    }
     assert foreign <= set(NOT_GOOGLE)
 
 
-def test_a_planted_typo_is_caught_with_file_resource_and_name(copy: Path, schema: provider_schema.ProviderSchema) -> None:
-    _plant(copy, "pubsub.tf", "ack_deadline_seconds = each.value.ack_deadline_seconds",
-           "ack_deadline_second = each.value.ack_deadline_seconds")
+def test_a_planted_typo_is_caught_with_file_resource_and_name(
+    copy: Path, schema: provider_schema.ProviderSchema
+) -> None:
+    _plant(
+        copy,
+        "pubsub.tf",
+        "ack_deadline_seconds = each.value.ack_deadline_seconds",
+        "ack_deadline_second = each.value.ack_deadline_seconds",
+    )
     message = _only(check_module(copy, schema))
     assert "pubsub.tf:" in message
     assert "resource google_pubsub_subscription stage" in message
@@ -103,14 +123,19 @@ def test_a_block_written_as_an_argument_is_caught(copy: Path, schema: provider_s
 
 
 def test_an_argument_written_as_a_block_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
-    _plant(copy, "functions.tf", "    runtime     = \"python311\"\n", "    runtime {\n      name = \"python311\"\n    }\n")
+    _plant(copy, "functions.tf", '    runtime     = "python311"\n', '    runtime {\n      name = "python311"\n    }\n')
     message = _only(check_module(copy, schema))
     assert "build_config.runtime" in message and "is an argument" in message
 
 
 def test_dynamic_blocks_are_checked_against_their_block(copy: Path, schema: provider_schema.ProviderSchema) -> None:
-    _plant(copy, "iam.tf", "      title       = condition.value.title\n      description",
-           "      titel       = condition.value.title\n      description", first=True)
+    _plant(
+        copy,
+        "iam.tf",
+        "      title       = condition.value.title\n      description",
+        "      titel       = condition.value.title\n      description",
+        first=True,
+    )
     messages = [str(p) for p in check_module(copy, schema)]
     assert len(messages) == 2, messages
     assert "google_project_iam_member grant: condition.titel: unknown argument 'titel'" in messages[0]
@@ -118,7 +143,11 @@ def test_dynamic_blocks_are_checked_against_their_block(copy: Path, schema: prov
 
 
 def test_an_unknown_resource_type_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
-    _plant(copy, "registry.tf", 'resource "google_artifact_registry_repository" "images"',
-           'resource "google_artifact_registry_repo" "images"')
+    _plant(
+        copy,
+        "registry.tf",
+        'resource "google_artifact_registry_repository" "images"',
+        'resource "google_artifact_registry_repo" "images"',
+    )
     problems = check_module(copy, schema)
     assert any("unknown resource type 'google_artifact_registry_repo'" in str(p) for p in problems)

@@ -45,3 +45,13 @@ def test_every_schema_is_valid_json_schema() -> None:
 
     for name in [*catalog.load().event_types, "manifest", "run"]:
         Draft202012Validator.check_schema(catalog.schema(name))
+
+
+def test_the_deployed_requirements_pin_exactly_the_package_dependencies() -> None:
+    import tomllib
+
+    root = MAIN.parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = [line.strip() for line in (MAIN.parent / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert sorted(pinned, key=str.lower) == sorted(declared, key=str.lower)

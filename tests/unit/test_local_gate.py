@@ -42,7 +42,9 @@ CONFIG: dict[str, Any] = {
         {
             "application": "iris",
             "name": "canary",
-            "triggers": [{"type": "webhook", "source": "cd4ml", "payloadConstraints": {"secret": f"^{KEY}$", "model": "^iris$"}}],
+            "triggers": [
+                {"type": "webhook", "source": "cd4ml", "payloadConstraints": {"secret": f"^{KEY}$", "model": "^iris$"}}
+            ],
         },
         {
             "application": "digits",
@@ -67,7 +69,11 @@ def _payload(**overrides: Any) -> dict[str, Any]:
         "image": {"registry": "127.0.0.1:5000", "reference": "127.0.0.1:5000/cd4ml/digits@sha256:" + "a" * 64},
         "parameters": {"run_id": "digits-20260101T0000", "accuracy": 0.97},
         "artifacts": [
-            {"type": "docker/image", "name": "127.0.0.1:5000/cd4ml/digits", "reference": "127.0.0.1:5000/cd4ml/digits@sha256:" + "a" * 64}
+            {
+                "type": "docker/image",
+                "name": "127.0.0.1:5000/cd4ml/digits",
+                "reference": "127.0.0.1:5000/cd4ml/digits@sha256:" + "a" * 64,
+            }
         ],
     }
     payload.update(overrides)
@@ -91,7 +97,12 @@ def test_right_key_starts_one_execution_with_echo_trigger(state: GateState) -> N
     assert (execution["application"], execution["name"], execution["status"]) == ("digits", "canary", "RUNNING")
     trigger = execution["trigger"]
     assert trigger["type"] == "webhook" and trigger["source"] == "cd4ml" and trigger["eventId"] == webhook.event_id
-    assert trigger["parameters"] == {"stage": "canary", "percent": "10", "run_id": "digits-20260101T0000", "accuracy": "0.97"}
+    assert trigger["parameters"] == {
+        "stage": "canary",
+        "percent": "10",
+        "run_id": "digits-20260101T0000",
+        "accuracy": "0.97",
+    }
     assert trigger["artifacts"][0]["type"] == "docker/image"
     assert trigger["artifacts"][0]["reference"].endswith("@sha256:" + "a" * 64)
     assert trigger["payload"]["run_id"] == "digits-20260101T0000"
@@ -139,7 +150,9 @@ def test_execution_finishes_after_its_duration(tmp_path: Path) -> None:
     [execution_id] = quick.receive("cd4ml", _payload()).execution_ids
     time.sleep(0.1)
     execution = quick.execution(execution_id)
-    assert execution is not None and execution["status"] == "SUCCEEDED" and execution["endTime"] >= execution["startTime"]
+    assert (
+        execution is not None and execution["status"] == "SUCCEEDED" and execution["endTime"] >= execution["startTime"]
+    )
     assert _search(quick, "digits", statuses="RUNNING") == []
 
 
@@ -163,7 +176,19 @@ def test_config_errors_are_reported_together() -> None:
 
 
 def test_list_constraint_matches_any_and_paths_reach_nested_values() -> None:
-    config = {"pipelines": [{"application": "a", "name": "p", "trigger": {"type": "webhook", "source": "s", "payloadConstraints": {"env": ["^prod$", "^canary$"], "$.meta.tags[1]": "^b$"}}}]}
+    config = {
+        "pipelines": [
+            {
+                "application": "a",
+                "name": "p",
+                "trigger": {
+                    "type": "webhook",
+                    "source": "s",
+                    "payloadConstraints": {"env": ["^prod$", "^canary$"], "$.meta.tags[1]": "^b$"},
+                },
+            }
+        ]
+    }
     pipeline = parse_config(config)[0]
     trigger = pipeline.triggers[0]
     assert trigger.matches("s", {"env": "canary", "meta": {"tags": ["a", "b"]}})
@@ -203,7 +228,9 @@ def test_http_webhook_answers_like_gate_and_search_finds_the_execution(gate_url:
     assert code == 200 and body["eventProcessed"] is True and len(body["eventId"]) == 36
     assert headers[TEST_DOUBLE_HEADER[0]] == TEST_DOUBLE_HEADER[1]
 
-    code, _, found = _request(f"{gate_url}/applications/*/executions/search?triggerTypes=webhook&eventId={body['eventId']}")
+    code, _, found = _request(
+        f"{gate_url}/applications/*/executions/search?triggerTypes=webhook&eventId={body['eventId']}"
+    )
     assert code == 200 and [e["name"] for e in found] == ["canary"]
     code, _, execution = _request(f"{gate_url}/pipelines/{found[0]['id']}")
     assert code == 200 and execution["trigger"]["eventId"] == body["eventId"]
@@ -212,7 +239,9 @@ def test_http_webhook_answers_like_gate_and_search_finds_the_execution(gate_url:
 def test_http_wrong_key_still_processed_and_recorded(gate_url: str) -> None:
     code, _, body = _request(f"{gate_url}/webhooks/webhook/cd4ml", json.dumps(_payload(secret="nope")).encode())
     assert code == 200 and body["eventProcessed"] is True
-    _, _, found = _request(f"{gate_url}/applications/digits/executions/search?triggerTypes=webhook&eventId={body['eventId']}")
+    _, _, found = _request(
+        f"{gate_url}/applications/digits/executions/search?triggerTypes=webhook&eventId={body['eventId']}"
+    )
     assert found == []
     _, _, recorded = _request(f"{gate_url}/webhooks/recorded")
     assert recorded[-1]["eventId"] == body["eventId"] and recorded[-1]["payload"]["secret"] == "nope"
@@ -233,20 +262,34 @@ def test_cli_serves_a_yaml_config_and_exits_cleanly_on_sigterm(tmp_path: Path) -
     config.write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
     port = processes.free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "local_emulator.gate", "--port", str(port), "--state-dir", str(tmp_path / "state"), "--config", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "local_emulator.gate",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--config",
+            str(config),
+        ],
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
         processes.wait_until(lambda: processes.port_open(port), what="gate", timeout=10, pid=proc.pid)
         _, _, body = _request(f"http://127.0.0.1:{port}/webhooks/webhook/cd4ml", json.dumps(_payload()).encode())
-        _, _, found = _request(f"http://127.0.0.1:{port}/applications/digits/executions/search?eventId={body['eventId']}")
+        _, _, found = _request(
+            f"http://127.0.0.1:{port}/applications/digits/executions/search?eventId={body['eventId']}"
+        )
         assert len(found) == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()] if proc.stderr else []
         assert {"ready", "webhook processed", "stopped"} <= {entry["message"] for entry in logs}
         assert KEY not in json.dumps(logs)  # the pre-shared key never reaches the logs
-        assert json.loads((tmp_path / "state" / "executions.json").read_text())[0]["trigger"]["eventId"] == body["eventId"]
+        assert (
+            json.loads((tmp_path / "state" / "executions.json").read_text())[0]["trigger"]["eventId"] == body["eventId"]
+        )
     finally:
         processes.stop(proc.pid)

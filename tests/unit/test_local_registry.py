@@ -30,7 +30,9 @@ def _event(action: str, **target: Any) -> dict[str, Any]:
 
 
 def test_manifest_push_with_tag_is_an_insert_with_digest_and_tag() -> None:
-    envelope = {"events": [_event("push", mediaType="application/vnd.oci.image.manifest.v1+json", digest=DIGEST, tag="run-1")]}
+    envelope = {
+        "events": [_event("push", mediaType="application/vnd.oci.image.manifest.v1+json", digest=DIGEST, tag="run-1")]
+    }
     [message] = gcr_messages(envelope, HOST)
     assert json.loads(message.to_json()) == {
         "action": "INSERT",
@@ -85,14 +87,35 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         patch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{pubsub_port}")
         try:
             pids.append(
-                processes.start("pubsub", [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={pubsub_port}"], env=os.environ, log_dir=tmp)
+                processes.start(
+                    "pubsub",
+                    [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={pubsub_port}"],
+                    env=os.environ,
+                    log_dir=tmp,
+                )
             )
-            processes.wait_until(lambda: processes.port_open(pubsub_port), what="pubsub emulator", timeout=30, pid=pids[0])
+            processes.wait_until(
+                lambda: processes.port_open(pubsub_port), what="pubsub emulator", timeout=30, pid=pids[0]
+            )
             from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
             topic = PublisherClient().create_topic(name=f"projects/{PROJECT}/topics/gcr").name
-            subscription = SubscriberClient().create_subscription(name=f"projects/{PROJECT}/subscriptions/gcr-test", topic=topic).name
-            argv = [sys.executable, "-m", "local_emulator.registry", "--port", str(registry_port), "--state-dir", str(tmp / "state"), "--project", PROJECT]
+            subscription = (
+                SubscriberClient()
+                .create_subscription(name=f"projects/{PROJECT}/subscriptions/gcr-test", topic=topic)
+                .name
+            )
+            argv = [
+                sys.executable,
+                "-m",
+                "local_emulator.registry",
+                "--port",
+                str(registry_port),
+                "--state-dir",
+                str(tmp / "state"),
+                "--project",
+                PROJECT,
+            ]
             pids.append(processes.start("registry", argv, env=os.environ, log_dir=tmp))
             processes.wait_until(
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{registry_port}/v2/", timeout=1).status == 200,
@@ -140,7 +163,16 @@ def _pull(subscription: str, count: int, timeout: float = 15.0) -> list[dict[str
 def test_pushing_an_image_publishes_one_gcr_insert(registry: Registry, tmp_path: Path) -> None:
     digest_file = tmp_path / "digest"
     subprocess.run(
-        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--digestfile", str(digest_file), _tiny_image(tmp_path), f"docker://{registry.host}/cd4ml/tiny:v1"],
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--digestfile",
+            str(digest_file),
+            _tiny_image(tmp_path),
+            f"docker://{registry.host}/cd4ml/tiny:v1",
+        ],
         check=True,
     )
     digest = digest_file.read_text().strip()
@@ -162,7 +194,17 @@ def test_pushing_an_image_publishes_one_gcr_insert(registry: Registry, tmp_path:
 def test_sigterm_stops_the_registry_child_too(registry: Registry, tmp_path: Path) -> None:
     """A second instance on its own port: SIGTERM ends it and the docker-registry it started."""
     port = processes.free_port()
-    argv = [sys.executable, "-m", "local_emulator.registry", "--port", str(port), "--state-dir", str(tmp_path / "state"), "--project", PROJECT]
+    argv = [
+        sys.executable,
+        "-m",
+        "local_emulator.registry",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--project",
+        PROJECT,
+    ]
     pid = processes.start("second", argv, env=os.environ, log_dir=tmp_path)
     try:
         log = tmp_path / "second.log"
@@ -170,7 +212,9 @@ def test_sigterm_stops_the_registry_child_too(registry: Registry, tmp_path: Path
         ready = next(json.loads(line) for line in log.read_text().splitlines() if '"ready"' in line)
         child = int(ready["pid"])
         os.kill(pid, 15)
-        processes.wait_until(lambda: not processes.alive(pid) and not processes.alive(child), what="shutdown", timeout=10)
+        processes.wait_until(
+            lambda: not processes.alive(pid) and not processes.alive(child), what="shutdown", timeout=10
+        )
         assert not processes.port_open(port)
     finally:
         processes.stop(pid)

@@ -148,6 +148,7 @@ def on_build(message: PubSubMessage, ctx: Context) -> None:
             raise PermanentError(f"build {build_id} succeeded but results.images has no digest for {image}", run_id=run_id)
         ctx.emit(run_id, events.IMAGE_BUILT, {"model": model, "build_id": build_id, "image": image, "digest": digest},
                  {"image.status": status, "image.digest": digest, "image.log_url": log_url})
+        _release_pushed(ctx, run_id)
     elif status in BUILD_FAILED:
         detail = (build.get("failureInfo") or {}).get("detail") or build.get("statusDetail") or f"build ended {status}"
         error = f"Cloud Build {build_id} ended {status}: {detail} (log: {log_url or 'none'})"
@@ -156,8 +157,24 @@ def on_build(message: PubSubMessage, ctx: Context) -> None:
                  {"image.status": status, "image.error": error, "image.log_url": log_url},
                  error={"stage": ctx.settings.stage, "message": error})
     else:
-        ctx.ledger.record(run_id, fields={"image.status": status, "image.log_url": log_url})
+        # Progress lives apart from image.status: a late QUEUED must never overwrite a recorded SUCCESS.
+        ctx.ledger.record(run_id, fields={f"image.progress.{status}": message.attributes.get("ce-time") or
+                                          build.get("createTime", ""), "image.log_url": log_url})
         ctx.info(f"build {build_id} {status}", run_id)
+
+
+def _release_pushed(ctx: Context, run_id: str) -> None:
+    """The push was noticed before the build ended: publish image.pushed again now that the build is done.
+
+    The canary starts only once both are true; whichever of on_build and on_push records its half second
+    sees the other's, so the image.pushed event (same id, a duplicate trigger_canary guards against) is
+    delivered at least once after the build succeeded.
+    """
+    run = ctx.ledger.get(run_id) or {}
+    image = run.get("image") or {}
+    if image.get("reference"):
+        ctx.bus.publish(Event.new(events.IMAGE_PUSHED, run_id, {"model": run["model"], "reference": image["reference"],
+                                                                "tag": image.get("tag", "")}, source=ctx.source))
 
 
 # --- on_push -----------------------------------------------------------------------------------------------
@@ -205,6 +222,9 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     if run is None:
         return
     run_id = event.subject
+    if (run.get("image") or {}).get("status") != "SUCCESS":
+        ctx.info("image pushed before its build ended; the canary waits for the build to succeed", run_id)
+        return
     manifest = parse(run["manifest"])
     reference = str(event.data["reference"])
     gate = spinnaker.Gate(ctx.settings.gate_url)
@@ -226,7 +246,8 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
         ctx.emit(run_id, events.CANARY_TRIGGERED, {
             "model": manifest.name, "event_id": result["event_id"], "execution_id": result["execution_id"],
             "application": manifest.canary_application, "pipeline": result.get("pipeline", "")},
-            {"canary": {k: result.get(k, "") for k in ("event_id", "execution_id", "application", "pipeline")}})
+            {"canary": {"event_id": result["event_id"], "execution_id": result["execution_id"],
+                        "application": manifest.canary_application, "pipeline": result.get("pipeline", "")}})
         return
     ctx.emit(run_id, events.CANARY_FAILED,
              {"model": manifest.name, "reason": result["reason"], "event_id": result.get("event_id", "")},

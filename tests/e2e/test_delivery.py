@@ -1,0 +1,125 @@
+"""Delivery on the local stack: a real image in a real registry, and the Spinnaker canary webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tarfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cd4ml import events
+from tests.e2e.conftest import Pipeline
+
+
+def _types(run: dict[str, Any]) -> list[str]:
+    return [e["type"] for e in sorted(run["events"], key=lambda e: e["time"])]
+
+
+def _gate(pipeline: Pipeline, path: str) -> Any:
+    with urllib.request.urlopen(pipeline.stack.endpoints["gate"] + path, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _file_in_image(reference: str, path: str, workdir: Path) -> bytes:
+    """Pull the image by digest from the registry and read one file out of its layers."""
+    layout = workdir / "image"
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{reference}", f"oci:{layout}:pulled"],
+                   check=True, capture_output=True, timeout=120)
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest).read_text())
+    found = None
+    for layer in manifest["layers"]:
+        with tarfile.open(layout / "blobs" / "sha256" / layer["digest"].split(":")[1]) as tar:
+            for member in tar.getmembers():
+                if member.name.lstrip("./") == path.lstrip("/") and member.isfile():
+                    extracted = tar.extractfile(member)
+                    assert extracted is not None
+                    found = extracted.read()
+    assert found is not None, f"{path} not in {reference}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def delivered(pipeline: Pipeline) -> dict[str, Any]:
+    return pipeline.wait(pipeline.request("digits"))
+
+
+def test_a_run_ends_with_the_canary_triggered(delivered: dict[str, Any]) -> None:
+    assert delivered["status"] == "succeeded"
+    seen = _types(delivered)
+    assert seen[0] == events.RUN_REQUESTED and seen[-1] == events.CANARY_TRIGGERED
+    for milestone in (events.EVALUATION_PASSED, events.IMAGE_BUILT, events.IMAGE_PUSHED):
+        assert milestone in seen
+    assert delivered["image"]["reference"] == delivered["image"]["reference"].split("@")[0] + "@" + delivered["image"]["digest"]
+
+
+def test_the_image_in_the_registry_holds_the_trained_model(delivered: dict[str, Any], tmp_path: Path) -> None:
+    model = _file_in_image(delivered["image"]["reference"], "/opt/model/model.joblib", tmp_path)
+    assert hashlib.sha256(model).hexdigest() == delivered["model_artifact"]["sha256"]
+
+
+def test_the_gate_recorded_the_digest_and_started_the_execution(pipeline: Pipeline, delivered: dict[str, Any]) -> None:
+    canary = delivered["canary"]
+    executions = _gate(pipeline, f"/applications/*/executions/search?triggerTypes=webhook&eventId={canary['event_id']}")
+    assert [e["id"] for e in executions] == [canary["execution_id"]]
+    [webhook] = [w for w in _gate(pipeline, "/webhooks/recorded") if w["eventId"] == canary["event_id"]]
+    assert webhook["payload"]["digest"] == delivered["image"]["digest"]
+    assert {"type": "docker/image", "reference": delivered["image"]["reference"]}.items() <= webhook["payload"]["artifacts"][0].items()
+
+
+def test_the_key_appears_in_no_event_and_no_run_record(pipeline: Pipeline, delivered: dict[str, Any]) -> None:
+    key = Path(pipeline.env["CD4ML_GATE_KEY_SECRET"].removeprefix("file:")).read_text().strip()
+    assert key not in json.dumps(delivered)
+    logs = "".join(p.read_text(errors="replace") for p in (pipeline.stack.root / "logs").glob("fn-*.log"))
+    assert key not in logs
+
+
+def test_a_failing_build_ends_the_run_failed_with_the_reason(pipeline: Pipeline, tmp_path: Path) -> None:
+    def broken(manifest: dict[str, Any]) -> None:
+        manifest["serving"]["dockerfile"] = "serving/Broken.Dockerfile"
+
+    folder_setup = tmp_path / "digits-broken"
+    model = pipeline.push_variant(tmp_path, "digits-broken", broken, extra={
+        "serving/Broken.Dockerfile": "FROM python:3.11-slim\nCOPY no-such-file /nowhere\n"})
+    assert folder_setup.exists()
+    run = pipeline.wait(pipeline.request(model))
+    assert run["status"] == "failed"
+    assert _types(run)[-1] == events.IMAGE_FAILED
+    assert run["image"]["status"] == "FAILURE"
+    assert "no-such-file" in run["error"]["message"] or "COPY" in run["error"]["message"]
+    assert "log:" in run["error"]["message"]
+
+
+def test_a_wrong_key_is_refused_by_the_gate_and_reported(pipeline: Pipeline) -> None:
+    key_file = Path(pipeline.env["CD4ML_GATE_KEY_SECRET"].removeprefix("file:"))
+    key = key_file.read_text()
+    key_file.write_text("not-the-key")
+    try:
+        run = pipeline.wait(pipeline.request("digits"))
+    finally:
+        key_file.write_text(key)
+    assert run["status"] == "failed"
+    assert _types(run)[-1] == events.CANARY_FAILED
+    assert "no pipeline of application 'digits' started" in run["error"]["message"]
+    assert _gate(pipeline, f"/applications/*/executions/search?triggerTypes=webhook&eventId={run['canary']['event_id']}") == []
+
+
+def test_a_gate_that_is_down_ends_canary_failed_once(pipeline: Pipeline) -> None:
+    from local_emulator import stack as local
+
+    local.stop(pipeline.stack, "gate")
+    try:
+        run = pipeline.wait(pipeline.request("digits"))
+    finally:
+        local.start_gate(pipeline.stack)
+    assert run["status"] == "failed"
+    assert _types(run)[-1] == events.CANARY_FAILED
+    assert _types(run).count(events.CANARY_FAILED) == 1
+    assert "unreachable after 4 attempts" in run["error"]["message"]
+    assert run["image"]["digest"]  # nothing lost: the image was built and pushed
