@@ -15,7 +15,7 @@ import nox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `nox` script does not add it; tests.terraform needs it
 
-from local_emulator.baseimage import DEBIAN_PACKAGES as _STACK_PACKAGES  # noqa: E402
+from local_emulator.baseimage import DEBIAN_PACKAGES as _STACK_PACKAGES
 
 nox.options.sessions = ["tests", "terraform"]
 nox.options.reuse_existing_virtualenvs = True
@@ -80,7 +80,7 @@ def lint(session: nox.Session) -> None:
     """ruff and mypy (strict) on functions/, local_emulator/ and tests/."""
     _install(session)
     session.run("ruff", "check", "functions", "local_emulator", "tests", "noxfile.py")
-    session.run("mypy", "functions", "local_emulator")
+    session.run("mypy", "functions", "local_emulator", "tests")
 
 
 @nox.session

@@ -43,7 +43,7 @@ class Contract:
         runtime.context.cache_clear()
         if stage not in self.apps:
             main = Path(__file__).resolve().parents[2] / "functions" / "main.py"
-            self.apps[stage] = create_app(stage, str(main), "cloudevent").test_client()
+            self.apps[stage] = create_app(stage, str(main), "cloudevent").test_client()  # type: ignore[no-untyped-call]
         return self.apps[stage].post(f"/projects/{PROJECT}/topics/{topic}", json=body)
 
     def pull(self, topic: str, wait: float = 5.0) -> list[Any]:

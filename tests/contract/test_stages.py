@@ -78,14 +78,15 @@ def test_bad_input_is_logged_once_and_dead_lettered(contract: Contract, caplog: 
 
 def _valid_data(type_: str) -> dict[str, Any]:
     sha = "0" * 64
-    return {
+    examples: dict[str, dict[str, Any]] = {
         events.DATA_FETCHED: {"model": "digits", "dataset": {"uri": "gs://b/d/", "sha256": sha, "rows": 1, "bytes": 1,
                                                               "files": 1}},
         events.TRAINING_COMPLETED: {"model": "digits", "job": "j", "model_artifact": {"uri": "gs://b/m", "sha256": sha}},
         events.EVALUATION_PASSED: {"model": "digits", "metrics": {"accuracy": 1.0}, "gate": {},
                                    "model_artifact": {"uri": "gs://b/m", "sha256": sha}},
         events.IMAGE_PUSHED: {"model": "digits", "reference": f"r/digits@sha256:{sha}"},
-    }[type_]
+    }
+    return examples[type_]
 
 
 def _put(contract: Contract, name: str, data: bytes) -> str:
