@@ -42,7 +42,8 @@ class Bus:
             "cd4ml-rejected-by": stage,
             "cd4ml-error": error[:1000],
             "cd4ml-original-message-id": message.message_id,
-            "cd4ml-original-subscription": message.subscription,
         })
+        if message.subscription:
+            attributes["cd4ml-original-subscription"] = message.subscription
         future = self.publisher.publish(self.topic_path(topic), message.data, **attributes)
         return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))

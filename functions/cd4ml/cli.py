@@ -121,6 +121,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Show what stages rejected or gave up on, from the dead-letter hold subscriptions; leaves them there."""
+    from google.cloud import pubsub_v1
+
+    from cd4ml import catalog
+
+    settings = _settings()
+    subscriber = pubsub_v1.SubscriberClient()
+    stages = [args.stage] if args.stage else [s.name for s in catalog.load().stages]
+    found = 0
+    for stage in stages:
+        path = subscriber.subscription_path(settings.project, catalog.dead_letter_hold(stage))
+        response = subscriber.pull(request={"subscription": path, "max_messages": args.limit}, timeout=10)
+        if not response.received_messages:  # a pull may come back empty once although messages wait
+            time.sleep(0.5)
+            response = subscriber.pull(request={"subscription": path, "max_messages": args.limit}, timeout=10)
+        for received in response.received_messages:
+            found += 1
+            m = received.message
+            attrs = dict(m.attributes)
+            print(json.dumps({
+                "stage": stage, "message_id": attrs.get("cd4ml-original-message-id", m.message_id),
+                "published": m.publish_time.isoformat(), "run_id": attrs.get("ce-subject", ""),
+                "type": attrs.get("ce-type", ""), "error": attrs.get("cd4ml-error", "(delivery attempts exhausted)"),
+                "attributes": attrs, "data": m.data.decode("utf-8", "replace")[:2000],
+            }) if args.json else f"{stage:<16} {m.publish_time:%Y-%m-%d %H:%M:%S}  {attrs.get('ce-subject', '-'):<28} "
+                  f"{attrs.get('cd4ml-error', '(delivery attempts exhausted)')}")
+        if response.received_messages:  # hand them back at once: looking must not consume them
+            subscriber.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
+                                                    "ack_ids": [r.ack_id for r in response.received_messages]})
+    if not found and not args.json:
+        print("no dead letters")
+    return 0
+
+
 def cmd_model_push(args: argparse.Namespace) -> int:
     from cd4ml import models
 
@@ -176,6 +211,11 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--limit", type=int, default=10)
     status.add_argument("--model")
     status.set_defaults(func=cmd_status)
+    dead = sub.add_parser("dead-letters", help="messages the stages rejected or gave up on (left in place)")
+    dead.add_argument("--stage", help="one stage (default: every stage)")
+    dead.add_argument("--limit", type=int, default=20, help="per stage (default 20)")
+    dead.add_argument("--json", action="store_true", help="one JSON object per message, with its data")
+    dead.set_defaults(func=cmd_dead_letters)
     model = sub.add_parser("model", help="check or push a model folder (manifest.yaml + trainer)")
     model_sub = model.add_subparsers(dest="action", required=True)
     push = model_sub.add_parser("push", help="validate and upload the manifest and trainer package")
@@ -196,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `cd4ml status --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Cd4mlError as error:
         print(f"cd4ml: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
