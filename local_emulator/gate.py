@@ -388,7 +388,9 @@ class GateState:
             and (not statuses or r["status"] in statuses)
             and start_bound <= r["buildTime"] <= end_bound
         ]
-        found.sort(key=lambda r: (r["buildTime"], r["id"]), reverse=True)
+        # Newest first; within one millisecond, the later start first (ULIDs are not monotonic there).
+        order = {id(r): n for n, r in enumerate(records)}
+        found.sort(key=lambda r: (r["buildTime"], order[id(r)]), reverse=True)
         if (_one("reverse") or "false").lower() == "true":
             found.reverse()
         start = int(_one("startIndex") or 0)
