@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from local_emulator._build_buildah import ImageStorage, qualified
-from local_emulator._build_runtime import ChildGroups, configure_logging
+from local_emulator._service import ChildGroups, configure_logging
 
 #: Debian packages the local delivery stand-ins need on the machine (Cloud Build, registry, base image).
 DEBIAN_PACKAGES: tuple[str, ...] = ("buildah", "skopeo", "docker-registry", "mmdebstrap")

@@ -47,16 +47,6 @@ from google.rpc import status_pb2
 
 from local_emulator import baseimage
 from local_emulator._build_buildah import ImageStorage, qualified
-from local_emulator._build_runtime import (
-    ChildGroups,
-    CommandResult,
-    OrderedPublisher,
-    TopicPublisher,
-    atomic_write,
-    configure_logging,
-    require_env,
-    stop_event_on_signals,
-)
 from local_emulator._build_steps import (
     DockerBuild,
     DockerPush,
@@ -65,6 +55,16 @@ from local_emulator._build_steps import (
     parse_docker_step,
     parse_filter,
     substitute,
+)
+from local_emulator._service import (
+    ChildGroups,
+    CommandResult,
+    OrderedPublisher,
+    TopicPublisher,
+    atomic_write,
+    configure_logging,
+    require_env,
+    stop_event_on_signals,
 )
 
 Status = cloudbuild.Build.Status

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from local_emulator._build_runtime import atomic_write, configure_logging, stop_event_on_signals
+from local_emulator._service import atomic_write, configure_logging, stop_event_on_signals
 
 TEST_DOUBLE_HEADER = ("X-Test-Double", "spinnaker-gate")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from local_emulator._build_runtime import (
+from local_emulator._service import (
     TopicPublisher,
     configure_logging,
     kill_process_group,

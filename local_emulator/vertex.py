@@ -24,24 +24,20 @@ SIGINT cancels every unfinished job, kills the trainers' process groups and exit
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn, TypeVar
 
 import grpc
 from google.cloud import aiplatform_v1
 from google.protobuf import empty_pb2
 
+from local_emulator._service import configure_logging, stop_event_on_signals
 from local_emulator._vertex_jobs import JobTable
 from local_emulator._vertex_requests import (
     InvalidRequest,
@@ -181,25 +177,6 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("grpc.ServicerContext.abort returned")  # it always raises
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object a line, Cloud Logging style: severity, message, time, logger and extras."""
-
-    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render the record, with every ``extra=`` field, as one JSON line."""
-        entry: dict[str, object] = {
-            "severity": record.levelname,
-            "message": record.getMessage(),
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "logger": record.name,
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m local_emulator.vertex",
@@ -225,17 +202,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stand-in until SIGTERM or SIGINT."""
     args = _parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        _log.info("signal received", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    configure_logging("vertex")
+    stop = stop_event_on_signals()
     running = serve(args.host, args.port, args.state_dir, args.max_concurrent)
     while not stop.wait(1.0):
         pass

@@ -56,11 +56,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "model": args.model, "scheduled_time": format_time(scheduled), "trigger": "manual",
         "requested_by": os.environ.get("USER", "cli")}, source=f"//cd4ml/cli/{os.uname().nodename}")
     Bus(settings.project).publish(event)
-    print(run_id if not args.json or not args.wait else "", file=sys.stdout if not args.json else sys.stderr)
     if not args.wait:
-        if args.json:
-            print(json.dumps({"run_id": run_id}))
+        print(json.dumps({"run_id": run_id}) if args.json else run_id)
         return 0
+    print(run_id, file=sys.stderr if args.json else sys.stdout, flush=True)
     return _follow(settings, run_id, args.timeout, args.json)
 
 

@@ -19,7 +19,7 @@ from cd4ml import catalog, clients, logs
 from cd4ml.bus import Bus
 from cd4ml.errors import InvalidSettings, PermanentError
 from cd4ml.events import RUN_REQUESTED, Event, PubSubMessage, format_time, now, parse_time
-from cd4ml.ledger import Ledger, is_run_id
+from cd4ml.ledger import TERMINAL, Ledger, is_run_id
 from cd4ml.settings import Settings
 
 if TYPE_CHECKING:
@@ -133,6 +133,15 @@ def require_run(ctx: Context, event: Event) -> dict[str, Any]:
     if run is None:
         raise PermanentError(f"{event.type} event {event.id} names run {event.subject!r}, which the ledger does not know",
                              run_id=None)
+    return run
+
+
+def active_run(ctx: Context, event: Event) -> dict[str, Any] | None:
+    """The event's run while it is still running; None (logged) when it already ended, so the event is moot."""
+    run = require_run(ctx, event)
+    if run["status"] in TERMINAL:
+        ctx.info(f"run already ended {run['status']}; {event.type} ignored", event.subject)
+        return None
     return run
 
 

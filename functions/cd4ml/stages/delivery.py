@@ -18,7 +18,7 @@ from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, list_objects
 from cd4ml.ledger import TERMINAL
 from cd4ml.manifest import Manifest, parse
-from cd4ml.runtime import Context, require_run
+from cd4ml.runtime import Context, active_run
 
 RUN_TAG = "cd4ml-run-"
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
@@ -28,14 +28,6 @@ BUILD_FAILED = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
 def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
     """``REGISTRY/MODEL:RUN_ID``."""
     return f"{ctx.settings.registry.rstrip('/')}/{manifest.name}:{run_id}"
-
-
-def _active_run(ctx: Context, event: Event) -> dict[str, Any] | None:
-    run = require_run(ctx, event)
-    if run["status"] in TERMINAL:
-        ctx.info(f"run already ended {run['status']}; {event.type} ignored", event.subject)
-        return None
-    return run
 
 
 # --- build_image -------------------------------------------------------------------------------------------
@@ -93,7 +85,7 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
 def build_image(message: PubSubMessage, ctx: Context) -> None:
     """evaluation.passed → a Cloud Build build (its id recorded), submitted once per run."""
     event = Event.from_message(message, [events.EVALUATION_PASSED])
-    run = _active_run(ctx, event)
+    run = active_run(ctx, event)
     if run is None:
         return
     run_id = event.subject
@@ -218,7 +210,7 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     from cd4ml import secrets, spinnaker
 
     event = Event.from_message(message, [events.IMAGE_PUSHED])
-    run = _active_run(ctx, event)
+    run = active_run(ctx, event)
     if run is None:
         return
     run_id = event.subject

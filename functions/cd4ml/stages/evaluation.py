@@ -8,9 +8,8 @@ from typing import Any
 from cd4ml import events, gate
 from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, read_text
-from cd4ml.ledger import TERMINAL
 from cd4ml.manifest import parse
-from cd4ml.runtime import Context, require_run
+from cd4ml.runtime import Context, active_run
 from cd4ml.stages.training import METRICS_FILE
 
 
@@ -33,11 +32,10 @@ def read_metrics(ctx: Context, artifact: dict[str, str]) -> tuple[dict[str, floa
 def evaluate(message: PubSubMessage, ctx: Context) -> None:
     """training.completed → evaluation.passed | evaluation.failed."""
     event = Event.from_message(message, [events.TRAINING_COMPLETED])
-    run = require_run(ctx, event)
-    run_id = event.subject
-    if run["status"] in TERMINAL:
-        ctx.info(f"run already ended {run['status']}; {event.type} ignored", run_id)
+    run = active_run(ctx, event)
+    if run is None:
         return
+    run_id = event.subject
     manifest = parse(run["manifest"])
     artifact = dict(event.data["model_artifact"])
     metrics, problems = read_metrics(ctx, artifact)

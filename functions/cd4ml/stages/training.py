@@ -8,9 +8,8 @@ from cd4ml import events
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, digest, list_objects
-from cd4ml.ledger import TERMINAL
 from cd4ml.manifest import Manifest, parse, resolve_gcs
-from cd4ml.runtime import Context, require_run
+from cd4ml.runtime import Context, active_run
 
 RUN_LABEL = "cd4ml_run_id"
 FINISHED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
@@ -58,11 +57,10 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     from google.api_core import exceptions
 
     event = Event.from_message(message, [events.DATA_FETCHED])
-    run = require_run(ctx, event)
-    run_id = event.subject
-    if run["status"] in TERMINAL:
-        ctx.info(f"run already ended {run['status']}; {event.type} ignored", run_id)
+    run = active_run(ctx, event)
+    if run is None:
         return
+    run_id = event.subject
     manifest = parse(run["manifest"])
     dataset = dict(event.data["dataset"])
 

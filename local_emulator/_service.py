@@ -1,4 +1,4 @@
-"""Process plumbing shared by the local stand-ins: JSON-line logs, child process groups, Pub/Sub."""
+"""What every local stand-in process shares: JSON-line logs, stop on SIGTERM, child process groups, publishing."""
 
 from __future__ import annotations
 
