@@ -90,6 +90,7 @@ class Catalog:
     settings: tuple[Setting, ...]
     succeeded_on: str
     failed_on: tuple[str, ...]
+    stale_after_seconds: int
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -137,6 +138,7 @@ def load() -> Catalog:
         settings=settings,
         succeeded_on=raw["run"]["succeeded_on"],
         failed_on=tuple(raw["run"]["failed_on"]),
+        stale_after_seconds=int(raw["run"]["stale_after_seconds"]),
     )
 
 

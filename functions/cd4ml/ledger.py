@@ -194,6 +194,16 @@ class Ledger:
         query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("training.active", "==", True))
         return [d.to_dict() or {} for d in query.limit(limit).stream()]
 
+    def stale(self, before: datetime, limit: int = 200) -> list[dict[str, Any]]:
+        """Running runs last updated before ``before`` that wait on no training job."""
+        from google.cloud import firestore
+
+        query = (self._db.collection(RUNS)
+                 .where(filter=firestore.FieldFilter("status", "==", "running"))
+                 .where(filter=firestore.FieldFilter("updated_at", "<", format_time(before))))
+        runs = [d.to_dict() or {} for d in query.limit(limit).stream()]
+        return [r for r in runs if not (r.get("training") or {}).get("active")]
+
     def once(self, run_id: str, name: str, act: Callable[[], dict[str, Any]],
              recover: Callable[[], dict[str, Any] | None] | None = None,
              lease: timedelta = timedelta(minutes=5)) -> tuple[dict[str, Any], bool]:

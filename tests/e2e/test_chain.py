@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 
 from cd4ml import catalog, events
 from cd4ml.events import Event
+from cd4ml.ledger import run_id as ledger_run_id
 from tests.e2e.conftest import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,3 +115,23 @@ def test_an_unknown_model_is_rejected_with_the_reason(pipeline: Pipeline) -> Non
     run = pipeline.wait(pipeline.request("nosuchmodel"))
     assert run["status"] == "rejected"
     assert "unknown model 'nosuchmodel'" in run["error"]["message"]
+
+
+def test_a_run_that_stops_making_progress_is_ended_failed(pipeline: Pipeline) -> None:
+    from google.cloud import firestore
+
+    from cd4ml.events import format_time
+    from cd4ml.manifest import loads
+
+    run_id = ledger_run_id("digits", datetime(2032, 1, 1, tzinfo=UTC))
+    manifest = loads((REPO / "examples" / "digits" / "manifest.yaml").read_text())
+    opening = Event.new(events.RUN_REQUESTED, run_id, {"model": "digits"}, source="//tests")
+    pipeline.ledger.open_run(run_id, model="digits", scheduled_time=opening.time, trigger="manual",
+                             manifest=manifest.raw, event=opening)
+    long_ago = datetime.now(UTC) - timedelta(seconds=catalog.load().stale_after_seconds + 60)
+    # As if its data.fetched had been lost hours ago: the next watch tick ends it.
+    firestore.Client(project=pipeline.settings.project).collection("runs").document(run_id).update(
+        {"updated_at": format_time(long_ago)})
+    run = pipeline.wait(run_id, timeout=30)
+    assert run["status"] == "failed"
+    assert "no progress for" in run["error"]["message"] and "run.requested" in run["error"]["message"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from cd4ml import events
+from cd4ml import catalog, events
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, digest, list_objects
@@ -103,6 +104,18 @@ def watch_training(message: PubSubMessage, ctx: Context) -> None:
         except (RetryableError, GoogleAPICallError) as trouble:
             ctx.log.warning(f"could not read training job; next tick retries: {trouble}",
                             extra={"stage": ctx.settings.stage, "run_id": run.get("run_id")})
+    end_stale_runs(ctx)
+
+
+def end_stale_runs(ctx: Context) -> None:
+    """End, as failed, the running runs that made no progress for ``run.stale_after_seconds``."""
+    limit = catalog.load().stale_after_seconds
+    for run in ctx.ledger.stale(now() - timedelta(seconds=limit)):
+        seen = sorted(run.get("events") or [], key=lambda e: e["time"])
+        last = f"{seen[-1]['type']} at {seen[-1]['time']}" if seen else "its request"
+        message = f"no progress for {limit} s after {last}: ended by watch_training"
+        ctx.ledger.record(run["run_id"], status="failed", error={"stage": ctx.settings.stage, "message": message})
+        ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": run["run_id"]})
 
 
 def _check(ctx: Context, run: dict[str, Any]) -> None:
