@@ -316,6 +316,7 @@ def _subscribe(topology: Topology, functions: Mapping[str, str]) -> None:
                 "maximum_backoff": duration_pb2.Duration(seconds=sub.maximum_backoff_seconds)}
         else:
             request["message_retention_duration"] = duration_pb2.Duration(seconds=sub.retention_seconds)
+            request["retain_acked_messages"] = True  # looking at a dead letter must not lose it
         subscriber.create_subscription(request=request)
 
 
