@@ -82,3 +82,16 @@ def test_push_body_round_trip_and_malformed_bodies() -> None:
         PubSubMessage.from_push({"hello": 1})
     with pytest.raises(InvalidEvent, match="not base64"):
         PubSubMessage.from_push({"message": {"data": "%%%"}})
+
+
+def test_payloads_are_typed_views_of_validated_data() -> None:
+    from cd4ml.payloads import DataFetched, RunRequested, TrainingCompleted
+
+    fetched = Event.new(events.DATA_FETCHED, "digits-20260101t030000z", {"model": "digits", "dataset": {
+        "uri": "gs://b/datasets/digits/x/", "sha256": "a" * 64, "rows": 3, "bytes": 10, "files": 1}}, source="//t")
+    assert DataFetched.of(fetched).dataset.rows == 3
+    requested = Event.new(events.RUN_REQUESTED, "", {"model": "digits"}, source="//t")
+    assert RunRequested.of(requested).scheduled_time is None and RunRequested.of(requested).trigger == "manual"
+    completed = Event.new(events.TRAINING_COMPLETED, "r", {"model": "digits", "job": "j", "model_artifact": {
+        "uri": "gs://b/m/model.joblib", "sha256": "b" * 64}}, source="//t")
+    assert TrainingCompleted.of(completed).model_artifact.to_dict() == {"uri": "gs://b/m/model.joblib", "sha256": "b" * 64}

@@ -18,6 +18,7 @@ from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, list_objects
 from cd4ml.ledger import TERMINAL
 from cd4ml.manifest import Manifest, parse
+from cd4ml.payloads import Artifact, EvaluationPassed, ImagePushed
 from cd4ml.runtime import Context, active_run
 
 RUN_TAG = "cd4ml-run-"
@@ -33,7 +34,7 @@ def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
 # --- build_image -------------------------------------------------------------------------------------------
 
 
-def build_context(ctx: Context, manifest: Manifest, artifact: dict[str, str], run_id: str) -> GcsPath:
+def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> GcsPath:
     """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp."""
     bucket = ctx.storage.bucket(ctx.settings.artifact_bucket)
     serving = GcsPath(ctx.settings.artifact_bucket, f"serving/{manifest.name}/")
@@ -41,7 +42,7 @@ def build_context(ctx: Context, manifest: Manifest, artifact: dict[str, str], ru
     dockerfile = os.path.basename(manifest.dockerfile)
     if not any(b.name == serving.name + dockerfile for b in files):
         raise PermanentError(f"no {dockerfile} at {serving.uri}: push the model again (`cd4ml model push`)")
-    model = GcsPath.parse(artifact["uri"])
+    model = GcsPath.parse(artifact.uri)
     target = GcsPath(ctx.settings.artifact_bucket, f"builds/{run_id}/context.tar.gz")
     with tempfile.TemporaryDirectory() as tmp:
         archive = os.path.join(tmp, "context.tar.gz")
@@ -90,12 +91,12 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         return
     run_id = event.subject
     manifest = parse(run["manifest"])
-    artifact = dict(event.data["model_artifact"])
+    artifact = EvaluationPassed.of(event).model_artifact
 
     def submit() -> dict[str, Any]:
         source = build_context(ctx, manifest, artifact, run_id)
         operation = ctx.builds.create_build(project_id=ctx.settings.project,
-                                            build=build_request(ctx, manifest, run_id, source, artifact["sha256"]))
+                                            build=build_request(ctx, manifest, run_id, source, artifact.sha256))
         return {"build_id": operation.metadata.build.id, "context": source.uri}
 
     def find() -> dict[str, Any] | None:
@@ -218,7 +219,7 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
         ctx.info("image pushed before its build ended; the canary waits for the build to succeed", run_id)
         return
     manifest = parse(run["manifest"])
-    reference = str(event.data["reference"])
+    reference = ImagePushed.of(event).reference
     gate = spinnaker.Gate(ctx.settings.gate_url)
     payload = spinnaker.webhook_payload(
         model=manifest.name, run_id=run_id, reference=reference,

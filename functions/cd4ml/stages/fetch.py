@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from cd4ml import events, ledger, snapshot
 from cd4ml.errors import InvalidEvent, InvalidManifest, UnknownModel
-from cd4ml.events import Event, PubSubMessage, parse_time
+from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, read_text
 from cd4ml.manifest import Manifest, loads, manifest_object, resolve_gcs
+from cd4ml.payloads import RunRequested
 from cd4ml.runtime import Context
 
 
@@ -25,18 +26,17 @@ def load_manifest(ctx: Context, model: str, run_id: str | None) -> Manifest:
 def fetch_data(message: PubSubMessage, ctx: Context) -> None:
     """run.requested → data.fetched."""
     event = Event.from_message(message, [events.RUN_REQUESTED])
-    model = str(event.data["model"])
-    requested = event.data.get("scheduled_time")
-    provisional = event.subject or (ledger.run_id(model, parse_time(requested)) if requested else None)
+    request = RunRequested.of(event)
+    model = request.model
+    provisional = event.subject or (ledger.run_id(model, request.scheduled_time) if request.scheduled_time else None)
     manifest = load_manifest(ctx, model, provisional)
-    scheduled = parse_time(requested) if requested else manifest.scheduled_time(event.time)
+    scheduled = request.scheduled_time or manifest.scheduled_time(event.time)
     run_id = ledger.run_id(model, scheduled)
     if event.subject and event.subject != run_id:
         raise InvalidEvent("run.requested names the wrong run", [
-            f"ce-subject {event.subject!r} is not the run id {run_id!r} of model {model!r} at {requested}"
+            f"ce-subject {event.subject!r} is not the run id {run_id!r} of model {model!r} at {scheduled}"
         ], run_id=event.subject)
-    run, created = ctx.ledger.open_run(run_id, model=model, scheduled_time=scheduled,
-                                       trigger=str(event.data.get("trigger", "manual")),
+    run, created = ctx.ledger.open_run(run_id, model=model, scheduled_time=scheduled, trigger=request.trigger,
                                        manifest=manifest.raw, event=event)
     if run["status"] in ledger.TERMINAL:
         ctx.info(f"run {run_id} already ended {run['status']}; duplicate request ignored", run_id)

@@ -10,7 +10,9 @@ from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, digest, list_objects
 from cd4ml.manifest import Manifest, parse, resolve_gcs
+from cd4ml.payloads import Artifact, DataFetched
 from cd4ml.runtime import Context, active_run
+from cd4ml.snapshot import Dataset
 
 RUN_LABEL = "cd4ml_run_id"
 FINISHED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
@@ -22,7 +24,7 @@ def model_dir(ctx: Context, run_id: str) -> str:
     return f"gs://{ctx.settings.artifact_bucket}/runs/{run_id}/model/"
 
 
-def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: dict[str, Any]) -> Any:
+def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: Dataset) -> Any:
     """The CustomJob that trains ``manifest``'s model on ``dataset``, labelled with the run id."""
     from google.cloud.aiplatform_v1 import types
     from google.protobuf import duration_pb2
@@ -31,7 +33,7 @@ def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: dict[str,
     args = list(t.args) + [f"--{name}={value}" for name, value in sorted(t.hyperparameters.items())]
     env = [types.EnvVar(name=k, value=v) for k, v in {
         "CD4ML_RUN_ID": run_id, "CD4ML_MODEL": manifest.name,
-        "CD4ML_DATASET_URI": dataset["uri"], "CD4ML_DATASET_SHA256": dataset["sha256"],
+        "CD4ML_DATASET_URI": dataset.uri, "CD4ML_DATASET_SHA256": dataset.sha256,
     }.items()]
     pool = types.WorkerPoolSpec(machine_spec=types.MachineSpec(machine_type=t.machine_type), replica_count=1)
     if t.python_module:
@@ -63,7 +65,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
         return
     run_id = event.subject
     manifest = parse(run["manifest"])
-    dataset = dict(event.data["dataset"])
+    dataset = DataFetched.of(event).dataset
 
     def create() -> dict[str, Any]:
         try:
@@ -87,7 +89,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
                  error={"stage": ctx.settings.stage, "message": result["refused"]})
         return
     ctx.emit(run_id, events.TRAINING_SUBMITTED, {
-        "model": manifest.name, "job": result["job"], "dataset_sha256": dataset["sha256"],
+        "model": manifest.name, "job": result["job"], "dataset_sha256": dataset.sha256,
         "model_dir": model_dir(ctx, run_id),
     }, {"training.job": result["job"], "training.state": "JOB_STATE_QUEUED", "training.active": True,
         "training.submitted_at": format_time(now())})
@@ -132,8 +134,9 @@ def _check(ctx: Context, run: dict[str, Any]) -> None:
         except PermanentError as missing:
             _failed(ctx, run_id, model, job_name, state, missing.message)
             return
-        ctx.emit(run_id, events.TRAINING_COMPLETED, {"model": model, "job": job_name, "model_artifact": artifact},
-                 {"training.state": state, "training.active": False, "model_artifact": artifact})
+        ctx.emit(run_id, events.TRAINING_COMPLETED,
+                 {"model": model, "job": job_name, "model_artifact": artifact.to_dict()},
+                 {"training.state": state, "training.active": False, "model_artifact": artifact.to_dict()})
         return
     error = job.error.message or f"job ended {state}"
     _failed(ctx, run_id, model, job_name, state, error)
@@ -145,7 +148,7 @@ def _failed(ctx: Context, run_id: str, model: str, job: str, state: str, error: 
              error={"stage": ctx.settings.stage, "message": f"training job {job} ended {state}: {error}"})
 
 
-def model_artifact(ctx: Context, run_id: str) -> dict[str, str]:
+def model_artifact(ctx: Context, run_id: str) -> Artifact:
     """The model file the trainer left in AIP_MODEL_DIR (``model.*``), with its streamed sha256."""
     prefix = GcsPath.parse(model_dir(ctx, run_id))
     names = [b.name for b in list_objects(ctx.storage, prefix)]
@@ -154,4 +157,4 @@ def model_artifact(ctx: Context, run_id: str) -> dict[str, str]:
         raise PermanentError(f"the trainer must leave exactly one model.* file in {prefix.uri}",
                              [f"found {', '.join(n[len(prefix.name):] for n in names) or 'nothing'}"])
     path = GcsPath(prefix.bucket, models[0])
-    return {"uri": path.uri, "sha256": digest(ctx.storage, path).sha256}
+    return Artifact(uri=path.uri, sha256=digest(ctx.storage, path).sha256)
