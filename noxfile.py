@@ -79,8 +79,17 @@ def demo(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff and mypy (strict) on functions/, local_emulator/ and tests/."""
     _install(session)
-    session.run("ruff", "check", "functions", "local_emulator", "tests", "noxfile.py")
-    session.run("mypy", "functions", "local_emulator", "tests")
+    session.run("ruff", "check", "functions", "local_emulator", "tests", "benchmarks", "noxfile.py")
+    session.run("mypy", "functions", "local_emulator", "tests", "benchmarks")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Measure the DESIGN.md targets on a private local stack (~5 min); fails when one is missed."""
+    _debian(session)
+    _emulators(session)
+    _install(session)
+    session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 @nox.session

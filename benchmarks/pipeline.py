@@ -2,7 +2,8 @@
 
 The stack runs in a state directory of its own (never the developer's ``.cd4ml``), with every example model
 plus ``digits-bench``: a copy of ``examples/digits`` whose trainer is the nearest-centroid one in
-``_centroid_trainer.py`` (see there why) and whose canary has its own Gate pipeline. Cloud Scheduler's
+``_centroid_trainer.py`` (see there why) and whose canary has its own Gate pipeline; and its twin
+``digits-bench-gated``, whose threshold (1.01) no model reaches, for runs that end at the gate. Cloud Scheduler's
 stand-in is not started: the bench publishes the same watch tick itself, so it can hold the ticks while it
 measures cold starts (a tick must find the jobs it prepared, not a stack function that got there first).
 """
@@ -15,13 +16,15 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
+from local_emulator import stack as local
+from local_emulator.scheduler import scheduler_attributes
 
 from cd4ml import clients, ledger
 from cd4ml.bus import Bus
@@ -30,10 +33,10 @@ from cd4ml.events import RUN_REQUESTED, WATCH_TICKED, Event, format_time, now
 from cd4ml.manifest import Manifest
 from cd4ml.models import read as read_manifest
 from cd4ml.settings import Settings
-from local_emulator import stack as local
-from local_emulator.scheduler import scheduler_attributes
 
 MODEL = "digits-bench"
+#: Its twin whose gate cannot pass: a run of it ends at evaluation.failed, in half the time of a full run.
+GATED_MODEL = "digits-bench-gated"
 SOURCE = "//cd4ml/benchmarks"
 TRAINER = Path(__file__).with_name("_centroid_trainer.py")
 
@@ -43,9 +46,9 @@ def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def make_model(workdir: Path) -> Path:
-    """The ``digits-bench`` model folder: examples/digits, the centroid trainer, its own canary pipeline."""
-    folder = workdir / MODEL
+def make_model(workdir: Path, name: str = MODEL, threshold: float = 0.8) -> Path:
+    """A bench model folder: examples/digits with the centroid trainer, its own canary pipeline and gate."""
+    folder = workdir / name
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(local.REPO / "examples" / "digits", folder, ignore=shutil.ignore_patterns("__pycache__"))
     trainer = folder / "trainer"
@@ -54,12 +57,12 @@ def make_model(workdir: Path) -> Path:
     (trainer / "__init__.py").write_text("")
     shutil.copy(TRAINER, trainer / "task.py")
     manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
-    manifest["name"] = MODEL
-    manifest["description"] = "The bench's digits model: nearest centroids, so a hundred trainings fit in minutes."
-    manifest["training"]["python_package"]["package_uris"] = [f"packages/{MODEL}/trainer-0.1.0.tar.gz"]
+    manifest["name"] = name
+    manifest["description"] = "A bench digits model: nearest centroids, so a hundred trainings fit in minutes."
+    manifest["training"]["python_package"]["package_uris"] = [f"packages/{name}/trainer-0.1.0.tar.gz"]
     manifest["training"]["hyperparameters"] = {}
-    manifest["evaluation"]["threshold"] = 0.8
-    manifest["canary"] = {"application": MODEL, "webhook_source": f"cd4ml-{MODEL}", "pipeline": f"{MODEL}-canary"}
+    manifest["evaluation"]["threshold"] = threshold
+    manifest["canary"] = {"application": name, "webhook_source": f"cd4ml-{name}", "pipeline": f"{name}-canary"}
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
 
@@ -123,6 +126,13 @@ class Pipeline:
         """The Cloud Build client of the local stand-in."""
         return clients.cloud_build_client(self.settings)
 
+    def process_env(self) -> dict[str, str]:
+        """The environment of a process the bench starts beside the stack: this one's, the emulators, no CD4ML_*."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CD4ML_")}
+        env.update({k: v for k, v in self.env.items() if not k.startswith("CD4ML_")})
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
     def slot(self) -> datetime:
         """A scheduled time no other run of the bench has: run ids derive from it, to the second."""
         with self._slot_lock:
@@ -130,15 +140,15 @@ class Pipeline:
             self._next_slot += timedelta(seconds=1)
             return slot
 
-    def request(self, count: int) -> list[str]:
-        """Publish ``count`` run.requested events at once (each its own scheduled time); their run ids."""
+    def request(self, count: int, model: str = MODEL) -> list[str]:
+        """Publish ``count`` run.requested events of ``model`` at once (each its own scheduled time); their run ids."""
         topic = self.bus.topic_path(topic_id(RUN_REQUESTED))
         pending = []
         run_ids = []
         for _ in range(count):
             scheduled = self.slot()
-            run_id = ledger.run_id(self.model.name, scheduled)
-            event = Event.new(RUN_REQUESTED, run_id, {"model": self.model.name, "scheduled_time": format_time(scheduled),
+            run_id = ledger.run_id(model, scheduled)
+            event = Event.new(RUN_REQUESTED, run_id, {"model": model, "scheduled_time": format_time(scheduled),
                                                       "trigger": "manual"}, source=SOURCE)
             data, attributes = event.to_message()
             pending.append(self.bus.publisher.publish(topic, data, **attributes))
@@ -162,16 +172,14 @@ class Pipeline:
         refs = [self.db.collection(ledger.RUNS).document(r) for r in run_ids]
         return {snap.id: snap.to_dict() or {} for snap in self.db.get_all(refs) if snap.exists}
 
-    def wait(self, run_ids: list[str], timeout: float, poll: float = 1.0,
-             done: Callable[[Mapping[str, Any]], bool] | None = None) -> dict[str, dict[str, Any]]:
-        """Poll until every run ended (or ``done`` says so); the records, unfinished ones included, at the deadline."""
-        finished = done or (lambda r: r.get("status") in ledger.TERMINAL)
+    def wait(self, run_ids: list[str], timeout: float, poll: float = 1.0) -> dict[str, dict[str, Any]]:
+        """Poll until every run ended; the records, unfinished ones included, at the deadline."""
         deadline = time.monotonic() + timeout
         found: dict[str, dict[str, Any]] = {}
         pending = list(run_ids)
         while pending:
             found.update(self.records(pending))
-            pending = [r for r in pending if not (r in found and finished(found[r]))]
+            pending = [r for r in pending if (found.get(r) or {}).get("status") not in ledger.TERMINAL]
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(poll)
@@ -185,13 +193,13 @@ class Pipeline:
 def running(workdir: Path, tick_seconds: float) -> Iterator[Pipeline]:
     """A private local stack under ``workdir`` for the duration of the block; every process stopped by pid after."""
     os.environ["CD4ML_STATE_DIR"] = str(workdir / "state")
-    folder = make_model(workdir)
+    folders = [make_model(workdir), make_model(workdir, GATED_MODEL, threshold=1.01)]
     started = time.monotonic()
-    stack = local.up(models=[*local.default_models(), folder], scheduler=False, say=say)
+    stack = local.up(models=[*local.default_models(), *folders], scheduler=False, say=say)
     pipeline: Pipeline | None = None
     try:
         say(f"stack up in {time.monotonic() - started:.1f} s (state in {stack.root})")
-        pipeline = Pipeline(stack, read_manifest(folder), tick_seconds)
+        pipeline = Pipeline(stack, read_manifest(folders[0]), tick_seconds)
         yield pipeline
     finally:
         if pipeline is not None:

@@ -10,6 +10,7 @@ nothing. Events are recorded by id, so recording the same event twice changes no
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -204,35 +205,53 @@ class Ledger:
         runs = [d.to_dict() or {} for d in query.limit(limit).stream()]
         return [r for r in runs if not (r.get("training") or {}).get("active")]
 
+    def _reclaim(self, ref: Any, lease: timedelta, wait: float) -> tuple[str, dict[str, Any] | None]:
+        """Someone claimed first: their result, a takeover of their expired lease, or "busy" after ``wait``."""
+        from google.cloud import firestore
+
+        @firestore.transactional
+        def take_over(transaction: Any) -> tuple[str, dict[str, Any] | None]:
+            moment = now()
+            doc = ref.get(transaction=transaction).to_dict() or {}
+            state = _claim_state(doc, moment)
+            if state == "expired":
+                transaction.update(ref, {"lease_until": format_time(moment + lease),
+                                         "attempts": doc.get("attempts", 1) + 1})
+            return state, doc.get("result")
+
+        deadline = time.monotonic() + wait
+        while True:
+            state, result = take_over(self._db.transaction())
+            if state != "busy" or time.monotonic() >= deadline:
+                return state, result
+            time.sleep(0.2)
+
+    def note(self, run_id: str, fields: Mapping[str, Any]) -> None:
+        """Set fields (dotted paths) without reading the run: for facts no decision depends on.
+
+        No transaction, so concurrent notes on one run never contend; status and events are not touched.
+        """
+        self._run(run_id).update({**fields, "updated_at": format_time(now())})
+
     def once(self, run_id: str, name: str, act: Callable[[], dict[str, Any]],
              recover: Callable[[], dict[str, Any] | None] | None = None,
-             lease: timedelta = timedelta(minutes=5)) -> tuple[dict[str, Any], bool]:
+             lease: timedelta = timedelta(minutes=5), wait: float = 15.0) -> tuple[dict[str, Any], bool]:
         """Run the side effect ``act`` at most once per (run, name); returns (result, acted_now).
 
-        A claim held by a live attempt makes this raise RetryableError (the redelivery comes back later).
+        The claim is a plain create (one write) when nobody claimed before, the common case. A duplicate
+        delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises
+        RetryableError (the redelivery comes back later).
         """
-        from google.cloud import firestore
+        from google.api_core.exceptions import AlreadyExists
 
         ref = self._run(run_id).collection(EFFECTS).document(name)
         moment = now()
-
-        @firestore.transactional
-        def claim(transaction: Any) -> tuple[str, dict[str, Any] | None]:
-            snap = ref.get(transaction=transaction)
-            if snap.exists:
-                doc = snap.to_dict()
-                if doc.get("state") == "done":
-                    return "done", doc.get("result")
-                if doc.get("lease_until", "") > format_time(moment):
-                    return "busy", None
-                transaction.update(ref, {"lease_until": format_time(moment + lease),
-                                         "attempts": doc.get("attempts", 1) + 1})
-                return "expired", None
-            transaction.create(ref, {"state": "claimed", "lease_until": format_time(moment + lease),
-                                     "claimed_at": format_time(moment), "attempts": 1})
-            return "claimed", None
-
-        state, result = claim(self._db.transaction())
+        try:
+            ref.create({"state": "claimed", "lease_until": format_time(moment + lease),
+                        "claimed_at": format_time(moment), "attempts": 1})
+            state, result = "claimed", None
+        except AlreadyExists:
+            state, result = self._reclaim(ref, lease, wait)
         if state == "done":
             return dict(result or {}), False
         if state == "busy":
@@ -262,6 +281,12 @@ def _nested(updates: Mapping[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return out
+
+
+def _claim_state(doc: Mapping[str, Any], moment: datetime) -> str:
+    if doc.get("state") == "done":
+        return "done"
+    return "busy" if doc.get("lease_until", "") > format_time(moment) else "expired"
 
 
 def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

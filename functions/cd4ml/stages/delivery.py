@@ -104,8 +104,8 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         return {"build_id": found[0].id, "context": ""} if found else None
 
     result, acted = ctx.ledger.once(run_id, "image-build", submit, recover=find)
-    ctx.ledger.record(run_id, fields={"image.build_id": result["build_id"], "image.tag": image_name(ctx, manifest, run_id),
-                                      "image.context": result["context"]})
+    ctx.ledger.note(run_id, {"image.build_id": result["build_id"], "image.tag": image_name(ctx, manifest, run_id),
+                             "image.context": result["context"]})
     ctx.info("build submitted" if acted else "build already submitted", run_id, build_id=result["build_id"])
 
 
@@ -151,8 +151,8 @@ def on_build(message: PubSubMessage, ctx: Context) -> None:
                  error={"stage": ctx.settings.stage, "message": error})
     else:
         # Progress lives apart from image.status: a late QUEUED must never overwrite a recorded SUCCESS.
-        ctx.ledger.record(run_id, fields={f"image.progress.{status}": message.attributes.get("ce-time") or
-                                          build.get("createTime", ""), "image.log_url": log_url})
+        ctx.ledger.note(run_id, {f"image.progress.{status}": build.get("startTime") or build.get("createTime", ""),
+                                 "image.log_url": log_url})
         ctx.info(f"build {build_id} {status}", run_id)
 
 
