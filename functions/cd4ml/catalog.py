@@ -111,7 +111,7 @@ class Catalog:
 @functools.cache
 def load() -> Catalog:
     """Read catalog.yaml and the schema directory once per process."""
-    raw: dict[str, Any] = yaml.safe_load(CATALOG_FILE.read_text())
+    raw: dict[str, Any] = yaml.load(CATALOG_FILE.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     event_types = tuple(sorted(p.name.removesuffix(".json") for p in SCHEMA_DIR.glob(f"{EVENT_PREFIX}*.json")))
     stages = tuple(
         Stage(

@@ -76,7 +76,7 @@ class Ledger:
     def open_run(self, run_id: str, *, model: str, scheduled_time: datetime, trigger: str,
                  manifest: Mapping[str, Any], event: Event) -> tuple[dict[str, Any], bool]:
         """Create the run if absent; returns (record, created). A duplicate request gets the existing run."""
-        from google.cloud import firestore
+        from google.api_core.exceptions import AlreadyExists
 
         ref = self._run(run_id)
         stamp = format_time(now())
@@ -92,15 +92,12 @@ class Ledger:
             "events": [event.summary()],
         }
 
-        @firestore.transactional
-        def txn(transaction: Any) -> tuple[dict[str, Any], bool]:
-            snap = ref.get(transaction=transaction)
-            if snap.exists:
-                return snap.to_dict(), False
-            transaction.create(ref, record)
-            return record, True
-
-        return txn(self._db.transaction())  # type: ignore[no-any-return]
+        try:
+            ref.create(record)  # one write; the document's absence is the precondition
+        except AlreadyExists:
+            existing: dict[str, Any] = ref.get().to_dict() or {}
+            return existing, False
+        return record, True
 
     def record(self, run_id: str, event: Event | None = None, fields: Mapping[str, Any] | None = None,
                *, error: Mapping[str, Any] | None = None, status: str | None = None) -> dict[str, Any]:

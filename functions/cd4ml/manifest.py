@@ -69,6 +69,10 @@ class Manifest:
         return fire.astimezone(UTC)
 
 
+# libyaml's loader when PyYAML has it (its wheels do): ten times faster than the pure-Python one.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @functools.cache
 def _validator() -> Draft202012Validator:
     return Draft202012Validator(catalog.schema("manifest"))
@@ -128,7 +132,7 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
 def loads(text: str, origin: str = "manifest") -> Manifest:
     """Parse and validate a manifest's YAML text."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise InvalidManifest(f"invalid {origin}", [f"not YAML: {exc}"]) from exc
     return parse(document, origin)

@@ -43,8 +43,6 @@ def fetch_data(message: PubSubMessage, ctx: Context) -> None:
         return
     ctx.info("run opened" if created else "run already open; resuming", run_id, model=model)
     source = resolve_gcs(manifest.data_source, ctx.settings.data_bucket)
-    result, _ = ctx.ledger.once(
-        run_id, "dataset",
-        lambda: snapshot.take(ctx.storage, source, ctx.settings.data_bucket, model).to_dict(),
-    )
-    ctx.emit(run_id, events.DATA_FETCHED, {"model": model, "dataset": result}, {"dataset": result})
+    # No claim needed: the snapshot is content-addressed, so taking it twice writes the same objects.
+    dataset = snapshot.take(ctx.storage, source, ctx.settings.data_bucket, model).to_dict()
+    ctx.emit(run_id, events.DATA_FETCHED, {"model": model, "dataset": dataset}, {"dataset": dataset})
