@@ -7,6 +7,7 @@ stays in its topic for the test to pull, and what it rejects lands in its dead-l
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -90,6 +91,10 @@ def contract(stack: Any) -> Iterator[Contract]:
         publisher.create_topic(name=publisher.topic_path(PROJECT, topic))
         subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, f"observe-{topic}"),
                                        topic=publisher.topic_path(PROJECT, topic))
+    from cd4ml import logs
+
+    logs.configure()
+    logging.getLogger("cd4ml").propagate = True  # so caplog sees what the handlers log
     try:
         yield Contract(stack)
     finally:

@@ -49,7 +49,6 @@ def test_scheduler_message_maps_to_the_schedule_slot(contract: Contract) -> None
 ])
 def test_bad_messages_are_logged_once_recorded_and_dead_lettered(
         contract: Contract, caplog: pytest.LogCaptureFixture, body: str, run_id: str, expected: list[str]) -> None:
-    logging.getLogger("cd4ml").propagate = True
     with caplog.at_level(logging.ERROR, logger="cd4ml"):
         response = contract.post("fetch_data", golden(body), TOPIC)
     assert response.status_code == 200  # acknowledged: never retried forever

@@ -42,12 +42,15 @@ def open_run(contract: Contract, run_id: str) -> None:
     contract.pull(catalog.dead_letter_topic("watch_training"), wait=1)
 
 
-@pytest.mark.parametrize("stage", CD4ML_STAGES, ids=lambda s: s.name)
-@pytest.mark.parametrize(("case", "expected"), [
-    ("not_json", "data is not JSON"),
-    ("schema_violation", "is a required property"),
-    ("unknown_type", "is not a cd4ml event type"),
-    ("unknown_run", "which the ledger does not know"),
+_CASES = [("not_json", "data is not JSON"), ("schema_violation", "is a required property"),
+          ("unknown_type", "is not a cd4ml event type"), ("unknown_run", "which the ledger does not know")]
+
+
+@pytest.mark.parametrize(("stage", "case", "expected"), [
+    pytest.param(stage, case, expected, id=f"{stage.name}-{case}")
+    for stage in CD4ML_STAGES for case, expected in _CASES
+    # run.requested opens runs and the tick names none: "unknown run" has no meaning for them
+    if not (case == "unknown_run" and stage.trigger in (events.RUN_REQUESTED, events.WATCH_TICKED))
 ])
 def test_bad_input_is_logged_once_and_dead_lettered(contract: Contract, caplog: pytest.LogCaptureFixture,
                                                     stage: catalog.Stage, case: str, expected: str) -> None:
@@ -59,8 +62,6 @@ def test_bad_input_is_logged_once_and_dead_lettered(contract: Contract, caplog: 
     elif case == "unknown_type":
         attributes["ce-type"] = "cd4ml.thing.happened.v1"
     elif case == "unknown_run":
-        if stage.trigger in (events.RUN_REQUESTED, events.WATCH_TICKED):
-            pytest.skip("this stage's input does not name an existing run")
         data = json.dumps(_valid_data(stage.trigger)).encode()
         attributes["ce-subject"] = "digits-20980101t000000z"  # no run has this id
     if case == "schema_violation" and stage.trigger == events.WATCH_TICKED:
