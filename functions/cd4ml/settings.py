@@ -45,10 +45,6 @@ class Settings:
             raise InvalidSettings("missing environment variables: " + "; ".join(missing))
         return cls(**values)
 
-    def to_env(self) -> dict[str, str]:
-        """The environment variables that reproduce these settings."""
-        return {f"CD4ML_{name.upper()}": str(value) for name, value in vars(self).items()}
-
     @property
     def location(self) -> str:
         return f"projects/{self.project}/locations/{self.region}"

@@ -199,8 +199,9 @@ def on_push(message: PubSubMessage, ctx: Context) -> None:
         return
     digest = digest_ref.rsplit("@", 1)[1]
     reference = f"{repository}@{digest}"
+    # join: trigger_canary decides on the run record, so it must see this reference recorded (_release_pushed).
     ctx.emit(run_id, events.IMAGE_PUSHED, {"model": run["model"], "reference": reference, "tag": tag},
-             {"image.reference": reference, "image.digest": digest})
+             {"image.reference": reference, "image.digest": digest}, join=True)
 
 
 # --- trigger_canary ----------------------------------------------------------------------------------------
