@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from cd4ml import catalog, clients
@@ -30,15 +29,11 @@ class Bus:
     def topic_path(self, topic: str) -> str:
         return f"projects/{self._project}/topics/{topic}"
 
-    def publish_async(self, event: Event) -> Future[str]:
-        """Start publishing ``event`` to the topic of its type; the future gives the message id."""
-        data, attributes = event.to_message()
-        future: Future[str] = self.publisher.publish(self.topic_path(catalog.topic_id(event.type)), data, **attributes)
-        return future
-
     def publish(self, event: Event) -> str:
-        """Publish ``event`` to the topic of its type and wait; returns the message id."""
-        return str(self.publish_async(event).result(timeout=PUBLISH_TIMEOUT_SECONDS))
+        """Publish ``event`` to the topic of its type; returns the message id."""
+        data, attributes = event.to_message()
+        future = self.publisher.publish(self.topic_path(catalog.topic_id(event.type)), data, **attributes)
+        return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))
 
     def dead_letter(self, topic: str, message: PubSubMessage, *, stage: str, error: str) -> str:
         """Copy a rejected message, data and attributes intact, to ``topic`` with the reason attached."""

@@ -56,6 +56,19 @@ class Ledger:
     def __init__(self, db: firestore.Client) -> None:
         self._db = db
 
+    def _commit(self, body: Callable[[Any], Any]) -> Any:
+        """Run a transactional function; contention that outlasts its retries is a retryable error.
+
+        The client retries an aborted transaction 5 times, then raises ValueError; raising RetryableError
+        instead lets Pub/Sub redeliver later and lets a loop over runs (watch_training) go on with the rest.
+        """
+        try:
+            return body(self._db.transaction())
+        except ValueError as contended:
+            if "Failed to commit transaction" not in str(contended):
+                raise
+            raise RetryableError(f"run ledger busy: {contended}") from contended
+
     def _run(self, run_id: str) -> Any:
         return self._db.collection(RUNS).document(run_id)
 
@@ -144,7 +157,7 @@ class Ledger:
                 }}, merge=True)
             return _merge(current, _nested(updates))
 
-        return txn(self._db.transaction())  # type: ignore[no-any-return]
+        return self._commit(txn)  # type: ignore[no-any-return]
 
     def reject(self, run_id: str, *, model: str, error: Mapping[str, Any], event: Event | None,
                create: bool = True) -> None:
@@ -175,7 +188,7 @@ class Ledger:
                 "events": [event.summary()] if event is not None else [],
             })
 
-        txn(self._db.transaction())
+        self._commit(txn)
 
     def champion(self, model: str) -> dict[str, Any] | None:
         """The model's current champion: the last run that succeeded."""
@@ -218,7 +231,7 @@ class Ledger:
 
         deadline = time.monotonic() + wait
         while True:
-            state, result = take_over(self._db.transaction())
+            state, result = self._commit(take_over)
             if state != "busy" or time.monotonic() >= deadline:
                 return state, result
             time.sleep(0.2)

@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cd4ml import catalog, clients, logs
-from cd4ml.bus import PUBLISH_TIMEOUT_SECONDS, Bus
+from cd4ml.bus import Bus
 from cd4ml.errors import InvalidSettings, PermanentError
 from cd4ml.events import RUN_REQUESTED, Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.ledger import TERMINAL, Ledger, is_run_id
@@ -66,23 +66,15 @@ class Context:
         self.log.info(message, extra={"stage": self.settings.stage, "run_id": run_id or None, "details": details})
 
     def emit(self, run_id: str, type_: str, data: Mapping[str, Any], fields: Mapping[str, Any] | None = None,
-             *, error: Mapping[str, Any] | None = None, join: bool = False) -> Event:
-        """Record ``type_`` on the run with ``fields`` and publish it; both are idempotent by event id.
-
-        The publish goes out while the record commits (one round trip less per hop): no stage needs its
-        input event recorded before it acts. ``join=True`` publishes only after the record committed, for
-        events whose consumer decides on what this stage records (on_push → trigger_canary).
-        """
+             *, error: Mapping[str, Any] | None = None) -> Event:
+        """Record ``type_`` on the run with ``fields``, then publish it. Both are idempotent by event id."""
         event = Event.new(type_, run_id, data, source=self.source)
-        sent = None if join else self.bus.publish_async(event)
         record = self.ledger.record(run_id, event, fields, error=error)
-        if sent is None:
-            for seen in record.get("events", []):
-                if seen.get("id") == event.id and seen.get("time") != format_time(event.time):
-                    event = Event(type=event.type, subject=event.subject, data=event.data, id=event.id,
-                                  source=event.source, time=parse_time(seen["time"]))
-            sent = self.bus.publish_async(event)
-        sent.result(timeout=PUBLISH_TIMEOUT_SECONDS)
+        for seen in record.get("events", []):
+            if seen.get("id") == event.id and seen.get("time") != format_time(event.time):
+                event = Event(type=event.type, subject=event.subject, data=event.data, id=event.id,
+                              source=event.source, time=parse_time(seen["time"]))
+        self.bus.publish(event)
         self.info(f"emitted {type_}", run_id, event_id=event.id, event_type=type_)
         return event
 

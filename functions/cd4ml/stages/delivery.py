@@ -199,9 +199,8 @@ def on_push(message: PubSubMessage, ctx: Context) -> None:
         return
     digest = digest_ref.rsplit("@", 1)[1]
     reference = f"{repository}@{digest}"
-    # join: trigger_canary decides on the run record, so it must see this reference recorded (_release_pushed).
     ctx.emit(run_id, events.IMAGE_PUSHED, {"model": run["model"], "reference": reference, "tag": tag},
-             {"image.reference": reference, "image.digest": digest}, join=True)
+             {"image.reference": reference, "image.digest": digest})
 
 
 # --- trigger_canary ----------------------------------------------------------------------------------------
