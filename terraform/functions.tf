@@ -9,7 +9,7 @@ data "archive_file" "functions" {
 
 # The name carries the archive's hash, so a code change is a new object and every function redeploys.
 resource "google_storage_bucket_object" "functions_source" {
-  bucket       = google_storage_bucket.artifacts.name
+  bucket       = google_storage_bucket.bucket["artifacts"].name
   name         = "sources/functions-${data.archive_file.functions.output_md5}.zip"
   source       = data.archive_file.functions.output_path
   content_type = "application/zip"
@@ -30,7 +30,7 @@ resource "google_cloudfunctions2_function" "stage" {
 
     source {
       storage_source {
-        bucket = google_storage_bucket.artifacts.name
+        bucket = google_storage_bucket.bucket["artifacts"].name
         object = google_storage_bucket_object.functions_source.name
       }
     }

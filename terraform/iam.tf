@@ -27,8 +27,8 @@ locals {
       "project"                  = var.project_id
       "service_account:training" = google_service_account.training.name
       "service_account:build"    = google_service_account.build.name
-      "bucket:data"              = google_storage_bucket.data.name
-      "bucket:artifact"          = google_storage_bucket.artifacts.name
+      "bucket:data"              = google_storage_bucket.bucket["data"].name
+      "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
       "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
       "repository"               = google_artifact_registry_repository.images.name
     },

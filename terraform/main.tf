@@ -9,8 +9,8 @@ locals {
   setting_values = {
     CD4ML_PROJECT                  = var.project_id
     CD4ML_REGION                   = var.region
-    CD4ML_DATA_BUCKET              = google_storage_bucket.data.name
-    CD4ML_ARTIFACT_BUCKET          = google_storage_bucket.artifacts.name
+    CD4ML_DATA_BUCKET              = google_storage_bucket.bucket["data"].name
+    CD4ML_ARTIFACT_BUCKET          = google_storage_bucket.bucket["artifacts"].name
     CD4ML_VERTEX_ENDPOINT          = var.vertex_endpoint
     CD4ML_TRAINING_SERVICE_ACCOUNT = google_service_account.training.email
     CD4ML_CLOUDBUILD_ENDPOINT      = var.cloudbuild_endpoint

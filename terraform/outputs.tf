@@ -23,12 +23,12 @@ output "function_uris" {
 
 output "data_bucket" {
   description = "Bucket of source data and dataset snapshots."
-  value       = google_storage_bucket.data.name
+  value       = google_storage_bucket.bucket["data"].name
 }
 
 output "artifact_bucket" {
   description = "Bucket of manifests, function sources, models and build contexts."
-  value       = google_storage_bucket.artifacts.name
+  value       = google_storage_bucket.bucket["artifacts"].name
 }
 
 output "registry" {

@@ -1,34 +1,12 @@
 # The data bucket (source data, datasets/) and the artifact bucket (manifests/, packages/, serving/, sources/,
 # runs/, builds/), private and versioned; iam_bindings.yaml says who may touch which prefix.
 
-resource "google_storage_bucket" "data" {
+resource "google_storage_bucket" "bucket" {
   #checkov:skip=CKV_GCP_62:Access is recorded by Cloud Audit Logs (Data Access logs), which Google recommends over legacy usage logs; a log bucket would itself need one.
+  for_each = { data = local.data_bucket, artifacts = local.artifact_bucket }
+
   project  = var.project_id
-  name     = local.data_bucket
-  location = coalesce(var.bucket_location, var.region)
-  labels   = local.labels
-
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-
-  versioning {
-    enabled = true
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_retention_days
-    }
-    action {
-      type = "Delete"
-    }
-  }
-}
-
-resource "google_storage_bucket" "artifacts" {
-  #checkov:skip=CKV_GCP_62:Access is recorded by Cloud Audit Logs (Data Access logs), which Google recommends over legacy usage logs; a log bucket would itself need one.
-  project  = var.project_id
-  name     = local.artifact_bucket
+  name     = each.value
   location = coalesce(var.bucket_location, var.region)
   labels   = local.labels
 
@@ -53,7 +31,7 @@ resource "google_storage_bucket" "artifacts" {
 resource "google_storage_bucket_object" "manifest" {
   for_each = local.manifest_files
 
-  bucket         = google_storage_bucket.artifacts.name
+  bucket         = google_storage_bucket.bucket["artifacts"].name
   name           = "manifests/${each.key}.yaml"
   source         = each.value
   source_md5hash = filemd5(each.value)

@@ -294,4 +294,4 @@ def test_manifests_are_uploaded_where_the_functions_read_them(resources: dict[st
     upload = _body(resources, "google_storage_bucket_object.manifest")
     assert upload["for_each"] == "${local.manifest_files}"
     assert upload["name"] == manifest_object("${each.key}")
-    assert upload["bucket"] == "${google_storage_bucket.artifacts.name}"
+    assert upload["bucket"] == "${google_storage_bucket.bucket[\"artifacts\"].name}"
