@@ -9,6 +9,7 @@ locals {
   setting_values = {
     CD4ML_PROJECT                  = var.project_id
     CD4ML_REGION                   = var.region
+    CD4ML_FIRESTORE_DATABASE       = var.firestore_database
     CD4ML_DATA_BUCKET              = google_storage_bucket.bucket["data"].name
     CD4ML_ARTIFACT_BUCKET          = google_storage_bucket.bucket["artifacts"].name
     CD4ML_VERTEX_ENDPOINT          = var.vertex_endpoint

@@ -32,10 +32,13 @@ def storage_client(settings: Settings) -> storage.Client:
 
 
 def firestore_client(settings: Settings) -> firestore.Client:
-    """Firestore (native mode); honours FIRESTORE_EMULATOR_HOST."""
+    """The run ledger's Firestore (native mode) database, ``CD4ML_FIRESTORE_DATABASE``; honours FIRESTORE_EMULATOR_HOST.
+
+    The database is always named: Terraform's IAM condition and indexes target exactly this one.
+    """
     from google.cloud import firestore
 
-    return firestore.Client(project=settings.project)
+    return firestore.Client(project=settings.project, database=settings.firestore_database)
 
 
 def publisher_client() -> pubsub_v1.PublisherClient:

@@ -19,6 +19,7 @@ class Settings:
     region: str
     stage: str
     dead_letter_topic: str
+    firestore_database: str
     data_bucket: str
     artifact_bucket: str
     vertex_endpoint: str

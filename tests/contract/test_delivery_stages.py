@@ -87,3 +87,45 @@ def test_build_image_submits_one_build_however_often_delivered(contract: Contrac
     run = contract.run(run_id)
     assert run is not None and run["image"]["build_id"] == builds[0].id
     assert run["image"]["tag"].endswith(f"/digits:{run_id}")
+
+
+def test_build_image_refuses_a_model_that_changed_since_evaluation(contract: Contract) -> None:
+    """Issue 7.7: the trainer identity can write under runs/, so the build checks the sha256 that was evaluated."""
+    run_id = "digits-20300205t000000z"
+    open_run(contract, run_id)
+    ctx = runtime.context()
+    blob = ctx.storage.bucket("cd4ml-contract-artifacts").blob(f"runs/{run_id}/model/model.joblib")
+    blob.upload_from_string(b"the evaluated model")
+    evaluated = hashlib.sha256(b"the evaluated model").hexdigest()
+    blob.upload_from_string(b"a model swapped in afterwards")
+    passed = Event.new(events.EVALUATION_PASSED, run_id, {
+        "model": "digits", "metrics": {"accuracy": 0.97}, "gate": {},
+        "model_artifact": {"uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
+                           "sha256": evaluated}}, source="//test")
+    data, attributes = passed.to_message()
+    assert contract.post("build_image", push_body(attributes, data, "swapped"), "cd4ml-evaluation-passed-v1").status_code == 200
+    assert list(ctx.builds.list_builds(project_id=PROJECT, filter=f'tags="cd4ml-run-{run_id}"')) == []
+    [failed] = contract.pull("cd4ml-image-failed-v1")
+    assert json.loads(failed.data)["status"] == "MODEL_CHANGED"
+    run = contract.run(run_id)
+    assert run is not None and run["status"] == "failed"
+    assert f"not the {evaluated}" in run["error"]["message"]
+
+
+def test_functions_use_the_named_firestore_database(contract: Contract) -> None:
+    """Issue 7.3: Terraform's IAM condition and indexes name var.firestore_database; the ledger must open it."""
+    from google.cloud import firestore
+
+    run_id = "digits-20300206t000000z"
+    os.environ["CD4ML_FIRESTORE_DATABASE"] = "ledger-named"
+    try:
+        open_run(contract, run_id)
+        assert runtime.context().settings.firestore_database == "ledger-named"
+        assert contract.run(run_id) is not None
+    finally:
+        del os.environ["CD4ML_FIRESTORE_DATABASE"]
+        runtime.context.cache_clear()
+    named = firestore.Client(project=PROJECT, database="ledger-named")
+    default = firestore.Client(project=PROJECT)
+    assert named.collection("runs").document(run_id).get().exists
+    assert not default.collection("runs").document(run_id).get().exists

@@ -6,6 +6,7 @@ registry push → gcr → on_push → image.pushed → trigger_canary → Spinna
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -49,16 +50,31 @@ def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: 
         with tarfile.open(archive, "w:gz") as tar:
             for blob in files:
                 _add(tar, blob, blob.name[len(serving.name):], tmp)
-            _add(tar, ctx.storage.bucket(model.bucket).blob(model.name), f"model/{os.path.basename(model.name)}", tmp)
+            found = _add(tar, ctx.storage.bucket(model.bucket).blob(model.name),
+                         f"model/{os.path.basename(model.name)}", tmp)
+            if found != artifact.sha256:
+                # The trainer identity can write under runs/: only the hash recorded at watch time is trusted.
+                raise ModelChanged(f"the model at {artifact.uri} has sha256 {found}, not the {artifact.sha256} "
+                                   "that watch_training recorded and evaluate passed; it was not built")
         bucket.blob(target.name).upload_from_filename(archive, content_type="application/gzip")
     return target
 
 
-def _add(tar: tarfile.TarFile, blob: Any, arcname: str, tmp: str) -> None:
+class ModelChanged(PermanentError):
+    """The model object no longer has the sha256 that was evaluated."""
+
+
+def _add(tar: tarfile.TarFile, blob: Any, arcname: str, tmp: str) -> str:
+    """Add ``blob`` to ``tar`` as ``arcname``; returns the sha256 of the bytes added."""
     local = os.path.join(tmp, "part")
     blob.download_to_filename(local)
+    hasher = hashlib.sha256()
+    with open(local, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            hasher.update(chunk)
     tar.add(local, arcname=arcname)
     os.unlink(local)
+    return hasher.hexdigest()
 
 
 def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str) -> Any:
@@ -74,7 +90,8 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
         steps=[cb.BuildStep(name=DOCKER_BUILDER, args=args)],
         images=[image],
         tags=[f"{RUN_TAG}{run_id}", f"cd4ml-model-{manifest.name}"],
-        substitutions={"_RUN_ID": run_id, "_MODEL_SHA256": model_sha256},
+        # No substitutions: Cloud Build's default MUST_MATCH refuses any that no step uses (cloudbuild.proto,
+        # BuildOptions.SubstitutionOption); the run id and model hash are already literal labels above.
     )
     if ctx.settings.build_service_account:
         build.service_account = (f"projects/{ctx.settings.project}/serviceAccounts/"
@@ -94,7 +111,10 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
     artifact = EvaluationPassed.of(event).model_artifact
 
     def submit() -> dict[str, Any]:
-        source = build_context(ctx, manifest, artifact, run_id)
+        try:
+            source = build_context(ctx, manifest, artifact, run_id)
+        except ModelChanged as changed:
+            return {"build_id": "", "context": "", "refused": changed.message}
         operation = ctx.builds.create_build(project_id=ctx.settings.project,
                                             build=build_request(ctx, manifest, run_id, source, artifact.sha256))
         return {"build_id": operation.metadata.build.id, "context": source.uri}
@@ -104,6 +124,12 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         return {"build_id": found[0].id, "context": ""} if found else None
 
     result, acted = ctx.ledger.once(run_id, "image-build", submit, recover=find)
+    if result.get("refused"):
+        ctx.emit(run_id, events.IMAGE_FAILED,
+                 {"model": manifest.name, "status": "MODEL_CHANGED", "error": result["refused"]},
+                 {"image.status": "MODEL_CHANGED", "image.error": result["refused"]},
+                 error={"stage": ctx.settings.stage, "message": result["refused"]})
+        return
     ctx.ledger.note(run_id, {"image.build_id": result["build_id"], "image.tag": image_name(ctx, manifest, run_id),
                              "image.context": result["context"]})
     ctx.info("build submitted" if acted else "build already submitted", run_id, build_id=result["build_id"])
