@@ -32,6 +32,7 @@ from cd4ml.catalog import topic_id
 from cd4ml.events import RUN_REQUESTED, WATCH_TICKED, Event, format_time, now
 from cd4ml.manifest import Manifest
 from cd4ml.models import read as read_manifest
+from cd4ml.run import TERMINAL
 from cd4ml.settings import Settings
 
 MODEL = "digits-bench"
@@ -179,7 +180,7 @@ class Pipeline:
         pending = list(run_ids)
         while pending:
             found.update(self.records(pending))
-            pending = [r for r in pending if (found.get(r) or {}).get("status") not in ledger.TERMINAL]
+            pending = [r for r in pending if (found.get(r) or {}).get("status") not in TERMINAL]
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(poll)

@@ -26,6 +26,7 @@ from local_emulator.scheduler import scheduler_attributes
 from benchmarks.pipeline import SOURCE, Pipeline
 from cd4ml import catalog, events, ledger
 from cd4ml.events import Event, PubSubMessage, format_time, now
+from cd4ml.run import TERMINAL
 from cd4ml.stages.delivery import RUN_TAG
 from cd4ml.stages.training import FINISHED
 
@@ -74,7 +75,7 @@ class Scenarios:
             runs = {"watch_training": [self._fetched, self._submitted], "evaluate": [self._evaluated],
                     "build_image": [self._built]}[stage]
             ended = self.p.wait(runs, timeout, poll=0.1)
-            if any((ended.get(r) or {}).get("status") not in ledger.TERMINAL for r in runs):
+            if any((ended.get(r) or {}).get("status") not in TERMINAL for r in runs):
                 raise RuntimeError(f"runs {', '.join(runs)} did not end within {timeout:.0f} s of the {stage} probe")
 
     def _push(self, stage: str, data: bytes, attributes: Mapping[str, str], run_id: str = "") -> Probe:

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from google.cloud import pubsub_v1
 
 PUBLISH_TIMEOUT_SECONDS = 30.0
+#: Pub/Sub resource limits: attributes per message, bytes per attribute value.
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_VALUE_BYTES = 1024
 
 
 class Bus:
@@ -36,14 +39,31 @@ class Bus:
         return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))
 
     def dead_letter(self, topic: str, message: PubSubMessage, *, stage: str, error: str) -> str:
-        """Copy a rejected message, data and attributes intact, to ``topic`` with the reason attached."""
-        attributes = dict(message.attributes)
-        attributes.update({
+        """Copy a rejected message to ``topic`` with the reason attached, within Pub/Sub's limits.
+
+        Pub/Sub refuses more than 100 attributes and attribute values over 1024 bytes
+        (https://cloud.google.com/pubsub/quotas#resource_limits): the reason is cut to fit, and when the
+        original carries too many attributes the ``ce-*`` ones are kept first and the count dropped is noted.
+        """
+        ours = {
             "cd4ml-rejected-by": stage,
-            "cd4ml-error": error[:1000],
-            "cd4ml-original-message-id": message.message_id,
-        })
+            "cd4ml-error": bounded(error, MAX_ATTRIBUTE_VALUE_BYTES),
+            "cd4ml-original-message-id": bounded(message.message_id, MAX_ATTRIBUTE_VALUE_BYTES),
+        }
         if message.subscription:
-            attributes["cd4ml-original-subscription"] = message.subscription
-        future = self.publisher.publish(self.topic_path(topic), message.data, **attributes)
+            ours["cd4ml-original-subscription"] = bounded(message.subscription, MAX_ATTRIBUTE_VALUE_BYTES)
+        room = MAX_ATTRIBUTES - len(ours) - 1
+        originals = sorted(message.attributes.items(), key=lambda kv: (not kv[0].startswith("ce-"), kv[0]))
+        kept = dict(originals[:room])
+        if len(originals) > room:
+            ours["cd4ml-dropped-attributes"] = str(len(originals) - room)
+        future = self.publisher.publish(self.topic_path(topic), message.data, **kept, **ours)
         return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked when cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "…"

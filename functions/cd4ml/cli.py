@@ -14,6 +14,7 @@ from typing import Any
 from cd4ml import clients, ledger
 from cd4ml.errors import Cd4mlError
 from cd4ml.events import RUN_REQUESTED, Event, now
+from cd4ml.run import TERMINAL
 from cd4ml.settings import Settings
 
 
@@ -78,12 +79,12 @@ def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> i
                 if event["id"] not in shown:
                     shown.add(event["id"])
                     print(event_line(record, event), file=out, flush=True)
-            if record.get("status") in ledger.TERMINAL:
+            if record.get("status") in TERMINAL:
                 break
         time.sleep(0.3)
     if as_json:
         print(json.dumps(ordered(record) if record else {"run_id": run_id, "status": "unknown"}, indent=2, default=str))
-    if record is None or record.get("status") not in ledger.TERMINAL:
+    if record is None or record.get("status") not in TERMINAL:
         print(f"run {run_id}: still {record.get('status') if record else 'not started'} after {timeout:.0f} s",
               file=sys.stderr)
         return 3

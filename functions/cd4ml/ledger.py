@@ -9,15 +9,15 @@ nothing. Events are recorded by id, so recording the same event twice changes no
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cd4ml import catalog
 from cd4ml.errors import RetryableError
 from cd4ml.events import Event, format_time, now
+from cd4ml.run import Run, RunId
+from cd4ml.transition import Change, apply
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -25,29 +25,13 @@ if TYPE_CHECKING:
 RUNS = "runs"
 MODELS = "models"
 EFFECTS = "effects"
-TERMINAL = ("succeeded", "failed", "rejected")
-_RUN_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}-\d{8}t\d{6}z$")
+#: How many rejected messages a run record keeps (the dead-letter hold keeps them all).
+KEEP_REJECTIONS = 20
 
 
 def run_id(model: str, scheduled_time: datetime) -> str:
     """The run id of a model's run scheduled at ``scheduled_time``: same schedule slot, same run."""
-    return f"{model}-{scheduled_time.astimezone(UTC):%Y%m%dt%H%M%Sz}"
-
-
-def is_run_id(text: str) -> bool:
-    return bool(_RUN_ID.match(text))
-
-
-def status_after(current: str, event_type: str) -> str:
-    """The run status once ``event_type`` happened; a finished run stays finished."""
-    if current in TERMINAL:
-        return current
-    cat = catalog.load()
-    if event_type == cat.succeeded_on:
-        return "succeeded"
-    if event_type in cat.failed_on:
-        return "failed"
-    return current
+    return str(RunId.of(model, scheduled_time))
 
 
 class Ledger:
@@ -75,6 +59,11 @@ class Ledger:
     def get(self, run_id: str) -> dict[str, Any] | None:
         snap = self._run(run_id).get()
         return snap.to_dict() if snap.exists else None
+
+    def run(self, run_id: str) -> Run | None:
+        """The run record as a typed value; None when the ledger does not know the run."""
+        doc = self.get(run_id)
+        return None if doc is None else Run.from_document(doc)
 
     def recent(self, limit: int = 10, model: str | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first."""
@@ -114,81 +103,52 @@ class Ledger:
 
     def record(self, run_id: str, event: Event | None = None, fields: Mapping[str, Any] | None = None,
                *, error: Mapping[str, Any] | None = None, status: str | None = None) -> dict[str, Any]:
-        """Record an event (once, by id), field updates (dotted paths) and the status it implies.
-
-        When the run succeeds, the model's champion becomes this run's candidate, in the same transaction.
-        """
+        """Apply a stage's change (``transition.apply``: status rules, de-duplication by event id, champion)
+        in one read-apply-write transaction; returns the record after it."""
         from google.cloud import firestore
 
         ref = self._run(run_id)
-        champion_ref = None
+        change = Change(event=event.summary() if event is not None else None, fields=dict(fields or {}),
+                        error=error, status=status)
 
         @firestore.transactional
-        def txn(transaction: Any) -> dict[str, Any]:
+        def txn(transaction: Any) -> Mapping[str, Any]:
             snap = ref.get(transaction=transaction)
             if not snap.exists:
                 raise RetryableError(f"run {run_id} is not in the ledger yet")
-            current: dict[str, Any] = snap.to_dict() or {}
-            events = list(current.get("events", []))
-            updates: dict[str, Any] = dict(fields or {})
-            new_status = status or current.get("status", "running")
-            if event is not None:
-                if any(e.get("id") == event.id for e in events):
-                    return current
-                events.append(event.summary())
-                updates["events"] = events
-                new_status = status_after(current.get("status", "running"), event.type)
-            if current.get("status") in TERMINAL:
-                new_status = current["status"]
-            if error is not None and current.get("status") not in TERMINAL:
-                updates["error"] = dict(error)
-            updates["status"] = new_status
-            updates["updated_at"] = format_time(now())
-            transaction.update(ref, updates)
-            if new_status == "succeeded" and current.get("status") != "succeeded":
-                nonlocal champion_ref
-                champion_ref = self._db.collection(MODELS).document(current["model"])
-                evaluation = _merge(current, _nested(updates)).get("evaluation", {})
-                transaction.set(champion_ref, {"champion": {
-                    "run_id": run_id,
-                    "metrics": evaluation.get("metrics", {}),
-                    "model_artifact": current.get("model_artifact", {}),
-                    "since": updates["updated_at"],
-                }}, merge=True)
-            return _merge(current, _nested(updates))
+            applied = apply(snap.to_dict() or {}, change, format_time(now()))
+            if applied.changed:
+                transaction.update(ref, dict(applied.updates))
+            if applied.champion is not None:
+                champion_ref = self._db.collection(MODELS).document(applied.record["model"])
+                transaction.set(champion_ref, {"champion": dict(applied.champion)}, merge=True)
+            return applied.record
 
-        return self._commit(txn)  # type: ignore[no-any-return]
+        return dict(self._commit(txn))
 
-    def reject(self, run_id: str, *, model: str, error: Mapping[str, Any], event: Event | None,
-               create: bool = True) -> None:
-        """End a run as rejected; with ``create``, make its record when the run was never opened."""
+    def note_rejection(self, run_id: str, rejection: Mapping[str, Any]) -> None:
+        """Note a rejected message on the run it names (the last ``KEEP_REJECTIONS``); the status is untouched.
+
+        Nothing happens when the run does not exist: a message for an unknown run creates no record.
+        """
+        from google.api_core.exceptions import NotFound
         from google.cloud import firestore
 
         ref = self._run(run_id)
-        stamp = format_time(now())
 
         @firestore.transactional
         def txn(transaction: Any) -> None:
             snap = ref.get(transaction=transaction)
-            if snap.exists:
-                current = snap.to_dict()
-                if current.get("status") in TERMINAL:
-                    return
-                events = list(current.get("events", []))
-                if event is not None and not any(e.get("id") == event.id for e in events):
-                    events.append(event.summary())
-                transaction.update(ref, {"status": "rejected", "error": dict(error), "events": events,
-                                         "updated_at": stamp})
+            if not snap.exists:
                 return
-            if not create:
-                return
-            transaction.create(ref, {
-                "run_id": run_id, "model": model, "status": "rejected", "trigger": "unknown",
-                "created_at": stamp, "updated_at": stamp, "error": dict(error),
-                "events": [event.summary()] if event is not None else [],
-            })
+            kept = list((snap.to_dict() or {}).get("rejected_messages") or [])[-(KEEP_REJECTIONS - 1):]
+            transaction.update(ref, {"rejected_messages": [*kept, dict(rejection)],
+                                     "rejected_count": firestore.Increment(1)})
 
-        self._commit(txn)
+        try:
+            self._commit(txn)
+        except NotFound:
+            return
 
     def champion(self, model: str) -> dict[str, Any] | None:
         """The model's current champion: the last run that succeeded."""
@@ -281,30 +241,7 @@ class Ledger:
         return result, acted
 
 
-def _nested(updates: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn Firestore dotted-path updates into a nested dict."""
-    out: dict[str, Any] = {}
-    for path, value in updates.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def _claim_state(doc: Mapping[str, Any], moment: datetime) -> str:
     if doc.get("state") == "done":
         return "done"
     return "busy" if doc.get("lease_until", "") > format_time(moment) else "expired"
-
-
-def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``changes`` into a copy of ``base`` (what Firestore does with dotted-path updates)."""
-    out = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out

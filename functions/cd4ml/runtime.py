@@ -11,15 +11,17 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from cd4ml import catalog, clients, logs
-from cd4ml.bus import Bus
+from cd4ml import clients, logs
+from cd4ml.bus import Bus, bounded
 from cd4ml.errors import InvalidSettings, PermanentError
-from cd4ml.events import RUN_REQUESTED, Event, PubSubMessage, format_time, now, parse_time
-from cd4ml.ledger import TERMINAL, Ledger, is_run_id
+from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
+from cd4ml.ledger import Ledger
+from cd4ml.outcome import Outcome
+from cd4ml.run import Run, is_run_id
 from cd4ml.settings import Settings
 
 if TYPE_CHECKING:
@@ -65,11 +67,21 @@ class Context:
     def info(self, message: str, run_id: str = "", **details: Any) -> None:
         self.log.info(message, extra={"stage": self.settings.stage, "run_id": run_id or None, "details": details})
 
-    def emit(self, run_id: str, type_: str, data: Mapping[str, Any], fields: Mapping[str, Any] | None = None,
-             *, error: Mapping[str, Any] | None = None) -> Event:
-        """Record ``type_`` on the run with ``fields``, then publish it. Both are idempotent by event id."""
+    def conclude(self, run_id: str, outcome: Outcome) -> Event | None:
+        """Record ``outcome`` on the run, then publish its event; both idempotent by event id.
+
+        The event is published only after the record that justifies it committed (DESIGN.md: one read-write
+        transaction per run at a time). A redelivery re-publishes with the recorded event's time.
+        """
+        error = {"stage": self.settings.stage, "message": outcome.error} if outcome.error else None
+        if outcome.emit is None:
+            if outcome.record:
+                self.ledger.note(run_id, outcome.record)
+            self.info(outcome.note, run_id)
+            return None
+        type_, data = outcome.emit
         event = Event.new(type_, run_id, data, source=self.source)
-        record = self.ledger.record(run_id, event, fields, error=error)
+        record = self.ledger.record(run_id, event, outcome.record, error=error)
         for seen in record.get("events", []):
             if seen.get("id") == event.id and seen.get("time") != format_time(event.time):
                 event = Event(type=event.type, subject=event.subject, data=event.data, id=event.id,
@@ -79,20 +91,22 @@ class Context:
         return event
 
     def reject(self, message: PubSubMessage, error: PermanentError) -> None:
-        """Log once, record on the run when it is known, and dead-letter the message."""
-        run_id = error.run_id or message.attributes.get("ce-subject", "")
-        self.log.error(error.message, extra={
+        """Log once, note it on the run it names (the run goes on), and dead-letter the message.
+
+        A malformed message is not a fact about the run: its status never changes because of one, so the
+        corrected message (or the scheduler's real one for that slot) still continues or starts it.
+        """
+        named = error.run_id or message.attributes.get("ce-subject", "")
+        run_id = named if is_run_id(named) else ""
+        self.log.error(bounded(error.message, 4096), extra={
             "stage": self.settings.stage, "run_id": run_id or None, "event_id": message.message_id,
-            "details": {"problems": list(error.problems), "error_type": type(error).__name__,
+            "details": {"problems": [bounded(p, 1024) for p in error.problems[:50]], "error_type": type(error).__name__,
                         "dead_letter_topic": self.settings.dead_letter_topic},
         })
-        if run_id and is_run_id(run_id):
-            # Only the stage that opens runs may create a record; the others mark runs that exist.
-            opens_runs = catalog.load().stage(self.settings.stage).trigger == RUN_REQUESTED
-            model = run_id.rsplit("-", 1)[0]
-            self.ledger.reject(run_id, model=model, event=None, create=opens_runs, error={
-                "stage": self.settings.stage, "message": error.message, "problems": list(error.problems),
-                "message_id": message.message_id, "at": format_time(now()),
+        if run_id:
+            self.ledger.note_rejection(run_id, {
+                "stage": self.settings.stage, "message_id": message.message_id, "reason": bounded(error.message, 1024),
+                "at": format_time(now()),
             })
         self.bus.dead_letter(self.settings.dead_letter_topic, message, stage=self.settings.stage,
                              error=error.message)
@@ -125,22 +139,25 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
         ctx.reject(message, error)
 
 
-def require_run(ctx: Context, event: Event) -> dict[str, Any]:
+def require_run(ctx: Context, event: Event) -> Run:
     """The run an event belongs to; PermanentError when the event names no run the ledger knows."""
     if not event.subject:
         raise PermanentError(f"{event.type} event {event.id} has no ce-subject (run id)")
-    run = ctx.ledger.get(event.subject)
+    if not is_run_id(event.subject):
+        raise PermanentError(f"{event.type} event {event.id}: ce-subject {event.subject[:80]!r} is not a run id "
+                             "(MODEL-YYYYMMDDtHHMMSSz)", run_id=None)
+    run = ctx.ledger.run(event.subject)
     if run is None:
         raise PermanentError(f"{event.type} event {event.id} names run {event.subject!r}, which the ledger does not know",
                              run_id=None)
     return run
 
 
-def active_run(ctx: Context, event: Event) -> dict[str, Any] | None:
+def active_run(ctx: Context, event: Event) -> Run | None:
     """The event's run while it is still running; None (logged) when it already ended, so the event is moot."""
     run = require_run(ctx, event)
-    if run["status"] in TERMINAL:
-        ctx.info(f"run already ended {run['status']}; {event.type} ignored", event.subject)
+    if run.ended:
+        ctx.info(f"run already ended {run.status}; {event.type} ignored", event.subject)
         return None
     return run
 

@@ -24,7 +24,7 @@ CONFIRM_INTERVAL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
-class Outcome:
+class WebhookResult:
     """What the trigger achieved: an execution, or the reason there is none."""
 
     event_id: str = ""
@@ -52,39 +52,39 @@ def webhook_payload(*, model: str, run_id: str, reference: str, metrics: Mapping
     }
 
 
-class Gate:
+class GateClient:
     """A Gate endpoint, with timeouts and bounded retries on every call."""
 
     def __init__(self, url: str, session: requests.Session | None = None) -> None:
         self.url = url.rstrip("/")
         self._http = session or requests.Session()
 
-    def trigger(self, source: str, application: str, payload: Mapping[str, Any], *, key: str) -> Outcome:
+    def trigger(self, source: str, application: str, payload: Mapping[str, Any], *, key: str) -> WebhookResult:
         """POST the webhook, then confirm that a pipeline execution started for its event id."""
         try:
             answer = self._call("POST", f"/webhooks/webhook/{source}", json={**payload, KEY_FIELD: key})
         except _Unreachable as down:
-            return Outcome(reason=str(down))
+            return WebhookResult(reason=str(down))
         except _Refused as refused:
-            return Outcome(reason=str(refused))
+            return WebhookResult(reason=str(refused))
         event_id = str(answer.get("eventId", ""))
         if not event_id:
-            return Outcome(reason=f"Gate answered the webhook without an eventId: {sorted(answer)}")
+            return WebhookResult(reason=f"Gate answered the webhook without an eventId: {sorted(answer)}")
         for _ in range(CONFIRM_ATTEMPTS):
             try:
                 executions = self._call("GET", f"/applications/{application}/executions/search",
                                         params={"triggerTypes": "webhook", "eventId": event_id})
             except (_Unreachable, _Refused) as trouble:
-                return Outcome(event_id=event_id, reason=f"could not confirm the execution: {trouble}")
+                return WebhookResult(event_id=event_id, reason=f"could not confirm the execution: {trouble}")
             if executions:
                 first = executions[0]
-                return Outcome(event_id=event_id, execution_id=str(first.get("id", "")), pipeline=str(first.get("name", "")))
+                return WebhookResult(event_id=event_id, execution_id=str(first.get("id", "")), pipeline=str(first.get("name", "")))
             time.sleep(CONFIRM_INTERVAL_SECONDS)
-        return Outcome(event_id=event_id, reason=(
+        return WebhookResult(event_id=event_id, reason=(
             f"Gate accepted webhook source {source!r} (event {event_id}) but no pipeline of application "
             f"{application!r} started: check the pipeline's webhook trigger, its payload constraints and the key"))
 
-    def find_execution(self, application: str, run_id: str) -> Outcome | None:
+    def find_execution(self, application: str, run_id: str) -> WebhookResult | None:
         """An execution already started for ``run_id`` (after a crash between the webhook and the record)."""
         try:
             executions = self._call("GET", f"/applications/{application}/executions/search",
@@ -94,7 +94,7 @@ class Gate:
         for execution in executions:
             trigger = execution.get("trigger") or {}
             if (trigger.get("payload") or {}).get("run_id") == run_id:
-                return Outcome(event_id=str(trigger.get("eventId", "")), execution_id=str(execution.get("id", "")),
+                return WebhookResult(event_id=str(trigger.get("eventId", "")), execution_id=str(execution.get("id", "")),
                                pipeline=str(execution.get("name", "")))
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 
@@ -47,7 +48,7 @@ def test_scheduler_message_maps_to_the_schedule_slot(contract: Contract) -> None
     ("unknown_type", "digits-20260105t030000z", ["'cd4ml.run.exploded.v1' is not a cd4ml event type"]),
     ("unknown_model", "nosuchmodel-20260106t030000z", ["unknown model 'nosuchmodel'", "no manifest at gs://"]),
 ])
-def test_bad_messages_are_logged_once_recorded_and_dead_lettered(
+def test_bad_messages_are_logged_once_and_dead_lettered_and_open_no_run(
         contract: Contract, caplog: pytest.LogCaptureFixture, body: str, run_id: str, expected: list[str]) -> None:
     with caplog.at_level(logging.ERROR, logger="cd4ml"):
         response = contract.post("fetch_data", golden(body), TOPIC)
@@ -56,9 +57,7 @@ def test_bad_messages_are_logged_once_recorded_and_dead_lettered(
     assert len(errors) == 1
     for text in expected:
         assert text in errors[0].getMessage()
-    run = contract.run(run_id)
-    assert run is not None and run["status"] == "rejected"
-    assert all(text in run["error"]["message"] for text in expected)
+    assert contract.run(run_id) is None  # a malformed request is not a run: the slot stays free (issue 13)
     dead = contract.pull(DLQ)
     assert [m.attributes["cd4ml-original-message-id"] for m in dead] == [golden(body)["message"]["messageId"]]
     assert dead[0].attributes["cd4ml-rejected-by"] == "fetch_data"
@@ -75,3 +74,25 @@ def test_a_message_whose_data_is_not_base64_is_dead_lettered(contract: Contract)
 def test_a_body_that_is_not_a_push_at_all_is_refused_by_the_framework(contract: Contract) -> None:
     # Not 2xx: Pub/Sub redelivers it up to max_delivery_attempts, then its dead-letter policy takes it.
     assert contract.post("fetch_data", {"hello": "world"}, TOPIC).status_code == 400
+
+
+def test_a_malformed_request_for_a_slot_does_not_stop_the_real_request_for_it(contract: Contract) -> None:
+    """Issue 13: a bad message naming today's scheduled slot must not make Cloud Scheduler's real one a duplicate."""
+    bad = golden("run_requested_valid")
+    bad["message"]["messageId"] = "bad-1"
+    bad["message"]["attributes"] = {**bad["message"]["attributes"], "ce-subject": "digits-20260201t030000z",
+                                    "ce-id": "bad-1"}
+    bad["message"]["data"] = base64.b64encode(b'{"model": "digits", "trigger": "cron"}').decode()
+    assert contract.post("fetch_data", bad, TOPIC).status_code == 200
+    assert contract.run("digits-20260201t030000z") is None
+    good = golden("run_requested_valid")
+    good["message"]["messageId"] = "good-1"
+    good["message"]["attributes"] = {**good["message"]["attributes"], "ce-subject": "digits-20260201t030000z",
+                                     "ce-id": "good-1"}
+    good["message"]["data"] = base64.b64encode(json.dumps(
+        {"model": "digits", "trigger": "schedule", "scheduled_time": "2026-02-01T03:00:00Z"}).encode()).decode()
+    assert contract.post("fetch_data", good, TOPIC).status_code == 200
+    run = contract.run("digits-20260201t030000z")
+    assert run is not None and run["status"] == "running" and "dataset" in run
+    contract.pull(DLQ)
+    contract.pull("cd4ml-data-fetched-v1")

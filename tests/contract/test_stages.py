@@ -147,3 +147,24 @@ def test_submit_training_submits_one_job_however_often_delivered(contract: Contr
     run = contract.run(run_id)
     assert run is not None and run["training"]["job"] == jobs[0].name
     assert [e["type"] for e in run["events"]].count(events.TRAINING_SUBMITTED) == 1
+
+
+def test_a_bad_message_for_a_live_run_is_noted_and_the_fixed_one_continues_it(contract: Contract) -> None:
+    """Issue 13: a corrupted data.fetched is dead-lettered and noted on the run; the corrected one still trains."""
+    run_id = "digits-20300110t000000z"
+    open_run(contract, run_id)
+    good = Event.new(events.DATA_FETCHED, run_id, _valid_data(events.DATA_FETCHED), source="//test")
+    data, attributes = good.to_message()
+    corrupted = push_body({**attributes, "ce-id": "corrupted"}, b'{"model": "digits", "dataset": {}}', "corrupted")
+    assert contract.post("submit_training", corrupted, "cd4ml-data-fetched-v1").status_code == 200
+    run = contract.run(run_id)
+    assert run is not None and run["status"] == "running"
+    assert [r["message_id"] for r in run["rejected_messages"]] == ["corrupted"]
+    assert "is a required property" in run["rejected_messages"][0]["reason"]
+    [dead] = contract.pull(catalog.dead_letter_topic("submit_training"))
+    assert dead.attributes["cd4ml-original-message-id"] == "corrupted"
+    assert contract.post("submit_training", push_body(attributes, data, "fixed"), "cd4ml-data-fetched-v1").status_code == 200
+    [submitted] = contract.pull("cd4ml-training-submitted-v1")
+    assert submitted.attributes["ce-subject"] == run_id
+    run = contract.run(run_id)
+    assert run is not None and run["status"] == "running" and run["training"]["active"] is True

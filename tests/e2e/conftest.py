@@ -14,6 +14,7 @@ import yaml
 from cd4ml import clients, ledger
 from cd4ml.bus import Bus
 from cd4ml.events import RUN_REQUESTED, Event, format_time, now
+from cd4ml.run import TERMINAL
 from cd4ml.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
@@ -43,7 +44,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.ledger.get(run_id)
-            if run and run["status"] in ledger.TERMINAL:
+            if run and run["status"] in TERMINAL:
                 return run
             time.sleep(0.3)
         raise AssertionError(f"run {run_id} did not finish in {timeout} s: {self.ledger.get(run_id)}")

@@ -2,6 +2,9 @@
 
 evaluation.passed → build_image → (Cloud Build) → cloud-builds → on_build → image.built
 registry push → gcr → on_push → image.pushed → trigger_canary → Spinnaker webhook → canary.triggered
+
+Each handler: parse (``BuildNotice.of``, ``PushNotice.of``, ``Event.from_message``) → decide (the pure
+``build_submitted``, ``build_reported``, ``pushed``, ``canary_started``) → act once → conclude.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import json
 import os
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 from cd4ml import events
 from cd4ml.errors import PermanentError
 from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, list_objects
-from cd4ml.ledger import TERMINAL
 from cd4ml.manifest import Manifest, parse
+from cd4ml.outcome import Outcome
 from cd4ml.payloads import Artifact, EvaluationPassed, ImagePushed
+from cd4ml.run import Run, is_run_id
 from cd4ml.runtime import Context, active_run
 
 RUN_TAG = "cd4ml-run-"
@@ -100,6 +105,15 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
     return build
 
 
+def build_submitted(model: str, result: dict[str, Any], tag: str) -> Outcome:
+    """The build was submitted (its id recorded; Cloud Build reports the rest) or refused before it (image.failed)."""
+    if result.get("refused"):
+        return Outcome.event(events.IMAGE_FAILED, {"model": model, "status": "MODEL_CHANGED", "error": result["refused"]},
+                             {"image.status": "MODEL_CHANGED", "image.error": result["refused"]}, error=result["refused"])
+    return Outcome.nothing(f"build {result['build_id']} submitted",
+                           {"image.build_id": result["build_id"], "image.tag": tag, "image.context": result["context"]})
+
+
 def build_image(message: PubSubMessage, ctx: Context) -> None:
     """evaluation.passed → a Cloud Build build (its id recorded), submitted once per run."""
     event = Event.from_message(message, [events.EVALUATION_PASSED])
@@ -107,7 +121,7 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
     if run is None:
         return
     run_id = event.subject
-    manifest = parse(run["manifest"])
+    manifest = parse(run.manifest)
     artifact = EvaluationPassed.of(event).model_artifact
 
     def submit() -> dict[str, Any]:
@@ -123,63 +137,89 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         found = list(ctx.builds.list_builds(project_id=ctx.settings.project, filter=f'tags="{RUN_TAG}{run_id}"'))
         return {"build_id": found[0].id, "context": ""} if found else None
 
-    result, acted = ctx.ledger.once(run_id, "image-build", submit, recover=find)
-    if result.get("refused"):
-        ctx.emit(run_id, events.IMAGE_FAILED,
-                 {"model": manifest.name, "status": "MODEL_CHANGED", "error": result["refused"]},
-                 {"image.status": "MODEL_CHANGED", "image.error": result["refused"]},
-                 error={"stage": ctx.settings.stage, "message": result["refused"]})
-        return
-    ctx.ledger.note(run_id, {"image.build_id": result["build_id"], "image.tag": image_name(ctx, manifest, run_id),
-                             "image.context": result["context"]})
-    ctx.info("build submitted" if acted else "build already submitted", run_id, build_id=result["build_id"])
+    result, _ = ctx.ledger.once(run_id, "image-build", submit, recover=find)
+    ctx.conclude(run_id, build_submitted(manifest.name, result, image_name(ctx, manifest, run_id)))
 
 
 # --- on_build ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BuildNotice:
+    """Cloud Build's status message: attributes buildId and status, data the Build resource as JSON."""
+
+    build_id: str
+    status: str
+    run_id: str | None  # from the build's cd4ml-run- tag; None for builds that are not cd4ml's
+    image: str
+    digest: str
+    log_url: str
+    detail: str
+    at: str
+
+    @classmethod
+    def of(cls, message: PubSubMessage) -> BuildNotice:
+        status, build_id = message.attributes.get("status", ""), message.attributes.get("buildId", "")
+        try:
+            build = json.loads(message.data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as bad:
+            raise PermanentError("cloud-builds message data is not the Build as JSON", [str(bad)[:200]]) from bad
+        if not status or not build_id or not isinstance(build, dict):
+            raise PermanentError("not a Cloud Build notification", ["needs attributes buildId and status, data a Build"])
+        tags = [t for t in build.get("tags") or [] if isinstance(t, str)]
+        run_id = next((t.removeprefix(RUN_TAG) for t in tags if t.startswith(RUN_TAG)), None)
+        if run_id is not None and not is_run_id(run_id):
+            raise PermanentError(f"build {build_id[:80]} has tag {RUN_TAG}{run_id[:80]}, which names no run id")
+        image = str((build.get("images") or [""])[0])
+        results = (build.get("results") or {}).get("images") or []
+        return cls(build_id=build_id, status=status, run_id=run_id, image=image,
+                   digest=next((str(r.get("digest", "")) for r in results if r.get("name") == image), ""),
+                   log_url=str(build.get("logUrl", "")),
+                   detail=str((build.get("failureInfo") or {}).get("detail") or build.get("statusDetail") or ""),
+                   at=str(build.get("startTime") or build.get("createTime", "")))
+
+
+def build_reported(notice: BuildNotice, run: Run) -> Outcome:
+    """image.built on SUCCESS, image.failed on a failed end, progress recorded otherwise; nothing after the end."""
+    if run.image.status in BUILD_FAILED | {"SUCCESS"}:
+        return Outcome.nothing(f"build {notice.build_id} {notice.status} after the run's build already ended; ignored")
+    if notice.status == "SUCCESS":
+        if not notice.digest:
+            raise PermanentError(f"build {notice.build_id} succeeded but results.images has no digest for {notice.image}",
+                                 run_id=run.run_id)
+        return Outcome.event(events.IMAGE_BUILT, {"model": run.model, "build_id": notice.build_id,
+                                                  "image": notice.image, "digest": notice.digest},
+                             {"image.status": notice.status, "image.digest": notice.digest,
+                              "image.log_url": notice.log_url})
+    if notice.status in BUILD_FAILED:
+        detail = notice.detail or f"build ended {notice.status}"
+        error = f"Cloud Build {notice.build_id} ended {notice.status}: {detail} (log: {notice.log_url or 'none'})"
+        return Outcome.event(events.IMAGE_FAILED, {"model": run.model, "build_id": notice.build_id,
+                                                   "status": notice.status, "error": error, "log_url": notice.log_url},
+                             {"image.status": notice.status, "image.error": error, "image.log_url": notice.log_url},
+                             error=error)
+    # Progress lives apart from image.status: a late QUEUED must never overwrite a recorded SUCCESS.
+    return Outcome.nothing(f"build {notice.build_id} {notice.status}",
+                           {f"image.progress.{notice.status}": notice.at, "image.log_url": notice.log_url})
+
+
 def on_build(message: PubSubMessage, ctx: Context) -> None:
     """Cloud Build's status message → image.built (SUCCESS), image.failed (a failed end), or recorded progress."""
-    status, build_id = message.attributes.get("status", ""), message.attributes.get("buildId", "")
-    try:
-        build = json.loads(message.data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as bad:
-        raise PermanentError("cloud-builds message data is not the Build as JSON", [str(bad)]) from bad
-    if not status or not build_id or not isinstance(build, dict):
-        raise PermanentError("not a Cloud Build notification", ["needs attributes buildId and status, data a Build"])
-    run_id = next((t.removeprefix(RUN_TAG) for t in build.get("tags", []) if t.startswith(RUN_TAG)), None)
-    if run_id is None:
-        ctx.info(f"build {build_id} is not a cd4ml build (no {RUN_TAG} tag); ignored")
+    notice = BuildNotice.of(message)
+    if notice.run_id is None:
+        ctx.info(f"build {notice.build_id} is not a cd4ml build (no {RUN_TAG} tag); ignored")
         return
-    run = ctx.ledger.get(run_id)
+    run = ctx.ledger.run(notice.run_id)
     if run is None:
-        raise PermanentError(f"build {build_id} names run {run_id!r}, which the ledger does not know", run_id=None)
-    if run["status"] in TERMINAL or (run.get("image") or {}).get("status") in BUILD_FAILED | {"SUCCESS"}:
-        ctx.info(f"build {build_id} {status} after the run's build already ended; ignored", run_id)
+        raise PermanentError(f"build {notice.build_id} names run {notice.run_id!r}, which the ledger does not know",
+                             run_id=None)
+    if run.ended:
+        ctx.info(f"build {notice.build_id} {notice.status} after the run ended {run.status}; ignored", run.run_id)
         return
-    model = run["model"]
-    log_url = build.get("logUrl", "")
-    if status == "SUCCESS":
-        image = (build.get("images") or [""])[0]
-        results = (build.get("results") or {}).get("images") or []
-        digest = next((r.get("digest", "") for r in results if r.get("name") == image), "")
-        if not digest:
-            raise PermanentError(f"build {build_id} succeeded but results.images has no digest for {image}", run_id=run_id)
-        ctx.emit(run_id, events.IMAGE_BUILT, {"model": model, "build_id": build_id, "image": image, "digest": digest},
-                 {"image.status": status, "image.digest": digest, "image.log_url": log_url})
-        _release_pushed(ctx, run_id)
-    elif status in BUILD_FAILED:
-        detail = (build.get("failureInfo") or {}).get("detail") or build.get("statusDetail") or f"build ended {status}"
-        error = f"Cloud Build {build_id} ended {status}: {detail} (log: {log_url or 'none'})"
-        ctx.emit(run_id, events.IMAGE_FAILED,
-                 {"model": model, "build_id": build_id, "status": status, "error": error, "log_url": log_url},
-                 {"image.status": status, "image.error": error, "image.log_url": log_url},
-                 error={"stage": ctx.settings.stage, "message": error})
-    else:
-        # Progress lives apart from image.status: a late QUEUED must never overwrite a recorded SUCCESS.
-        ctx.ledger.note(run_id, {f"image.progress.{status}": build.get("startTime") or build.get("createTime", ""),
-                                 "image.log_url": log_url})
-        ctx.info(f"build {build_id} {status}", run_id)
+    outcome = build_reported(notice, run)
+    ctx.conclude(run.run_id, outcome)
+    if outcome.type == events.IMAGE_BUILT:
+        _release_pushed(ctx, run.run_id)
 
 
 def _release_pushed(ctx: Context, run_id: str) -> None:
@@ -189,47 +229,81 @@ def _release_pushed(ctx: Context, run_id: str) -> None:
     sees the other's, so the image.pushed event (same id, a duplicate trigger_canary guards against) is
     delivered at least once after the build succeeded.
     """
-    run = ctx.ledger.get(run_id) or {}
-    image = run.get("image") or {}
-    if image.get("reference"):
-        ctx.bus.publish(Event.new(events.IMAGE_PUSHED, run_id, {"model": run["model"], "reference": image["reference"],
-                                                                "tag": image.get("tag", "")}, source=ctx.source))
+    run = ctx.ledger.run(run_id)
+    if run is not None and run.image.reference:
+        ctx.bus.publish(Event.new(events.IMAGE_PUSHED, run_id, {"model": run.model, "reference": run.image.reference,
+                                                                "tag": run.image.tag}, source=ctx.source))
 
 
 # --- on_push -----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PushNotice:
+    """Artifact Registry's ``gcr`` message: ``{"action": "INSERT", "digest": "HOST/REPO/IMG@sha256:…", "tag": …}``."""
+
+    action: str
+    digest_ref: str
+    tag: str
+
+    @classmethod
+    def of(cls, message: PubSubMessage) -> PushNotice:
+        try:
+            note = json.loads(message.data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as bad:
+            raise PermanentError("gcr message data is not JSON", [str(bad)[:200]]) from bad
+        if not isinstance(note, dict):
+            raise PermanentError("gcr message data is not a JSON object")
+        return cls(action=str(note.get("action") or ""), digest_ref=str(note.get("digest") or ""),
+                   tag=str(note.get("tag") or ""))
+
+    def run_id(self, registry: str) -> str | None:
+        """The run of a push of ``REGISTRY/MODEL:RUN_ID`` by digest; None for anything else."""
+        prefix = registry.rstrip("/") + "/"
+        _, _, tag = self.tag.rpartition(":")
+        if self.action != "INSERT" or not self.tag.startswith(prefix) or "@sha256:" not in self.digest_ref:
+            return None
+        return tag if is_run_id(tag) else None
+
+
+def pushed(notice: PushNotice, run: Run, registry: str) -> Outcome:
+    """image.pushed with the image by digest, when the pushed repository is the run's model's."""
+    repository = notice.tag.rpartition(":")[0]
+    if repository != registry.rstrip("/") + "/" + run.model:
+        return Outcome.nothing(f"push of {notice.tag} matches no run; ignored")
+    reference = f"{repository}@{notice.digest_ref.rsplit('@', 1)[1]}"
+    return Outcome.event(events.IMAGE_PUSHED, {"model": run.model, "reference": reference, "tag": notice.tag},
+                         {"image.reference": reference, "image.digest": reference.rsplit("@", 1)[1]})
+
+
 def on_push(message: PubSubMessage, ctx: Context) -> None:
     """A registry INSERT of REGISTRY/MODEL:RUN_ID → image.pushed with the ``…@sha256:…`` reference."""
-    try:
-        note = json.loads(message.data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as bad:
-        raise PermanentError("gcr message data is not JSON", [str(bad)]) from bad
-    if not isinstance(note, dict):
-        raise PermanentError("gcr message data is not a JSON object")
-    action, digest_ref, tag = note.get("action"), str(note.get("digest") or ""), str(note.get("tag") or "")
-    if action != "INSERT":
-        ctx.info(f"registry {action or 'message without action'} {tag or digest_ref} ignored")
+    notice = PushNotice.of(message)
+    run_id = notice.run_id(ctx.settings.registry)
+    run = ctx.ledger.run(run_id) if run_id else None
+    if run is None:
+        ctx.info(f"registry {notice.action or 'message without action'} of {notice.tag or notice.digest_ref} "
+                 f"is not a push of a cd4ml run's image under {ctx.settings.registry}; ignored")
         return
-    registry = ctx.settings.registry.rstrip("/") + "/"
-    repository, _, run_id = tag.rpartition(":")
-    if not tag or not tag.startswith(registry) or "@sha256:" not in digest_ref:
-        ctx.info(f"push of {tag or digest_ref} is not a cd4ml image under {registry}; ignored")
+    if run.ended:
+        ctx.info(f"push of {notice.tag} after the run ended {run.status}; ignored", run.run_id)
         return
-    run = ctx.ledger.get(run_id)
-    if run is None or repository != registry + run["model"]:
-        ctx.info(f"push of {tag} matches no run; ignored")
-        return
-    if run["status"] in TERMINAL:
-        ctx.info(f"push of {tag} after the run ended {run['status']}; ignored", run_id)
-        return
-    digest = digest_ref.rsplit("@", 1)[1]
-    reference = f"{repository}@{digest}"
-    ctx.emit(run_id, events.IMAGE_PUSHED, {"model": run["model"], "reference": reference, "tag": tag},
-             {"image.reference": reference, "image.digest": digest})
+    ctx.conclude(run.run_id, pushed(notice, run, ctx.settings.registry))
 
 
 # --- trigger_canary ----------------------------------------------------------------------------------------
+
+
+def canary_started(model: str, application: str, result: dict[str, Any]) -> Outcome:
+    """canary.triggered when Gate confirmed an execution, canary.failed naming why otherwise."""
+    if result.get("execution_id"):
+        canary = {"event_id": result["event_id"], "execution_id": result["execution_id"],
+                  "application": application, "pipeline": result.get("pipeline", "")}
+        return Outcome.event(events.CANARY_TRIGGERED, {"model": model, **canary}, {"canary": canary})
+    return Outcome.event(events.CANARY_FAILED,
+                         {"model": model, "reason": result["reason"], "event_id": result.get("event_id", "")},
+                         {"canary": {"reason": result["reason"], "event_id": result.get("event_id", ""),
+                                     "application": application}}, error=result["reason"])
 
 
 def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
@@ -241,35 +315,23 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     if run is None:
         return
     run_id = event.subject
-    if (run.get("image") or {}).get("status") != "SUCCESS":
+    if run.image.status != "SUCCESS":
         ctx.info("image pushed before its build ended; the canary waits for the build to succeed", run_id)
         return
-    manifest = parse(run["manifest"])
-    reference = ImagePushed.of(event).reference
-    gate = spinnaker.Gate(ctx.settings.gate_url)
+    manifest = parse(run.manifest)
+    gate = spinnaker.GateClient(ctx.settings.gate_url)
     payload = spinnaker.webhook_payload(
-        model=manifest.name, run_id=run_id, reference=reference,
-        metrics=(run.get("evaluation") or {}).get("metrics") or {}, model_artifact=run.get("model_artifact") or {})
+        model=manifest.name, run_id=run_id, reference=ImagePushed.of(event).reference,
+        metrics=dict(run.evaluation.metrics) if run.evaluation else {},
+        model_artifact=run.model_artifact.to_dict() if run.model_artifact else {})
 
     def call() -> dict[str, Any]:
-        outcome = gate.trigger(manifest.webhook_source, manifest.canary_application, payload,
-                               key=secrets.read(ctx.settings.gate_key_secret))
-        return outcome.to_dict()
+        return gate.trigger(manifest.webhook_source, manifest.canary_application, payload,
+                            key=secrets.read(ctx.settings.gate_key_secret)).to_dict()
 
     def recover() -> dict[str, Any] | None:
         found = gate.find_execution(manifest.canary_application, run_id)
         return found.to_dict() if found else None
 
     result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover)
-    if result.get("execution_id"):
-        ctx.emit(run_id, events.CANARY_TRIGGERED, {
-            "model": manifest.name, "event_id": result["event_id"], "execution_id": result["execution_id"],
-            "application": manifest.canary_application, "pipeline": result.get("pipeline", "")},
-            {"canary": {"event_id": result["event_id"], "execution_id": result["execution_id"],
-                        "application": manifest.canary_application, "pipeline": result.get("pipeline", "")}})
-        return
-    ctx.emit(run_id, events.CANARY_FAILED,
-             {"model": manifest.name, "reason": result["reason"], "event_id": result.get("event_id", "")},
-             {"canary": {"reason": result["reason"], "event_id": result.get("event_id", ""),
-                         "application": manifest.canary_application}},
-             error={"stage": ctx.settings.stage, "message": result["reason"]})
+    ctx.conclude(run_id, canary_started(manifest.name, manifest.canary_application, result))

@@ -1,33 +1,57 @@
-"""evaluate: gate the candidate on its held-out metrics, the manifest's threshold and the champion."""
+"""evaluate: gate the candidate on its held-out metrics, the manifest's threshold and the champion.
+
+parse → read the metrics beside the model and the champion → decide (pure) → conclude.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from cd4ml import events, gate
+from cd4ml import evaluation_gate, events
 from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, read_text
-from cd4ml.manifest import parse
+from cd4ml.manifest import Evaluation, parse
+from cd4ml.outcome import Outcome
 from cd4ml.payloads import Artifact, TrainingCompleted
 from cd4ml.runtime import Context, active_run
 from cd4ml.stages.training import METRICS_FILE
 
 
-def read_metrics(ctx: Context, artifact: Artifact) -> tuple[dict[str, float], list[str]]:
-    """The metrics the evaluator wrote beside the model, and the problems that make them unusable."""
-    path = GcsPath.parse(artifact.uri.rsplit("/", 1)[0] + "/" + METRICS_FILE)
-    text = read_text(ctx.storage, path)
+def metrics_path(artifact: Artifact) -> GcsPath:
+    return GcsPath.parse(artifact.uri.rsplit("/", 1)[0] + "/" + METRICS_FILE)
+
+
+def read_metrics(text: str | None, artifact: Artifact) -> tuple[dict[str, float], list[str]]:
+    """The metrics the trainer wrote beside the model, and the problems that make them unusable."""
+    path = metrics_path(artifact)
     if text is None:
         return {}, [f"the trainer wrote no {METRICS_FILE} beside the model ({path.uri})"]
     try:
         doc: Any = json.loads(text)
         metrics = {str(k): float(v) for k, v in doc["metrics"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as bad:
-        return {}, [f"{path.uri} is not {{\"metrics\": {{name: number}}, \"model_sha256\": ...}}: {bad}"]
+        return {}, [f"{path.uri} is not {{\"metrics\": {{name: number}}, \"model_sha256\": ...}}: {str(bad)[:200]}"]
     if doc.get("model_sha256") != artifact.sha256:
-        return metrics, [f"{path.uri} describes model {doc.get('model_sha256')}, not the artifact {artifact.sha256}"]
+        return metrics, [f"{path.uri} describes model {str(doc.get('model_sha256'))[:80]}, not the artifact {artifact.sha256}"]
     return metrics, []
+
+
+def decide(model: str, artifact: Artifact, metrics_text: str | None, rule: Evaluation,
+           champion: Mapping[str, Any] | None) -> Outcome:
+    """evaluation.passed when the metrics are the model's own and pass the gate; evaluation.failed naming why."""
+    metrics, problems = read_metrics(metrics_text, artifact)
+    decision = evaluation_gate.decide(metrics, rule, champion)
+    reasons = problems + list(decision.reasons)
+    record = {"evaluation": {"passed": not reasons, "metrics": metrics, "gate": decision.to_dict(), "reasons": reasons}}
+    if reasons:
+        return Outcome.event(events.EVALUATION_FAILED,
+                             {"model": model, "metrics": metrics, "gate": decision.to_dict(), "reasons": reasons},
+                             record, error="; ".join(reasons))
+    return Outcome.event(events.EVALUATION_PASSED,
+                         {"model": model, "model_artifact": artifact.to_dict(), "metrics": metrics,
+                          "gate": decision.to_dict()}, record)
 
 
 def evaluate(message: PubSubMessage, ctx: Context) -> None:
@@ -36,19 +60,8 @@ def evaluate(message: PubSubMessage, ctx: Context) -> None:
     run = active_run(ctx, event)
     if run is None:
         return
-    run_id = event.subject
-    manifest = parse(run["manifest"])
+    manifest = parse(run.manifest)
     artifact = TrainingCompleted.of(event).model_artifact
-    metrics, problems = read_metrics(ctx, artifact)
-    decision = gate.decide(metrics, manifest.evaluation, ctx.ledger.champion(manifest.name))
-    reasons = problems + list(decision.reasons)
-    record = {"evaluation": {"passed": not reasons, "metrics": metrics, "gate": decision.to_dict(),
-                             "reasons": reasons}}
-    if reasons:
-        ctx.emit(run_id, events.EVALUATION_FAILED,
-                 {"model": manifest.name, "metrics": metrics, "gate": decision.to_dict(), "reasons": reasons},
-                 record, error={"stage": ctx.settings.stage, "message": "; ".join(reasons)})
-        return
-    ctx.emit(run_id, events.EVALUATION_PASSED,
-             {"model": manifest.name, "model_artifact": artifact.to_dict(), "metrics": metrics, "gate": decision.to_dict()},
-             record)
+    text = read_text(ctx.storage, metrics_path(artifact))
+    ctx.conclude(event.subject, decide(manifest.name, artifact, text, manifest.evaluation,
+                                       ctx.ledger.champion(manifest.name)))

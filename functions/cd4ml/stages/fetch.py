@@ -1,14 +1,23 @@
-"""fetch_data: open the run for a run.requested event and snapshot the model's training data."""
+"""fetch_data: open the run for a run.requested event and snapshot the model's training data.
+
+parse → decide (``run_for``: which run this request is; ``decide``: data.fetched) → act (open the run, take
+the content-addressed snapshot, which needs no claim) → conclude.
+"""
 
 from __future__ import annotations
 
-from cd4ml import events, ledger, snapshot
+from datetime import datetime
+
+from cd4ml import events, snapshot
 from cd4ml.errors import InvalidEvent, InvalidManifest, UnknownModel
 from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, read_text
 from cd4ml.manifest import Manifest, loads, manifest_object, resolve_gcs
+from cd4ml.outcome import Outcome
 from cd4ml.payloads import RunRequested
+from cd4ml.run import RunId
 from cd4ml.runtime import Context
+from cd4ml.snapshot import Dataset
 
 
 def load_manifest(ctx: Context, model: str, run_id: str | None) -> Manifest:
@@ -23,26 +32,37 @@ def load_manifest(ctx: Context, model: str, run_id: str | None) -> Manifest:
         raise InvalidManifest(error.summary, error.problems, run_id=run_id) from error
 
 
+def run_for(event: Event, request: RunRequested, manifest: Manifest) -> RunId:
+    """The run a request is for: its scheduled time, else the manifest's latest slot at or before publication."""
+    scheduled: datetime = request.scheduled_time or manifest.scheduled_time(event.time)
+    run_id = RunId.of(request.model, scheduled)
+    if event.subject and event.subject != str(run_id):
+        raise InvalidEvent("run.requested names the wrong run", [
+            f"ce-subject {event.subject[:80]!r} is not the run id {run_id} of model {request.model!r} at {scheduled}"
+        ], run_id=str(run_id))
+    return run_id
+
+
+def decide(request: RunRequested, dataset: Dataset) -> Outcome:
+    """The snapshot is taken: data.fetched, and the dataset on the run."""
+    return Outcome.event(events.DATA_FETCHED, {"model": request.model, "dataset": dataset.to_dict()},
+                         {"dataset": dataset.to_dict()})
+
+
 def fetch_data(message: PubSubMessage, ctx: Context) -> None:
     """run.requested → data.fetched."""
     event = Event.from_message(message, [events.RUN_REQUESTED])
     request = RunRequested.of(event)
-    model = request.model
-    provisional = event.subject or (ledger.run_id(model, request.scheduled_time) if request.scheduled_time else None)
-    manifest = load_manifest(ctx, model, provisional)
-    scheduled = request.scheduled_time or manifest.scheduled_time(event.time)
-    run_id = ledger.run_id(model, scheduled)
-    if event.subject and event.subject != run_id:
-        raise InvalidEvent("run.requested names the wrong run", [
-            f"ce-subject {event.subject!r} is not the run id {run_id!r} of model {model!r} at {scheduled}"
-        ], run_id=event.subject)
-    run, created = ctx.ledger.open_run(run_id, model=model, scheduled_time=scheduled, trigger=request.trigger,
-                                       manifest=manifest.raw, event=event)
-    if run["status"] in ledger.TERMINAL:
+    named = event.subject or (str(RunId.of(request.model, request.scheduled_time)) if request.scheduled_time else None)
+    manifest = load_manifest(ctx, request.model, named)
+    run_id = str(run_for(event, request, manifest))
+    run, created = ctx.ledger.open_run(run_id, model=request.model, scheduled_time=RunId.parse(run_id).scheduled_time,
+                                       trigger=request.trigger, manifest=manifest.raw, event=event)
+    if run["status"] != "running":
         ctx.info(f"run {run_id} already ended {run['status']}; duplicate request ignored", run_id)
         return
-    ctx.info("run opened" if created else "run already open; resuming", run_id, model=model)
+    ctx.info("run opened" if created else "run already open; resuming", run_id, model=request.model)
     source = resolve_gcs(manifest.data_source, ctx.settings.data_bucket)
     # No claim needed: the snapshot is content-addressed, so taking it twice writes the same objects.
-    dataset = snapshot.take(ctx.storage, source, ctx.settings.data_bucket, model).to_dict()
-    ctx.emit(run_id, events.DATA_FETCHED, {"model": model, "dataset": dataset}, {"dataset": dataset})
+    dataset = snapshot.take(ctx.storage, source, ctx.settings.data_bucket, request.model)
+    ctx.conclude(run_id, decide(request, dataset))

@@ -1,4 +1,8 @@
-"""submit_training and watch_training: the Vertex AI CustomJob of a run, submitted once, watched on ticks."""
+"""submit_training and watch_training: the Vertex AI CustomJob of a run, submitted once, watched on ticks.
+
+submit_training: parse → act once (create the job) → decide (``submitted``) → conclude.
+watch_training: per in-flight run, read the job (and the model it left) → decide (``finished``) → conclude.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, digest, list_objects
 from cd4ml.manifest import Manifest, parse, resolve_gcs
+from cd4ml.outcome import Outcome
 from cd4ml.payloads import Artifact, DataFetched
+from cd4ml.run import Run, Training
 from cd4ml.runtime import Context, active_run
 from cd4ml.snapshot import Dataset
 
@@ -55,6 +61,37 @@ def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: Dataset) 
                            labels={RUN_LABEL: run_id, "cd4ml_model": manifest.name})
 
 
+def submitted(run_id: str, model_dir_uri: str, dataset: Dataset, result: dict[str, Any], model: str) -> Outcome:
+    """The job was created (training.submitted, the job in flight) or Vertex refused it (training.failed)."""
+    if result["refused"]:
+        return Outcome.event(events.TRAINING_FAILED, {"model": model, "state": "NOT_SUBMITTED", "error": result["refused"]},
+                             {"training": {"job": "", "state": "NOT_SUBMITTED", "active": False, "error": result["refused"]}},
+                             error=result["refused"])
+    return Outcome.event(events.TRAINING_SUBMITTED, {
+        "model": model, "job": result["job"], "dataset_sha256": dataset.sha256, "model_dir": model_dir_uri,
+    }, {"training.job": result["job"], "training.state": "JOB_STATE_QUEUED", "training.active": True,
+        "training.submitted_at": format_time(now())})
+
+
+def finished(run: Run, state: str, artifact: Artifact | None, problem: str) -> Outcome:
+    """A job's state on a tick: progress (recorded, not announced), training.completed or training.failed.
+
+    ``artifact`` is the model the trainer left (None with ``problem`` saying why there is no usable one).
+    """
+    training = run.training or Training()
+    if state not in FINISHED:
+        return Outcome.nothing(f"training job {training.job} {state}",
+                               {"training.state": state} if state != training.state else None)
+    if state == "JOB_STATE_SUCCEEDED" and artifact is not None:
+        return Outcome.event(events.TRAINING_COMPLETED,
+                             {"model": run.model, "job": training.job, "model_artifact": artifact.to_dict()},
+                             {"training.state": state, "training.active": False, "model_artifact": artifact.to_dict()})
+    error = problem or f"job ended {state}"
+    return Outcome.event(events.TRAINING_FAILED, {"model": run.model, "job": training.job, "state": state, "error": error},
+                         {"training.state": state, "training.active": False, "training.error": error},
+                         error=f"training job {training.job} ended {state}: {error}")
+
+
 def submit_training(message: PubSubMessage, ctx: Context) -> None:
     """data.fetched → training.submitted (or training.failed when Vertex refuses the job)."""
     from google.api_core import exceptions
@@ -64,7 +101,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     if run is None:
         return
     run_id = event.subject
-    manifest = parse(run["manifest"])
+    manifest = parse(run.manifest)
     dataset = DataFetched.of(event).dataset
 
     def create() -> dict[str, Any]:
@@ -82,17 +119,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
         return {"job": found[0].name, "refused": ""} if found else None
 
     result, _ = ctx.ledger.once(run_id, "training-job", create, recover=find)
-    if result["refused"]:
-        ctx.emit(run_id, events.TRAINING_FAILED,
-                 {"model": manifest.name, "state": "NOT_SUBMITTED", "error": result["refused"]},
-                 {"training": {"job": "", "state": "NOT_SUBMITTED", "active": False, "error": result["refused"]}},
-                 error={"stage": ctx.settings.stage, "message": result["refused"]})
-        return
-    ctx.emit(run_id, events.TRAINING_SUBMITTED, {
-        "model": manifest.name, "job": result["job"], "dataset_sha256": dataset.sha256,
-        "model_dir": model_dir(ctx, run_id),
-    }, {"training.job": result["job"], "training.state": "JOB_STATE_QUEUED", "training.active": True,
-        "training.submitted_at": format_time(now())})
+    ctx.conclude(run_id, submitted(run_id, model_dir(ctx, run_id), dataset, result, manifest.name))
 
 
 def watch_training(message: PubSubMessage, ctx: Context) -> None:
@@ -100,61 +127,61 @@ def watch_training(message: PubSubMessage, ctx: Context) -> None:
     from google.api_core.exceptions import GoogleAPICallError
 
     Event.from_message(message, [events.WATCH_TICKED])
-    for run in ctx.ledger.in_flight_training():
+    for doc in ctx.ledger.in_flight_training():
         try:
-            _check(ctx, run)
+            _check(ctx, Run.from_document(doc))
         except (RetryableError, GoogleAPICallError) as trouble:
             ctx.log.warning(f"could not read training job; next tick retries: {trouble}",
-                            extra={"stage": ctx.settings.stage, "run_id": run.get("run_id")})
+                            extra={"stage": ctx.settings.stage, "run_id": doc.get("run_id")})
     end_stale_runs(ctx)
+
+
+def stale_reason(run: Run, limit_seconds: int) -> str:
+    """Why a run that made no progress for ``limit_seconds`` is ended, naming the last event it saw."""
+    seen = sorted(run.events, key=lambda e: str(e.get("time", "")))
+    last = f"{seen[-1]['type']} at {seen[-1]['time']}" if seen else "its request"
+    return f"no progress for {limit_seconds} s after {last}: ended by watch_training"
 
 
 def end_stale_runs(ctx: Context) -> None:
     """End, as failed, the running runs that made no progress for ``run.stale_after_seconds``."""
     limit = catalog.load().stale_after_seconds
-    for run in ctx.ledger.stale(now() - timedelta(seconds=limit)):
-        seen = sorted(run.get("events") or [], key=lambda e: e["time"])
-        last = f"{seen[-1]['type']} at {seen[-1]['time']}" if seen else "its request"
-        message = f"no progress for {limit} s after {last}: ended by watch_training"
-        ctx.ledger.record(run["run_id"], status="failed", error={"stage": ctx.settings.stage, "message": message})
-        ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": run["run_id"]})
+    for doc in ctx.ledger.stale(now() - timedelta(seconds=limit)):
+        message = stale_reason(Run.from_document(doc), limit)
+        ctx.ledger.record(doc["run_id"], status="failed", error={"stage": ctx.settings.stage, "message": message})
+        ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": doc["run_id"]})
 
 
-def _check(ctx: Context, run: dict[str, Any]) -> None:
-    run_id, job_name, model = run["run_id"], run["training"]["job"], run["model"]
-    job = ctx.jobs.get_custom_job(name=job_name)
+def _check(ctx: Context, run: Run) -> None:
+    job = ctx.jobs.get_custom_job(name=(run.training or Training()).job)
     state = job.state.name
-    if state not in FINISHED:
-        if state != run["training"].get("state"):
-            ctx.ledger.record(run_id, fields={"training.state": state})
-        return
+    artifact, problem = None, ""
     if state == "JOB_STATE_SUCCEEDED":
         try:
-            artifact = model_artifact(ctx, run_id)
+            artifact = model_artifact(ctx, run.run_id)
         except PermanentError as missing:
-            _failed(ctx, run_id, model, job_name, state, missing.message)
-            return
-        ctx.emit(run_id, events.TRAINING_COMPLETED,
-                 {"model": model, "job": job_name, "model_artifact": artifact.to_dict()},
-                 {"training.state": state, "training.active": False, "model_artifact": artifact.to_dict()})
+            problem = missing.message
+    elif state in FINISHED:
+        problem = job.error.message
+    outcome = finished(run, state, artifact, problem)
+    if outcome.emit is None and outcome.record:
+        ctx.ledger.record(run.run_id, fields=outcome.record)  # the state, read by the next tick's comparison
         return
-    error = job.error.message or f"job ended {state}"
-    _failed(ctx, run_id, model, job_name, state, error)
-
-
-def _failed(ctx: Context, run_id: str, model: str, job: str, state: str, error: str) -> None:
-    ctx.emit(run_id, events.TRAINING_FAILED, {"model": model, "job": job, "state": state, "error": error},
-             {"training.state": state, "training.active": False, "training.error": error},
-             error={"stage": ctx.settings.stage, "message": f"training job {job} ended {state}: {error}"})
+    if outcome.emit is not None:
+        ctx.conclude(run.run_id, outcome)
 
 
 def model_artifact(ctx: Context, run_id: str) -> Artifact:
     """The model file the trainer left in AIP_MODEL_DIR (``model.*``), with its streamed sha256."""
     prefix = GcsPath.parse(model_dir(ctx, run_id))
-    names = [b.name for b in list_objects(ctx.storage, prefix)]
+    path = GcsPath(prefix.bucket, the_model(prefix, [b.name for b in list_objects(ctx.storage, prefix)]))
+    return Artifact(uri=path.uri, sha256=digest(ctx.storage, path).sha256)
+
+
+def the_model(prefix: GcsPath, names: list[str]) -> str:
+    """The one ``model.*`` object under ``prefix``; PermanentError naming what was found otherwise."""
     models = [n for n in names if n[len(prefix.name):].startswith("model.")]
     if len(models) != 1:
         raise PermanentError(f"the trainer must leave exactly one model.* file in {prefix.uri}",
                              [f"found {', '.join(n[len(prefix.name):] for n in names) or 'nothing'}"])
-    path = GcsPath(prefix.bucket, models[0])
-    return Artifact(uri=path.uri, sha256=digest(ctx.storage, path).sha256)
+    return models[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cd4ml.gate import decide
+from cd4ml.evaluation_gate import decide
 from cd4ml.manifest import Evaluation
 
 RULE = Evaluation(metric="accuracy", threshold=0.9, max_regression=0.02)
