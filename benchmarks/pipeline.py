@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cd4ml_cli.models import read as read_manifest
 from local_emulator import stack as local
 from local_emulator.scheduler import scheduler_attributes
 
@@ -31,7 +32,6 @@ from cd4ml.bus import Bus
 from cd4ml.catalog import topic_id
 from cd4ml.events import RUN_REQUESTED, WATCH_TICKED, Event, format_time, now
 from cd4ml.manifest import Manifest
-from cd4ml.models import read as read_manifest
 from cd4ml.run import TERMINAL
 from cd4ml.settings import Settings
 

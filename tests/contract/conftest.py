@@ -71,10 +71,11 @@ class Contract:
 
 @pytest.fixture(scope="session")
 def contract(stack: Any) -> Iterator[Contract]:
+    from cd4ml_cli import models
     from google.cloud import pubsub_v1
     from local_emulator import stack as local
 
-    from cd4ml import clients, models
+    from cd4ml import clients
     from cd4ml.settings import Settings
 
     saved = dict(os.environ)

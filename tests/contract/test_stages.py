@@ -28,9 +28,8 @@ def event_body(event: Event, message_id: str = "") -> dict[str, Any]:
 
 
 def open_run(contract: Contract, run_id: str) -> None:
+    from cd4ml_cli import models
     from local_emulator.stack import REPO
-
-    from cd4ml import models
 
     manifest = models.read(REPO / "examples" / "digits")
     start = Event.new(events.RUN_REQUESTED, run_id, {"model": "digits"}, source="//test")

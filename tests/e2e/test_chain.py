@@ -26,7 +26,7 @@ def _types(run: dict[str, Any]) -> list[str]:
 
 def test_cli_run_wait_json_gives_a_complete_record(pipeline: Pipeline) -> None:
     env = {"PATH": "/usr/bin:/bin", **pipeline.env, "CD4ML_STATE_DIR": str(pipeline.stack.root)}
-    done = subprocess.run([sys.executable, "-m", "cd4ml.cli", "run", "digits", "--wait", "--json", "--timeout", "240"],
+    done = subprocess.run([sys.executable, "-m", "cd4ml_cli", "run", "digits", "--wait", "--json", "--timeout", "240"],
                           capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
     run = json.loads(done.stdout)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cd4ml_cli import models
 
-from cd4ml import events, models
+from cd4ml import events
 from cd4ml.errors import InvalidEvent, PermanentError
 from cd4ml.events import Event, PubSubMessage
 from cd4ml.payloads import Artifact, RunRequested

@@ -1,4 +1,4 @@
-"""The ``cd4ml`` command: run a model, follow or inspect runs, push models, drive the local stack."""
+"""The ``cd4ml`` command: run a model, follow or inspect runs, push models; plugins add more (``cd4ml local``)."""
 
 from __future__ import annotations
 
@@ -17,20 +17,35 @@ from cd4ml.events import RUN_REQUESTED, Event, now
 from cd4ml.run import TERMINAL
 from cd4ml.settings import Settings
 
+PLUGIN_GROUP = "cd4ml.cli"
 
-def _use_local_stack_if_unconfigured() -> None:
-    """Without CD4ML_PROJECT in the environment, talk to the local stack when one is running."""
+
+def _plugins() -> list[Any]:
+    """Modules registered under the ``cd4ml.cli`` entry point group: ``register(subparsers)``, ``environment()``."""
+    from importlib.metadata import entry_points
+
+    found = []
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            found.append(entry.load())
+        except ImportError:  # a plugin whose package is not installed here adds nothing
+            continue
+    return found
+
+
+def _use_plugin_environment_if_unconfigured() -> None:
+    """Without CD4ML_PROJECT in the environment, use the one a plugin offers (the running local stack)."""
     if os.environ.get("CD4ML_PROJECT"):
         return
-    from local_emulator.stack import Stack
-
-    stack = Stack.load()
-    if stack is not None and stack.running():
-        os.environ.update(stack.env)
+    for plugin in _plugins():
+        env = getattr(plugin, "environment", lambda: None)()
+        if env:
+            os.environ.update(env)
+            return
 
 
 def _settings() -> Settings:
-    _use_local_stack_if_unconfigured()
+    _use_plugin_environment_if_unconfigured()
     env = {**os.environ}
     if not env.get("CD4ML_PROJECT"):
         raise Cd4mlError("no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`")
@@ -65,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> int:
-    from cd4ml.timeline import event_line
+    from cd4ml_cli.timeline import event_line
 
     book = ledger.Ledger(clients.firestore_client(settings))
     out = sys.stderr if as_json else sys.stdout
@@ -97,7 +112,7 @@ def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> i
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cd4ml.timeline import render
+    from cd4ml_cli.timeline import render
 
     settings = _settings()
     book = ledger.Ledger(clients.firestore_client(settings))
@@ -157,7 +172,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_model_push(args: argparse.Namespace) -> int:
-    from cd4ml import models
+    from cd4ml_cli import models
 
     settings = _settings()
     pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket)
@@ -167,32 +182,10 @@ def cmd_model_push(args: argparse.Namespace) -> int:
 
 
 def cmd_model_check(args: argparse.Namespace) -> int:
-    from cd4ml import models
+    from cd4ml_cli import models
 
     manifest = models.read(Path(args.folder))
     print(f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone})")
-    return 0
-
-
-def cmd_local(args: argparse.Namespace) -> int:
-    from local_emulator import stack
-
-    if args.action == "up":
-        try:
-            stack.up(tick_seconds=args.tick_seconds, say=lambda m: print(m, file=sys.stderr))
-        except stack.AlreadyRunning as running:
-            print(f"cd4ml: {running}", file=sys.stderr)
-        return 0
-    if args.action == "down":
-        if not stack.down(say=lambda m: print(m, file=sys.stderr)):
-            print("the local stack is not running", file=sys.stderr)
-        return 0
-    current = stack.current()
-    if args.json:
-        print(json.dumps({k: v for k, v in current.endpoints.items() if k != "topology"}, indent=2))
-    else:
-        for key, value in sorted(current.env.items()):
-            print(f"export {key}={value}")
     return 0
 
 
@@ -224,11 +217,8 @@ def parser() -> argparse.ArgumentParser:
     check = model_sub.add_parser("check", help="validate the manifest only")
     check.add_argument("folder")
     check.set_defaults(func=cmd_model_check)
-    local = sub.add_parser("local", help="the local stack: up, env, down")
-    local.add_argument("action", choices=["up", "env", "down"])
-    local.add_argument("--json", action="store_true", help="env: endpoints as JSON")
-    local.add_argument("--tick-seconds", type=float, default=2.0, help="up: watch tick period (default 2)")
-    local.set_defaults(func=cmd_local)
+    for plugin in _plugins():
+        plugin.register(sub)
     return p
 
 
@@ -242,11 +232,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Cd4mlError as error:
         print(f"cd4ml: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
-    except RuntimeError as error:
-        if type(error).__name__ == "StackError":
-            print(f"cd4ml: {error}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":
