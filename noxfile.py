@@ -1,4 +1,4 @@
-"""Sessions: tests (the README's test command), demo, lint, terraform, bench.
+"""Sessions: tests (the README's test command), unit and contract (its fast tiers), demo, lint, terraform, bench.
 
 Every option is declared here once; Debian tools the local stack needs are installed when run as root
 (as CI does), otherwise the exact apt-get line is printed.
@@ -61,6 +61,22 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def unit(session: nox.Session) -> None:
+    """The fast tier: every stage's decisions, the ledger rules, the stand-ins' rules; no emulator, seconds."""
+    _install(session)
+    session.run("pytest", "tests/unit", "-m", "not emulator", "-q", *session.posargs)
+
+
+@nox.session
+def contract(session: nox.Session) -> None:
+    """Each handler through functions-framework against the emulators and stand-ins (no push chain), ~1.5 min."""
+    _debian(session)
+    _emulators(session)
+    _install(session)
+    session.run("pytest", "tests/contract", "-q", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """Start the local stack, run the example model live with its timeline, stop the stack."""
     _debian(session)
@@ -75,12 +91,17 @@ def demo(session: nox.Session) -> None:
         session.run("cd4ml", "local", "down", env=env)
 
 
+#: What lint checks: every Python file of the project.
+LINTED = ("functions", "cd4ml_cli", "local_emulator", "tests", "benchmarks", "noxfile.py")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy (strict) on functions/, local_emulator/ and tests/."""
+    """ruff format --check, ruff check and mypy (strict) on every Python package of the project."""
     _install(session)
-    session.run("ruff", "check", "functions", "local_emulator", "tests", "benchmarks", "noxfile.py")
-    session.run("mypy", "functions", "local_emulator", "tests", "benchmarks")
+    session.run("ruff", "format", "--check", *LINTED)
+    session.run("ruff", "check", *LINTED)
+    session.run("mypy", "functions", "cd4ml_cli", "local_emulator", "tests", "benchmarks")
 
 
 @nox.session

@@ -3,24 +3,24 @@
 # is written anywhere else; tests/terraform/test_iam.py holds that.
 
 locals {
-  pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-
   # Symbolic member (catalog.tf: iam_plan) -> IAM member
   iam_members = merge(
     { for s in keys(local.stages) : "function:${s}" => "serviceAccount:${google_service_account.function[s].email}" },
     { for s in keys(local.stages) : "invoker:${s}" => "serviceAccount:${google_service_account.invoker[s].email}" },
     {
-      pubsub_agent = local.pubsub_agent
+      pubsub_agent = google_project_service_identity.pubsub_agent.member
       training     = "serviceAccount:${google_service_account.training.email}"
       build        = "serviceAccount:${google_service_account.build.email}"
     },
   )
 
-  # Symbolic target -> the resource the binding is on, as its *_iam_member resource names it
+  # Symbolic target -> the resource the binding is on, as its *_iam_member resource names it. A subscription is
+  # named, not referenced: the subscriptions wait for the grants (pubsub.tf), so a reference here would be a
+  # cycle; google_pubsub_subscription_iam_member waits for them with depends_on instead.
   iam_targets = merge(
     { for t in local.event_types : "topic:${t}" => google_pubsub_topic.event[t].name },
     { for s in keys(local.stages) : "dead_letter_topic:${s}" => google_pubsub_topic.dead_letter[s].name },
-    { for s in keys(local.stages) : "subscription:${s}" => google_pubsub_subscription.stage[s].name },
+    { for s in keys(local.stages) : "subscription:${s}" => local.stage_subscriptions[s].name },
     { for s in keys(local.stages) : "run_service:${s}" => google_cloudfunctions2_function.stage[s].name },
     { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
     {
@@ -73,6 +73,8 @@ resource "google_pubsub_subscription_iam_member" "grant" {
   subscription = each.value.target
   role         = each.value.role
   member       = each.value.member
+
+  depends_on = [google_pubsub_subscription.stage]
 }
 
 resource "google_cloud_run_v2_service_iam_member" "grant" {

@@ -23,7 +23,3 @@ locals {
 
   labels = merge(var.labels, { app = "cd4ml" })
 }
-
-data "google_project" "this" {
-  project_id = var.project_id
-}

@@ -10,15 +10,29 @@ resource "google_pubsub_topic" "event" {
   labels  = local.labels
 }
 
-# Cloud Build publishes build status to `cloud-builds` and Artifact Registry publishes pushes to `gcr`, but
-# only if the topic exists, and neither service reliably creates it. Created here unless adopted (already there).
-resource "google_pubsub_topic" "foreign" {
-  #checkov:skip=CKV_GCP_83:Google's services publish here in their own format; Google-managed encryption at rest is the chosen default, CMEK would add a KMS key and service-agent grants.
-  for_each = setsubtract(local.foreign_topics, var.adopt_foreign_topics)
+# Google's own topics: Cloud Build publishes build status to `cloud-builds`, which the project must create
+# (https://cloud.google.com/build/docs/subscribe-build-notifications), and Artifact Registry publishes pushes to
+# `gcr`, which it creates itself when its API is enabled, or finds there already if Container Registry made it
+# (https://cloud.google.com/artifact-registry/docs/configure-notifications). Whether a topic exists therefore
+# depends on the project's history, so Terraform never creates nor destroys them: README step 1 makes sure
+# both exist (describe || create), and they are only read here. The plan stops before creating anything if
+# one is missing: since hashicorp/google 5.0 this data source fails with "projects/P/topics/T not found"
+# (data_source_pubsub_topic.go; GoogleCloudPlatform/magic-modules#8858), so no postcondition is needed.
+data "google_pubsub_topic" "foreign" {
+  for_each = local.foreign_topics
 
   project = var.project_id
   name    = each.key
-  labels  = local.labels
+}
+
+# Deployments made before the topics were read created some of them as google_pubsub_topic.foreign: forget
+# those without destroying them (Cloud Build and Artifact Registry keep publishing there). Terraform >= 1.7.
+removed {
+  from = google_pubsub_topic.foreign
+
+  lifecycle {
+    destroy = false
+  }
 }
 
 resource "google_pubsub_topic" "dead_letter" {
@@ -67,7 +81,21 @@ resource "google_pubsub_subscription" "stage" {
     ttl = ""
   }
 
-  depends_on = [google_pubsub_topic.event, google_pubsub_topic.foreign]
+  # A push before its function's grants exist burns delivery attempts on 403 (and dead-letters the message
+  # after max_delivery_attempts): the subscription is made after the push identity may invoke the function
+  # (run.invoker), the Pub/Sub agent may mint its token and forward to the dead-letter topic, and the function
+  # may do its work. Only the subscriber grant on the subscription itself must follow it (iam.tf).
+  depends_on = [
+    google_pubsub_topic.event,
+    data.google_pubsub_topic.foreign,
+    google_cloud_run_v2_service_iam_member.grant,
+    google_service_account_iam_member.grant,
+    google_pubsub_topic_iam_member.grant,
+    google_project_iam_member.grant,
+    google_storage_bucket_iam_member.grant,
+    google_secret_manager_secret_iam_member.grant,
+    google_artifact_registry_repository_iam_member.grant,
+  ]
 }
 
 resource "google_pubsub_subscription" "dead_letter_hold" {

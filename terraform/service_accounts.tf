@@ -1,5 +1,16 @@
 # Every identity cd4ml runs as; what each may do is in iam_bindings.yaml.
 
+# Google's Pub/Sub service agent (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) forwards dead
+# letters and signs pushes. On a new project it may not exist yet, and a grant to it then fails: this makes
+# it (services.generateServiceIdentity; a no-op where it exists) and gives its member, so every grant to it
+# follows. The resource is in google-beta only (hashicorp/google 8.7 has no google_project_service_identity).
+resource "google_project_service_identity" "pubsub_agent" {
+  provider = google-beta
+
+  project = var.project_id
+  service = "pubsub.googleapis.com"
+}
+
 resource "google_service_account" "function" {
   for_each = local.stage_slug
 

@@ -95,17 +95,6 @@ variable "max_instance_count" {
   default     = 20
 }
 
-variable "adopt_foreign_topics" {
-  type        = set(string)
-  description = "Google-owned topics (cloud-builds, gcr) that already exist in the project: subscribed to by name instead of created."
-  default     = []
-
-  validation {
-    condition     = alltrue([for t in var.adopt_foreign_topics : contains(keys(local.catalog.foreign_topics), t)])
-    error_message = "adopt_foreign_topics may only name foreign topics of the catalog (cloud-builds, gcr)."
-  }
-}
-
 variable "labels" {
   type        = map(string)
   description = "Labels added to every labelled resource."

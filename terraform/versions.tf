@@ -9,6 +9,12 @@ terraform {
       source  = "hashicorp/google"
       version = "~> 8.7"
     }
+    # For google_project_service_identity alone (not in hashicorp/google); checked against
+    # cdktn-provider-google-beta 21.1.0 (= google-beta 8.7.0). Move it with google.
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = "~> 8.7"
+    }
     archive = {
       source  = "hashicorp/archive"
       version = "~> 2.7"
@@ -17,6 +23,11 @@ terraform {
 }
 
 provider "google" {
+  project = var.project_id
+  region  = var.region
+}
+
+provider "google-beta" {
   project = var.project_id
   region  = var.region
 }

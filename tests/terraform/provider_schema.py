@@ -1,12 +1,14 @@
-"""The google provider's schema, read offline from the jsii assembly inside the PyPI wheel cdktn-provider-google.
+"""The schemas of the google and google-beta providers, read offline from the jsii assemblies inside the PyPI
+wheels cdktn-provider-google and cdktn-provider-google-beta.
 
 The provider itself cannot be downloaded here, so `terraform validate` cannot run. The cdktn bindings embed
 every resource's configuration as jsii structs: a property typed as another provider struct is a nested
 block, any other property is an argument, and a property without ``optional`` is required. The docs of
 each property link to the Terraform Registry anchor of its Terraform name (``...#retry_policy``).
 
-The wheel is downloaded once with pip and boiled down to a small JSON file in the cache directory
-(``$CD4ML_CACHE_DIR``, default ``~/.cache/cd4ml``); nothing of it is committed.
+Each wheel is downloaded once with pip and boiled down to a small JSON file in the cache directory
+(``$CD4ML_CACHE_DIR``, default ``~/.cache/cd4ml``); nothing of it is committed. Both wheels of one cdktn
+release embed the same provider version (21.1.0: hashicorp/google and hashicorp/google-beta 8.7.0).
 """
 
 from __future__ import annotations
@@ -26,18 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The pinned bindings; their README names the provider version they were generated from.
-PACKAGE = "cdktn-provider-google"
+#: The pinned bindings of each provider (its local name in versions.tf); their README names the provider
+#: version they were generated from.
+PACKAGES = {"google": "cdktn-provider-google", "google-beta": "cdktn-provider-google-beta"}
+PACKAGE = PACKAGES["google"]
 PACKAGE_VERSION = "21.1.0"
 #: Bumped when the layout of the boiled-down JSON changes.
 _FORMAT = 1
-
-_ASSEMBLY = "@cdktn/provider-google"
-_REPRESENTS = re.compile(
-    r"\{@link https://registry\.terraform\.io/providers/hashicorp/google/(?P<version>[^/]+)/docs"
-    r"(?:/(?P<kind>resources|data-sources|ephemeral-resources)/\S+)? (?P<name>[\w-]+)\}"
-)
-_ANCHOR = re.compile(r"\{@link https://registry\.terraform\.io/providers/hashicorp/google/[^\s#]+#(\w+) ")
 _KINDS = {"resources": "resource", "data-sources": "data", "ephemeral-resources": "ephemeral", None: "provider"}
 
 
@@ -88,12 +85,13 @@ def cache_dir() -> Path:
 
 
 @functools.cache
-def load(version: str = PACKAGE_VERSION) -> ProviderSchema:
-    """The schema of the pinned bindings, downloading and boiling down the wheel on first use."""
-    target = cache_dir() / "terraform" / f"google-schema-{PACKAGE}-{version}-f{_FORMAT}.json"
+def load(version: str = PACKAGE_VERSION, provider: str = "google") -> ProviderSchema:
+    """The schema of ``provider`` (google or google-beta) from the pinned bindings, fetched and boiled down on first use."""
+    package = PACKAGES[provider]
+    target = cache_dir() / "terraform" / f"google-schema-{package}-{version}-f{_FORMAT}.json"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        compact = _compact(_read_assembly(_wheel(version)))
+        compact = _compact(_read_assembly(_wheel(package, version)), provider, package)
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(compact, sort_keys=True))
         tmp.replace(target)
@@ -109,10 +107,10 @@ def load(version: str = PACKAGE_VERSION) -> ProviderSchema:
     )
 
 
-def _wheel(version: str) -> Path:
+def _wheel(package: str, version: str) -> Path:
     """The wheel in the cache, fetched with pip (the ordinary client) when absent."""
     wheels = cache_dir() / "wheels"
-    found = sorted(wheels.glob(f"{PACKAGE.replace('-', '_')}-{version}-*.whl"))
+    found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -126,13 +124,13 @@ def _wheel(version: str) -> Path:
                 "--only-binary=:all:",
                 "--dest",
                 str(wheels),
-                f"{PACKAGE}=={version}",
+                f"{package}=={version}",
             ],
             check=True,
         )
-        found = sorted(wheels.glob(f"{PACKAGE.replace('-', '_')}-{version}-*.whl"))
+        found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
     if not found:
-        raise FileNotFoundError(f"pip download left no wheel of {PACKAGE}=={version} in {wheels}")
+        raise FileNotFoundError(f"pip download left no wheel of {package}=={version} in {wheels}")
     return found[-1]
 
 
@@ -159,30 +157,37 @@ def _read_assembly(wheel: Path) -> dict[str, Any]:
     return assembly
 
 
-def _struct_refs(type_ref: Mapping[str, Any]) -> Iterator[str]:
+def _struct_refs(type_ref: Mapping[str, Any], assembly: str) -> Iterator[str]:
     """The provider structs a jsii type reference mentions (directly, in a union or a collection)."""
-    if "fqn" in type_ref and type_ref["fqn"].startswith(_ASSEMBLY + "."):
+    if "fqn" in type_ref and type_ref["fqn"].startswith(assembly + "."):
         yield type_ref["fqn"]
     for member in type_ref.get("union", {}).get("types", []):
-        yield from _struct_refs(member)
+        yield from _struct_refs(member, assembly)
     if "collection" in type_ref:
-        yield from _struct_refs(type_ref["collection"]["elementtype"])
+        yield from _struct_refs(type_ref["collection"]["elementtype"], assembly)
 
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
-def _compact(assembly: Mapping[str, Any]) -> dict[str, Any]:
+def _compact(assembly: Mapping[str, Any], provider: str, package: str) -> dict[str, Any]:
     """Keep what the check needs: Terraform names, required flags, and which properties are blocks."""
+    prefix = f"@cdktn/provider-{provider}"  # the jsii assembly of cdktn-provider-<provider>
+    registry = r"\{@link https://registry\.terraform\.io/providers/hashicorp/" + re.escape(provider)
+    represents = re.compile(
+        registry + r"/(?P<version>[^/]+)/docs"
+        r"(?:/(?P<kind>resources|data-sources|ephemeral-resources)/\S+)? (?P<name>[\w-]+)\}"
+    )
+    anchor_re = re.compile(registry + r"/[^\s#]+#(\w+) ")
     types: Mapping[str, Any] = assembly["types"]
-    structs = {fqn: t for fqn, t in types.items() if t.get("datatype") and fqn.startswith(_ASSEMBLY + ".")}
+    structs = {fqn: t for fqn, t in types.items() if t.get("datatype") and fqn.startswith(prefix + ".")}
     roots: dict[str, dict[str, str]] = {"resource": {}, "data": {}, "ephemeral": {}, "provider": {}}
     version = ""
     for t in types.values():
         if t.get("kind") != "class" or not str(t.get("base", "")).startswith("cdktn.Terraform"):
             continue
-        match = _REPRESENTS.search(t.get("docs", {}).get("summary", ""))
+        match = represents.search(t.get("docs", {}).get("summary", ""))
         params = t.get("initializer", {}).get("parameters", [])
         config = next((p["type"]["fqn"] for p in params if p["name"] == "config" and "fqn" in p["type"]), None)
         if match is None or config is None:
@@ -194,9 +199,9 @@ def _compact(assembly: Mapping[str, Any]) -> dict[str, Any]:
         fields: dict[str, dict[str, Any]] = {}
         for prop in t.get("properties", []):
             docs = prop.get("docs", {})
-            anchor = _ANCHOR.search(docs.get("remarks", "") + " " + docs.get("summary", ""))
+            anchor = anchor_re.search(docs.get("remarks", "") + " " + docs.get("summary", ""))
             name = anchor.group(1) if anchor else _snake(prop["name"])
-            refs = [r for r in _struct_refs(prop["type"]) if r in structs]
+            refs = [r for r in _struct_refs(prop["type"], prefix) if r in structs]
             field: dict[str, Any] = {"required": not prop.get("optional", False)}
             if refs:
                 field["block"] = refs[0]
@@ -204,15 +209,16 @@ def _compact(assembly: Mapping[str, Any]) -> dict[str, Any]:
         compact_structs[fqn] = fields
     return {
         "provider_version": version,
-        "package": f"{PACKAGE}=={assembly['version']}",
+        "package": f"{package}=={assembly['version']}",
         "roots": roots,
         "structs": compact_structs,
     }
 
 
 if __name__ == "__main__":
-    schema = load()
-    print(
-        f"{schema.package}: hashicorp/google {schema.provider_version}, "
-        f"{len(schema.roots['resource'])} resources, {len(schema.roots['data'])} data sources"
-    )
+    for name in PACKAGES:
+        schema = load(provider=name)
+        print(
+            f"{schema.package}: hashicorp/{name} {schema.provider_version}, "
+            f"{len(schema.roots['resource'])} resources, {len(schema.roots['data'])} data sources"
+        )

@@ -1,8 +1,12 @@
-"""Check every resource, data source and provider block of a root module against the google provider schema.
+"""Check every resource, data source and provider block of a root module against the google provider schemas.
 
-What `terraform validate` would say about argument names, if the provider could be downloaded: unknown
+What `terraform validate` would say about argument names, if the providers could be downloaded: unknown
 arguments or blocks, a nested block written as an argument (``retry_policy = {...}``) or the reverse, and
-missing required arguments or blocks. Values are not checked. Usage: ``python -m tests.terraform.schema_check DIR``.
+missing required arguments or blocks. A block with ``provider = google-beta`` (and ``provider "google-beta"``)
+is checked against the google-beta schema, every other one against google's: a beta-only resource without
+``provider = google-beta`` is an unknown type, as Terraform would find it. ``lifecycle`` (preconditions,
+postconditions) and ``removed`` blocks are checked against Terraform's own syntax, and a ``removed`` block may
+not name a resource still declared. Values are not checked. Usage: ``python -m tests.terraform.schema_check DIR``.
 """
 
 from __future__ import annotations
@@ -16,19 +20,51 @@ from pathlib import Path
 from typing import Any
 
 from . import hcl, provider_schema
-from .provider_schema import Block, ProviderSchema
+from .provider_schema import Block, Field, ProviderSchema
 
 #: Blocks of other providers, checked by nobody here: (kind, type) -> why that is acceptable.
 NOT_GOOGLE = {
     ("data", "archive_file"): "hashicorp/archive zips functions/ locally; it has three arguments and no API",
 }
-#: Meta-arguments Terraform itself accepts on every resource / data block (arguments, then blocks).
+#: Meta-arguments Terraform itself accepts on every resource / data block (arguments, then blocks not checked).
 _META_ARGUMENTS = {
-    "resource": ({"count", "for_each", "depends_on", "provider"}, {"lifecycle", "provisioner", "connection"}),
-    "data": ({"count", "for_each", "depends_on", "provider"}, {"lifecycle"}),
-    "ephemeral": ({"count", "for_each", "depends_on", "provider"}, {"lifecycle"}),
+    "resource": ({"count", "for_each", "depends_on", "provider"}, {"provisioner", "connection"}),
+    "data": ({"count", "for_each", "depends_on", "provider"}, set()),
+    "ephemeral": ({"count", "for_each", "depends_on", "provider"}, set()),
     "provider": ({"alias", "version"}, set()),
 }
+#: The providers whose schemas are checked, by their local names in versions.tf.
+PROVIDERS = tuple(provider_schema.PACKAGES)
+
+# Terraform's own blocks, as structs of the same shape as the providers' (developer.hashicorp.com/terraform/
+# language/meta-arguments/lifecycle, .../language/resources/syntax#removing-resources).
+_OWN = "terraform."
+_ARG, _REQUIRED_ARG = Field(required=False, block=None), Field(required=True, block=None)
+_CONDITION = Block({"condition": _REQUIRED_ARG, "error_message": _REQUIRED_ARG})
+_TERRAFORM_STRUCTS: dict[str, Block] = {
+    _OWN + "condition": _CONDITION,
+    _OWN + "lifecycle.resource": Block(
+        {
+            "create_before_destroy": _ARG,
+            "prevent_destroy": _ARG,
+            "ignore_changes": _ARG,
+            "replace_triggered_by": _ARG,
+            "precondition": Field(required=False, block=_OWN + "condition"),
+            "postcondition": Field(required=False, block=_OWN + "condition"),
+        }
+    ),
+    _OWN + "lifecycle.data": Block(
+        {
+            "precondition": Field(required=False, block=_OWN + "condition"),
+            "postcondition": Field(required=False, block=_OWN + "condition"),
+        }
+    ),
+    _OWN + "lifecycle.removed": Block({"destroy": _ARG}),
+    _OWN + "removed": Block(
+        {"from": _REQUIRED_ARG, "lifecycle": Field(required=False, block=_OWN + "lifecycle.removed")}
+    ),
+}
+_LIFECYCLE = {"resource": "lifecycle.resource", "data": "lifecycle.data", "ephemeral": "lifecycle.data"}
 
 
 @dataclass(frozen=True)
@@ -43,37 +79,101 @@ class Problem:
         return f"{self.where}: {self.path}: {self.message}" if self.path else f"{self.where}: {self.message}"
 
 
+def provider_of(block: hcl.TopBlock) -> str:
+    """The local name of the provider a block belongs to: its ``provider`` meta-argument, else its type's prefix."""
+    if block.kind == "provider":
+        return block.labels[0]
+    explicit = block.body.get("provider")
+    if isinstance(explicit, str):
+        return explicit.removeprefix("${").removesuffix("}").split(".")[0]
+    type_name = block.labels[0] if block.labels else ""
+    return type_name.split("_")[0]
+
+
+class _Schemas:
+    """The provider schemas by local name, each loaded when first needed, with Terraform's own blocks added."""
+
+    def __init__(self, given: ProviderSchema | None) -> None:
+        self._loaded: dict[str, ProviderSchema] = {}
+        if given is not None:
+            self._loaded["google"] = given
+
+    def get(self, provider: str) -> ProviderSchema | None:
+        if provider not in PROVIDERS:
+            return None
+        if provider not in self._loaded:
+            self._loaded[provider] = provider_schema.load(provider=provider)
+        schema = self._loaded[provider]
+        if _OWN + "condition" not in schema.structs:
+            schema = ProviderSchema(
+                schema.provider_version, schema.package, schema.roots, {**schema.structs, **_TERRAFORM_STRUCTS}
+            )
+            self._loaded[provider] = schema
+        return schema
+
+
 def check_module(directory: Path, schema: ProviderSchema | None = None) -> list[Problem]:
-    """Every problem in the ``*.tf`` files of ``directory``, all at once."""
-    schema = schema or provider_schema.load()
+    """Every problem in the ``*.tf`` files of ``directory``, all at once (``schema``: google's, if already loaded)."""
+    schemas = _Schemas(schema)
+    blocks = hcl.top_blocks(directory)
+    declared = {".".join(b.labels) for b in blocks if b.kind == "resource"}
     problems: list[Problem] = []
-    for block in hcl.top_blocks(directory):
+    for block in blocks:
+        if block.kind == "removed":
+            problems.extend(_check_removed(schemas, block, declared))
+            continue
         if block.kind not in _META_ARGUMENTS:
             continue
         type_name = block.labels[0] if block.labels else ""
         if (block.kind, type_name) in NOT_GOOGLE:
             continue
-        root = schema.root(block.kind, type_name)
+        provider = provider_of(block)
+        found = schemas.get(provider)
+        if found is None:
+            problems.append(
+                Problem(block.where(), "provider", f"unknown provider {provider!r}: not one of {PROVIDERS}")
+            )
+            continue
+        root = found.root(block.kind, type_name)
         if root is None:
             problems.append(
                 Problem(
                     block.where(),
                     "",
-                    f"unknown {block.kind} type {type_name!r} in hashicorp/google "
-                    f"{schema.provider_version} (non-google blocks need an entry in NOT_GOOGLE)",
+                    f"unknown {block.kind} type {type_name!r} in hashicorp/{provider} "
+                    f"{found.provider_version} (a beta-only type needs `provider = google-beta`; "
+                    "non-google blocks need an entry in NOT_GOOGLE)",
                 )
             )
             continue
+        if block.kind in _LIFECYCLE:
+            root = Block({**root.fields, "lifecycle": Field(required=False, block=_OWN + _LIFECYCLE[block.kind])})
         meta_args, meta_blocks = _META_ARGUMENTS[block.kind]
         problems.extend(
             Problem(block.where(), path, message)
-            for path, message in _check_body(schema, root, block.body, "", meta_args, meta_blocks)
+            for path, message in _check_body(found, root, block.body, "", meta_args, meta_blocks)
         )
     return problems
 
 
+def _check_removed(schemas: _Schemas, block: hcl.TopBlock, declared: set[str]) -> Iterator[Problem]:
+    """A ``removed`` block: Terraform's syntax, and its ``from`` no longer declared (Terraform refuses both)."""
+    own = schemas.get("google")
+    assert own is not None
+    spec = own.structs[_OWN + "removed"]
+    for path, message in _check_body(own, spec, block.body, "", frozenset(), {"provisioner", "connection"}):
+        yield Problem(block.where(), path, message)
+    target = str(block.body.get("from", "")).removeprefix("${").removesuffix("}")
+    if target in declared:
+        yield Problem(block.where(), "from", f"{target} is still declared: remove its resource block, or this block")
+
+
 _REFERENCE = re.compile(r"(?<![\w.])(local|var|data\.[a-z0-9_]+|google_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
 _COMMENT = re.compile(r"^\s*(#|//).*$", re.MULTILINE)
+
+
+#: `removed` and `moved` blocks name resources that are, by design, no longer (or not yet) declared.
+_ADDRESS_BLOCKS = re.compile(r"^(removed|moved)\s*\{.*?^\}", re.MULTILINE | re.DOTALL)
 
 
 def check_references(directory: Path) -> list[Problem]:
@@ -91,6 +191,7 @@ def check_references(directory: Path) -> list[Problem]:
     problems = []
     for path in sorted(directory.glob("*.tf")):
         text = _COMMENT.sub("", path.read_text())
+        text = _ADDRESS_BLOCKS.sub(lambda m: "\n" * m[0].count("\n"), text)
         for match in _REFERENCE.finditer(text):
             if (match[1], match[2]) not in declared:
                 line = text.count("\n", 0, match.start()) + 1
@@ -166,10 +267,11 @@ def main(argv: list[str]) -> int:
     problems = check_module(directory, schema) + check_references(directory)
     for problem in problems:
         print(problem)
-    checked = sum(1 for b in hcl.top_blocks(directory) if b.kind in _META_ARGUMENTS)
+    blocks = [b for b in hcl.top_blocks(directory) if b.kind in _META_ARGUMENTS or b.kind == "removed"]
+    beta = sum(1 for b in blocks if b.kind != "removed" and provider_of(b) == "google-beta")
     print(
-        f"{checked} blocks checked against hashicorp/google {schema.provider_version} "
-        f"({schema.package}): {len(problems)} problems"
+        f"{len(blocks)} blocks checked against hashicorp/google {schema.provider_version} ({schema.package}), "
+        f"{beta} of them (provider = google-beta) against hashicorp/google-beta: {len(problems)} problems"
     )
     return 1 if problems else 0
 

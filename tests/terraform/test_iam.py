@@ -230,11 +230,43 @@ def test_only_the_submitters_may_act_as_the_job_accounts(grants: list[dict[str, 
     }
 
 
+#: Object roles that write: objectCreator creates only; objectUser also overwrites and deletes.
+WRITE_ROLES = {"roles/storage.objectCreator", "roles/storage.objectUser"}
+
+
 def test_bucket_writes_are_narrowed_to_prefixes(grants: list[dict[str, Any]], tf_locals: dict[str, Any]) -> None:
     for g in grants:
         if g["kind"] != "bucket" or g["role"] == "roles/storage.objectViewer":
             continue
-        assert g["role"] == "roles/storage.objectUser", f"{g['key']}: only object roles on buckets"
+        assert g["role"] in WRITE_ROLES, f"{g['key']}: only object roles on buckets"
         bucket = tf_locals["bucket_names"][g["target"]]
         assert g["condition"], f"{g['key']}: a bucket-wide write"
         assert f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/' in g["condition"]["expression"]
+
+
+def test_the_trainer_may_create_models_but_not_replace_or_delete_any(grants: list[dict[str, Any]]) -> None:
+    """Every training job runs as one account, so a job's rights under runs/ reach every run's model: create only.
+
+    Replacing an existing object needs storage.objects.delete besides storage.objects.create
+    (https://cloud.google.com/storage/docs/access-control/iam-permissions), and roles/storage.objectCreator holds
+    storage.objects.create without delete (https://cloud.google.com/storage/docs/access-control/iam-roles). The
+    digits trainer (examples/digits/trainer/task.py) writes model.joblib and metrics.json once each.
+    """
+    writes = {
+        (g["role"], g["target"], g["condition"]["title"] if g["condition"] else None)
+        for g in grants
+        if g["member"] == "training" and g["role"] != "roles/storage.objectViewer"
+    }
+    assert writes == {("roles/storage.objectCreator", "bucket:artifact", "only runs/")}
+
+
+def test_the_pubsub_agent_is_made_before_anything_is_granted_to_it(module: Path) -> None:
+    """On a new project the Pub/Sub service agent may not exist yet: google_project_service_identity (google-beta
+    only) makes it, and every grant takes the agent's member from it, so Terraform orders the grants after it."""
+    resources = {b.address: b for b in hcl.top_blocks(module) if b.kind == "resource"}
+    identity = resources.get("google_project_service_identity.pubsub_agent")
+    assert identity is not None, "terraform/ makes no google_project_service_identity for the Pub/Sub agent"
+    assert identity.body["service"] == "pubsub.googleapis.com"
+    assert str(identity.body.get("provider")).removeprefix("${").removesuffix("}") == "google-beta"
+    members = hcl.locals_map(module)["iam_members"]
+    assert "pubsub_agent = google_project_service_identity.pubsub_agent.member" in " ".join(str(members).split())

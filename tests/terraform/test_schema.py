@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
 
 from . import hcl, provider_schema
-from .schema_check import NOT_GOOGLE, Problem, check_module, check_references
+from .schema_check import NOT_GOOGLE, Problem, check_module, check_references, provider_of
 
 
 @pytest.fixture(scope="module")
@@ -57,27 +57,88 @@ def test_an_undeclared_reference_is_caught(copy: Path) -> None:
     assert "pubsub.tf:" in message and "reference to undeclared local.stage_subscription" in message
 
 
-def test_the_module_uses_the_provider_version_it_is_checked_against(
-    module: Path, schema: provider_schema.ProviderSchema
-) -> None:
-    versions = hcl.parse(module / "versions.tf")["terraform"][0]["required_providers"][0]["google"]
+@pytest.mark.parametrize("provider", sorted(provider_schema.PACKAGES))
+def test_the_module_uses_the_provider_version_it_is_checked_against(module: Path, provider: str) -> None:
+    schema = provider_schema.load(provider=provider)
+    versions = hcl.parse(module / "versions.tf")["terraform"][0]["required_providers"][0][provider]
+    assert versions["source"] == f"hashicorp/{provider}"
     constraint = versions["version"]
     match = re.fullmatch(r"~>\s*(\d+)\.(\d+)", constraint)
-    assert match, f"pin the google provider as ~> MAJOR.MINOR, not {constraint!r}"
+    assert match, f"pin the {provider} provider as ~> MAJOR.MINOR, not {constraint!r}"
     major, minor = (int(x) for x in schema.provider_version.split(".")[:2])
     assert (major, minor) >= (int(match[1]), int(match[2])) and major == int(match[1]), (
-        f"versions.tf allows google {constraint} but the schema checked is {schema.provider_version} "
+        f"versions.tf allows {provider} {constraint} but the schema checked is {schema.provider_version} "
         f"({schema.package}): move them together"
     )
 
 
-def test_only_allowlisted_blocks_of_other_providers(module: Path, schema: provider_schema.ProviderSchema) -> None:
+def test_only_allowlisted_blocks_of_other_providers(module: Path) -> None:
+    blocks = [b for b in hcl.top_blocks(module) if b.kind in ("resource", "data")]
+    assert {provider_of(b) for b in blocks if (b.kind, b.labels[0]) not in NOT_GOOGLE} <= set(provider_schema.PACKAGES)
     foreign = {
         (b.kind, b.labels[0])
-        for b in hcl.top_blocks(module)
-        if b.kind in ("resource", "data") and schema.root(b.kind, b.labels[0]) is None
+        for b in blocks
+        if provider_of(b) not in provider_schema.PACKAGES
+        or provider_schema.load(provider=provider_of(b)).root(b.kind, b.labels[0]) is None
     }
     assert foreign <= set(NOT_GOOGLE)
+
+
+def test_google_beta_is_used_only_where_google_lacks_the_type(
+    module: Path, schema: provider_schema.ProviderSchema
+) -> None:
+    """The beta provider's resources may change without notice: each block on it must be one GA cannot make."""
+    beta = [b for b in hcl.top_blocks(module) if b.kind in ("resource", "data") and provider_of(b) == "google-beta"]
+    assert beta, "google_project_service_identity (the Pub/Sub agent) is made with google-beta"
+    assert [b.where() for b in beta if schema.root(b.kind, b.labels[0]) is not None] == []
+
+
+def test_a_beta_only_type_without_the_beta_provider_is_caught(
+    copy: Path, schema: provider_schema.ProviderSchema
+) -> None:
+    """hashicorp/google 8.7 has no google_project_service_identity: Terraform would refuse the block."""
+    _plant(copy, "service_accounts.tf", "  provider = google-beta\n", "")
+    message = _only(check_module(copy, schema))
+    assert "service_accounts.tf:" in message
+    assert "unknown resource type 'google_project_service_identity' in hashicorp/google 8.7.0" in message
+
+
+def test_a_typo_in_a_beta_block_is_caught_against_the_beta_schema(
+    copy: Path, schema: provider_schema.ProviderSchema
+) -> None:
+    _plant(copy, "service_accounts.tf", '  service = "pubsub.googleapis.com"', '  servce = "pubsub.googleapis.com"')
+    messages = [str(p) for p in check_module(copy, schema)]
+    assert len(messages) == 2, messages
+    assert "google_project_service_identity pubsub_agent: servce: unknown argument 'servce'" in messages[0]
+    assert "missing required argument 'service'" in messages[1]
+
+
+def test_a_removed_block_naming_a_declared_resource_is_caught(
+    copy: Path, schema: provider_schema.ProviderSchema
+) -> None:
+    """Terraform refuses a `removed` block whose resource is still declared ("Removed resource block still exists")."""
+    _plant(copy, "pubsub.tf", "from = google_pubsub_topic.foreign", "from = google_pubsub_topic.event")
+    message = _only(check_module(copy, schema))
+    assert "pubsub.tf:" in message and "removed: from: google_pubsub_topic.event is still declared" in message
+
+
+def test_a_typo_in_a_removed_block_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "pubsub.tf", "    destroy = false", "    destory = false")
+    message = _only(check_module(copy, schema))
+    assert "removed: lifecycle.destory: unknown argument 'destory' (did you mean 'destroy'?)" in message
+
+
+def test_a_typo_in_a_lifecycle_condition_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
+    _plant(copy, "scheduler.tf", "      error_message =", "      error_mesage  =")
+    messages = [str(p) for p in check_module(copy, schema)]
+    assert len(messages) == 2, messages
+    assert "google_cloud_scheduler_job job: lifecycle.precondition.error_mesage: unknown argument" in messages[0]
+    assert "lifecycle.precondition.error_message: missing required argument 'error_message'" in messages[1]
+
+
+def test_a_removed_resource_is_not_an_undeclared_reference(module: Path) -> None:
+    assert any(b.kind == "removed" for b in hcl.top_blocks(module))
+    assert check_references(module) == []
 
 
 def test_a_planted_typo_is_caught_with_file_resource_and_name(

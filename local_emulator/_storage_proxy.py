@@ -1,0 +1,161 @@
+"""An HTTP proxy in front of the GCS emulator for one identity: each request authorized, then streamed through.
+
+What a request needs is decided by ``_storage_access.required``; a refusal is GCS's 403 JSON error, which
+google-cloud-storage raises as ``google.api_core.exceptions.Forbidden``. A resumable upload is authorized when
+its session starts (as GCS does) and its Location is rewritten to this proxy, so the data goes through it too.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
+
+from local_emulator._storage_access import Access, Need, denial, required
+from local_emulator.iam_policy import ADMIN, Policy
+
+CHUNK = 1024 * 1024
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+class StorageProxy(ThreadingHTTPServer):
+    """One listening port for one identity."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], upstream: str, identity: str, policy: Policy) -> None:
+        super().__init__(address, _Handler)
+        parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.identity = identity
+        self.policy = policy
+        self.sessions: set[str] = set()  # resumable upload ids this identity was allowed to start
+        self.lock = threading.Lock()
+
+    def refusal(self, access: Access) -> Need | str | None:
+        """The first need the policy does not grant (or why the request cannot be judged), or None."""
+        if self.identity == ADMIN:
+            return None
+        if access.unsupported:
+            return access.unsupported
+        if access.resumable_session is not None:
+            with self.lock:
+                known = access.resumable_session in self.sessions
+            return None if known else "a resumable upload this identity did not start"
+        for need in access.needs:
+            if not self._allows(need):
+                return need
+            if need.overwrite_check and not self._allows(Need("storage.objects.delete", need.bucket, need.name)) \
+                    and self._exists(need.bucket, str(need.name)):
+                return Need("storage.objects.delete", need.bucket, need.name)
+        return None
+
+    def _allows(self, need: Need) -> bool:
+        return self.policy.allows_object(self.identity, need.permission, need.bucket, name=need.name,
+                                         list_prefix=need.list_prefix)
+
+    def _exists(self, bucket: str, name: str) -> bool:
+        connection = http.client.HTTPConnection(*self.upstream, timeout=30)
+        try:
+            connection.request("GET", f"/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}")
+            response = connection.getresponse()
+            response.read()
+            return response.status == 200
+        finally:
+            connection.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: StorageProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._proxy()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
+
+    def _proxy(self) -> None:
+        body = self._body()
+        path, _, query = self.path.partition("?")
+        method = self.headers.get("X-HTTP-Method-Override", self.command).upper()
+        access = required(method, path, query, body, self.headers.get("Content-Type", ""))
+        refusal = self.server.refusal(access)
+        if refusal is not None:
+            self._deny(refusal)
+            return
+        connection = http.client.HTTPConnection(*self.server.upstream, timeout=300)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "host"}
+            headers["Host"] = "{}:{}".format(*self.server.upstream)
+            connection.request(self.command, self.path, body=body if body or self.command != "GET" else None,
+                               headers=headers)
+            response = connection.getresponse()
+            self._relay(response)
+        finally:
+            connection.close()
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _relay(self, response: http.client.HTTPResponse) -> None:
+        self.send_response(response.status, response.reason)
+        host, port = self.server.server_address[:2]
+        proxy = f"http://{host!s}:{port}"
+        upstream = "http://{}:{}".format(*self.server.upstream)
+        length = response.getheader("Content-Length")
+        for key, value in response.getheaders():
+            if key.lower() in _HOP_BY_HOP or key.lower() == "content-length":
+                continue
+            if key.lower() == "location":
+                value = value.replace(upstream, proxy)
+                self._remember_session(value)
+            self.send_header(key, value)
+        if self.command == "HEAD" or response.status in (204, 304):
+            self.send_header("Content-Length", length or "0")
+            self.end_headers()
+            return
+        if length is not None:
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            while chunk := response.read(CHUNK):
+                self.wfile.write(chunk)
+            return
+        data = response.read()
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _remember_session(self, location: str) -> None:
+        for value in parse_qs(location.partition("?")[2]).get("upload_id", []):
+            with self.server.lock:
+                self.server.sessions.add(value)
+
+    def _deny(self, refusal: Need | str) -> None:
+        principal = self.server.policy.principal(self.server.identity)
+        if isinstance(refusal, Need):
+            body = denial(principal, refusal)
+        else:
+            message = f"{principal}: the local IAM proxy does not authorize {refusal}; GCS would check each permission."
+            body = {"error": {"code": 403, "message": message,
+                              "errors": [{"message": message, "domain": "global", "reason": "forbidden"}]}}
+        data = json.dumps(body).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -1,0 +1,155 @@
+"""Who may do what locally: terraform/iam_bindings.yaml expanded over the catalog exactly as catalog.tf does.
+
+The local stack's authorizing proxies (``local_emulator.iam_proxy``) ask this policy before forwarding a call to
+the Pub/Sub or GCS emulator, so a grant Terraform does not make is refused locally too. The expansion mirrors
+``local.iam_plan`` in terraform/catalog.tf (stages ``["*"]`` = every stage, ``emits_topics`` = one topic per
+emitted type, ``prefixes`` = the IAM condition on object names and list prefixes); tests/unit/test_local_iam.py
+compares the two views rule by rule.
+
+Identities: ``function:STAGE`` (each function's service account), ``training`` (Vertex AI jobs), ``build``
+(Cloud Build builds) and ``admin`` (the CLI, ``cd4ml local up``, tests: unrestricted, as the project owner is).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cd4ml import catalog as cd4ml_catalog
+from cd4ml.catalog import Catalog
+
+BINDINGS_FILE = Path(__file__).resolve().parent.parent / "terraform" / "iam_bindings.yaml"
+ADMIN = "admin"
+
+#: The permissions of the predefined roles the bindings use, as far as the emulators expose them.
+#: Sources: https://cloud.google.com/pubsub/docs/access-control#roles and
+#: https://cloud.google.com/storage/docs/access-control/iam-roles (objectViewer holds no storage.buckets.*).
+ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
+    "roles/pubsub.publisher": frozenset({"pubsub.topics.publish"}),
+    "roles/pubsub.editor": frozenset({"pubsub.topics.publish", "pubsub.topics.get", "pubsub.topics.attachSubscription",
+                                      "pubsub.subscriptions.consume", "pubsub.subscriptions.get"}),
+    "roles/pubsub.admin": frozenset({"pubsub.topics.publish", "pubsub.topics.get", "pubsub.topics.attachSubscription",
+                                     "pubsub.subscriptions.consume", "pubsub.subscriptions.get"}),
+    "roles/storage.objectViewer": frozenset({"storage.objects.get", "storage.objects.list"}),
+    "roles/storage.objectCreator": frozenset({"storage.objects.create"}),
+    "roles/storage.objectUser": frozenset({"storage.objects.get", "storage.objects.list", "storage.objects.create",
+                                           "storage.objects.delete", "storage.objects.update",
+                                           "storage.objects.restore"}),
+    "roles/storage.objectAdmin": frozenset({"storage.objects.get", "storage.objects.list", "storage.objects.create",
+                                            "storage.objects.delete", "storage.objects.update",
+                                            "storage.objects.restore", "storage.objects.getIamPolicy",
+                                            "storage.objects.setIamPolicy"}),
+}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One expanded binding on a topic or a bucket (other kinds are not enforced locally)."""
+
+    rule: str
+    identity: str
+    role: str
+    kind: str  # "topic" | "bucket"
+    target: str  # topic id | bucket name
+    prefixes: tuple[str, ...] = ()
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        return ROLE_PERMISSIONS.get(self.role, frozenset())
+
+    def condition_holds(self, object_name: str | None, list_prefix: str | None) -> bool:
+        """catalog.tf's condition: resource.name.startsWith(".../objects/P") || objectListPrefix.startsWith(P)."""
+        if not self.prefixes:
+            return True
+        for prefix in self.prefixes:
+            if object_name is not None and object_name.startswith(prefix):
+                return True
+            if (list_prefix if list_prefix is not None else "").startswith(prefix):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every grant on topics and buckets, by identity, and the project's service account emails."""
+
+    project: str
+    grants: tuple[Grant, ...]
+
+    def identities(self) -> list[str]:
+        """Every identity that holds a grant, plus the unrestricted admin."""
+        return sorted({g.identity for g in self.grants} | {ADMIN})
+
+    def principal(self, identity: str) -> str:
+        """The service account email of an identity, as terraform/service_accounts.tf names it."""
+        if identity.startswith("function:"):
+            account = "cd4ml-" + identity.removeprefix("function:").replace("_", "-")
+        elif identity in ("training", "build"):
+            account = f"cd4ml-{identity}"
+        else:
+            return f"{identity}@{self.project}.iam.gserviceaccount.com"
+        return f"{account}@{self.project}.iam.gserviceaccount.com"
+
+    def topics(self, identity: str, permission: str = "pubsub.topics.publish") -> set[str]:
+        return {g.target for g in self.grants
+                if g.identity == identity and g.kind == "topic" and permission in g.permissions}
+
+    def allows_topic(self, identity: str, permission: str, topic: str) -> bool:
+        return identity == ADMIN or topic in self.topics(identity, permission)
+
+    def allows_object(self, identity: str, permission: str, bucket: str, *, name: str | None = None,
+                      list_prefix: str | None = None) -> bool:
+        """``permission`` on object ``name`` (or, for storage.objects.list, a listing of ``list_prefix``)."""
+        if identity == ADMIN:
+            return True
+        return any(g.identity == identity and g.kind == "bucket" and g.target == bucket
+                   and permission in g.permissions and g.condition_holds(name, list_prefix)
+                   for g in self.grants)
+
+
+def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mapping[str, str],
+           project: str) -> Policy:
+    """The grants of iam_bindings.yaml's ``rules``, expanded like catalog.tf's ``iam_plan``."""
+    stage_names = [s.name for s in cat.stages]
+    grants: list[Grant] = []
+    for name, rule in rules.items():
+        listed = rule.get("stages") or [""]
+        for stage in stage_names if "*" in listed else listed:
+            identity = _identity(str(rule["member"]), stage)
+            if identity is None:
+                continue  # the invoker and Pub/Sub's service agent act inside the emulator, not through a proxy
+            for kind, target in _targets(str(rule["scope"]), stage, cat, buckets):
+                grants.append(Grant(rule=name, identity=identity, role=str(rule["role"]), kind=kind, target=target,
+                                    prefixes=tuple(rule.get("prefixes") or ())))
+    return Policy(project=project, grants=tuple(grants))
+
+
+def _identity(member: str, stage: str) -> str | None:
+    if member == "function":
+        return f"function:{stage}"
+    if member in ("training", "build"):
+        return member
+    return None
+
+
+def _targets(scope: str, stage: str, cat: Catalog, buckets: Mapping[str, str]) -> Iterable[tuple[str, str]]:
+    if scope == "emits_topics":
+        return [("topic", cd4ml_catalog.topic_id(t)) for t in cat.stage(stage).emits]
+    if scope == "dead_letter_topic":
+        return [("topic", cd4ml_catalog.dead_letter_topic(stage))]
+    if scope in buckets:
+        return [("bucket", buckets[scope])]
+    return []  # project, secrets, services, repositories: not behind a local proxy
+
+
+@functools.cache
+def load(project: str, data_bucket: str, artifact_bucket: str, bindings: Path = BINDINGS_FILE) -> Policy:
+    """The policy of a deployment with these buckets, from iam_bindings.yaml and the catalog."""
+    raw = yaml.safe_load(bindings.read_text())
+    return expand(raw["bindings"], cd4ml_catalog.load(),
+                  {"bucket:data": data_bucket, "bucket:artifact": artifact_bucket}, project)
