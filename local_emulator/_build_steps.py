@@ -9,7 +9,9 @@ from dataclasses import dataclass
 #: Builder images whose `build`, `tag` and `push` commands the local Cloud Build runs with buildah/skopeo.
 DOCKER_BUILDERS = frozenset({"gcr.io/cloud-builders/docker", "docker", "docker.io/library/docker"})
 
-_VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+# A template parameter as Cloud Build finds it: `$$` (an escaped `$`), `${KEY}` or `$KEY`, KEY upper case only
+# (GoogleCloudPlatform/cloud-build-local subst/subst.go, FindTemplateParameters; `$foo` stays literal).
+_PARAMETER = re.compile(r"\$(?:(\$)|\{([A-Z_][A-Z0-9_]*)\}|([A-Z_][A-Z0-9_]*))")
 
 # docker build flags: passed on to buildah bud, or accepted and ignored (no cache, never pull, one platform).
 _PASSED_WITH_VALUE = {
@@ -28,16 +30,24 @@ class StepError(ValueError):
     """A build step the local Cloud Build cannot run; the message becomes the build's failure detail."""
 
 
+def parameters(text: str) -> list[str]:
+    """The substitution keys a template string uses, in order (`$$` escapes are not keys)."""
+    return [match.group(2) or match.group(3) for match in _PARAMETER.finditer(text) if not match.group(1)]
+
+
 def substitute(text: str, values: Mapping[str, str]) -> str:
-    """Apply Cloud Build substitutions ($NAME, ${NAME}, $$ for a literal $); unknown names are left as written."""
+    """Apply substitutions as Cloud Build does: `$$` → `$`, `$KEY`/`${KEY}` → its value, or "" when undefined.
+
+    An undefined key becomes the empty string (subst.go, SubstituteBuildFields; the docs: "occurrences of the
+    missing variable are replaced with an empty string"); validation refuses such keys first unless ALLOW_LOOSE.
+    """
 
     def _one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
+        if match.group(1):
             return "$"
-        name = match.group(1) or match.group(2)
-        return values.get(name, match.group(0))
+        return values.get(match.group(2) or match.group(3), "")
 
-    return _VARIABLE.sub(_one, text)
+    return _PARAMETER.sub(_one, text)
 
 
 def builder_name(step_name: str) -> str:

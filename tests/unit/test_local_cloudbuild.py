@@ -1,6 +1,9 @@
 """The local Cloud Build, driven through the unchanged `cloudbuild_v1.CloudBuildClient` over gRPC.
 
-Unmarked tests cover the pure parts (docker arguments, substitutions, ListBuilds filters). Tests marked
+Unmarked tests cover the pure parts (docker arguments, substitutions, ListBuilds filters) and CreateBuild's
+validation through an in-process gRPC server (nothing is built). Each validation rule names its source: Google's
+own validator, open-sourced as GoogleCloudPlatform/cloud-build-local (`validate/validate.go`), the proto
+(google/devtools/cloudbuild/v1/cloudbuild.proto) or the documentation page. Tests marked
 `emulator` start the Pub/Sub and GCS emulators, the local registry and the local Cloud Build (which makes
 its Debian base image on first use, ~10 s, cached in ~/.cache/cd4ml/baseimage) and really build and push.
 """
@@ -17,10 +20,13 @@ import tarfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -28,7 +34,9 @@ from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import CloudBuildGrpcTransport
 from local_emulator import processes
-from local_emulator._build_buildah import qualified
+from local_emulator._build_buildah import ImageStorage, qualified
+from local_emulator._build_runner import BuildRunner, missing_images
+from local_emulator._build_service import CloudBuildService, build_id_of_operation, operation_name
 from local_emulator._build_steps import (
     DockerBuild,
     DockerPush,
@@ -38,7 +46,11 @@ from local_emulator._build_steps import (
     parse_filter,
     substitute,
 )
-from local_emulator.cloudbuild import build_id_of_operation, invalid_build, operation_name
+from local_emulator._build_store import BuildStore
+from local_emulator._service import ChildGroups
+
+from cd4ml.gcs import GcsPath
+from cd4ml.stages import delivery
 
 PROJECT = "cloudbuild-test"
 DOCKER = "gcr.io/cloud-builders/docker"
@@ -83,8 +95,9 @@ def test_tag_and_push_steps_and_what_is_refused() -> None:
 
 
 def test_substitutions_follow_cloud_build_syntax() -> None:
+    """subst.go: `$$` is a literal `$`, keys are upper case, an undefined key becomes ""."""
     values = {"PROJECT_ID": "p", "_RUN": "r1"}
-    assert substitute("reg/$PROJECT_ID/m:${_RUN}-$$HOME-$UNKNOWN", values) == "reg/p/m:r1-$HOME-$UNKNOWN"
+    assert substitute("reg/$PROJECT_ID/m:${_RUN}-$$HOME-$UNKNOWN-$lower", values) == "reg/p/m:r1-$HOME--$lower"
 
 
 def test_list_filter_subset() -> None:
@@ -97,22 +110,247 @@ def test_list_filter_subset() -> None:
         parse_filter("create_time>2020")
 
 
-def test_requests_the_real_api_refuses_are_refused() -> None:
-    build = cloudbuild_v1.Build(
-        steps=[cloudbuild_v1.BuildStep(name=DOCKER, args=["build", "."])],
-        tags=["run-digits-20260101T0000", "model:digits"],
-        substitutions={"_RUN_ID": "r", "run": "r"},
-    )
-    problems = invalid_build(build)
-    assert len(problems) == 2 and "model:digits" in problems[0] and "'run'" in problems[1]
-    assert invalid_build(cloudbuild_v1.Build()) == ["build must have at least one step"]
-
-
 def test_operation_names_round_trip_and_names_qualify() -> None:
     assert build_id_of_operation(operation_name("p", "1234-abcd")) == "1234-abcd"
     assert build_id_of_operation("operations/other") is None
     assert qualified("python:3.11-slim") == "docker.io/library/python:3.11-slim"
     assert qualified("127.0.0.1:5000/cd4ml/digits") == "127.0.0.1:5000/cd4ml/digits:latest"
+
+
+# --- CreateBuild validation, through the unchanged client and an in-process server (nothing is built) ----------
+
+IMAGE = "europe-docker.pkg.dev/p/cd4ml/digits:digits-20260101t000000z"
+Options = cloudbuild_v1.BuildOptions
+
+
+class _Queue(futures.ThreadPoolExecutor):
+    """Records the builds CreateBuild accepts instead of running them."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.accepted: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        self.accepted.append(str(args[0]))
+        done: futures.Future[Any] = futures.Future()
+        done.set_result(None)
+        return done
+
+
+@dataclass
+class Validating:
+    client: cloudbuild_v1.CloudBuildClient
+    queue: _Queue
+
+    def refusal(self, build: cloudbuild_v1.Build) -> str:
+        """The INVALID_ARGUMENT message CreateBuild answers; fails if the build was accepted."""
+        before = len(self.queue.accepted)
+        with pytest.raises(gexc.InvalidArgument) as refused:
+            self.client.create_build(project_id=PROJECT, build=build)
+        assert len(self.queue.accepted) == before, "a refused build must not be queued"
+        return str(refused.value.message)
+
+    def accepted(self, build: cloudbuild_v1.Build) -> cloudbuild_v1.Build:
+        """The build as stored by an accepted CreateBuild (read back with GetBuild)."""
+        operation = self.client.create_build(project_id=PROJECT, build=build)
+        assert operation.metadata.build.id == self.queue.accepted[-1]
+        return self.client.get_build(project_id=PROJECT, id=operation.metadata.build.id)
+
+
+@pytest.fixture(scope="module")
+def validating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Validating]:
+    tmp = tmp_path_factory.mktemp("validation")
+    store = BuildStore(tmp / "builds")
+    runner = BuildRunner(tmp, store, ImageStorage.under(tmp), ChildGroups(), notify=lambda _build: None)
+    queue = _Queue()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(CloudBuildService(store, runner, queue, lambda _build: None).handlers())
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Validating(cloudbuild_v1.CloudBuildClient(transport=CloudBuildGrpcTransport(channel=channel)), queue)
+    finally:
+        channel.close()
+        server.stop(None)
+        queue.shutdown()
+
+
+def _valid(**fields: Any) -> cloudbuild_v1.Build:
+    """A build Cloud Build accepts: one docker build step, its image pushed; fields override."""
+    build = cloudbuild_v1.Build(
+        source=cloudbuild_v1.Source(storage_source=cloudbuild_v1.StorageSource(bucket="b", object_="c.tar.gz")),
+        steps=[cloudbuild_v1.BuildStep(name=DOCKER, args=["build", "-t", IMAGE, "."])],
+        images=[IMAGE],
+    )
+    for name, value in fields.items():
+        setattr(build, name, value)
+    return build
+
+
+def test_cd4ml_request_with_unused_substitutions_is_refused(validating: Validating) -> None:
+    """Exactly what build_image sent before the fix: `_RUN_ID` and `_MODEL_SHA256`, which no field uses.
+
+    Default MUST_MATCH (cloudbuild.proto BuildOptions.SubstitutionOption: "Fails the build if error in
+    substitutions checks, like missing a substitution in the template or in the map"); the message is
+    validate.go CheckSubstitutionTemplate's, as the service answers it (issue 7).
+    """
+    run_id, sha256 = "digits-20260101t000000z", "ab" * 32
+    image = f"127.0.0.1:5000/digits:{run_id}"
+    args = ["build", "-t", image, "-f", "Dockerfile", "--build-arg", "BASE_IMAGE=python:3.11-slim"]
+    args += ["--label", f"cd4ml.run_id={run_id}", "--label", f"cd4ml.model_sha256={sha256}", "."]
+    build = cloudbuild_v1.Build(
+        source=cloudbuild_v1.Source(
+            storage_source=cloudbuild_v1.StorageSource(bucket="artifacts", object_=f"builds/{run_id}/context.tar.gz")
+        ),
+        steps=[cloudbuild_v1.BuildStep(name=delivery.DOCKER_BUILDER, args=args)],
+        images=[image],
+        tags=[f"{delivery.RUN_TAG}{run_id}", "cd4ml-model-digits"],
+        substitutions={"_RUN_ID": run_id, "_MODEL_SHA256": sha256},
+    )
+    assert validating.refusal(build) == (
+        'key "_MODEL_SHA256" in the substitution data is not matched in the template;'
+        'key "_RUN_ID" in the substitution data is not matched in the template'
+    )
+
+
+@pytest.mark.parametrize("account", ["", "builder@p.iam.gserviceaccount.com"])
+def test_cd4ml_build_request_is_accepted(validating: Validating, account: str) -> None:
+    """What build_image sends today passes every rule below, with and without a build service account."""
+    settings = SimpleNamespace(registry="europe-docker.pkg.dev/p/cd4ml", project="p", build_service_account=account)
+    manifest = SimpleNamespace(name="digits", dockerfile="serving/Dockerfile", base_image="python:3.11-slim")
+    build = delivery.build_request(
+        cast(Any, SimpleNamespace(settings=settings)),
+        cast(Any, manifest),
+        "digits-20260101t000000z",
+        GcsPath("artifacts", "builds/digits-20260101t000000z/context.tar.gz"),
+        "ab" * 32,
+    )
+    stored = validating.accepted(build)
+    assert stored.status == Status.QUEUED and list(stored.tags) == list(build.tags)
+
+
+def test_must_match_refuses_both_directions_and_allow_loose_allows_them(validating: Validating) -> None:
+    """cloudbuild.proto BuildOptions.SubstitutionOption (MUST_MATCH default, ALLOW_LOOSE); messages: validate.go."""
+    undefined = _valid(tags=["run-${_RUN}"], substitutions={"_OTHER": "x"}, images=[IMAGE + "$_OTHER"])
+    assert validating.refusal(undefined) == (
+        'key in the template "_RUN" is not matched in the substitution data; substitutions = map[_OTHER:x]'
+    )
+    unused = _valid(substitutions={"_UNUSED": "x"})
+    assert validating.refusal(unused) == 'key "_UNUSED" in the substitution data is not matched in the template'
+    loose = Options(substitution_option=Options.SubstitutionOption.ALLOW_LOOSE)
+    stored = validating.accepted(_valid(tags=["run-${_RUN}"], substitutions={"_UNUSED": "x"}, options=loose))
+    assert list(stored.tags) == ["run-"]  # an undefined key becomes "" (substitute-variable-values)
+
+
+def test_builtins_escapes_and_unknown_keys(validating: Validating) -> None:
+    """Built-ins of every build and of triggers (substitute-variable-values, "Using default substitutions");
+    `$$` escapes; a `$KEY` that is neither `_USER` nor built-in is refused even with ALLOW_LOOSE (validate.go)."""
+    stored = validating.accepted(
+        _valid(
+            tags=["b-$BUILD_ID", "p-${PROJECT_ID}", "l-$LOCATION", "c$COMMIT_SHA", "n$PROJECT_NUMBER"],
+            steps=[cloudbuild_v1.BuildStep(name=DOCKER, args=["build", "--label", "x=$$HOME$lower", "-t", IMAGE, "."])],
+        )
+    )
+    assert list(stored.tags) == [f"b-{stored.id}", f"p-{PROJECT}", "l-global", "c", "n"]
+    for options in (Options(), Options(substitution_option=Options.SubstitutionOption.ALLOW_LOOSE)):
+        assert validating.refusal(_valid(tags=["$FOO"], options=options)) == (
+            "invalid value for 'build.substitutions': key in the template \"FOO\" is not a valid built-in substitution"
+        )
+    # Only pull-request triggers define $_HEAD_BRANCH: in a build created directly it is an undefined user key.
+    assert validating.refusal(_valid(tags=["$_HEAD_BRANCH"])).startswith('key in the template "_HEAD_BRANCH" is not')
+
+
+def test_user_substitution_keys(validating: Validating) -> None:
+    """User keys match `_[A-Z0-9_]+`; only the triggers' built-ins may be overridden (validate.go
+    CheckSubstitutionsLoose; the docs' list for `gcloud builds submit --substitutions`)."""
+    for key in ("run", "_lower", "PROJECT_ID", "BUILD_ID"):
+        assert validating.refusal(_valid(substitutions={key: "x"})) == (
+            f'invalid .substitutions field: substitution key "{key}" does not respect format "^_[A-Z0-9_]+$" '
+            "and is not an overridable built-in substitutions"
+        )
+    stored = validating.accepted(_valid(substitutions={"COMMIT_SHA": "abc1234"}, tags=["c-$COMMIT_SHA"]))
+    assert list(stored.tags) == ["c-abc1234"]
+
+
+def test_a_service_account_needs_logs_outside_the_default_bucket(validating: Validating) -> None:
+    """configure-user-specified-service-accounts ("you must store your build logs either in Cloud Logging or in a
+    user-created Cloud Storage bucket"); the message is the service's (googleapis/sdk-platform-java#3342)."""
+    account = "projects/p/serviceAccounts/builder@p.iam.gserviceaccount.com"
+    needs_logs = (
+        "if 'build.service_account' is specified, the build must either (a) specify 'build.logs_bucket', "
+        "(b) use the REGIONAL_USER_OWNED_BUCKET build.options.default_logs_bucket_behavior option, "
+        "or (c) use either CLOUD_LOGGING_ONLY / NONE logging options"
+    )
+    mode = Options.LoggingMode
+    for refused in (Options(), Options(logging=mode.LEGACY), Options(logging=mode.GCS_ONLY)):
+        assert validating.refusal(_valid(service_account=account, options=refused)) == needs_logs
+    for options in (Options(logging=mode.CLOUD_LOGGING_ONLY), Options(logging=mode.NONE)):
+        validating.accepted(_valid(service_account=account, options=options))
+    validating.accepted(_valid(service_account=account, logs_bucket="gs://my-logs"))
+    regional = Options(default_logs_bucket_behavior=Options.DefaultLogsBucketBehavior.REGIONAL_USER_OWNED_BUCKET)
+    validating.accepted(_valid(service_account=account, options=regional))
+    # cloudbuild.proto Build.service_account: "Must be of the format projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}".
+    bare = _valid(service_account="builder@p.iam.gserviceaccount.com", options=Options(logging=mode.NONE))
+    assert "projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}" in validating.refusal(bare)
+
+
+def test_build_tags_must_match_the_tag_format(validating: Validating) -> None:
+    """validate.go sanitizeBuildTags; the message as the service answers it (kubernetes/cloud-provider-gcp#810)."""
+    for tag in ("model:digits", "ccm/v32.2.0", "x" * 129, "é", "-lead"):
+        assert validating.refusal(_valid(tags=[tag])) == (
+            f'invalid build: invalid build tag "{tag}": must match format "^[\\\\w][\\\\w.-]{{0,127}}$"'
+        )
+    assert list(validating.accepted(_valid(tags=["a", "", "a", "x" * 128])).tags) == ["a", "x" * 128]
+
+
+def test_step_ids_are_unique_and_wait_for_names_earlier_steps(validating: Validating) -> None:
+    """cloudbuild.proto BuildStep.id / wait_for; validate.go CheckBuildSteps (messages)."""
+
+    def step(step_id: str, *wait_for: str) -> cloudbuild_v1.BuildStep:
+        return cloudbuild_v1.BuildStep(name=DOCKER, args=["build", "-t", IMAGE, "."], id=step_id, wait_for=wait_for)
+
+    assert validating.refusal(_valid(steps=[step("a"), step("a")])) == (
+        'invalid .steps field: build step #1 - "a": the ID is not unique'
+    )
+    assert validating.refusal(_valid(steps=[step("a", "b"), step("b")])) == (
+        'invalid .steps field: build step #0 - "a" depends on "b", which has not been defined'
+    )
+    assert validating.refusal(_valid(steps=[step("", "nowhere")])) == (
+        'invalid .steps field: build step #0 depends on "nowhere", which has not been defined'
+    )
+    validating.accepted(_valid(steps=[step("a", "-"), step("b", "a"), step("", "-", "b")]))
+
+
+def test_steps_images_and_timeouts(validating: Validating) -> None:
+    """validate.go CheckBuildSteps, checkBuildStepNames, checkImageNames and CheckBuild's timeout limit."""
+    assert validating.refusal(_valid(steps=[])) == "invalid .steps field: no build steps are specified"
+    assert validating.refusal(_valid(steps=[cloudbuild_v1.BuildStep(args=["build", "."])])) == (
+        "invalid .steps field: build step 0 must specify name"
+    )
+    upper = "europe-docker.pkg.dev/p/cd4ml/Digits:1"
+    assert validating.refusal(_valid(images=[upper])) == (
+        f'invalid build: invalid image name "{upper}" contains uppercase letters'
+    )
+    assert validating.refusal(_valid(images=["bad image"])) == 'invalid build: invalid image name "bad image"'
+    assert validating.refusal(_valid(steps=[cloudbuild_v1.BuildStep(name="Not/An Image")])) == (
+        'invalid build: invalid build step name "Not/An Image"'
+    )
+    bad_env = cloudbuild_v1.BuildStep(name=DOCKER, args=["build", "-t", IMAGE, "."], env=["NOVALUE"])
+    assert validating.refusal(_valid(steps=[bad_env])) == (
+        'invalid .steps field: build step #0 - "": the Env entry "NOVALUE" must be of the form "KEY=VALUE"'
+    )
+    assert validating.refusal(_valid(timeout=timedelta(hours=25))) == "timeout exceeds the timeout limit of 24h0m0s"
+    stored = validating.accepted(_valid())
+    assert stored.timeout == timedelta(minutes=60)  # cloudbuild.proto Build.timeout: "Default time is 60 minutes."
+
+
+def test_images_no_step_produced_are_named_in_cloud_builds_words() -> None:
+    """A listed image no step built ends the build in FAILURE (PUSH_IMAGE_NOT_FOUND), not INVALID_ARGUMENT;
+    the wording is the service's (kubeflow/pipelines#1839)."""
+    assert missing_images(["r/a:1", "r/b:2"]) == (
+        'failed to find one or more images after execution of build steps: ["r/a:1" "r/b:2"]'
+    )
 
 
 @dataclass
@@ -403,6 +641,7 @@ def test_unsupported_step_and_unbuilt_image_fail_clearly(local: LocalBuild) -> N
     unbuilt.images[0] = f"{local.registry}/cd4ml/other:1"
     build = local.finished(local.client.create_build(project_id=PROJECT, build=unbuilt).metadata.build.id)
     assert build.status == Status.FAILURE and build.failure_info.type_ == FailureType.PUSH_IMAGE_NOT_FOUND
+    assert build.status_detail == missing_images([unbuilt.images[0]])
 
 
 @pytest.mark.emulator
