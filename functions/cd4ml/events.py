@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 
 from cd4ml import catalog
 from cd4ml.errors import InvalidEvent
@@ -66,9 +66,19 @@ def event_id(run_id: str, type_: str, key: str = "") -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{run_id}/{type_}/{key}"))
 
 
+_FORMATS = FormatChecker(formats=())
+
+
+@_FORMATS.checks("date-time", raises=ValueError)
+def _is_date_time(value: object) -> bool:
+    """RFC 3339 with a time zone, in the range a run id can name (years 1000-9999)."""
+    return not isinstance(value, str) or 1000 <= parse_time(value).year <= 9999
+
+
 @functools.cache
 def _validator(type_: str) -> Draft202012Validator:
-    return Draft202012Validator(catalog.schema(type_))
+    # jsonschema checks "format" only with a checker: without one, "date-time" is an annotation and anything passes.
+    return Draft202012Validator(catalog.schema(type_), format_checker=_FORMATS)
 
 
 def data_problems(type_: str, data: Any) -> list[str]:
@@ -76,7 +86,8 @@ def data_problems(type_: str, data: Any) -> list[str]:
     problems = []
     for error in sorted(_validator(type_).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         where = "/".join(str(p) for p in error.absolute_path) or "(data)"
-        problems.append(f"{where}: {error.message}")
+        message = error.message if len(error.message) <= 300 else error.message[:300] + "…"  # the value may be huge
+        problems.append(f"{where[:200]}: {message}")
     return problems
 
 

@@ -85,7 +85,11 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
         for e in sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     ]
     if not problems:
-        if not croniter.is_valid(document["schedule"]):
+        fields = str(document["schedule"]).split()
+        if len(fields) != 5:  # croniter would read a sixth field as seconds; Cloud Scheduler refuses it
+            problems.append(f"schedule: {str(document['schedule'])[:100]!r} has {len(fields)} fields; Cloud Scheduler's "
+                            "cron has exactly 5 (minute hour day-of-month month day-of-week)")
+        elif not croniter.is_valid(document["schedule"]):
             problems.append(f"schedule: {document['schedule']!r} is not a valid cron expression")
         try:
             ZoneInfo(document.get("time_zone", "Etc/UTC"))

@@ -95,3 +95,21 @@ def test_payloads_are_typed_views_of_validated_data() -> None:
     completed = Event.new(events.TRAINING_COMPLETED, "r", {"model": "digits", "job": "j", "model_artifact": {
         "uri": "gs://b/m/model.joblib", "sha256": "b" * 64}}, source="//t")
     assert TrainingCompleted.of(completed).model_artifact.to_dict() == {"uri": "gs://b/m/model.joblib", "sha256": "b" * 64}
+
+
+@pytest.mark.parametrize("when", ["tomorrow", "2030-13-01T00:00:00Z", "2030-01-01T00:00:00", "0001-01-01T00:00:00Z"])
+def test_a_scheduled_time_that_is_no_rfc3339_date_time_is_invalid(when: str) -> None:
+    data = json.dumps({"model": "digits", "scheduled_time": when}).encode()
+    attributes = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "//t", "ce-type": events.RUN_REQUESTED,
+                  "content-type": "application/json"}
+    with pytest.raises(InvalidEvent, match=r"scheduled_time: .* is not a 'date-time'"):
+        Event.from_message(_message(attributes, data), [events.RUN_REQUESTED])
+
+
+def test_a_huge_value_is_not_copied_whole_into_the_error() -> None:
+    data = json.dumps({"model": "x" * 100_000}).encode()
+    attributes = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "//t", "ce-type": events.RUN_REQUESTED,
+                  "content-type": "application/json"}
+    with pytest.raises(InvalidEvent) as refused:
+        Event.from_message(_message(attributes, data), [events.RUN_REQUESTED])
+    assert len(refused.value.message) < 2000

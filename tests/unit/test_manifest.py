@@ -50,8 +50,8 @@ def test_training_needs_exactly_one_of_container_or_python_package() -> None:
 
 def test_bad_cron_and_time_zone_are_named() -> None:
     doc = _example()
-    doc["schedule"] = "every day"
-    with pytest.raises(InvalidManifest, match="schedule: 'every day' is not a valid cron expression"):
+    doc["schedule"] = "61 3 * * *"
+    with pytest.raises(InvalidManifest, match="schedule: '61 3 \\* \\* \\*' is not a valid cron expression"):
         parse(doc)
     doc = _example()
     doc["time_zone"] = "Mars/Olympus"
@@ -87,3 +87,23 @@ def test_the_trainer_package_is_an_sdist_pip_can_read() -> None:
     assert "trainer-0.1.0/trainer/task.py" in names
     assert not any("manifest.yaml" in n or "serving" in n for n in names)
     assert models.sdist(EXAMPLE, "trainer-0.1.0.tar.gz") == blob  # reproducible
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("schedule", "0 0 3 * * *", "schedule: '0 0 3 * * *' has 6 fields"),  # croniter would read seconds
+    ("schedule", "0 3 * *", "schedule: '0 3 * *' has 4 fields"),
+])
+def test_a_schedule_must_be_cloud_schedulers_five_field_cron(field: str, value: str, reason: str) -> None:
+    doc = _example()
+    doc[field] = value
+    with pytest.raises(InvalidManifest) as refused:
+        parse(doc)
+    assert any(reason in p for p in refused.value.problems)
+
+
+def test_a_negative_threshold_is_refused() -> None:
+    doc = _example()
+    doc["evaluation"]["threshold"] = -0.5
+    with pytest.raises(InvalidManifest) as refused:
+        parse(doc)
+    assert any("evaluation.threshold: -0.5 is less than the minimum of 0" in p for p in refused.value.problems)

@@ -47,7 +47,8 @@ def test_a_scheduler_request_maps_to_the_latest_slot_of_the_manifest_cron() -> N
 
 def test_a_request_naming_another_slot_is_refused_with_both_ids() -> None:
     request = Event.new(events.RUN_REQUESTED, "digits-20300101t040000z",
-                        {"model": "digits", "scheduled_time": "2030-01-01T03:00:00Z"}, source="//test")
+                        {"model": "digits", "scheduled_time": "2030-01-01T03:00:00Z"}, source="//test",
+                        time=datetime(2030, 1, 1, 3, 0, 7, tzinfo=UTC))
     with pytest.raises(InvalidEvent, match="wrong run") as refused:
         fetch.run_for(request, RunRequested.of(request), MANIFEST)
     assert RUN in refused.value.problems[0] and "digits-20300101t040000z" in refused.value.problems[0]
@@ -190,3 +191,12 @@ def test_the_canary_is_triggered_only_with_a_confirmed_execution() -> None:
     assert started.type == events.CANARY_TRIGGERED and started.record["canary"]["execution_id"] == "x"
     failed = delivery.canary_started("digits", "digits", {"event_id": "e", "execution_id": "", "reason": "no pipeline"})
     assert failed.type == events.CANARY_FAILED and failed.error == "no pipeline"
+
+
+@pytest.mark.parametrize("scheduled", ["9999-01-01T03:00:00Z", "2029-11-01T03:00:00Z", "2030-01-03T03:00:00Z"])
+def test_a_request_outside_the_window_is_refused_naming_it(scheduled: str) -> None:
+    request = Event.new(events.RUN_REQUESTED, "", {"model": "digits", "scheduled_time": scheduled}, source="//test",
+                        time=datetime(2030, 1, 1, 3, 0, 7, tzinfo=UTC))
+    with pytest.raises(InvalidEvent, match="outside the accepted window") as refused:
+        fetch.run_for(request, RunRequested.of(request), MANIFEST)
+    assert "31 days before and 24 hours after" in refused.value.problems[0]

@@ -6,7 +6,7 @@ the content-addressed snapshot, which needs no claim) → conclude.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cd4ml import events, snapshot
 from cd4ml.errors import InvalidEvent, InvalidManifest, UnknownModel
@@ -32,9 +32,19 @@ def load_manifest(ctx: Context, model: str, run_id: str | None) -> Manifest:
         raise InvalidManifest(error.summary, error.problems, run_id=run_id) from error
 
 
+#: A request may name a slot at most this far before its publication (a backfill) or after it (clock skew).
+PAST_WINDOW = timedelta(days=31)
+FUTURE_HOURS = 24
+FUTURE_WINDOW = timedelta(hours=FUTURE_HOURS)
+
+
 def run_for(event: Event, request: RunRequested, manifest: Manifest) -> RunId:
     """The run a request is for: its scheduled time, else the manifest's latest slot at or before publication."""
     scheduled: datetime = request.scheduled_time or manifest.scheduled_time(event.time)
+    if not event.time - PAST_WINDOW <= scheduled <= event.time + FUTURE_WINDOW:
+        raise InvalidEvent("run.requested is scheduled outside the accepted window", [
+            f"scheduled_time {scheduled:%Y-%m-%dT%H:%M:%SZ} is not within {PAST_WINDOW.days} days before and "
+            f"{FUTURE_HOURS} hours after the request ({event.time:%Y-%m-%dT%H:%M:%SZ})"])
     run_id = RunId.of(request.model, scheduled)
     if event.subject and event.subject != str(run_id):
         raise InvalidEvent("run.requested names the wrong run", [
