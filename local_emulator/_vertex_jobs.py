@@ -53,12 +53,22 @@ class _Entry:
 class JobTable:
     """Creates, runs, lists and cancels CustomJobs; thread-safe."""
 
-    def __init__(self, state_dir: Path, max_concurrent: int, base_env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        max_concurrent: int,
+        base_env: Mapping[str, str],
+        *,
+        cache_dir: Path,
+        registry: str | None = None,
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         self._dir = state_dir / _RECORDS
         self._dir.mkdir(parents=True, exist_ok=True)
         self._base_env = dict(base_env)
+        self._cache_dir = cache_dir
+        self._registry = registry
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._last_id = 0
@@ -68,7 +78,7 @@ class JobTable:
 
     def create(self, where: Location, job: CustomJob) -> CustomJob:
         """Validate and queue a new job; return it as stored (name, state, times set)."""
-        check_custom_job(job)
+        check_custom_job(job, self._registry)
         record = _copy(job)
         now = _now()
         with self._lock:
@@ -138,7 +148,13 @@ class JobTable:
                 return  # cancelled while queued
             self._transition(entry.job, JobState.JOB_STATE_PENDING)
             context = JobContext(
-                job_id, where.project, where.location, self._dir / job_id, _copy(entry.job), self._base_env
+                job_id,
+                where.project,
+                where.location,
+                self._dir / job_id,
+                _copy(entry.job),
+                self._base_env,
+                self._cache_dir,
             )
 
         def on_running() -> None:

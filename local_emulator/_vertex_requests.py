@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from google.cloud import aiplatform_v1
 
+from local_emulator._vertex_images import UnknownExecutorImage, executor_image
+
 _PARENT = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)$")
 _JOB_NAME = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs/(?P<id>[0-9]+)$")
 # Google Cloud label rules, restricted to ASCII (the real rule also admits international letters).
@@ -117,8 +119,11 @@ def parse_job_name(name: str) -> JobName:
     return JobName(Location(match["project"], match["location"]), match["id"])
 
 
-def check_custom_job(job: aiplatform_v1.CustomJob) -> None:
-    """Raise InvalidRequest listing every reason Vertex AI would reject this CustomJob."""
+def check_custom_job(job: aiplatform_v1.CustomJob, registry: str | None = None) -> None:
+    """Raise InvalidRequest listing every reason Vertex AI (or, for container images, this stand-in) rejects the job.
+
+    ``registry`` is the local registry's ``host:port``: the only place container_spec images can come from.
+    """
     problems: list[str] = []
     if not job.display_name:
         problems.append("Field: custom_job.display_name; Message: Required field is not set.")
@@ -131,7 +136,7 @@ def check_custom_job(job: aiplatform_v1.CustomJob) -> None:
             "Field: custom_job.job_spec.worker_pool_specs; Message: At least one worker pool spec must be specified."
         )
     for index, pool in enumerate(pools):
-        problems.extend(_pool_problems(index, pool))
+        problems.extend(_pool_problems(index, pool, registry))
     if job.job_spec.base_output_directory.output_uri_prefix and not (
         job.job_spec.base_output_directory.output_uri_prefix.startswith("gs://")
     ):
@@ -161,7 +166,7 @@ def _label_problems(labels: dict[str, str]) -> list[str]:
     return problems
 
 
-def _pool_problems(index: int, pool: aiplatform_v1.WorkerPoolSpec) -> list[str]:
+def _pool_problems(index: int, pool: aiplatform_v1.WorkerPoolSpec, registry: str | None) -> list[str]:
     field = f"custom_job.job_spec.worker_pool_specs[{index}]"
     has_container = "container_spec" in pool
     has_package = "python_package_spec" in pool
@@ -179,12 +184,19 @@ def _pool_problems(index: int, pool: aiplatform_v1.WorkerPoolSpec) -> list[str]:
         problems.append(f"Field: {field}; Message: Exactly one of container_spec or python_package_spec must be set.")
     if has_container and not pool.container_spec.image_uri:
         problems.append(f"Field: {field}.container_spec.image_uri; Message: Required field is not set.")
+    elif has_container:
+        problems.extend(_container_problems(field, pool.container_spec.image_uri, registry))
     if has_package:
         spec = pool.python_package_spec
         if not spec.executor_image_uri:
             problems.append(
                 f"Field: {field}.python_package_spec.executor_image_uri; Message: Required field is not set."
             )
+        else:
+            try:
+                executor_image(spec.executor_image_uri)
+            except UnknownExecutorImage as exc:
+                problems.append(f"Field: {field}.python_package_spec.executor_image_uri; Message: {exc}")
         if not spec.python_module:
             problems.append(f"Field: {field}.python_package_spec.python_module; Message: Required field is not set.")
         if not spec.package_uris:
@@ -196,6 +208,23 @@ def _pool_problems(index: int, pool: aiplatform_v1.WorkerPoolSpec) -> list[str]:
                     "Cloud Storage object URI (gs://BUCKET/OBJECT)."
                 )
     return problems
+
+
+def _container_problems(field: str, image_uri: str, registry: str | None) -> list[str]:
+    """The stand-in's own limit: it can only run images it can pull, i.e. those of the local registry.
+
+    Vertex AI itself takes any Artifact Registry or Docker Hub image the job's service agent can pull
+    (https://cloud.google.com/vertex-ai/docs/training/configure-container-settings).
+    """
+    host = image_uri.split("/", 1)[0] if "/" in image_uri else ""
+    if registry and host == registry:
+        return []
+    where = f"the local registry {registry}" if registry else "a local registry (none is configured: --registry)"
+    return [
+        f"Field: {field}.container_spec.image_uri; Message: {image_uri!r} cannot run locally: the local "
+        f"Vertex AI stand-in only runs images from {where}. On Vertex AI this job would pull the image "
+        "from its own registry; push the image to the local registry to train with it here."
+    ]
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
-"""Runs one CustomJob of the local Vertex AI stand-in: fetch the trainer package, install it, run it.
+"""Runs one CustomJob of the local Vertex AI stand-in: fetch the trainer, install it cleanly, run it.
 
-Installing: Vertex pip-installs the package into its executor image. Here a wheel is unpacked into
-``JOBDIR/site`` and an sdist (tar.gz, tgz or zip) is extracted with its root (and its ``src/``, if
-any) put on ``PYTHONPATH``. Measured: ``pip install --no-deps --no-index --target`` cannot build an
-sdist on this machine (the ``wheel`` package is absent and ``--no-index`` forbids fetching it), and
-with an index it takes ~4.1 s for a one-file package; extraction takes milliseconds and needs no
-network. Dependencies are never installed.
+python_package_spec: Vertex pip-installs the packages into the executor image and runs
+``python -m python_module *args``. Here the packages are downloaded from GCS and pip-installed into
+a clean cached virtual environment standing in for the image (``_vertex_envs``: the image's
+framework pins from ``_vertex_images`` plus what the package declares, nothing from the stack's
+interpreter), and the module runs with that environment's interpreter, in its own process group.
 
-The one deviation from Vertex: the executor image is not run. The trainer runs as
-``sys.executable -m python_module *args`` with the stand-in's own interpreter (which has
-scikit-learn, joblib and google-cloud-storage), in its own process group, with the environment
-Vertex sets. ``container_spec`` jobs cannot run at all and fail with a clear message.
+container_spec: an image of the local registry runs in that image (``local_emulator.containers``:
+buildah, chroot isolation, host network); CreateCustomJob refuses every other image beforehand.
+
+Either way the trainer's environment is only what Vertex sets (``AIP_*`` from
+``CustomJobSpec.base_output_directory``, ``CLOUD_ML_*``, ``CLUSTER_SPEC``, ``TF_CONFIG``), the spec's
+``env``, a minimal process environment (PATH, HOME, LANG) and ``STORAGE_EMULATOR_HOST``, the
+documented client setting that points Cloud Storage clients at the local emulator; never the
+stack's ``CD4ML_*`` or ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,8 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-import tarfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,13 +34,20 @@ from pathlib import Path
 from google.cloud import aiplatform_v1
 from google.rpc import code_pb2
 
+from local_emulator._vertex_envs import InstallFailed, trainer_env
+from local_emulator._vertex_images import executor_image
+
 _log = logging.getLogger("local_emulator.vertex")
 
-CONTAINER_UNSUPPORTED = "container_spec jobs are not supported by the local Vertex AI stand-in; use python_package_spec"
 STDERR_TAIL_LINES = 20
 _POLL_S = 0.1
 _KILL_GRACE_S = 5.0
 _TAIL_BYTES = 64 * 1024
+_PACKAGE_SUFFIXES = (".tar.gz", ".tgz", ".zip", ".whl")
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Passed through from the server's environment: the documented Cloud Storage client setting that
+# reaches the local emulator (in production the metadata server and real endpoints play this role).
+_PASSED_THROUGH = ("STORAGE_EMULATOR_HOST",)
 
 JobState = aiplatform_v1.JobState
 
@@ -55,7 +62,9 @@ class JobContext:
     job_dir: Path
     job: aiplatform_v1.CustomJob
     base_env: Mapping[str, str]
-    """The environment the trainer inherits (the server's, so STORAGE_EMULATOR_HOST passes through)."""
+    """The server's environment: where STORAGE_EMULATOR_HOST is found, and what pip runs with."""
+    cache_dir: Path
+    """Where the trainer environments are cached (``_vertex_envs``)."""
 
 
 @dataclass(frozen=True)
@@ -76,18 +85,42 @@ class _RunFailed(Exception):
         self.outcome = outcome
 
 
+def _failed(code: int, message: str) -> _RunFailed:
+    return _RunFailed(Outcome(JobState.JOB_STATE_FAILED, code, message))
+
+
 def run_job(ctx: JobContext, cancel: threading.Event, on_running: Callable[[], None]) -> Outcome:
     """Run the job's primary replica to completion, cancellation or timeout; never raises for job errors."""
     try:
         pool = _primary_pool(ctx.job)
-        spec = pool.python_package_spec
         ctx.job_dir.mkdir(parents=True, exist_ok=True)
-        packages = _download(ctx, list(spec.package_uris))
-        paths = _install(packages, ctx.job_dir)
+        if "container_spec" in pool:
+            from local_emulator._vertex_container import run_container
+
+            spec = pool.container_spec
+            env = trainer_environment(ctx, {var.name: var.value for var in spec.env})
+            return run_container(ctx, spec, env, cancel, on_running)
+        package_spec = pool.python_package_spec
+        packages = _download(ctx, list(package_spec.package_uris))
         if cancel.is_set():
-            return _cancelled()
-        env = trainer_environment(ctx, pool, paths)
-        command = [sys.executable, "-m", spec.python_module, *spec.args]
+            return cancelled()
+        try:
+            venv = trainer_env(
+                ctx.cache_dir,
+                executor_image(package_spec.executor_image_uri),
+                packages,
+                log=ctx.job_dir / "install.log",
+                environ=ctx.base_env,
+            )
+        except InstallFailed as exc:
+            raise _failed(
+                code_pb2.INVALID_ARGUMENT,
+                f"Installing the Python package into {package_spec.executor_image_uri} failed: {exc}",
+            ) from exc
+        if cancel.is_set():
+            return cancelled()
+        env = trainer_environment(ctx, {var.name: var.value for var in package_spec.env}, venv.python.parent)
+        command = [str(venv.python), "-m", package_spec.python_module, *package_spec.args]
         return _run_trainer(ctx, command, env, cancel, on_running)
     except _RunFailed as failed:
         return failed.outcome
@@ -97,21 +130,16 @@ def _primary_pool(job: aiplatform_v1.CustomJob) -> aiplatform_v1.WorkerPoolSpec:
     pools = list(job.job_spec.worker_pool_specs)
     extra = [i for i, p in enumerate(pools[1:], start=1) if p.replica_count > 0]
     if extra:
-        raise _RunFailed(
-            Outcome(
-                JobState.JOB_STATE_FAILED,
-                code_pb2.UNIMPLEMENTED,
-                "distributed jobs (worker pools after the first) are not supported by the local "
-                f"Vertex AI stand-in; worker_pool_specs{extra} have replicas",
-            )
+        raise _failed(
+            code_pb2.UNIMPLEMENTED,
+            "distributed jobs (worker pools after the first) are not supported by the local "
+            f"Vertex AI stand-in; worker_pool_specs{extra} have replicas",
         )
-    if "container_spec" in pools[0]:
-        raise _RunFailed(Outcome(JobState.JOB_STATE_FAILED, code_pb2.UNIMPLEMENTED, CONTAINER_UNSUPPORTED))
     return pools[0]
 
 
 def _download(ctx: JobContext, uris: list[str]) -> list[Path]:
-    """Copy each gs:// package into JOBDIR/packages, keeping its file name."""
+    """Copy each gs:// package into JOBDIR/packages/INDEX/, keeping its file name."""
     from google.api_core import exceptions as gexc  # only jobs need the GCS client
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.storage import Client
@@ -131,7 +159,14 @@ def _download(ctx: JobContext, uris: list[str]) -> list[Path]:
     paths = []
     for index, uri in enumerate(uris):
         bucket, _, name = uri.removeprefix("gs://").partition("/")
-        path = target / f"{index}-{Path(name).name}"
+        if not name.endswith(_PACKAGE_SUFFIXES):
+            raise _failed(
+                code_pb2.INVALID_ARGUMENT,
+                f"Unsupported Python package {uri}: expected a source distribution or wheel "
+                f"({', '.join(_PACKAGE_SUFFIXES)})",
+            )
+        path = target / str(index) / Path(name).name  # pip reads the wheel tags from the file name
+        path.parent.mkdir(exist_ok=True)
         try:
             client.bucket(bucket).blob(name).download_to_filename(str(path))
         except gexc.NotFound as exc:
@@ -152,56 +187,16 @@ def _download(ctx: JobContext, uris: list[str]) -> list[Path]:
     return paths
 
 
-def _install(packages: list[Path], job_dir: Path) -> list[Path]:
-    """Make each package importable; return the directories to put on PYTHONPATH, in order."""
-    site = job_dir / "site"
-    site.mkdir(exist_ok=True)
-    paths = [site]
-    for index, package in enumerate(packages):
-        name = package.name.split("-", 1)[1]
-        try:
-            if name.endswith(".whl"):
-                with zipfile.ZipFile(package) as wheel:
-                    wheel.extractall(site)
-            elif name.endswith((".tar.gz", ".tgz", ".zip")):
-                paths.extend(_extract_sdist(package, job_dir / "src" / str(index)))
-            else:
-                raise _RunFailed(
-                    Outcome(
-                        JobState.JOB_STATE_FAILED,
-                        code_pb2.INVALID_ARGUMENT,
-                        f"Unsupported Python package {name!r}: expected a .tar.gz, .tgz, .zip or .whl",
-                    )
-                )
-        except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
-            raise _RunFailed(
-                Outcome(
-                    JobState.JOB_STATE_FAILED,
-                    code_pb2.INVALID_ARGUMENT,
-                    f"Installing the Python package {name!r} failed: {exc}",
-                )
-            ) from exc
-    return paths
-
-
-def _extract_sdist(package: Path, target: Path) -> list[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    if package.name.endswith(".zip"):
-        with zipfile.ZipFile(package) as archive:
-            archive.extractall(target)
-    else:
-        with tarfile.open(package) as archive:
-            archive.extractall(target, filter="data")
-    entries = list(target.iterdir())
-    root = entries[0] if len(entries) == 1 and entries[0].is_dir() else target
-    return [root, root / "src"] if (root / "src").is_dir() else [root]
-
-
-def trainer_environment(ctx: JobContext, pool: aiplatform_v1.WorkerPoolSpec, python_path: list[Path]) -> dict[str, str]:
-    """The trainer's environment: the server's, plus what Vertex sets, plus the spec's env vars."""
-    env = dict(ctx.base_env)
+def trainer_environment(ctx: JobContext, spec_env: Mapping[str, str], bin_dir: Path | None = None) -> dict[str, str]:
+    """The replica's whole environment: a bare process environment, what Vertex sets, the spec's env."""
+    env = {
+        "PATH": f"{bin_dir}:{_PATH}" if bin_dir else _PATH,
+        "HOME": str(_home(ctx.job_dir)),
+        "LANG": "C.UTF-8",
+    }
+    env.update({name: ctx.base_env[name] for name in _PASSED_THROUGH if ctx.base_env.get(name)})
     output = ctx.job.job_spec.base_output_directory.output_uri_prefix.rstrip("/")
-    if output:
+    if output:  # documented on CustomJobSpec.base_output_directory (google/cloud/aiplatform/v1/custom_job.proto)
         env["AIP_MODEL_DIR"] = f"{output}/model/"
         env["AIP_CHECKPOINT_DIR"] = f"{output}/checkpoints/"
         env["AIP_TENSORBOARD_LOG_DIR"] = f"{output}/logs/"
@@ -210,6 +205,7 @@ def trainer_environment(ctx: JobContext, pool: aiplatform_v1.WorkerPoolSpec, pyt
     env["CLOUD_ML_JOB_ID"] = ctx.job_id
     job_spec_json = aiplatform_v1.CustomJobSpec.to_json(ctx.job.job_spec, indent=None)
     cluster = {"workerpool0": ["localhost:2222"]}
+    # CLUSTER_SPEC and TF_CONFIG: https://cloud.google.com/vertex-ai/docs/training/distributed-training
     env["CLUSTER_SPEC"] = json.dumps(
         {"cluster": cluster, "environment": "cloud", "task": {"type": "workerpool0", "index": 0}, "job": job_spec_json}
     )
@@ -221,12 +217,14 @@ def trainer_environment(ctx: JobContext, pool: aiplatform_v1.WorkerPoolSpec, pyt
             "job": job_spec_json,
         }
     )
-    inherited = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, python_path), *inherited])
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    for var in pool.python_package_spec.env:
-        env[var.name] = var.value
+    env.update(spec_env)
     return env
+
+
+def _home(job_dir: Path) -> Path:
+    home = job_dir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
 
 def _run_trainer(
@@ -236,7 +234,7 @@ def _run_trainer(
     cancel: threading.Event,
     on_running: Callable[[], None],
 ) -> Outcome:
-    timeout = _seconds(ctx.job.job_spec.scheduling.timeout)
+    timeout = seconds(ctx.job.job_spec.scheduling.timeout)
     stdout_path, stderr_path = ctx.job_dir / "stdout.log", ctx.job_dir / "stderr.log"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         process = subprocess.Popen(
@@ -261,13 +259,13 @@ def _run_trainer(
             break
     kill_process_group(process)
     if stopped_by == "cancel":
-        return _cancelled()
+        return cancelled()
     if stopped_by == "timeout":
         return Outcome(
             JobState.JOB_STATE_FAILED,
             code_pb2.DEADLINE_EXCEEDED,
             f"The job exceeded its timeout of {timeout:g} s (job_spec.scheduling.timeout) and was "
-            f"stopped.{_stderr_tail(stderr_path)}",
+            f"stopped.{stderr_tail(stderr_path)}",
         )
     if process.returncode == 0:
         return Outcome(JobState.JOB_STATE_SUCCEEDED)
@@ -279,7 +277,7 @@ def _run_trainer(
     return Outcome(
         JobState.JOB_STATE_FAILED,
         code_pb2.INVALID_ARGUMENT,
-        f"The replica workerpool0-0 {status}. Logs: {stderr_path}.{_stderr_tail(stderr_path)}",
+        f"The replica workerpool0-0 {status}. Logs: {stderr_path}.{stderr_tail(stderr_path)}",
     )
 
 
@@ -298,11 +296,11 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _cancelled() -> Outcome:
+def cancelled() -> Outcome:
     return Outcome(JobState.JOB_STATE_CANCELLED, code_pb2.CANCELLED, "The job was cancelled.")
 
 
-def _seconds(value: object) -> float:
+def seconds(value: object) -> float:
     """Seconds of a proto Duration field (proto-plus hands out a timedelta); 0 means unset."""
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -311,7 +309,7 @@ def _seconds(value: object) -> float:
     return float(seconds) + float(nanos) / 1e9
 
 
-def _stderr_tail(path: Path) -> str:
+def stderr_tail(path: Path) -> str:
     """The last lines of the trainer's stderr, as a suffix for an error message."""
     try:
         with path.open("rb") as stream:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from cd4ml import catalog
-from local_emulator import processes
+from cd4ml.errors import Cd4mlError
+from local_emulator import iam_proxy, processes
 from local_emulator.topology import Topology, plan
 
 PROJECT = "cd4ml-local"
@@ -41,8 +42,8 @@ def state_dir() -> Path:
     return Path(os.environ.get("CD4ML_STATE_DIR", ".cd4ml")).resolve()
 
 
-class StackError(RuntimeError):
-    """The local stack could not start or is not running."""
+class StackError(Cd4mlError, RuntimeError):
+    """The local stack could not start or is not running (the ``cd4ml`` command prints it and exits 2)."""
 
 
 class AlreadyRunning(StackError):
@@ -129,6 +130,7 @@ def stage_env(stack: Stack, stage: str) -> dict[str, str]:
     env = _base_env()
     env.update({k: v for k, v in values.items() if k in names})
     env.update(_emulator_env(stack))
+    env.update(stack.endpoints["identities"][f"function:{stage}"])  # Pub/Sub and GCS through its IAM proxy
     env["PYTHONPATH"] = str(FUNCTIONS_DIR)
     return env
 
@@ -166,7 +168,7 @@ def up(models: list[Path] | None = None, *, scheduler: bool = True, tick_seconds
             pushed = push_model(stack, folder)
             say(f"model {pushed} pushed")
         if scheduler:
-            _start_scheduler(stack, tick_seconds)
+            _start_scheduler(stack, tick_seconds, models if models is not None else default_models())
     except BaseException:
         down(stack)
         raise
@@ -183,11 +185,12 @@ def default_models() -> list[Path]:
 
 def _start_services(stack: Stack) -> None:
     env = _base_env()
-    ports = {name: processes.free_port() for name in ("pubsub", "firestore", "storage", "vertex")}
+    ports = {name: processes.free_port() for name in ("pubsub", "firestore", "storage", "vertex", "registry")}
     stack.endpoints.update({
         "pubsub": f"127.0.0.1:{ports['pubsub']}", "firestore": f"127.0.0.1:{ports['firestore']}",
         "storage": f"http://127.0.0.1:{ports['storage']}", "vertex": f"127.0.0.1:{ports['vertex']}",
         "project": PROJECT,
+        "registry": f"127.0.0.1:{ports['registry']}",  # chosen now: Vertex runs container jobs from it
     })
     stack.start("pubsub", [str(GCLOUD_PLATFORM / "pubsub-emulator/bin/cloud-pubsub-emulator"),
                            "--host=127.0.0.1", f"--port={ports['pubsub']}"], env)
@@ -195,14 +198,21 @@ def _start_services(stack: Stack) -> None:
                               "start", "--host=127.0.0.1", f"--port={ports['firestore']}"], env)
     stack.start("storage", [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
                             f"--port={ports['storage']}", "--in-memory"], env)
-    vertex_env = {**env, **_emulator_env(stack)}
+    iam_argv, stack.endpoints["identities"] = iam_proxy.command(PROJECT, DATA_BUCKET, ARTIFACT_BUCKET,
+                                                                stack.endpoints["pubsub"], stack.endpoints["storage"])
+    stack.start("iam", iam_argv, {**env, "PYTHONPATH": os.pathsep.join([str(REPO), str(FUNCTIONS_DIR)])})
+    # Trainers (and their package downloads) act as the training service account.
+    vertex_env = {**env, **_emulator_env(stack),
+                  "STORAGE_EMULATOR_HOST": stack.endpoints["identities"]["training"]["STORAGE_EMULATOR_HOST"]}
     stack.start("vertex", [sys.executable, "-m", "local_emulator.vertex", "--host", "127.0.0.1",
-                           "--port", str(ports["vertex"]), "--state-dir", str(stack.root / "vertex")],
+                           "--port", str(ports["vertex"]), "--state-dir", str(stack.root / "vertex"),
+                           "--registry", stack.endpoints["registry"]],
                 {**vertex_env, "PYTHONPATH": os.pathsep.join([str(REPO), str(FUNCTIONS_DIR)])})
     stack.wait("pubsub", _http_ok(f"http://127.0.0.1:{ports['pubsub']}/v1/projects/{PROJECT}/topics"))
     stack.wait("firestore", _http_ok(f"http://127.0.0.1:{ports['firestore']}/"))
     stack.wait("storage", _http_ok(f"http://127.0.0.1:{ports['storage']}/storage/v1/b?project={PROJECT}"))
     stack.wait("vertex", lambda: processes.port_open(ports["vertex"]))
+    stack.wait("iam", lambda: iam_proxy.ready(stack.endpoints["identities"]))
     _set_client_env(stack)
     from google.api_core.exceptions import Conflict
 
@@ -232,10 +242,12 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     """The OCI registry (and its gcr bridge), the Cloud Build stand-in and the Spinnaker Gate stand-in."""
     import secrets as random_secrets
 
-    from cd4ml import models
+    from cd4ml_cli import models
 
     env = {**_base_env(), **_emulator_env(stack), "PYTHONPATH": os.pathsep.join([str(REPO), str(FUNCTIONS_DIR)])}
-    ports = {name: processes.free_port() for name in ("registry", "cloudbuild", "gate")}
+    ports = {name: processes.free_port() for name in ("cloudbuild", "gate")}
+    ports["registry"] = int(stack.endpoints["registry"].rsplit(":", 1)[1]) if "registry" in stack.endpoints \
+        else processes.free_port()
     stack.endpoints.update({"registry": f"127.0.0.1:{ports['registry']}",
                             "cloudbuild": f"127.0.0.1:{ports['cloudbuild']}",
                             "gate": f"http://127.0.0.1:{ports['gate']}"})
@@ -252,7 +264,8 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
                              "--state-dir", str(stack.root / "registry"), "--project", PROJECT], env)
     stack.start("cloudbuild", [sys.executable, "-m", "local_emulator.cloudbuild", *common,
                                "--port", str(ports["cloudbuild"]), "--state-dir", str(stack.root / "cloudbuild"),
-                               "--project", PROJECT], env)
+                               "--project", PROJECT],
+                {**env, "STORAGE_EMULATOR_HOST": stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]})
     start_gate(stack)
     stack.wait("registry", _http_ok(f"http://127.0.0.1:{ports['registry']}/v2/"))
     # The Cloud Build stand-in opens its port once its base image is ready: minutes on a cold cache.
@@ -263,7 +276,7 @@ def start_gate(stack: Stack) -> None:
     """(Re)start the Spinnaker Gate stand-in on its port, with the pipelines written by ``up``."""
     port = int(stack.endpoints["gate"].rsplit(":", 1)[1])
     env = {**_base_env(), "PYTHONPATH": os.pathsep.join([str(REPO), str(FUNCTIONS_DIR)])}
-    stack.start("gate", [sys.executable, "-m", "local_emulator.gate", "--host", "127.0.0.1", "--port", str(port),
+    stack.start("gate", [sys.executable, "-m", "local_emulator.spinnaker_gate", "--host", "127.0.0.1", "--port", str(port),
                          "--state-dir", str(stack.root / "gate"), "--config", str(stack.root / "gate" / "pipelines.json")],
                 env)
     stack.wait("gate", _http_ok(f"http://127.0.0.1:{port}/health"))
@@ -339,18 +352,21 @@ def _start_functions(stack: Stack) -> None:
     stack.save()
 
 
-def _start_scheduler(stack: Stack, tick_seconds: float) -> None:
+def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> None:
+    """What Terraform's Cloud Scheduler jobs publish, for exactly the models this stack was started with."""
     env = {**_base_env(), **_emulator_env(stack), "PYTHONPATH": os.pathsep.join([str(REPO), str(FUNCTIONS_DIR)])}
     argv = [sys.executable, "-m", "local_emulator.scheduler", "--project", PROJECT,
             "--tick-seconds", str(tick_seconds)]
-    for folder in default_models():
+    for folder in folders:
         argv += ["--manifest", str(folder / "manifest.yaml")]
     stack.start("scheduler", argv, env)
 
 
 def push_model(stack: Stack, folder: Path) -> str:
     """Push a model folder to the stack and seed its source data (``seed_data.py``, local convention)."""
-    from cd4ml import clients, models
+    from cd4ml_cli import models
+
+    from cd4ml import clients
     from cd4ml.manifest import resolve_gcs
 
     _set_client_env(stack)

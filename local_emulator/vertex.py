@@ -12,12 +12,14 @@ INVALID_ARGUMENT for a bad request, NOT_FOUND for an unknown job, FAILED_PRECOND
 cancelling a finished job.
 
 A job goes QUEUED → PENDING (package download and install) → RUNNING → SUCCEEDED, FAILED or
-CANCELLED. The trainer gets Vertex's environment (AIP_MODEL_DIR, CLUSTER_SPEC, …): see
-``_vertex_runner`` for how packages are installed and for the stand-in's one deviation (the trainer
-runs with this server's own Python interpreter instead of the executor image).
+CANCELLED. A python_package trainer runs in a clean cached virtual environment holding only its
+executor image's framework pins and what its package declares (``_vertex_envs``, ``_vertex_images``:
+only Vertex's prebuilt training containers are accepted); a container_spec job runs in its image,
+which must come from the local registry (``--registry``). The trainer gets only Vertex's environment
+(AIP_MODEL_DIR, CLUSTER_SPEC, …) plus the spec's env and STORAGE_EMULATOR_HOST: see ``_vertex_runner``.
 
 Run it with ``python -m local_emulator.vertex --host 127.0.0.1 --port P --state-dir DIR
-[--max-concurrent 2]``: it logs JSON lines to stderr, prints nothing else, and on SIGTERM or
+[--max-concurrent 2] [--cache-dir DIR] [--registry HOST:PORT]``: it logs JSON lines to stderr, prints nothing else, and on SIGTERM or
 SIGINT cancels every unfinished job, kills the trainers' process groups and exits.
 """
 
@@ -38,6 +40,7 @@ from google.cloud import aiplatform_v1
 from google.protobuf import empty_pb2
 
 from local_emulator._service import configure_logging, stop_event_on_signals
+from local_emulator._vertex_envs import default_cache_dir
 from local_emulator._vertex_jobs import JobTable
 from local_emulator._vertex_requests import (
     InvalidRequest,
@@ -50,6 +53,7 @@ from local_emulator._vertex_requests import (
 
 SERVICE = "google.cloud.aiplatform.v1.JobService"
 DEFAULT_MAX_CONCURRENT = 2
+REGISTRY_ENV = "VERTEX_LOCAL_REGISTRY"
 _RPC_THREADS = 8
 
 _log = logging.getLogger("local_emulator.vertex")
@@ -86,13 +90,23 @@ def serve(
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     *,
     environ: Mapping[str, str] | None = None,
+    cache_dir: Path | None = None,
+    registry: str | None = None,
 ) -> VertexServer:
     """Start the stand-in on host:port (0 picks a free port) and return at once.
 
-    ``environ`` is what trainers inherit and where ``STORAGE_EMULATOR_HOST`` is looked up for the
-    package downloads; it defaults to this process's environment.
+    ``environ`` is where ``STORAGE_EMULATOR_HOST`` is looked up (for the package downloads and the
+    trainer) and what pip runs with; it defaults to this process's environment. ``cache_dir`` holds
+    the trainer environments (default ``~/.cache/cd4ml``); ``registry`` is the local registry's
+    ``host:port``, the only source of container_spec images.
     """
-    jobs = JobTable(state_dir, max_concurrent, os.environ if environ is None else environ)
+    jobs = JobTable(
+        state_dir,
+        max_concurrent,
+        os.environ if environ is None else environ,
+        cache_dir=default_cache_dir() if cache_dir is None else cache_dir,
+        registry=registry,
+    )
     # No SO_REUSEPORT: a second server on a busy port must fail, not silently share it.
     server = grpc.server(
         ThreadPoolExecutor(max_workers=_RPC_THREADS, thread_name_prefix="vertex-rpc"),
@@ -193,6 +207,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_MAX_CONCURRENT,
         help=f"jobs running at once; others stay queued (default {DEFAULT_MAX_CONCURRENT})",
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where clean trainer environments are cached (default ~/.cache/cd4ml)",
+    )
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get(REGISTRY_ENV) or None,
+        help=f"host:port of the local registry, the only source of container_spec images (env {REGISTRY_ENV})",
+    )
     args = parser.parse_args(argv)
     if args.max_concurrent < 1:
         parser.error("--max-concurrent must be at least 1")
@@ -204,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     configure_logging("vertex")
     stop = stop_event_on_signals()
-    running = serve(args.host, args.port, args.state_dir, args.max_concurrent)
+    running = serve(
+        args.host, args.port, args.state_dir, args.max_concurrent, cache_dir=args.cache_dir, registry=args.registry
+    )
     while not stop.wait(1.0):
         pass
     running.stop()

@@ -1,7 +1,9 @@
 """The local Vertex AI stand-in, driven through the real ``aiplatform_v1.JobServiceClient`` over gRPC.
 
-Tests marked ``emulator`` run trainers, whose packages live in a ``gcp-storage-emulator`` subprocess;
-the others need nothing outside this process (container_spec jobs fail without touching GCS).
+Tests marked ``emulator`` run trainers, whose packages live in a ``gcp-storage-emulator`` subprocess,
+in clean environments pip-installs from PyPI (cached in ``~/.cache/cd4ml``: the first run downloads
+scikit-learn and friends); the others need nothing outside this process (a job with a second worker
+pool fails before touching GCS).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.services.job_service.transports.grpc import JobServiceGrpcTransport
 from google.cloud.storage import Client as StorageClient
+from local_emulator._vertex_envs import default_cache_dir
 from local_emulator.vertex import VertexServer, serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +36,10 @@ PARENT = "projects/test-project/locations/us-central1"
 BUCKET = "cd4ml-test"
 JobState = aiplatform_v1.JobState
 TERMINAL = {JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED}
+# The image examples/digits trains on; its local stand-in environment has scikit-learn 1.3.2,
+# numpy, pandas, scipy, joblib and google-cloud-storage (local_emulator/_vertex_images.py).
+EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest"
+LOCAL_REGISTRY = "127.0.0.1:1"  # nothing listens there: pulls fail fast
 
 TRAINER = '''\
 """A tiny trainer: records its arguments and environment as its "model"."""
@@ -42,7 +49,7 @@ from google.cloud import storage
 
 ENV = ["AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR", "CLOUD_ML_PROJECT_ID",
        "CLOUD_ML_REGION", "CLOUD_ML_JOB_ID", "CLUSTER_SPEC", "TF_CONFIG", "STORAGE_EMULATOR_HOST",
-       "EXTRA_SETTING"]
+       "EXTRA_SETTING", "PYTHONPATH", "CD4ML_LEAK", "HOME"]
 
 
 def main():
@@ -51,7 +58,10 @@ def main():
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--spawn", action="store_true", help="leave a grandchild behind")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--import", dest="modules", action="append", default=[])
     args = parser.parse_args()
+    for module in args.modules:
+        __import__(module)
     with open("trainer.pid", "w") as pid_file:
         pid_file.write(str(os.getpid()))
     if args.spawn:
@@ -67,7 +77,8 @@ def main():
     print("training done")
     bucket, _, prefix = os.environ["AIP_MODEL_DIR"].removeprefix("gs://").partition("/")
     client = storage.Client(project=os.environ["CLOUD_ML_PROJECT_ID"])
-    model = {"argv": sys.argv[1:], "env": {name: os.environ.get(name) for name in ENV}}
+    model = {"argv": sys.argv[1:], "env": {name: os.environ.get(name) for name in ENV},
+             "executable": sys.executable, "path": sys.path}
     client.bucket(bucket).blob(prefix + "model.json").upload_from_string(json.dumps(model))
 
 
@@ -95,11 +106,24 @@ def _pool(**spec: object) -> dict[str, object]:
     return {"machine_spec": {"machine_type": "n1-standard-4"}, "replica_count": 1, **spec}
 
 
-def _container_job(run_id: str = "run-1", **labels: str) -> aiplatform_v1.CustomJob:
+def _quick_job(run_id: str = "run-1", **labels: str) -> aiplatform_v1.CustomJob:
+    """A valid job that fails as soon as it runs (a second worker pool with replicas), touching nothing."""
+    spec = {
+        "executor_image_uri": EXECUTOR,
+        "package_uris": [f"gs://{BUCKET}/packages/never-read-0.1.tar.gz"],
+        "python_module": "never.run",
+    }
     return aiplatform_v1.CustomJob(
         display_name=f"train-{run_id}",
         labels={"cd4ml_run_id": run_id, **labels},
-        job_spec={"worker_pool_specs": [_pool(container_spec={"image_uri": "europe-docker.pkg.dev/x/y:1"})]},
+        job_spec={"worker_pool_specs": [_pool(python_package_spec=spec), _pool(python_package_spec=spec)]},
+    )
+
+
+def _container_job(image_uri: str) -> aiplatform_v1.CustomJob:
+    return aiplatform_v1.CustomJob(
+        display_name="in-a-container",
+        job_spec={"worker_pool_specs": [_pool(container_spec={"image_uri": image_uri, "command": ["train"]})]},
     )
 
 
@@ -111,7 +135,7 @@ def _package_job(
     run_id: str = "run-1",
 ) -> aiplatform_v1.CustomJob:
     spec = {
-        "executor_image_uri": "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-0:latest",
+        "executor_image_uri": EXECUTOR,
         "package_uris": [package_uri],
         "python_module": "tinytrainer.task",
         "args": list(args),
@@ -164,7 +188,7 @@ def _wait_dead(pid: int, timeout_s: float = 10.0) -> None:
 def _build_sdist(path: Path) -> None:
     files = {
         "tinytrainer-0.1/setup.py": 'from setuptools import setup\nsetup(name="tinytrainer", '
-        'version="0.1", packages=["tinytrainer"])\n',
+        'version="0.1", packages=["tinytrainer"], install_requires=["tomli"])\n',
         "tinytrainer-0.1/PKG-INFO": "Metadata-Version: 2.1\nName: tinytrainer\nVersion: 0.1\n",
         "tinytrainer-0.1/tinytrainer/__init__.py": "",
         "tinytrainer-0.1/tinytrainer/task.py": TRAINER,
@@ -178,10 +202,17 @@ def _build_sdist(path: Path) -> None:
 
 
 def _build_wheel(path: Path) -> None:
+    dist_info = "tinytrainer-0.1.dist-info"
+    files = {
+        "tinytrainer/__init__.py": "",
+        "tinytrainer/task.py": TRAINER,
+        f"{dist_info}/METADATA": "Metadata-Version: 2.1\nName: tinytrainer\nVersion: 0.1\nRequires-Dist: tomli\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     with zipfile.ZipFile(path, "w") as wheel:
-        wheel.writestr("tinytrainer/__init__.py", "")
-        wheel.writestr("tinytrainer/task.py", TRAINER)
-        wheel.writestr("tinytrainer-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: tinytrainer\nVersion: 0.1\n")
+        for name, text in files.items():
+            wheel.writestr(name, text)
+        wheel.writestr(f"{dist_info}/RECORD", "".join(f"{name},,\n" for name in [*files, f"{dist_info}/RECORD"]))
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -246,11 +277,25 @@ def start(tmp_path: Path) -> Iterator[Callable[..., VertexServer]]:
     """Start stand-ins in this process (state under tmp_path/state by default); all stopped at teardown."""
     started: list[VertexServer] = []
 
-    def _start(max_concurrent: int = 2, gcs_endpoint: str | None = None, state_dir: Path | None = None) -> VertexServer:
-        environ = dict(os.environ)
+    def _start(
+        max_concurrent: int = 2,
+        gcs_endpoint: str | None = None,
+        state_dir: Path | None = None,
+        registry: str | None = LOCAL_REGISTRY,
+        **extra_env: str,
+    ) -> VertexServer:
+        environ = {**os.environ, **extra_env}
         if gcs_endpoint:
             environ["STORAGE_EMULATOR_HOST"] = gcs_endpoint
-        server = serve("127.0.0.1", 0, state_dir or tmp_path / "state", max_concurrent, environ=environ)
+        server = serve(
+            "127.0.0.1",
+            0,
+            state_dir or tmp_path / "state",
+            max_concurrent,
+            environ=environ,
+            cache_dir=default_cache_dir(),  # shared across runs: trainer environments are content-addressed
+            registry=registry,
+        )
         started.append(server)
         return server
 
@@ -268,27 +313,93 @@ def vertex(start: Callable[..., VertexServer]) -> aiplatform_v1.JobServiceClient
 # ----------------------------------------------------------------------------- without GCS
 
 
-def test_container_spec_job_fails_with_a_clear_message(vertex: aiplatform_v1.JobServiceClient) -> None:
-    created = vertex.create_custom_job(parent=PARENT, custom_job=_container_job("run-7"))
+def test_a_job_is_queued_then_fails_with_a_clear_message(vertex: aiplatform_v1.JobServiceClient) -> None:
+    created = vertex.create_custom_job(parent=PARENT, custom_job=_quick_job("run-7"))
     assert created.name.startswith(f"{PARENT}/customJobs/")
     assert created.name.rsplit("/", 1)[1].isdigit()
     assert created.state == JobState.JOB_STATE_QUEUED
     assert dict(created.labels) == {"cd4ml_run_id": "run-7"}
     job = _wait(vertex, created.name)
     assert job.state == JobState.JOB_STATE_FAILED
-    assert job.error.message == (
-        "container_spec jobs are not supported by the local Vertex AI stand-in; use python_package_spec"
-    )
+    assert "distributed jobs (worker pools after the first) are not supported" in job.error.message
     assert job.error.code != 0
     assert job.create_time <= job.end_time
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest",
+        "europe-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest",
+        "asia-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest",
+        "us-docker.pkg.dev/vertex-ai/training/pytorch-xla.2-4.py310:latest",
+        "europe-docker.pkg.dev/vertex-ai/training/xgboost-cpu.2-1:latest",
+    ],
+)
+def test_prebuilt_training_containers_are_accepted(vertex: aiplatform_v1.JobServiceClient, uri: str) -> None:
+    """The images listed at https://cloud.google.com/vertex-ai/docs/training/pre-built-containers, in any region."""
+    job = _quick_job()
+    job.job_spec.worker_pool_specs[0].python_package_spec.executor_image_uri = uri
+    assert vertex.create_custom_job(parent=PARENT, custom_job=job).state == JobState.JOB_STATE_QUEUED
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("python:3.11-slim", "is not one of Vertex AI's prebuilt training containers"),
+        ("gcr.io/my-project/trainer:1", "is not one of Vertex AI's prebuilt training containers"),
+        # A prediction image is not a training image.
+        ("us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-3:latest", "is not one of"),
+        ("us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.9-9:latest", "is not one of"),
+        ("us-central1-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest", "is not one of"),
+        # "Using image names without the latest tag isn't supported." (same page)
+        ("us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:1.3", "only supported with the 'latest' tag"),
+    ],
+)
+def test_other_executor_images_are_invalid(vertex: aiplatform_v1.JobServiceClient, uri: str, reason: str) -> None:
+    """Source: https://cloud.google.com/vertex-ai/docs/training/pre-built-containers (PythonPackageSpec.executor_image_uri)."""
+    job = _quick_job()
+    job.job_spec.worker_pool_specs[1].python_package_spec.executor_image_uri = uri
+    with pytest.raises(gexc.InvalidArgument) as raised:
+        vertex.create_custom_job(parent=PARENT, custom_job=job)
+    assert "worker_pool_specs[1].python_package_spec.executor_image_uri" in raised.value.message
+    assert reason in raised.value.message
+    assert list(vertex.list_custom_jobs(parent=PARENT)) == []
+
+
+@pytest.mark.parametrize("registry", [LOCAL_REGISTRY, None])
+def test_container_images_outside_the_local_registry_are_refused(
+    start: Callable[..., VertexServer], registry: str | None
+) -> None:
+    """Vertex would pull any image its service agent can read; the stand-in can only run local ones, and says so."""
+    client = _client(start(registry=registry).address)
+    with pytest.raises(gexc.InvalidArgument) as raised:
+        client.create_custom_job(parent=PARENT, custom_job=_container_job("europe-docker.pkg.dev/p/repo/trainer:1"))
+    message = raised.value.message
+    assert "worker_pool_specs[0].container_spec.image_uri" in message
+    assert "cannot run locally" in message
+    assert "On Vertex AI this job would pull the image" in message
+    assert (f"the local registry {registry}" if registry else "none is configured") in message
+
+
+def test_a_container_image_of_the_local_registry_is_run_in_that_image(vertex: aiplatform_v1.JobServiceClient) -> None:
+    """Accepted at creation; here the registry is unreachable, so the pull (or the missing runner) fails the job."""
+    image = f"{LOCAL_REGISTRY}/cd4ml/trainer:run-1"
+    created = vertex.create_custom_job(parent=PARENT, custom_job=_container_job(image))
+    job = _wait(vertex, created.name, timeout_s=120)
+    assert job.state == JobState.JOB_STATE_FAILED
+    assert (
+        f"The image {image} could not be pulled or started" in job.error.message
+        or "need local_emulator.containers" in job.error.message
+    )
+
+
 def test_list_filters_by_labels(vertex: aiplatform_v1.JobServiceClient) -> None:
     for _ in range(3):
-        vertex.create_custom_job(parent=PARENT, custom_job=_container_job("run-a"))
+        vertex.create_custom_job(parent=PARENT, custom_job=_quick_job("run-a"))
     for _ in range(2):
-        vertex.create_custom_job(parent=PARENT, custom_job=_container_job("run-b", model="digits"))
-    vertex.create_custom_job(parent="projects/test-project/locations/europe-west4", custom_job=_container_job("run-a"))
+        vertex.create_custom_job(parent=PARENT, custom_job=_quick_job("run-b", model="digits"))
+    vertex.create_custom_job(parent="projects/test-project/locations/europe-west4", custom_job=_quick_job("run-a"))
 
     def count(filter_text: str, parent: str = PARENT) -> int:
         return len(list(vertex.list_custom_jobs(request={"parent": parent, "filter": filter_text})))
@@ -366,11 +477,11 @@ def test_invalid_jobs_are_rejected_with_every_problem(
 
 def test_invalid_parent_is_rejected(vertex: aiplatform_v1.JobServiceClient) -> None:
     with pytest.raises(gexc.InvalidArgument, match="projects/"):
-        vertex.create_custom_job(parent="projects/p", custom_job=_container_job())
+        vertex.create_custom_job(parent="projects/p", custom_job=_quick_job())
 
 
 def test_cancelling_a_finished_job_is_a_failed_precondition(vertex: aiplatform_v1.JobServiceClient) -> None:
-    job = _wait(vertex, vertex.create_custom_job(parent=PARENT, custom_job=_container_job()).name)
+    job = _wait(vertex, vertex.create_custom_job(parent=PARENT, custom_job=_quick_job()).name)
     with pytest.raises(gexc.FailedPrecondition, match="JOB_STATE_FAILED"):
         vertex.cancel_custom_job(name=job.name)
 
@@ -379,7 +490,7 @@ def test_a_restarted_server_still_answers_for_its_jobs(start: Callable[..., Vert
     state = tmp_path / "state"
     first = start(state_dir=state)
     client = _client(first.address)
-    finished = _wait(client, client.create_custom_job(parent=PARENT, custom_job=_container_job()).name)
+    finished = _wait(client, client.create_custom_job(parent=PARENT, custom_job=_quick_job()).name)
     first.stop(0)
     # A record left in flight by a server that died without shutting down.
     record = json.loads((state / "customJobs" / f"{finished.name.rsplit('/', 1)[1]}.json").read_text())
@@ -394,7 +505,7 @@ def test_a_restarted_server_still_answers_for_its_jobs(start: Callable[..., Vert
     interrupted = client.get_custom_job(name=f"{PARENT}/customJobs/42")
     assert interrupted.state == JobState.JOB_STATE_FAILED
     assert "stopped while the job was JOB_STATE_RUNNING" in interrupted.error.message
-    newer = client.create_custom_job(parent=PARENT, custom_job=_container_job())
+    newer = client.create_custom_job(parent=PARENT, custom_job=_quick_job())
     assert int(newer.name.rsplit("/", 1)[1]) > int(finished.name.rsplit("/", 1)[1])
     assert len(list(client.list_custom_jobs(parent=PARENT))) == 3
 
@@ -430,7 +541,7 @@ def test_cli_logs_json_and_exits_on_sigterm(tmp_path: Path) -> None:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=20)
         client = aiplatform_v1.JobServiceClient(transport=JobServiceGrpcTransport(channel=channel))
-        job = _wait(client, client.create_custom_job(parent=PARENT, custom_job=_container_job()).name)
+        job = _wait(client, client.create_custom_job(parent=PARENT, custom_job=_quick_job()).name)
         assert job.state == JobState.JOB_STATE_FAILED
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=20)
@@ -629,3 +740,68 @@ def test_sigterm_cancels_running_jobs_and_kills_their_trainers(
     record = json.loads((state / "customJobs" / f"{job.name.rsplit('/', 1)[1]}.json").read_text())
     assert record["state"] == "JOB_STATE_CANCELLED"
     assert "shut down" in record["error"]["message"]
+
+
+@pytest.mark.emulator
+def test_the_trainer_sees_only_what_vertex_sets_and_what_its_package_declares(
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    gcs: StorageClient,
+    packages: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Vertex pip-installs the package into the executor image: nothing of the stack's interpreter or
+    environment reaches the trainer (https://cloud.google.com/vertex-ai/docs/training/create-python-pre-built-container).
+    """
+    server = start(gcs_endpoint=gcs_endpoint, PYTHONPATH=str(REPO), CD4ML_LEAK="stack-only")
+    client = _client(server.address)
+    output = f"gs://{BUCKET}/runs/clean"
+    # tomli is declared by the package (install_requires / Requires-Dist); sklearn comes with the image.
+    job = client.create_custom_job(
+        parent=PARENT,
+        custom_job=_package_job(packages["sdist"], "--import", "tomli", "--import", "sklearn", output=output),
+    )
+    job = _wait(client, job.name, timeout_s=600)
+    assert job.state == JobState.JOB_STATE_SUCCEEDED, job.error.message
+    model = json.loads(gcs.bucket(BUCKET).blob("runs/clean/model/model.json").download_as_bytes())
+    assert model["env"]["PYTHONPATH"] is None
+    assert model["env"]["CD4ML_LEAK"] is None
+    assert model["env"]["HOME"] == str(_job_dir(tmp_path / "state", job) / "home")
+    assert not any(str(REPO) in entry for entry in model["path"])
+    assert model["executable"].startswith(str(default_cache_dir() / "vertex-envs"))
+
+
+@pytest.mark.emulator
+def test_an_undeclared_dependency_fails_the_job_as_on_vertex(
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    packages: dict[str, str],
+) -> None:
+    """functions_framework is installed for the stack, but neither the image nor the package provides it."""
+    client = _client(start(gcs_endpoint=gcs_endpoint).address)
+    created = client.create_custom_job(
+        parent=PARENT, custom_job=_package_job(packages["wheel"], "--import", "functions_framework")
+    )
+    job = _wait(client, created.name, timeout_s=600)
+    assert job.state == JobState.JOB_STATE_FAILED
+    assert "ModuleNotFoundError: No module named 'functions_framework'" in job.error.message
+
+
+@pytest.mark.emulator
+def test_the_environment_is_built_once_per_package_and_image(
+    start: Callable[..., VertexServer],
+    gcs_endpoint: str,
+    packages: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Cached by the package's digest and the executor image: a second job reuses it without pip."""
+    client = _client(start(gcs_endpoint=gcs_endpoint).address)
+    first = _wait(
+        client, client.create_custom_job(parent=PARENT, custom_job=_package_job(packages["wheel"])).name, timeout_s=600
+    )
+    assert first.state == JobState.JOB_STATE_SUCCEEDED, first.error.message
+    started = time.monotonic()
+    second = _wait(client, client.create_custom_job(parent=PARENT, custom_job=_package_job(packages["wheel"])).name)
+    assert second.state == JobState.JOB_STATE_SUCCEEDED, second.error.message
+    assert time.monotonic() - started < 30
+    assert not (_job_dir(tmp_path / "state", second) / "install.log").exists()  # written only by pip runs

@@ -1,4 +1,6 @@
-"""The Spinnaker Gate test double: Echo's webhook matching, Gate's answers, Orca's execution search."""
+"""The Spinnaker Gate test double: Gate's answers, Echo's trigger selection, Orca's execution search.
+
+Echo's matching rules themselves are ported case by case in test_local_spinnaker_gate_echo.py."""
 
 from __future__ import annotations
 
@@ -16,11 +18,10 @@ from typing import Any
 
 import pytest
 from local_emulator import processes
-from local_emulator.gate import (
+from local_emulator.spinnaker_gate import (
     TEST_DOUBLE_HEADER,
     ConfigError,
     GateState,
-    lookup,
     make_server,
     new_ulid,
     parse_config,
@@ -36,6 +37,7 @@ CONFIG: dict[str, Any] = {
             "trigger": {
                 "type": "webhook",
                 "source": "cd4ml",
+                "enabled": True,
                 "payloadConstraints": {"secret": f"^{KEY}$", "model": "dig", "image.registry": r"^127\.0\.0\.1:\d+$"},
             },
         },
@@ -43,19 +45,27 @@ CONFIG: dict[str, Any] = {
             "application": "iris",
             "name": "canary",
             "triggers": [
-                {"type": "webhook", "source": "cd4ml", "payloadConstraints": {"secret": f"^{KEY}$", "model": "^iris$"}}
+                {
+                    "type": "webhook",
+                    "source": "cd4ml",
+                    "enabled": True,
+                    "payloadConstraints": {"secret": f"^{KEY}$", "model": "^iris$"},
+                }
             ],
         },
         {
             "application": "digits",
             "name": "retired",
             "disabled": True,
-            "triggers": [{"type": "webhook", "source": "cd4ml"}],
+            "triggers": [{"type": "webhook", "source": "cd4ml", "enabled": True}],
         },
         {
             "application": "digits",
             "name": "other-source",
-            "triggers": [{"type": "webhook", "source": "elsewhere"}, {"type": "git", "source": "cd4ml"}],
+            "triggers": [
+                {"type": "webhook", "source": "elsewhere", "enabled": True},
+                {"type": "git", "source": "cd4ml", "enabled": True},
+            ],
         },
     ]
 }
@@ -97,11 +107,12 @@ def test_right_key_starts_one_execution_with_echo_trigger(state: GateState) -> N
     assert (execution["application"], execution["name"], execution["status"]) == ("digits", "canary", "RUNNING")
     trigger = execution["trigger"]
     assert trigger["type"] == "webhook" and trigger["source"] == "cd4ml" and trigger["eventId"] == webhook.event_id
+    # Echo passes the payload's parameters as they are; Orca fills parameterConfig defaults that are missing.
     assert trigger["parameters"] == {
         "stage": "canary",
-        "percent": "10",
+        "percent": 10,
         "run_id": "digits-20260101T0000",
-        "accuracy": "0.97",
+        "accuracy": 0.97,
     }
     assert trigger["artifacts"][0]["type"] == "docker/image"
     assert trigger["artifacts"][0]["reference"].endswith("@sha256:" + "a" * 64)
@@ -165,17 +176,36 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 def test_config_errors_are_reported_together() -> None:
     bad = {
         "pipelines": [
-            {"name": "x", "trigger": {"type": "webhook", "source": "s", "payloadConstraints": {"k": "("}}},
-            {"application": "a", "name": "y", "triggers": [{"type": "webhook"}]},
+            {"name": "x", "trigger": {"type": "webhook", "source": "s", "payloadConstraints": ["k"]}},
+            {"application": "a", "triggers": "webhook"},
         ]
     }
     with pytest.raises(ConfigError) as raised:
         parse_config(bad)
     message = str(raised.value)
-    assert "`application` is required" in message and "invalid regex" in message and "`source` is required" in message
+    assert "`application` is required" in message and "`payloadConstraints` must be a mapping" in message
+    assert "`name` is required" in message and "`triggers` must be a list" in message
 
 
-def test_list_constraint_matches_any_and_paths_reach_nested_values() -> None:
+def test_what_front50_stores_but_echo_never_fires_is_accepted_and_never_fires(tmp_path: Path) -> None:
+    """ArtifactMatcher.matches: an invalid regex "will never match any payload"; Trigger.enabled is a Java
+    boolean (absent = false); WebhookEventHandler.isValidTrigger wants type exactly "webhook"."""
+    config = {
+        "pipelines": [
+            {"application": "a", "name": "bad-regex", "trigger": {"type": "webhook", "source": "s", "enabled": True,
+                                                               "payloadConstraints": {"k": "("}}},
+            {"application": "a", "name": "no-enabled", "trigger": {"type": "webhook", "source": "s"}},
+            {"application": "a", "name": "type-case", "trigger": {"type": "Webhook", "source": "s", "enabled": True}},
+            {"application": "a", "name": "no-source", "trigger": {"type": "webhook", "enabled": True}},
+        ]
+    }  # fmt: skip
+    state = GateState(parse_config(config), tmp_path, 60_000)
+    assert state.receive("s", {"k": "("}).execution_ids == ()
+
+
+def test_a_json_list_constraint_is_one_regex_of_its_java_string() -> None:
+    """ArtifactMatcher: `constraints.get(key).toString()`; ["^prod$", "^canary$"] is "[^prod$, ^canary$]",
+    a negated character class, not "any of"; `$.meta.tags[1]` is a JsonPath."""
     config = {
         "pipelines": [
             {
@@ -184,16 +214,16 @@ def test_list_constraint_matches_any_and_paths_reach_nested_values() -> None:
                 "trigger": {
                     "type": "webhook",
                     "source": "s",
+                    "enabled": True,
                     "payloadConstraints": {"env": ["^prod$", "^canary$"], "$.meta.tags[1]": "^b$"},
                 },
             }
         ]
     }
-    pipeline = parse_config(config)[0]
-    trigger = pipeline.triggers[0]
-    assert trigger.matches("s", {"env": "canary", "meta": {"tags": ["a", "b"]}})
-    assert not trigger.matches("s", {"env": "dev", "meta": {"tags": ["a", "b"]}})
-    assert lookup({"a.b": 1, "a": {"b": 2}}, "a.b") == (True, 1)  # a literal top-level key wins, as in Echo
+    trigger = parse_config(config)[0].triggers[0]
+    assert not trigger.matches("s", {"env": "canary", "meta": {"tags": ["a", "b"]}})  # every char is in the class
+    assert trigger.matches("s", {"env": "dev", "meta": {"tags": ["a", "b"]}})  # "v" is not
+    assert not trigger.matches("s", {"env": "dev", "meta": {"tags": ["a", "c"]}})
 
 
 def test_ulids_sort_by_time() -> None:
@@ -247,12 +277,37 @@ def test_http_wrong_key_still_processed_and_recorded(gate_url: str) -> None:
     assert recorded[-1]["eventId"] == body["eventId"] and recorded[-1]["payload"]["secret"] == "nope"
 
 
-def test_http_refuses_what_echo_cannot_read(gate_url: str) -> None:
-    assert _request(f"{gate_url}/webhooks/webhook/cd4ml", b"not json")[0] == 400
-    assert _request(f"{gate_url}/webhooks/webhook/cd4ml", json.dumps(_payload(artifacts={"x": 1})).encode())[0] == 400
+def test_http_refuses_what_gate_cannot_read(gate_url: str) -> None:
+    """Gate's WebhookController takes `@RequestBody Map`: bad JSON, a non-object or NaN is a 400."""
+    for body in (b"not json", b"[1]", b"null", b'{"a": NaN}'):
+        assert _request(f"{gate_url}/webhooks/webhook/cd4ml", body)[0] == 400
     assert _request(f"{gate_url}/nothing/here")[0] == 404
     code, _, health = _request(f"{gate_url}/health")
     assert code == 200 and health["status"] == "UP" and health["testDouble"] is True
+
+
+def test_http_content_echo_cannot_convert_is_processed_but_starts_nothing(gate_url: str) -> None:
+    """WebhooksController answers before the TriggerMonitor converts the content (EventPropagator runs
+    listeners asynchronously): `artifacts` that are not a List<Artifact> fail there, silently."""
+    code, _, body = _request(f"{gate_url}/webhooks/webhook/cd4ml", json.dumps(_payload(artifacts={"x": 1})).encode())
+    assert code == 200 and body["eventProcessed"] is True
+    _, _, recorded = _request(f"{gate_url}/webhooks/recorded")
+    assert recorded[-1]["executionIds"] == [] and "artifacts" in recorded[-1]["dropped"]
+
+
+def test_http_path_type_is_compared_ignoring_case_and_other_types_start_nothing(gate_url: str) -> None:
+    """WebhookEventHandler.matchTriggerFor: trigger.getType().equalsIgnoreCase(event type); `manual` is not
+    handled; `git` goes to Echo's SCM handlers (unknown source: IllegalArgumentException, 400)."""
+
+    def started(webhook_type: str) -> list[Any]:
+        code, _, body = _request(f"{gate_url}/webhooks/{webhook_type}/cd4ml", json.dumps(_payload()).encode())
+        assert code == 200 and body["eventProcessed"] is True
+        query = f"triggerTypes=webhook&eventId={body['eventId']}"
+        return list(_request(f"{gate_url}/applications/*/executions/search?{query}")[2])
+
+    assert len(started("WEBHOOK")) == 1 and len(started("Webhook")) == 1
+    assert started("manual") == [] and started("docker") == [] and started("github") == []
+    assert _request(f"{gate_url}/webhooks/git/cd4ml", json.dumps(_payload()).encode())[0] == 400
 
 
 def test_cli_serves_a_yaml_config_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -265,7 +320,7 @@ def test_cli_serves_a_yaml_config_and_exits_cleanly_on_sigterm(tmp_path: Path) -
         [
             sys.executable,
             "-m",
-            "local_emulator.gate",
+            "local_emulator.spinnaker_gate",
             "--port",
             str(port),
             "--state-dir",

@@ -1,0 +1,358 @@
+"""A test double of Spinnaker Gate: webhooks matched as Echo does, executions searched as Orca does.
+
+This is NOT Spinnaker. It implements what cd4ml's trigger_canary talks to, with the behaviour of
+Gate + Echo + Orca that a caller can observe (each rule cites its source in the private modules):
+
+- `POST /webhooks/{type}/{source}` (Gate's WebhookController → Echo's WebhooksController): always
+  `{"eventProcessed": true, "eventId": "<uuid>"}` for a JSON object, even when nothing matched: a wrong
+  pre-shared key (itself a payload constraint) is only visible as the absence of an execution. Which
+  pipelines start is Echo's WebhookEventHandler (`_gate_pipelines`) with ArtifactMatcher's and kork's
+  ExpectedArtifact's rules (`_echo_matching`). `type` `git` only knows Echo's SCM sources; `cdevents` is
+  not implemented (501).
+- `GET /applications/{app}/executions/search?...`: Orca's searchForPipelinesByTrigger (`_orca_search`).
+- `GET /pipelines/{id}`: one execution. `GET /health`: `{"status": "UP", ...}`.
+- `GET /webhooks/recorded` (stand-in only): every webhook received, its payload, the executions it
+  started, and why Echo would have dropped it (`dropped`), for tests.
+
+Executions are RUNNING for --execution-seconds, then SUCCEEDED. State is kept in memory and in
+DIR/executions.json and DIR/webhooks.json. Every response carries `X-Test-Double: spinnaker-gate`.
+
+    python -m local_emulator.spinnaker_gate --host 127.0.0.1 --port P --state-dir DIR --config pipelines.yaml
+
+Config (YAML or JSON), pipelines as Front50 stores them::
+
+    pipelines:
+      - application: digits
+        name: canary
+        parameterConfig: [{name: stage, default: canary}]
+        expectedArtifacts: [{id: img, matchArtifact: {type: docker/image, name: ".*/digits"}}]
+        triggers:                     # or `trigger:` with one mapping
+          - type: webhook             # exactly "webhook"
+            source: cd4ml
+            enabled: true             # Echo reads a missing `enabled` as false
+            payloadConstraints: {secret: "^KEY$", model: digits}
+            expectedArtifactIds: [img]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from local_emulator._echo_matching import EventDropped
+from local_emulator._gate_pipelines import (
+    WEBHOOK,
+    ConfigError,
+    Pipeline,
+    WebhookTrigger,
+    convert_event,
+    execution_trigger,
+    load_config,
+    matching_pipelines,
+    parse_config,
+)
+from local_emulator._orca_search import SearchError, search
+from local_emulator._service import atomic_write, configure_logging, stop_event_on_signals
+
+__all__ = [
+    "TEST_DOUBLE_HEADER", "ConfigError", "GateState", "Pipeline", "SearchError", "Webhook", "WebhookTrigger",
+    "load_config", "main", "make_server", "new_ulid", "parse_config",
+]  # fmt: skip
+
+TEST_DOUBLE_HEADER = ("X-Test-Double", "spinnaker-gate")
+SCM_SOURCES = ("bitbucket", "github", "gitlab", "stash")  # echo-webhooks scm/*WebhookEventHandler.handles
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+_log = logging.getLogger("gate")
+
+
+class BadWebhook(ValueError):
+    """A body Gate refuses before Echo sees it (HTTP 400): not a JSON object."""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One received webhook and what it started (nothing, with the reason, when Echo would drop it)."""
+
+    event_id: str
+    source: str
+    payload: Mapping[str, Any]
+    received_ms: int
+    execution_ids: tuple[str, ...] = ()
+    type: str = WEBHOOK
+    dropped: str | None = None
+
+
+def new_ulid(now_ms: int) -> str:
+    """A ULID, as Orca gives execution ids: 48 bits of milliseconds, 80 random bits, Crockford base32."""
+    value = (now_ms << 80) | int.from_bytes(secrets.token_bytes(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadWebhook(f"JSON parse error: non-standard token '{name}'")  # Jackson refuses NaN/Infinity
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """Gate's `@RequestBody Map`: a JSON object, else 400."""
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant) if body.strip() else None
+    except ValueError as error:
+        raise BadWebhook(f"JSON parse error: {error}") from error
+    if not isinstance(payload, dict):
+        raise BadWebhook("Required request body is missing or is not a JSON object")
+    return payload
+
+
+class GateState:
+    """Pipelines, webhooks received and executions started; thread-safe; saved under the state dir."""
+
+    def __init__(self, pipelines: Sequence[Pipeline], state_dir: Path, execution_ms: int) -> None:
+        self.pipelines = tuple(pipelines)
+        self._dir = state_dir
+        self._execution_ms = execution_ms
+        self._lock = threading.Lock()
+        self._webhooks: list[dict[str, Any]] = []
+        self._executions: list[dict[str, Any]] = []
+        self._load()
+
+    def _load(self) -> None:
+        for name, target in (("webhooks.json", self._webhooks), ("executions.json", self._executions)):
+            path = self._dir / name
+            if path.exists():
+                target.extend(json.loads(path.read_text(encoding="utf-8")))
+
+    def _save(self) -> None:
+        for name, items in (("webhooks.json", self._webhooks), ("executions.json", self._executions)):
+            with atomic_write(self._dir / name) as handle:
+                json.dump(items, handle)
+
+    def receive(self, source: str, payload: Mapping[str, Any], webhook_type: str = WEBHOOK) -> Webhook:
+        """Record a webhook and start an execution for every (pipeline, trigger) Echo would match."""
+        now_ms = int(time.time() * 1000)
+        event_id = str(uuid.uuid4())
+        records: list[dict[str, Any]] = []
+        dropped = None
+        try:
+            event = convert_event(webhook_type, source, payload)
+            for pipeline, trigger in matching_pipelines(self.pipelines, event):
+                records.append(self._record(pipeline, execution_trigger(pipeline, trigger, event, event_id), now_ms))
+        except EventDropped as error:  # Echo's EventPropagator logs the exception; nothing starts
+            records, dropped = [], str(error)
+            _log.warning("webhook dropped as Echo would", extra={"event_id": event_id, "reason": dropped})
+        webhook = Webhook(event_id, source, payload, now_ms, tuple(r["id"] for r in records), webhook_type, dropped)
+        with self._lock:
+            self._webhooks.append(
+                {
+                    "eventId": event_id,
+                    "type": webhook_type,
+                    "source": source,
+                    "receivedTime": now_ms,
+                    "payload": dict(payload),
+                    "executionIds": list(webhook.execution_ids),
+                    "dropped": dropped,
+                }
+            )
+            self._executions.extend(records)
+            self._save()
+        return webhook
+
+    def _record(self, pipeline: Pipeline, trigger: dict[str, Any], now_ms: int) -> dict[str, Any]:
+        """An execution in Orca's JSON shape; status and end time are derived when read."""
+        execution_id = new_ulid(now_ms)
+        return {
+            "type": "PIPELINE",
+            "id": execution_id,
+            "application": pipeline.application,
+            "name": pipeline.name,
+            "pipelineConfigId": pipeline.id,
+            "buildTime": now_ms,
+            "startTime": now_ms,
+            "canceled": False,
+            "trigger": trigger,
+            "stages": [
+                {"id": f"{execution_id}-1", "type": "wait", "name": "canary (Gate test double)", "startTime": now_ms}
+            ],
+            "testDouble": True,
+            "_durationMs": self._execution_ms,
+        }
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(w) for w in self._webhooks]
+
+    def _render(self, record: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+        rendered = {k: v for k, v in record.items() if not k.startswith("_")}
+        finished = now_ms - int(record["startTime"]) >= int(record["_durationMs"])
+        status = "SUCCEEDED" if finished else "RUNNING"
+        end = int(record["startTime"]) + int(record["_durationMs"]) if finished else None
+        rendered["status"] = status
+        rendered["endTime"] = end
+        rendered["stages"] = [{**stage, "status": status, "endTime": end} for stage in record["stages"]]
+        return rendered
+
+    def execution(self, execution_id: str) -> dict[str, Any] | None:
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            for record in self._executions:
+                if record["id"] == execution_id:
+                    return self._render(record, now_ms)
+        return None
+
+    def _pipeline_ids(self, application: str, pipeline_name: str | None) -> list[str]:
+        """Front50's part of the search: every pipeline for `*`, else the application's (by name)."""
+        return [
+            p.id
+            for p in self.pipelines
+            if (application == "*" or p.application.lower() == application.lower())
+            and (not pipeline_name or p.name == pipeline_name)
+        ]
+
+    def search(self, application: str, query: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+        """Orca's searchForPipelinesByTrigger; raises SearchError (with its HTTP status) as Orca would."""
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            records = [self._render(r, now_ms) for r in self._executions]
+        return search(application, query, self._pipeline_ids, records)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: GateState) -> None:
+        super().__init__(address, _Handler)
+        self.state = state
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header(*TEST_DOUBLE_HEADER)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, code: int, message: str) -> None:
+        self._send(
+            code,
+            {
+                "status": code,
+                "error": message,
+                "message": message,
+                "path": urlsplit(self.path).path,
+                "testDouble": True,
+            },
+        )
+
+    def do_POST(self) -> None:
+        parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if len(parts) != 3 or parts[0] != "webhooks":
+            self._error(404, "Not Found")
+            return
+        webhook_type, source = parts[1], parts[2]
+        if webhook_type == "cdevents":
+            self._error(501, "CDEvents webhooks are not implemented by the Gate test double")
+            return
+        try:
+            payload = parse_body(body)
+            if webhook_type == "git" and source not in SCM_SOURCES:  # ScmWebhookHandler.getHandler
+                raise BadWebhook(f"Invalid SCM handler source{source}")
+        except BadWebhook as error:
+            _log.info("webhook refused", extra={"source": source, "reason": str(error)})
+            self._error(400, str(error))
+            return
+        webhook = self.server.state.receive(source, payload, webhook_type)
+        _log.info(
+            "webhook processed",
+            extra={"source": source, "event_id": webhook.event_id, "executions": list(webhook.execution_ids)},
+        )
+        self._send(200, {"eventProcessed": True, "eventId": webhook.event_id})
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        state = self.server.state
+        if parts == ["health"]:
+            self._send(200, {"status": "UP", "testDouble": True, "service": "Spinnaker Gate test double (cd4ml)"})
+        elif parts == ["webhooks", "recorded"]:
+            self._send(200, state.webhooks())
+        elif len(parts) == 4 and parts[0] == "applications" and parts[2:] == ["executions", "search"]:
+            try:
+                self._send(200, state.search(parts[1], parse_qs(url.query, keep_blank_values=True)))
+            except SearchError as error:
+                self._error(error.status, str(error))
+        elif len(parts) == 2 and parts[0] == "pipelines":
+            execution = state.execution(parts[1])
+            if execution is None:
+                self._error(404, f"Execution not found: {parts[1]}")
+            else:
+                self._send(200, execution)
+        else:
+            self._error(404, "Not Found")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def make_server(host: str, port: int, state: GateState) -> ThreadingHTTPServer:
+    """A bound (not yet serving) Gate stand-in; port 0 picks a free one."""
+    return _Server((host, port), state)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m local_emulator.spinnaker_gate", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True, help="executions.json and webhooks.json")
+    parser.add_argument("--config", type=Path, required=True, help="pipelines with webhook triggers (YAML or JSON)")
+    parser.add_argument("--execution-seconds", type=float, default=2.0, help="how long an execution stays RUNNING")
+    args = parser.parse_args(argv)
+    configure_logging("gate")
+    stop = stop_event_on_signals()
+    try:
+        pipelines = load_config(args.config)
+    except (OSError, ValueError) as error:
+        _log.error("bad config", extra={"config": str(args.config), "error": str(error)})
+        return 2
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    server = make_server(args.host, args.port, GateState(pipelines, args.state_dir, int(args.execution_seconds * 1000)))
+    thread = threading.Thread(target=server.serve_forever, name="gate", daemon=True)
+    thread.start()
+    _log.info(
+        "ready",
+        extra={
+            "address": f"{args.host}:{server.server_address[1]}",
+            "pipelines": [f"{p.application}/{p.name}" for p in pipelines],
+            "pid": os.getpid(),
+        },
+    )
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    _log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
