@@ -136,23 +136,56 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    """Show what stages rejected or gave up on, from the dead-letter hold subscriptions; leaves them there."""
+def _subscriber() -> Any:
+    """A subscriber that accepts messages of any size: Pub/Sub takes up to 10 MB, gRPC's default refuses > 4 MB."""
     from google.cloud import pubsub_v1
 
+    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not emulator:
+        return pubsub_v1.SubscriberClient()  # its production channel already lifts the limit
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    channel = grpc.insecure_channel(emulator, options=[("grpc.max_receive_message_length", -1)])
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
+def held_messages(subscriber: Any, path: str, page: int = 100, quiet_pulls: int = 2) -> list[Any]:
+    """Every message held in ``path``, pulled page by page and then handed back, so looking consumes nothing.
+
+    Pulled messages stay leased (not redelivered to this look) until all are read; a pull may come back
+    empty although messages wait, so the look ends after ``quiet_pulls`` empty pulls in a row.
+    """
+    received: list[Any] = []
+    seen: set[str] = set()
+    quiet = 0
+    try:
+        while quiet < quiet_pulls:
+            response = subscriber.pull(request={"subscription": path, "max_messages": page}, timeout=10)
+            fresh = [r for r in response.received_messages if r.message.message_id not in seen]
+            seen.update(r.message.message_id for r in fresh)
+            received += fresh
+            quiet = 0 if fresh else quiet + 1
+            if not fresh:
+                time.sleep(0.3)
+    finally:
+        for start in range(0, len(received), 1000):  # hand them back at once
+            subscriber.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
+                                                    "ack_ids": [r.ack_id for r in received[start:start + 1000]]})
+    return received
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Show what stages rejected or gave up on, from the dead-letter hold subscriptions; leaves them there."""
     from cd4ml import catalog
 
     settings = _settings()
-    subscriber = pubsub_v1.SubscriberClient()
+    subscriber = _subscriber()
     stages = [args.stage] if args.stage else [s.name for s in catalog.load().stages]
     found = 0
     for stage in stages:
         path = subscriber.subscription_path(settings.project, catalog.dead_letter_hold(stage))
-        response = subscriber.pull(request={"subscription": path, "max_messages": args.limit}, timeout=10)
-        if not response.received_messages:  # a pull may come back empty once although messages wait
-            time.sleep(0.5)
-            response = subscriber.pull(request={"subscription": path, "max_messages": args.limit}, timeout=10)
-        for received in response.received_messages:
+        for received in held_messages(subscriber, path)[: args.limit or None]:
             found += 1
             m = received.message
             attrs = dict(m.attributes)
@@ -160,12 +193,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 "stage": stage, "message_id": attrs.get("cd4ml-original-message-id", m.message_id),
                 "published": m.publish_time.isoformat(), "run_id": attrs.get("ce-subject", ""),
                 "type": attrs.get("ce-type", ""), "error": attrs.get("cd4ml-error", "(delivery attempts exhausted)"),
-                "attributes": attrs, "data": m.data.decode("utf-8", "replace")[:2000],
-            }) if args.json else f"{stage:<16} {m.publish_time:%Y-%m-%d %H:%M:%S}  {attrs.get('ce-subject', '-'):<28} "
+                "attributes": attrs, "bytes": len(m.data), "data": m.data[:2000].decode("utf-8", "replace"),
+            }) if args.json else f"{stage:<16} {m.publish_time:%Y-%m-%d %H:%M:%S}  {attrs.get('ce-subject', '-')[:40]:<28} "
                   f"{attrs.get('cd4ml-error', '(delivery attempts exhausted)')}")
-        if response.received_messages:  # hand them back at once: looking must not consume them
-            subscriber.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
-                                                    "ack_ids": [r.ack_id for r in response.received_messages]})
     if not found and not args.json:
         print("no dead letters")
     return 0
@@ -206,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     dead = sub.add_parser("dead-letters", help="messages the stages rejected or gave up on (left in place)")
     dead.add_argument("--stage", help="one stage (default: every stage)")
-    dead.add_argument("--limit", type=int, default=20, help="per stage (default 20)")
+    dead.add_argument("--limit", type=int, default=0, help="at most this many per stage (default: every held message)")
     dead.add_argument("--json", action="store_true", help="one JSON object per message, with its data")
     dead.set_defaults(func=cmd_dead_letters)
     model = sub.add_parser("model", help="check or push a model folder (manifest.yaml + trainer)")

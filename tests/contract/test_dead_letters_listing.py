@@ -1,0 +1,55 @@
+"""``cd4ml dead-letters`` lists every held message, page by page, whatever its size, and leaves them held.
+
+Starts only the Pub/Sub emulator.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from local_emulator import processes
+from local_emulator import stack as local
+
+from cd4ml_cli.main import _subscriber, held_messages
+
+PUBSUB_EMULATOR = local.GCLOUD_PLATFORM / "pubsub-emulator/bin/cloud-pubsub-emulator"
+pytestmark = pytest.mark.skipif(not PUBSUB_EMULATOR.exists(), reason="needs the gcloud Pub/Sub emulator")
+
+
+@pytest.fixture(scope="module")
+def pubsub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = processes.free_port()
+    pid = processes.start("pubsub", [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={port}"],
+                          env=dict(os.environ), log_dir=tmp_path_factory.mktemp("pubsub-logs"))
+    saved = os.environ.get("PUBSUB_EMULATOR_HOST")
+    try:
+        processes.wait_until(lambda: processes.port_open(port), what="pubsub emulator", timeout=60)
+        os.environ["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
+    finally:
+        processes.stop(pid)
+        if saved is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = saved
+
+
+def test_every_held_message_is_listed_and_stays_held_even_a_large_one(pubsub: str) -> None:
+    from google.cloud import pubsub_v1
+
+    publisher, subscriber = pubsub_v1.PublisherClient(), _subscriber()
+    topic = publisher.topic_path("cd4ml-dl", "cd4ml-evaluate-dead-letter")
+    hold = subscriber.subscription_path("cd4ml-dl", "cd4ml-evaluate-dead-letter-hold")
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(request={"name": hold, "topic": topic, "retain_acked_messages": True})
+    futures = [publisher.publish(topic, f"bad {i}".encode(), **{"cd4ml-error": f"reason {i}"}) for i in range(230)]
+    futures.append(publisher.publish(topic, b"x" * (6 * 1024 * 1024), **{"cd4ml-error": "too big to list before"}))
+    for future in futures:
+        future.result(timeout=30)
+    first = held_messages(subscriber, hold)
+    assert len(first) == 231
+    assert any(len(r.message.data) == 6 * 1024 * 1024 for r in first)
+    again = held_messages(subscriber, hold)  # looking consumed nothing
+    assert sorted(r.message.message_id for r in again) == sorted(r.message.message_id for r in first)
