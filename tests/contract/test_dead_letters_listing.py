@@ -9,10 +9,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from cd4ml_cli.main import _subscriber, held_messages
 from local_emulator import processes
 from local_emulator import stack as local
-
-from cd4ml_cli.main import _subscriber, held_messages
 
 PUBSUB_EMULATOR = local.GCLOUD_PLATFORM / "pubsub-emulator/bin/cloud-pubsub-emulator"
 pytestmark = pytest.mark.skipif(not PUBSUB_EMULATOR.exists(), reason="needs the gcloud Pub/Sub emulator")
