@@ -33,16 +33,6 @@ _SKLEARN_16 = (
     "joblib==1.4.2",
     "google-cloud-storage==2.19.0",
 )
-# scikit-learn 1.3: the serving image pins 1.3.2 so that pickles load; scipy 1.11.4 is the last
-# release that scikit-learn 1.3 was tested with.
-_SKLEARN_13 = (
-    "scikit-learn==1.3.2",
-    "numpy==1.26.4",
-    "pandas==2.2.3",
-    "scipy==1.11.4",
-    "joblib==1.4.2",
-    "google-cloud-storage==2.19.0",
-)
 # The 1.0 / 0.23 / XGBoost 1.x images document numpy 1.18.5, pandas 1.0.4, scipy 1.4.1, joblib
 # 0.15.1 and google-cloud-storage 1.29.0: none has a Python 3.11 wheel, so only the framework is pinned.
 _OLD_COMPANIONS = ("joblib", "google-cloud-storage")
@@ -53,7 +43,7 @@ class ExecutorImage:
     """One prebuilt training container (all three regional URIs) and what it preinstalls."""
 
     name: str
-    """The image name under ``vertex-ai/training/``, e.g. ``sklearn-cpu.1-3``."""
+    """The image name under ``vertex-ai/training/``, e.g. ``sklearn-cpu.1-6``."""
     framework: str
     """The ML framework and version the page documents."""
     requirements: tuple[str, ...]
@@ -73,7 +63,6 @@ def _images() -> dict[str, ExecutorImage]:
     add("sklearn-cpu.1-6 sklearn-gpu.1-6", "scikit-learn 1.6.1 (Python 3.10)", *_SKLEARN_16)
     # Not in the page as read (it lists 1.6, 1.0 and 0.23): 1.3 was listed before 1.6 replaced it
     # and is what examples/digits uses; keep it until its end of availability is confirmed.
-    add("sklearn-cpu.1-3", "scikit-learn 1.3 (Python 3.10)", *_SKLEARN_13)
     add("sklearn-cpu.1-0 sklearn-gpu.1-0", "scikit-learn 1.0 (Python 3.10)", "scikit-learn==1.0.*", *_OLD_COMPANIONS)
     add("scikit-learn-cpu.0-23", "scikit-learn 0.23.1 (Python 3.7)", "scikit-learn==0.23.1", *_OLD_COMPANIONS)
     add("xgboost-cpu.2-1 xgboost-gpu.2-1", "XGBoost 2.1.3 (Python 3.10)", "xgboost==2.1.3", *_SKLEARN_16)

@@ -1,9 +1,18 @@
 """A small Python base image built from Debian packages, because Docker Hub cannot be reached here.
 
 `FROM python:3.11-slim` in a model's Dockerfile resolves, in the local Cloud Build, to this image:
-Debian's python3 with its standard library, dash and coreutils (a shell, so RUN works), made by
-mmdebstrap (variant `extract`: no maintainer scripts, ~10 s, ~59 MB) and written as a one-layer OCI
-image layout. It is cached under a directory keyed by everything that goes into it.
+Debian bookworm's python3 (3.11, as in python:3.11-slim) with its standard library, dash and coreutils
+(a shell, so RUN works), made by mmdebstrap (variant `extract`: no maintainer scripts) and written as a
+one-layer OCI image layout. It is cached under a directory keyed by everything that goes into it.
+
+What a Dockerfile written for python:3.11-slim relies on, and this image therefore provides (the
+official image's Dockerfile, docker-library/python `3.11/slim-bookworm/Dockerfile`, builds Python into
+/usr/local, installs pip, and ships no PEP 668 marker):
+- `python`, `python3` and `pip` on PATH (python-is-python3, python3-pip);
+- `pip install` into the system interpreter: Debian's `EXTERNALLY-MANAGED` marker is removed;
+- the shared libraries manylinux wheels link against (libstdc++6: scipy's extensions need it);
+- the CA bundle pip uses to reach PyPI (`/etc/ssl/certs/ca-certificates.crt`, which ca-certificates'
+  maintainer script would have made).
 
     python -m local_emulator.baseimage [--cache-dir DIR] [--package P ...]   # prints the layout as JSON
 """
@@ -35,7 +44,7 @@ from local_emulator._service import ChildGroups, configure_logging
 DEBIAN_PACKAGES: tuple[str, ...] = ("buildah", "skopeo", "docker-registry", "mmdebstrap")
 
 #: Bumped whenever the way a base image is made changes, so old cache entries are not reused.
-_FORMAT = "cd4ml-baseimage-1"
+_FORMAT = "cd4ml-baseimage-2"
 #: mtimes in the rootfs are clamped to this, so the same inputs give the same layer.
 _SOURCE_DATE_EPOCH = "1700000000"
 _LAYOUT_REF = "base"
@@ -45,6 +54,20 @@ _ETC_FILES = {
     "passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
     "group": "root:x:0:\nnogroup:x:65534:\n",
 }
+#: Run on the unpacked rootfs ("$1"), in order: what makes the Debian tree behave like python:3.11-slim.
+#: "$ANCHORS" is the file of this machine's local trust anchors, staged beside the rootfs (see BaseImageSpec).
+_CUSTOMIZE_HOOKS: tuple[str, ...] = (
+    # python:3.11-slim has no PEP 668 marker, so `pip install` there writes into the system interpreter;
+    # Debian's python3.11 ships /usr/lib/python3.11/EXTERNALLY-MANAGED, which would refuse it.
+    'rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED',
+    # update-ca-certificates (ca-certificates' postinst) does not run in the extract variant; Debian's pip
+    # reads this bundle, so without it every PyPI download fails certificate verification. Like
+    # update-ca-certificates(8), it is Mozilla's set plus the machine's local anchors.
+    'mkdir -p "$1/etc/ssl/certs" && cat "$1"/usr/share/ca-certificates/mozilla/*.crt "$ANCHORS" '
+    '> "$1/etc/ssl/certs/ca-certificates.crt"',
+)
+#: Where Debian keeps a machine's own trust anchors (update-ca-certificates(8)).
+LOCAL_ANCHORS = Path("/usr/local/share/ca-certificates")
 
 _log = logging.getLogger("baseimage")
 
@@ -70,13 +93,44 @@ class BaseImageSpec:
 
     suite: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
-    packages: tuple[str, ...] = ("python3", "dash", "coreutils")
+    packages: tuple[str, ...] = (
+        "python3",
+        "python-is-python3",
+        "python3-pip",
+        "ca-certificates",
+        "dash",
+        "coreutils",
+        # in debian:bookworm-slim (apt links libstdc++) or added by python:3.11-slim's Dockerfile (netbase,
+        # tzdata); manylinux wheels expect libstdc++ (PEP 599): scipy's extensions fail to import without it
+        "libstdc++6",
+        "netbase",
+        "tzdata",
+    )
     variant: str = "extract"
     architecture: str = field(default_factory=_host_architecture)
+    local_anchors: str = str(LOCAL_ANCHORS)
+    """The host's extra CA certificates (`*.crt`), trusted in the image too: a machine behind a TLS-inspecting
+    proxy reaches PyPI only with them, as its own pip does. "" trusts Mozilla's set alone, as python:3.11-slim."""
+
+    def anchors(self) -> bytes:
+        """The local anchors as one PEM text (part of the cache key: a rotated proxy CA rebuilds the base)."""
+        if not self.local_anchors:
+            return b""
+        found = sorted(Path(self.local_anchors).rglob("*.crt")) if Path(self.local_anchors).is_dir() else []
+        return b"".join(path.read_bytes().rstrip(b"\n") + b"\n" for path in found)
 
     @property
     def key(self) -> str:
-        payload = json.dumps({"format": _FORMAT, "etc": _ETC_FILES, **asdict(self)}, sort_keys=True)
+        payload = json.dumps(
+            {
+                "format": _FORMAT,
+                "etc": _ETC_FILES,
+                "customize": _CUSTOMIZE_HOOKS,
+                "anchors": hashlib.sha256(self.anchors()).hexdigest(),
+                **asdict(self),
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -106,7 +160,10 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _mmdebstrap_argv(spec: BaseImageSpec, target: Path) -> list[str]:
+def _mmdebstrap_argv(spec: BaseImageSpec, target: Path, anchors: Path) -> list[str]:
+    # mmdebstrap runs no customize hook in the extract variant (measured); its extract hook comes after
+    # the --include packages are unpacked there. Other variants install later, so they customize.
+    stage = "extract" if spec.variant == "extract" else "customize"
     hooks = [
         f'--setup-hook=mkdir -p "$1/etc" && printf %s {shlex.quote(text)} > "$1/etc/{name}"'
         for name, text in _ETC_FILES.items()
@@ -122,6 +179,7 @@ def _mmdebstrap_argv(spec: BaseImageSpec, target: Path) -> list[str]:
         "--dpkgopt=path-exclude=/usr/share/man/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
         *hooks,
+        *(f"--{stage}-hook=ANCHORS={shlex.quote(str(anchors))}; {hook}" for hook in _CUSTOMIZE_HOOKS),
         spec.suite,
         str(target),
         spec.mirror,
@@ -196,9 +254,10 @@ def write_oci_layout(rootfs_tar: Path, layout: Path, spec: BaseImageSpec) -> str
 
 
 def ensure_base_image(spec: BaseImageSpec, cache_dir: Path) -> BaseImage:
-    """Return the cached base image for spec, building it first if absent (~10 s; then ~0 s)."""
-    entry = cache_dir / spec.key
-    with _locked(cache_dir / f"{spec.key}.lock"):
+    """Return the cached base image for spec, building it first if absent (~15 s; then ~0 s)."""
+    key = spec.key
+    entry = cache_dir / key
+    with _locked(cache_dir / f"{key}.lock"):
         done = entry / "image.json"
         if done.exists():
             record = json.loads(done.read_text(encoding="utf-8"))
@@ -209,7 +268,9 @@ def ensure_base_image(spec: BaseImageSpec, cache_dir: Path) -> BaseImage:
         started = time.monotonic()
         rootfs = entry / "rootfs.tar"
         env = {**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH}
-        argv = _mmdebstrap_argv(spec, rootfs)
+        anchors = entry / "local-anchors.pem"
+        anchors.write_bytes(spec.anchors())
+        argv = _mmdebstrap_argv(spec, rootfs, anchors)
         _log.info("building base image", extra={"spec": asdict(spec), "argv": argv})
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
@@ -222,7 +283,7 @@ def ensure_base_image(spec: BaseImageSpec, cache_dir: Path) -> BaseImage:
         done.write_text(
             json.dumps({"manifest_digest": digest, "spec": asdict(spec), "seconds": seconds}), encoding="utf-8"
         )
-        _log.info("built base image", extra={"key": spec.key, "seconds": round(seconds, 2), "digest": digest})
+        _log.info("built base image", extra={"key": key, "seconds": round(seconds, 2), "digest": digest})
         return BaseImage(spec, entry / "oci", digest, seconds)
 
 

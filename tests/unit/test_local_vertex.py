@@ -36,9 +36,9 @@ PARENT = "projects/test-project/locations/us-central1"
 BUCKET = "cd4ml-test"
 JobState = aiplatform_v1.JobState
 TERMINAL = {JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED}
-# The image examples/digits trains on; its local stand-in environment has scikit-learn 1.3.2,
+# The image examples/digits trains on; its local stand-in environment has scikit-learn 1.6.1,
 # numpy, pandas, scipy, joblib and google-cloud-storage (local_emulator/_vertex_images.py).
-EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest"
+EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:latest"
 LOCAL_REGISTRY = "127.0.0.1:1"  # nothing listens there: pulls fail fast
 
 TRAINER = '''\
@@ -329,8 +329,8 @@ def test_a_job_is_queued_then_fails_with_a_clear_message(vertex: aiplatform_v1.J
 @pytest.mark.parametrize(
     "uri",
     [
-        "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest",
-        "europe-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest",
+        "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:latest",
+        "europe-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:latest",
         "asia-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest",
         "us-docker.pkg.dev/vertex-ai/training/pytorch-xla.2-4.py310:latest",
         "europe-docker.pkg.dev/vertex-ai/training/xgboost-cpu.2-1:latest",
@@ -349,11 +349,13 @@ def test_prebuilt_training_containers_are_accepted(vertex: aiplatform_v1.JobServ
         ("python:3.11-slim", "is not one of Vertex AI's prebuilt training containers"),
         ("gcr.io/my-project/trainer:1", "is not one of Vertex AI's prebuilt training containers"),
         # A prediction image is not a training image.
-        ("us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-3:latest", "is not one of"),
+        ("us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-6:latest", "is not one of"),
+        # sklearn-cpu.1-3 is not on Google's list of prebuilt training containers (1.6, 1.0, 0.23 are)
+        ("us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest", "is not one of"),
         ("us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.9-9:latest", "is not one of"),
-        ("us-central1-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:latest", "is not one of"),
+        ("us-central1-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:latest", "is not one of"),
         # "Using image names without the latest tag isn't supported." (same page)
-        ("us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-3:1.3", "only supported with the 'latest' tag"),
+        ("us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:1.6", "only supported with the 'latest' tag"),
     ],
 )
 def test_other_executor_images_are_invalid(vertex: aiplatform_v1.JobServiceClient, uri: str, reason: str) -> None:
