@@ -27,20 +27,34 @@ TARGETS = ("coldstart", "hops", "runs")
 
 def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--only", choices=TARGETS, action="append",
-                        help="measure only this target (repeatable; default: all)")
-    parser.add_argument("--cold-passes", type=int, default=3,
-                        help="fresh servers per stage whose cold start is timed; the median is checked (default 3)")
+    parser.add_argument(
+        "--only", choices=TARGETS, action="append", help="measure only this target (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--cold-passes",
+        type=int,
+        default=3,
+        help="fresh servers per stage whose cold start is timed; the median is checked (default 3)",
+    )
     parser.add_argument("--hops", type=int, default=80, help="bare hops sampled (default 80)")
-    parser.add_argument("--sequential-runs", type=int, default=32,
-                        help="runs, one after the other, whose hops are measured (default 32)")
+    parser.add_argument(
+        "--sequential-runs",
+        type=int,
+        default=32,
+        help="runs, one after the other, whose hops are measured (default 32)",
+    )
     parser.add_argument("--baseline-runs", type=int, default=10, help="runs of the baseline batch (default 10)")
-    parser.add_argument("--baseline-batches", type=int, default=2,
-                        help="baseline batches, pooled: one batch of 10 is noisy (default 2)")
+    parser.add_argument(
+        "--baseline-batches", type=int, default=2, help="baseline batches, pooled: one batch of 10 is noisy (default 2)"
+    )
     parser.add_argument("--runs", type=int, default=100, help="runs of the large batch (default 100)")
     parser.add_argument("--batch-timeout", type=float, default=300.0, help="seconds a batch may take (default 300)")
-    parser.add_argument("--tick-seconds", type=float, default=1.0,
-                        help="watch tick period (production: 60; the local stack's tests: 1; default 1)")
+    parser.add_argument(
+        "--tick-seconds",
+        type=float,
+        default=1.0,
+        help="watch tick period (production: 60; the local stack's tests: 1; default 1)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (stack state and logs)")
     return parser.parse_args(argv)
@@ -61,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "hops" in wanted:
                 sections.append(hops.measure(pipeline, workdir, options.hops, options.sequential_runs))
             if "runs" in wanted:
-                sections.append(concurrency.measure(pipeline, options.baseline_runs, options.runs,
-                                                    options.batch_timeout, options.baseline_batches))
+                sections.append(
+                    concurrency.measure(
+                        pipeline, options.baseline_runs, options.runs, options.batch_timeout, options.baseline_batches
+                    )
+                )
     finally:
         if options.keep:
             say(f"work directory kept: {workdir}")
@@ -71,8 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(
         started_at=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         duration_s=round(time.monotonic() - clock, 1),
-        machine={"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                 "load_average": list(os.getloadavg())},
+        machine={
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average": list(os.getloadavg()),
+        },
         options={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
         sections=tuple(sections),
     )

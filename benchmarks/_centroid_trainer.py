@@ -28,8 +28,8 @@ def _client() -> Any:
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=os.environ.get("CLOUD_ML_PROJECT_ID", "local"),
-                              credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+        anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        return storage.Client(project=os.environ.get("CLOUD_ML_PROJECT_ID", "local"), credentials=anonymous)
     return storage.Client()
 
 
@@ -81,8 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = sum(_predict(centroids, f) == label for f, label in test) / len(test)
     model = json.dumps({"centroids": {str(k): v for k, v in sorted(centroids.items())}}).encode()
     sha256 = hashlib.sha256(model).hexdigest()
-    report = {"metrics": {"accuracy": accuracy}, "model_file": "model.json", "model_sha256": sha256,
-              "train_rows": len(train), "test_rows": len(test), "seed": args.seed}
+    report = {
+        "metrics": {"accuracy": accuracy},
+        "model_file": "model.json",
+        "model_sha256": sha256,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "seed": args.seed,
+    }
     _save(model, "model.json")
     _save(json.dumps(report, indent=2).encode(), "metrics.json")
     print(json.dumps(report), file=sys.stderr)

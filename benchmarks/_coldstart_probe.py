@@ -26,8 +26,16 @@ def main(request_file: str, result_file: str) -> int:
     response = app.test_client().post(request["path"], json=request["body"])
     served = time.perf_counter()
     loaded = {client: module in sys.modules for client, module in request["modules"].items()}
-    Path(result_file).write_text(json.dumps({"status": response.status_code, "import_s": imported - STARTED,
-                                             "event_s": served - imported, "loaded": loaded}))
+    Path(result_file).write_text(
+        json.dumps(
+            {
+                "status": response.status_code,
+                "import_s": imported - STARTED,
+                "event_s": served - imported,
+                "loaded": loaded,
+            }
+        )
+    )
     return 0
 
 

@@ -83,8 +83,21 @@ class Loaded:
 def serve_first_event(pipeline: Pipeline, probe: Probe, workdir: Path, name: str) -> Served:
     """Start the stage's server, POST the probe once the port opens; time process start → response."""
     port = processes.free_port()
-    argv = [sys.executable, "-m", "functions_framework", "--target", probe.stage, "--source", str(MAIN),
-            "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        probe.stage,
+        "--source",
+        str(MAIN),
+        "--signature-type",
+        "cloudevent",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     env = local.stage_env(pipeline.stack, probe.stage)
     body = json.dumps(probe.body).encode()
     started = time.monotonic()
@@ -116,14 +129,30 @@ def _logged_error(log: Path) -> str:
 def loaded_clients(pipeline: Pipeline, probe: Probe, workdir: Path) -> Loaded:
     """Serve the probe in a fresh process through ``create_app``; which client modules it imported."""
     request, result = workdir / f"probe-{probe.stage}.json", workdir / f"probe-{probe.stage}.result.json"
-    request.write_text(json.dumps({"stage": probe.stage, "source": str(MAIN), "path": probe.path, "body": probe.body,
-                                   "modules": CLIENT_MODULES}))
+    request.write_text(
+        json.dumps(
+            {
+                "stage": probe.stage,
+                "source": str(MAIN),
+                "path": probe.path,
+                "body": probe.body,
+                "modules": CLIENT_MODULES,
+            }
+        )
+    )
     result.unlink(missing_ok=True)
     log = workdir / "logs" / f"probe-{probe.stage}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        subprocess.run([sys.executable, "-P", str(PROBE), str(request), str(result)], env=local.stage_env(
-            pipeline.stack, probe.stage), cwd=local.REPO, stdout=out, stderr=subprocess.STDOUT, timeout=120, check=True)
+        subprocess.run(
+            [sys.executable, "-P", str(PROBE), str(request), str(result)],
+            env=local.stage_env(pipeline.stack, probe.stage),
+            cwd=local.REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=True,
+        )
     found: dict[str, Any] = json.loads(result.read_text())
     loaded = tuple(client for client, present in found["loaded"].items() if present)
     return Loaded(probe.stage, int(found["status"]), float(found["import_s"]), float(found["event_s"]), loaded)
@@ -144,10 +173,14 @@ def measure(pipeline: Pipeline, workdir: Path, passes: int) -> Section:
             timing = Scenarios(pipeline)
             scenarios.append(timing)
             for stage in stages:
-                served[stage.name].append(serve_first_event(pipeline, timing.probe(stage.name), workdir,
-                                                            f"cold-{stage.name}-{n + 1}"))
+                served[stage.name].append(
+                    serve_first_event(pipeline, timing.probe(stage.name), workdir, f"cold-{stage.name}-{n + 1}")
+                )
                 timing.settle(stage.name)
-            say(f"cold start: pass {n + 1}: " + ", ".join(f"{s.name} {served[s.name][-1].served_s:.2f} s" for s in stages))
+            say(
+                f"cold start: pass {n + 1}: "
+                + ", ".join(f"{s.name} {served[s.name][-1].served_s:.2f} s" for s in stages)
+            )
         clients = Scenarios(pipeline)
         scenarios.append(clients)
         for stage in stages:
@@ -166,30 +199,67 @@ def measure(pipeline: Pipeline, workdir: Path, passes: int) -> Section:
         median = statistics.median(s.served_s for s in samples)
         statuses = sorted({s.status for s in samples})
         ok = median <= limit and all(s.ok for s in samples)
-        checks.append(Check(TARGET, f"{stage.name}: first event served", f"{median:.2f} s (HTTP {'/'.join(map(str, statuses))})",
-                            f"≤ {limit:.0f} s", ok, value=median, limit_value=limit))
+        checks.append(
+            Check(
+                TARGET,
+                f"{stage.name}: first event served",
+                f"{median:.2f} s (HTTP {'/'.join(map(str, statuses))})",
+                f"≤ {limit:.0f} s",
+                ok,
+                value=median,
+                limit_value=limit,
+            )
+        )
         extra = sorted(set(probe.loaded) - uses)
         unused = sorted(uses & set(CLIENT_MODULES) - set(probe.loaded))
-        checks.append(Check(TARGET, f"{stage.name}: clients imported", ", ".join(probe.loaded) or "none",
-                            "⊆ " + ", ".join(sorted(uses)), not extra and 200 <= probe.status < 300))
-        notes.append(f"{stage.name + ':':16s} served " + ", ".join(f"{s.served_s:.2f}" for s in samples)
-                     + " s (port open " + ", ".join(f"{s.port_s:.2f}" for s in samples) + " s); in-process: "
-                     f"import {probe.import_s:.2f} s + first event {probe.event_s:.2f} s (HTTP {probe.status})"
-                     + (f"; NOT USED but imported: {', '.join(extra)}" if extra else "")
-                     + (f"; declared, not loaded on this path: {', '.join(unused)}" if unused else ""))
-        notes += [f"  pass {n}: HTTP {s.status} after {s.served_s:.2f} s (run {s.run_id}): {s.failure}"
-                  for n, s in enumerate(samples, start=1) if not s.ok]
-        data[stage.name] = {"served_median_s": round(median, 3), "served_s": [round(s.served_s, 3) for s in samples],
-                            "port_open_s": [round(s.port_s, 3) for s in samples], "status": statuses,
-                            "limit_s": limit, "uses": sorted(uses), "loaded": list(probe.loaded),
-                            "probe_status": probe.status, "probe_import_s": round(probe.import_s, 3),
-                            "probe_event_s": round(probe.event_s, 3), "run_ids": [s.run_id for s in samples],
-                            "failures": [s.failure for s in samples if not s.ok]}
+        checks.append(
+            Check(
+                TARGET,
+                f"{stage.name}: clients imported",
+                ", ".join(probe.loaded) or "none",
+                "⊆ " + ", ".join(sorted(uses)),
+                not extra and 200 <= probe.status < 300,
+            )
+        )
+        notes.append(
+            f"{stage.name + ':':16s} served "
+            + ", ".join(f"{s.served_s:.2f}" for s in samples)
+            + " s (port open "
+            + ", ".join(f"{s.port_s:.2f}" for s in samples)
+            + " s); in-process: "
+            f"import {probe.import_s:.2f} s + first event {probe.event_s:.2f} s (HTTP {probe.status})"
+            + (f"; NOT USED but imported: {', '.join(extra)}" if extra else "")
+            + (f"; declared, not loaded on this path: {', '.join(unused)}" if unused else "")
+        )
+        notes += [
+            f"  pass {n}: HTTP {s.status} after {s.served_s:.2f} s (run {s.run_id}): {s.failure}"
+            for n, s in enumerate(samples, start=1)
+            if not s.ok
+        ]
+        data[stage.name] = {
+            "served_median_s": round(median, 3),
+            "served_s": [round(s.served_s, 3) for s in samples],
+            "port_open_s": [round(s.port_s, 3) for s in samples],
+            "status": statuses,
+            "limit_s": limit,
+            "uses": sorted(uses),
+            "loaded": list(probe.loaded),
+            "probe_status": probe.status,
+            "probe_import_s": round(probe.import_s, 3),
+            "probe_event_s": round(probe.event_s, 3),
+            "run_ids": [s.run_id for s in samples],
+            "failures": [s.failure for s in samples if not s.ok],
+        }
     if unfinished:
         notes.append(f"runs the probes started that did not succeed within 120 s: {', '.join(unfinished)}")
     return Section(
         target=TARGET,
-        definition=(f"median over {passes} fresh functions-framework servers per stage of process start → HTTP "
-                    "response to a realistic first push; clients = Google client modules in sys.modules after a "
-                    "first event in another fresh process, against the catalog's uses"),
-        checks=tuple(checks), notes=tuple(notes), data={"stages": data, "unfinished_runs": unfinished})
+        definition=(
+            f"median over {passes} fresh functions-framework servers per stage of process start → HTTP "
+            "response to a realistic first push; clients = Google client modules in sys.modules after a "
+            "first event in another fresh process, against the catalog's uses"
+        ),
+        checks=tuple(checks),
+        notes=tuple(notes),
+        data={"stages": data, "unfinished_runs": unfinished},
+    )

@@ -76,19 +76,40 @@ def bare_hops(pipeline: Pipeline, samples: int, workdir: Path, seed: int = 7) ->
     subscriber.create_subscription(request={"name": record, "topic": out})
     port = processes.free_port()
     env = pipeline.process_env() | {"BENCH_HOP_SECOND": second, "BENCH_HOP_OUT": out}
-    pid = processes.start("bench-bare-hop", [sys.executable, "-m", "functions_framework", "--target", "hop",
-                                             "--source", str(BARE_SOURCE), "--signature-type", "cloudevent",
-                                             "--host", "127.0.0.1", "--port", str(port)],
-                          env=env, log_dir=workdir / "logs", cwd=local.REPO)
+    pid = processes.start(
+        "bench-bare-hop",
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            "hop",
+            "--source",
+            str(BARE_SOURCE),
+            "--signature-type",
+            "cloudevent",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        log_dir=workdir / "logs",
+        cwd=local.REPO,
+    )
     try:
         processes.wait_until(lambda: processes.port_open(port), what="the bare hop function", timeout=30, pid=pid)
         ack_deadline = catalog.load().delivery.ack_deadline_seconds
         for topic in (first, second):
             name = topic.rsplit("/", 1)[1]
-            subscriber.create_subscription(request={
-                "name": subscriber.subscription_path(project, f"{name}-push"), "topic": topic,
-                "ack_deadline_seconds": ack_deadline,
-                "push_config": {"push_endpoint": f"http://127.0.0.1:{port}/projects/{project}/topics/{name}"}})
+            subscriber.create_subscription(
+                request={
+                    "name": subscriber.subscription_path(project, f"{name}-push"),
+                    "topic": topic,
+                    "ack_deadline_seconds": ack_deadline,
+                    "push_config": {"push_endpoint": f"http://127.0.0.1:{port}/projects/{project}/topics/{name}"},
+                }
+            )
         rng = random.Random(seed)
         total = samples + _WARM_UP
         for i in range(total):
@@ -112,8 +133,9 @@ def _collect(subscriber: Any, subscription: str, count: int, timeout: float = 30
             attributes = received.message.attributes
             found[int(attributes["bench-hop"])] = {k: float(attributes[k]) for k in ("bench-t1", "bench-t2")}
         if response.received_messages:
-            subscriber.acknowledge(request={"subscription": subscription,
-                                            "ack_ids": [r.ack_id for r in response.received_messages]})
+            subscriber.acknowledge(
+                request={"subscription": subscription, "ack_ids": [r.ack_id for r in response.received_messages]}
+            )
     return found
 
 
@@ -137,8 +159,10 @@ def sequential_runs(pipeline: Pipeline, count: int, timeout: float = 120.0) -> l
         events: list[dict[str, str]] = run.get("events", [])
         last = max(events, key=lambda e: e["time"])["type"] if events else None
         if run.get("status") != "failed" or last != EVALUATION_FAILED:
-            raise RuntimeError(f"run {run_id} of {GATED_MODEL} should end at its gate: {run.get('status')}, "
-                               f"last event {last}, error {run.get('error')}")
+            raise RuntimeError(
+                f"run {run_id} of {GATED_MODEL} should end at its gate: {run.get('status')}, "
+                f"last event {last}, error {run.get('error')}"
+            )
         if n:
             records.append(run)
     return records
@@ -147,8 +171,10 @@ def sequential_runs(pipeline: Pipeline, count: int, timeout: float = 120.0) -> l
 def ratio_interval(cd4ml: list[float], bare: list[float], rounds: int = 2000, seed: int = 7) -> tuple[float, float]:
     """A bootstrap 90% interval of p50(cd4ml) / p50(bare)."""
     rng = random.Random(seed)
-    ratios = sorted(statistics.median(rng.choices(cd4ml, k=len(cd4ml))) / statistics.median(rng.choices(bare, k=len(bare)))
-                    for _ in range(rounds))
+    ratios = sorted(
+        statistics.median(rng.choices(cd4ml, k=len(cd4ml))) / statistics.median(rng.choices(bare, k=len(bare)))
+        for _ in range(rounds)
+    )
     return percentile(ratios, 5), percentile(ratios, 95)
 
 
@@ -165,26 +191,42 @@ def measure(pipeline: Pipeline, workdir: Path, samples: int, runs: int) -> Secti
     pooled = Summary.of(pooled_ms)
     ratio = pooled.p50 / bare.p50
     low, high = ratio_interval(pooled_ms, bare_ms)
-    check = Check(TARGET, "cd4ml hop p50 / bare hop p50", f"{ratio:.2f} ({pooled.p50:.0f} / {bare.p50:.0f} ms)",
-                  f"≤ {LIMIT:.2f}", ratio <= LIMIT, value=ratio, limit_value=LIMIT)
-    notes = [f"ratio {ratio:.2f}, bootstrap 90% interval {low:.2f}–{high:.2f}; ratio of means "
-             f"{pooled.mean / bare.mean:.2f}",
-             f"bare hop:              {bare.text('ms')}",
-             f"cd4ml orchestration:   {pooled.text('ms')}"]
+    check = Check(
+        TARGET,
+        "cd4ml hop p50 / bare hop p50",
+        f"{ratio:.2f} ({pooled.p50:.0f} / {bare.p50:.0f} ms)",
+        f"≤ {LIMIT:.2f}",
+        ratio <= LIMIT,
+        value=ratio,
+        limit_value=LIMIT,
+    )
+    notes = [
+        f"ratio {ratio:.2f}, bootstrap 90% interval {low:.2f}–{high:.2f}; ratio of means {pooled.mean / bare.mean:.2f}",
+        f"bare hop:              {bare.text('ms')}",
+        f"cd4ml orchestration:   {pooled.text('ms')}",
+    ]
     notes += [f"  {name + ':':21s}{Summary.of(v).text('ms')}" for name, v in orchestration.items()]
     notes += ["other hop (context, not checked; its stage does external work):"]
     notes += [f"  {name + ':':32s}{Summary.of(v).text('ms')}" for name, v in other.items()]
     return Section(
         target=TARGET,
-        definition=("p50 of the orchestration hops (data.fetched→training.submitted, training.completed→"
-                    f"evaluation.failed; ledger event times of {runs} sequential runs of {GATED_MODEL}) over the "
-                    "p50 of a bare handler→publish→push→handler hop through the same emulator"),
+        definition=(
+            "p50 of the orchestration hops (data.fetched→training.submitted, training.completed→"
+            f"evaluation.failed; ledger event times of {runs} sequential runs of {GATED_MODEL}) over the "
+            "p50 of a bare handler→publish→push→handler hop through the same emulator"
+        ),
         checks=(check,),
         notes=tuple(notes),
-        data={"bare_ms": _raw(bare), "bare_samples_ms": [round(v, 2) for v in bare_ms], "orchestration_ms": orchestration,
-              "other_ms": other, "pooled": _raw(pooled), "ratio": ratio,
-              "ratio_interval_90": [low, high],
-              "runs": [r["run_id"] for r in records]},
+        data={
+            "bare_ms": _raw(bare),
+            "bare_samples_ms": [round(v, 2) for v in bare_ms],
+            "orchestration_ms": orchestration,
+            "other_ms": other,
+            "pooled": _raw(pooled),
+            "ratio": ratio,
+            "ratio_interval_90": [low, high],
+            "runs": [r["run_id"] for r in records],
+        },
     )
 
 

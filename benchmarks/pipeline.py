@@ -16,7 +16,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -149,8 +149,12 @@ class Pipeline:
         for _ in range(count):
             scheduled = self.slot()
             run_id = ledger.run_id(model, scheduled)
-            event = Event.new(RUN_REQUESTED, run_id, {"model": model, "scheduled_time": format_time(scheduled),
-                                                      "trigger": "manual"}, source=SOURCE)
+            event = Event.new(
+                RUN_REQUESTED,
+                run_id,
+                {"model": model, "scheduled_time": format_time(scheduled), "trigger": "manual"},
+                source=SOURCE,
+            )
             data, attributes = event.to_message()
             pending.append(self.bus.publisher.publish(topic, data, **attributes))
             run_ids.append(run_id)
@@ -162,10 +166,20 @@ class Pipeline:
         """Open a run of the bench model in the ledger directly, as fetch_data would, without its data."""
         scheduled = self.slot()
         run_id = ledger.run_id(self.model.name, scheduled)
-        opening = Event.new(RUN_REQUESTED, run_id, {"model": self.model.name, "scheduled_time": format_time(scheduled),
-                                                    "trigger": "manual"}, source=SOURCE)
-        self.ledger.open_run(run_id, model=self.model.name, scheduled_time=scheduled, trigger="manual",
-                             manifest=self.model.raw, event=opening)
+        opening = Event.new(
+            RUN_REQUESTED,
+            run_id,
+            {"model": self.model.name, "scheduled_time": format_time(scheduled), "trigger": "manual"},
+            source=SOURCE,
+        )
+        self.ledger.open_run(
+            run_id,
+            model=self.model.name,
+            scheduled_time=scheduled,
+            trigger="manual",
+            manifest=self.model.raw,
+            event=opening,
+        )
         return run_id
 
     def records(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -191,12 +205,19 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def running(workdir: Path, tick_seconds: float) -> Iterator[Pipeline]:
-    """A private local stack under ``workdir`` for the duration of the block; every process stopped by pid after."""
+def running(
+    workdir: Path, tick_seconds: float, extra: Sequence[Path] = (), supervised: bool = False
+) -> Iterator[Pipeline]:
+    """A private local stack under ``workdir`` for the duration of the block; every process stopped by pid after.
+
+    ``extra`` model folders are pushed too; ``supervised`` runs the functions behind local_emulator.supervisor.
+    """
     os.environ["CD4ML_STATE_DIR"] = str(workdir / "state")
     folders = [make_model(workdir), make_model(workdir, GATED_MODEL, threshold=1.01)]
     started = time.monotonic()
-    stack = local.up(models=[*local.default_models(), *folders], scheduler=False, say=say)
+    stack = local.up(
+        models=[*local.default_models(), *folders, *extra], scheduler=False, say=say, supervised=supervised
+    )
     pipeline: Pipeline | None = None
     try:
         say(f"stack up in {time.monotonic() - started:.1f} s (state in {stack.root})")

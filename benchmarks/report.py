@@ -32,8 +32,10 @@ class Summary:
 
     def text(self, unit: str, digits: int = 0) -> str:
         f = f"{{:.{digits}f}}"
-        return (f"p50 {f.format(self.p50)} {unit}, p90 {f.format(self.p90)}, mean {f.format(self.mean)}, "
-                f"min {f.format(self.min)}, max {f.format(self.max)} (n={self.count})")
+        return (
+            f"p50 {f.format(self.p50)} {unit}, p90 {f.format(self.p90)}, mean {f.format(self.mean)}, "
+            f"min {f.format(self.min)}, max {f.format(self.max)} (n={self.count})"
+        )
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -93,8 +95,11 @@ class Report:
     def table(self) -> str:
         """The checks as an aligned table, then each section's definition and notes."""
         header = ("target", "check", "measured", "limit", "result")
-        rows = [header] + [(c.target, c.name, c.measured, c.limit, "ok" if c.passed else "MISSED")
-                           for s in self.sections for c in s.checks]
+        rows = [header] + [
+            (c.target, c.name, c.measured, c.limit, "ok" if c.passed else "MISSED")
+            for s in self.sections
+            for c in s.checks
+        ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = [f"cd4ml bench, {self.started_at}, {self.machine.get('cpus')} CPUs, {self.duration_s:.0f} s", ""]
         for n, row in enumerate(rows):

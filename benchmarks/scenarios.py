@@ -57,9 +57,14 @@ class Scenarios:
     def probe(self, stage: str) -> Probe:
         """The first event of ``stage``, its run prepared."""
         makers: dict[str, Callable[[], Probe]] = {
-            "fetch_data": self._fetch_data, "submit_training": self._submit_training,
-            "watch_training": self._watch_training, "evaluate": self._evaluate, "build_image": self._build_image,
-            "on_build": self._on_build, "on_push": self._on_push, "trigger_canary": self._trigger_canary,
+            "fetch_data": self._fetch_data,
+            "submit_training": self._submit_training,
+            "watch_training": self._watch_training,
+            "evaluate": self._evaluate,
+            "build_image": self._build_image,
+            "on_build": self._on_build,
+            "on_push": self._on_push,
+            "trigger_canary": self._trigger_canary,
         }
         if stage not in makers:
             raise KeyError(f"the bench has no first event for stage {stage!r}: add one to benchmarks/scenarios.py")
@@ -72,8 +77,11 @@ class Scenarios:
         elif stage == "submit_training":
             self._await_jobs([self._submitted], timeout)
         elif stage in ("watch_training", "evaluate", "build_image"):
-            runs = {"watch_training": [self._fetched, self._submitted], "evaluate": [self._evaluated],
-                    "build_image": [self._built]}[stage]
+            runs = {
+                "watch_training": [self._fetched, self._submitted],
+                "evaluate": [self._evaluated],
+                "build_image": [self._built],
+            }[stage]
             ended = self.p.wait(runs, timeout, poll=0.1)
             if any((ended.get(r) or {}).get("status") not in TERMINAL for r in runs):
                 raise RuntimeError(f"runs {', '.join(runs)} did not end within {timeout:.0f} s of the {stage} probe")
@@ -81,8 +89,13 @@ class Scenarios:
     def _push(self, stage: str, data: bytes, attributes: Mapping[str, str], run_id: str = "") -> Probe:
         project = self.p.settings.project
         topic = catalog.load().stage(stage).trigger_topic
-        message = PubSubMessage(message_id=str(uuid.uuid4().int % 10**16), publish_time=now(), attributes=attributes,
-                                data=data, subscription=f"projects/{project}/subscriptions/{catalog.subscription_id(stage)}")
+        message = PubSubMessage(
+            message_id=str(uuid.uuid4().int % 10**16),
+            publish_time=now(),
+            attributes=attributes,
+            data=data,
+            subscription=f"projects/{project}/subscriptions/{catalog.subscription_id(stage)}",
+        )
         return Probe(stage, f"/projects/{project}/topics/{topic}", message.to_push(), run_id)
 
     def _event(self, stage: str, type_: str, run_id: str, data: Mapping[str, Any]) -> Probe:
@@ -113,14 +126,20 @@ class Scenarios:
         run_id = ledger.run_id(self.p.model.name, scheduled)
         self._fetched = run_id
         self.opened.append(run_id)
-        return self._event("fetch_data", events.RUN_REQUESTED, run_id, {
-            "model": self.p.model.name, "scheduled_time": format_time(scheduled), "trigger": "manual"})
+        return self._event(
+            "fetch_data",
+            events.RUN_REQUESTED,
+            run_id,
+            {"model": self.p.model.name, "scheduled_time": format_time(scheduled), "trigger": "manual"},
+        )
 
     def _submit_training(self) -> Probe:
         dataset = self._run(self._fetched)["dataset"]
         run_id = self._open()
         self._submitted = run_id
-        return self._event("submit_training", events.DATA_FETCHED, run_id, {"model": self.p.model.name, "dataset": dataset})
+        return self._event(
+            "submit_training", events.DATA_FETCHED, run_id, {"model": self.p.model.name, "dataset": dataset}
+        )
 
     def _watch_training(self) -> Probe:
         self._await_jobs([self._fetched, self._submitted])
@@ -142,17 +161,33 @@ class Scenarios:
         trained = self._run(self._submitted)
         run_id = self._open()
         self._evaluated = run_id
-        return self._event("evaluate", events.TRAINING_COMPLETED, run_id, {
-            "model": self.p.model.name, "job": trained["training"]["job"], "model_artifact": trained["model_artifact"]})
+        return self._event(
+            "evaluate",
+            events.TRAINING_COMPLETED,
+            run_id,
+            {
+                "model": self.p.model.name,
+                "job": trained["training"]["job"],
+                "model_artifact": trained["model_artifact"],
+            },
+        )
 
     def _build_image(self) -> Probe:
         evaluation = self._run(self._evaluated)["evaluation"]
         artifact = self._run(self._submitted)["model_artifact"]
         run_id = self._open()
         self._built = run_id
-        return self._event("build_image", events.EVALUATION_PASSED, run_id, {
-            "model": self.p.model.name, "model_artifact": artifact, "metrics": evaluation["metrics"],
-            "gate": evaluation["gate"]})
+        return self._event(
+            "build_image",
+            events.EVALUATION_PASSED,
+            run_id,
+            {
+                "model": self.p.model.name,
+                "model_artifact": artifact,
+                "metrics": evaluation["metrics"],
+                "gate": evaluation["gate"],
+            },
+        )
 
     def _on_build(self) -> Probe:
         from google.cloud.devtools.cloudbuild_v1.types import cloudbuild
@@ -161,10 +196,14 @@ class Scenarios:
         run_id = self._open(stays_open=True)
         tag, _, digest = self._image(run_id)
         build = cloudbuild.Build(
-            id=str(uuid.uuid4()), project_id=self.p.settings.project, status=cloudbuild.Build.Status.SUCCESS,
-            images=[tag], tags=[f"{RUN_TAG}{run_id}", f"cd4ml-model-{self.p.model.name}"],
+            id=str(uuid.uuid4()),
+            project_id=self.p.settings.project,
+            status=cloudbuild.Build.Status.SUCCESS,
+            images=[tag],
+            tags=[f"{RUN_TAG}{run_id}", f"cd4ml-model-{self.p.model.name}"],
             results=cloudbuild.Results(images=[cloudbuild.BuiltImage(name=tag, digest=digest)]),
-            log_url=f"file:///bench/{run_id}.log")
+            log_url=f"file:///bench/{run_id}.log",
+        )
         return self._push("on_build", build_json(build).encode(), {"buildId": build.id, "status": "SUCCESS"}, run_id)
 
     def _on_push(self) -> Probe:
@@ -179,8 +218,20 @@ class Scenarios:
         trained = self._run(self._submitted)
         run_id = self._open()
         tag, reference, digest = self._image(run_id)
-        self.p.ledger.record(run_id, fields={
-            "image.status": "SUCCESS", "image.tag": tag, "image.reference": reference, "image.digest": digest,
-            "evaluation": evaluated["evaluation"], "model_artifact": trained["model_artifact"]})
-        return self._event("trigger_canary", events.IMAGE_PUSHED, run_id,
-                           {"model": self.p.model.name, "reference": reference, "tag": tag})
+        self.p.ledger.record(
+            run_id,
+            fields={
+                "image.status": "SUCCESS",
+                "image.tag": tag,
+                "image.reference": reference,
+                "image.digest": digest,
+                "evaluation": evaluated["evaluation"],
+                "model_artifact": trained["model_artifact"],
+            },
+        )
+        return self._event(
+            "trigger_canary",
+            events.IMAGE_PUSHED,
+            run_id,
+            {"model": self.p.model.name, "reference": reference, "tag": tag},
+        )

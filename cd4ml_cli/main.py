@@ -48,17 +48,37 @@ def _settings() -> Settings:
     _use_plugin_environment_if_unconfigured()
     env = {**os.environ}
     if not env.get("CD4ML_PROJECT"):
-        raise Cd4mlError("no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`")
+        raise Cd4mlError(
+            "no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`"
+        )
     return Settings.from_env(env)
 
 
-_FIRST = ("run_id", "model", "status", "error", "trigger", "scheduled_time", "created_at", "updated_at", "events",
-          "dataset", "training", "model_artifact", "evaluation", "image", "canary")
+_FIRST = (
+    "run_id",
+    "model",
+    "status",
+    "error",
+    "trigger",
+    "scheduled_time",
+    "created_at",
+    "updated_at",
+    "events",
+    "dataset",
+    "training",
+    "model_artifact",
+    "evaluation",
+    "image",
+    "canary",
+)
 
 
 def ordered(record: dict[str, Any]) -> dict[str, Any]:
     """The run record with its most telling fields first, for people reading JSON."""
-    return {**{k: record[k] for k in _FIRST if k in record}, **{k: v for k, v in sorted(record.items()) if k not in _FIRST}}
+    return {
+        **{k: record[k] for k in _FIRST if k in record},
+        **{k: v for k, v in sorted(record.items()) if k not in _FIRST},
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -68,9 +88,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cd4ml.bus import Bus
     from cd4ml.events import format_time
 
-    event = Event.new(RUN_REQUESTED, run_id, {
-        "model": args.model, "scheduled_time": format_time(scheduled), "trigger": "manual",
-        "requested_by": os.environ.get("USER", "cli")}, source=f"//cd4ml/cli/{os.uname().nodename}")
+    event = Event.new(
+        RUN_REQUESTED,
+        run_id,
+        {
+            "model": args.model,
+            "scheduled_time": format_time(scheduled),
+            "trigger": "manual",
+            "requested_by": os.environ.get("USER", "cli"),
+        },
+        source=f"//cd4ml/cli/{os.uname().nodename}",
+    )
     Bus(settings.project).publish(event)
     if not args.wait:
         print(json.dumps({"run_id": run_id}) if args.json else run_id)
@@ -100,8 +128,10 @@ def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> i
     if as_json:
         print(json.dumps(ordered(record) if record else {"run_id": run_id, "status": "unknown"}, indent=2, default=str))
     if record is None or record.get("status") not in TERMINAL:
-        print(f"run {run_id}: still {record.get('status') if record else 'not started'} after {timeout:.0f} s",
-              file=sys.stderr)
+        print(
+            f"run {run_id}: still {record.get('status') if record else 'not started'} after {timeout:.0f} s",
+            file=sys.stderr,
+        )
         return 3
     if record["status"] != "succeeded":
         error = record.get("error") or {}
@@ -170,8 +200,13 @@ def held_messages(subscriber: Any, path: str, page: int = 100, quiet_pulls: int 
                 time.sleep(0.3)
     finally:
         for start in range(0, len(received), 1000):  # hand them back at once
-            subscriber.modify_ack_deadline(request={"subscription": path, "ack_deadline_seconds": 0,
-                                                    "ack_ids": [r.ack_id for r in received[start:start + 1000]]})
+            subscriber.modify_ack_deadline(
+                request={
+                    "subscription": path,
+                    "ack_deadline_seconds": 0,
+                    "ack_ids": [r.ack_id for r in received[start : start + 1000]],
+                }
+            )
     return received
 
 
@@ -189,16 +224,85 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             found += 1
             m = received.message
             attrs = dict(m.attributes)
-            print(json.dumps({
-                "stage": stage, "message_id": attrs.get("cd4ml-original-message-id", m.message_id),
-                "published": m.publish_time.isoformat(), "run_id": attrs.get("ce-subject", ""),
-                "type": attrs.get("ce-type", ""), "error": attrs.get("cd4ml-error", "(delivery attempts exhausted)"),
-                "attributes": attrs, "bytes": len(m.data), "data": m.data[:2000].decode("utf-8", "replace"),
-            }) if args.json else f"{stage:<16} {m.publish_time:%Y-%m-%d %H:%M:%S}  {attrs.get('ce-subject', '-')[:40]:<28} "
-                  f"{attrs.get('cd4ml-error', '(delivery attempts exhausted)')}")
+            print(
+                json.dumps(
+                    {
+                        "stage": stage,
+                        "message_id": attrs.get("cd4ml-original-message-id", m.message_id),
+                        "published": m.publish_time.isoformat(),
+                        "run_id": attrs.get("ce-subject", ""),
+                        "type": attrs.get("ce-type", ""),
+                        "error": attrs.get("cd4ml-error", "(delivery attempts exhausted)"),
+                        "attributes": attrs,
+                        "bytes": len(m.data),
+                        "data": m.data[:2000].decode("utf-8", "replace"),
+                    }
+                )
+                if args.json
+                else f"{stage:<16} {m.publish_time:%Y-%m-%d %H:%M:%S}  {attrs.get('ce-subject', '-')[:40]:<28} "
+                f"{attrs.get('cd4ml-error', '(delivery attempts exhausted)')}"
+            )
     if not found and not args.json:
         print("no dead letters")
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Each model's champion: which run, which image (by digest), its metrics, since when."""
+    settings = _settings()
+    db = clients.firestore_client(settings)
+    champions = []
+    for doc in db.collection(ledger.MODELS).stream():
+        champion = (doc.to_dict() or {}).get("champion") or {}
+        champions.append({"model": doc.id, **champion})
+    if args.json:
+        print(json.dumps(champions, indent=2, default=str))
+        return 0
+    if not champions:
+        print("no champions yet: a run's model becomes champion when its canary succeeds and it is promoted")
+    for c in champions:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in (c.get("metrics") or {}).items())
+        print(
+            f"{c['model']:<20} {c.get('run_id', '?'):<36} {str(c.get('digest', ''))[:19]:<20} since "
+            f"{c.get('since', '?')}  {metrics}"
+        )
+    return 0
+
+
+#: What a dead-letter copy adds to the original message; a replay sends the original attributes only.
+_DEAD_LETTER_ATTRIBUTES = ("cd4ml-",)
+
+
+def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
+    """Republish held messages to their stage's input topic (all, one stage, or one id), then acknowledge them."""
+    from cd4ml import catalog
+
+    if not (args.all or args.stage or args.id):
+        raise Cd4mlError("say what to replay: --all, --stage STAGE or --id MESSAGE_ID")
+    settings = _settings()
+    subscriber = _subscriber()
+    from cd4ml.clients import publisher_client
+
+    publisher = publisher_client()
+    replayed = 0
+    for stage in [args.stage] if args.stage else [s.name for s in catalog.load().stages]:
+        topic = publisher.topic_path(settings.project, catalog.load().stage(stage).trigger_topic)
+        path = subscriber.subscription_path(settings.project, catalog.dead_letter_hold(stage))
+        for received in held_messages(subscriber, path):
+            m = received.message
+            attrs = dict(m.attributes)
+            if args.id and args.id not in (attrs.get("cd4ml-original-message-id"), m.message_id):
+                continue
+            original = {k: v for k, v in attrs.items() if not k.startswith(_DEAD_LETTER_ATTRIBUTES)}
+            message_id = publisher.publish(topic, m.data, **original).result(timeout=30)
+            subscriber.acknowledge(request={"subscription": path, "ack_ids": [received.ack_id]})
+            replayed += 1
+            print(
+                f"{stage:<16} {attrs.get('cd4ml-original-message-id', m.message_id)} → {message_id} "
+                f"on {topic.rsplit('/', 1)[1]}"
+            )
+    print(f"{replayed} replayed" if replayed else "nothing to replay", file=sys.stderr)
+    return 0 if replayed or not args.id else 1
 
 
 def cmd_model_push(args: argparse.Namespace) -> int:
@@ -206,8 +310,10 @@ def cmd_model_push(args: argparse.Namespace) -> int:
 
     settings = _settings()
     pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket)
-    print(f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
-          + (f", trainer package {pushed.package_uri}" if pushed.package_uri else ""))
+    print(
+        f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
+        + (f", trainer package {pushed.package_uri}" if pushed.package_uri else "")
+    )
     return 0
 
 
@@ -220,7 +326,9 @@ def cmd_model_check(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cd4ml", description="Continuous training and delivery of ML models on Google Cloud.")
+    p = argparse.ArgumentParser(
+        prog="cd4ml", description="Continuous training and delivery of ML models on Google Cloud."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="request a run of a model now")
     run.add_argument("model")
@@ -239,6 +347,15 @@ def parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=0, help="at most this many per stage (default: every held message)")
     dead.add_argument("--json", action="store_true", help="one JSON object per message, with its data")
     dead.set_defaults(func=cmd_dead_letters)
+    dead_sub = dead.add_subparsers(dest="action")
+    replay = dead_sub.add_parser("replay", help="republish held messages to their stage's input topic, once fixed")
+    replay.add_argument("--stage", help="the held messages of one stage")
+    replay.add_argument("--id", help="one message, by its original message id")
+    replay.add_argument("--all", action="store_true", help="every held message of every stage")
+    replay.set_defaults(func=cmd_dead_letters_replay)
+    champions = sub.add_parser("models", help="each model's champion: run, image digest, metrics, since when")
+    champions.add_argument("--json", action="store_true")
+    champions.set_defaults(func=cmd_models)
     model = sub.add_parser("model", help="check or push a model folder (manifest.yaml + trainer)")
     model_sub = model.add_subparsers(dest="action", required=True)
     push = model_sub.add_parser("push", help="validate and upload the manifest and trainer package")

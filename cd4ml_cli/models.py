@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from cd4ml.errors import InvalidManifest
 from cd4ml.gcs import GcsPath
 from cd4ml.manifest import Manifest, loads, manifest_object, resolve_gcs
+from cd4ml.smoke import read_golden
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -39,7 +40,15 @@ def read(folder: Path) -> Manifest:
         raise InvalidManifest(f"no {MANIFEST} in {folder}")
     manifest = loads(file.read_text(), origin=str(file))
     if not (folder / manifest.dockerfile).is_file():
-        raise InvalidManifest(f"invalid {file}", [f"serving.dockerfile: {manifest.dockerfile} does not exist in {folder}"])
+        raise InvalidManifest(
+            f"invalid {file}", [f"serving.dockerfile: {manifest.dockerfile} does not exist in {folder}"]
+        )
+    if manifest.smoke is not None:
+        golden = folder / manifest.smoke.requests
+        try:
+            read_golden(golden.read_text())
+        except (OSError, ValueError) as bad:
+            raise InvalidManifest(f"invalid {file}", [f"serving.smoke.requests: {golden}: {bad}"]) from bad
     return manifest
 
 
@@ -66,11 +75,13 @@ def push(client: storage.Client, folder: Path, artifact_bucket: str) -> Pushed:
     if manifest.training.package_uris and (folder / "setup.py").is_file():
         package = GcsPath.parse(resolve_gcs(manifest.training.package_uris[0], artifact_bucket))
         client.bucket(package.bucket).blob(package.name).upload_from_string(
-            sdist(folder, package.name.rsplit("/", 1)[-1]), content_type="application/gzip")
+            sdist(folder, package.name.rsplit("/", 1)[-1]), content_type="application/gzip"
+        )
         package_uri = package.uri
     target = GcsPath(artifact_bucket, manifest_object(manifest.name))
     client.bucket(target.bucket).blob(target.name).upload_from_string(
-        (folder / MANIFEST).read_text(), content_type="application/yaml")
+        (folder / MANIFEST).read_text(), content_type="application/yaml"
+    )
     serving = (folder / manifest.dockerfile).parent
     for path in sorted(serving.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:

@@ -11,7 +11,7 @@ _SHORT = "cd4ml."
 
 def _detail(type_: str, run: dict[str, Any]) -> str:
     ds, tr, art, ev = (run.get(k) or {} for k in ("dataset", "training", "model_artifact", "evaluation"))
-    image, canary = run.get("image") or {}, run.get("canary") or {}
+    image, canary, promotion = run.get("image") or {}, run.get("canary") or {}, run.get("promotion") or {}
     match type_.removeprefix(_SHORT).removesuffix(".v1"):
         case "run.requested":
             return f"model {run.get('model')} ({run.get('trigger', '?')}, scheduled {run.get('scheduled_time', '?')})"
@@ -30,15 +30,26 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
             reasons = "; ".join(ev.get("reasons") or [])
             return f"{metrics or 'no metrics'} ({verdict})" + (f": {reasons}" if reasons else "")
         case "image.built":
-            return f"build {image.get('build_id', '?')}, {image.get('digest', '?')}"
+            smoke = run.get("smoke") or {}
+            tested = (
+                f"; smoke passed: {smoke.get('agreed', '?')}/{smoke.get('requests', '?')} golden requests agreed"
+                if smoke.get("passed")
+                else ""
+            )
+            return f"build {image.get('build_id', '?')}, {image.get('digest', '?')}{tested}"
         case "image.pushed":
             return f"{image.get('reference', '?')}"
         case "image.failed":
             return f"{image.get('status', '?')}: {image.get('error', '?')}"
         case "canary.triggered":
             return f"Spinnaker event {canary.get('event_id', '?')}, execution {canary.get('execution_id', '?')}"
+        case "canary.succeeded":
+            return f"execution {canary.get('execution_id', '?')} of {canary.get('pipeline') or '?'} SUCCEEDED"
         case "canary.failed":
             return f"{canary.get('reason', '?')}"
+        case "model.promoted":
+            was = promotion.get("previous_run_id") or "no champion before"
+            return f"{promotion.get('alias', '?')} → {str(promotion.get('digest', '?'))[:19]}… (was {was})"
     return ""
 
 

@@ -73,3 +73,19 @@ def trigger_canary(cloud_event: CloudEvent) -> None:
     from cd4ml.stages.delivery import trigger_canary as stage
 
     dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def watch_canary(cloud_event: CloudEvent) -> None:
+    """watch.ticked → canary.succeeded | canary.failed (the Spinnaker execution's verdict, or its deadline)."""
+    from cd4ml.stages.canary import watch_canary as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def promote(cloud_event: CloudEvent) -> None:
+    """canary.succeeded → registry alias moved → model.promoted (the run succeeds, its model is champion)."""
+    from cd4ml.stages.canary import promote as stage
+
+    dispatch(cloud_event, stage)

@@ -17,8 +17,18 @@ from typing import IO
 from google.cloud.devtools.cloudbuild_v1.types import cloudbuild
 
 from local_emulator._build_buildah import ImageStorage, qualified
+from local_emulator._build_container_step import ContainerStep, run_step, step_image, unsupported
 from local_emulator._build_source import SourceError, fetch_source
-from local_emulator._build_steps import DockerBuild, DockerPush, DockerTag, StepError, parse_docker_step, substitute
+from local_emulator._build_steps import (
+    DOCKER_BUILDERS,
+    DockerBuild,
+    DockerPush,
+    DockerTag,
+    StepError,
+    builder_name,
+    parse_docker_step,
+    substitute,
+)
 from local_emulator._build_store import (
     CANCELLED,
     FAILURE,
@@ -217,6 +227,8 @@ class BuildRunner:
         self._store.put(build)
         values = builtin_values(build, build.project_id, location_of(build))
         built: dict[str, str] = {}  # requested image (qualified) -> internal name in storage
+        # One entry per step, in step order, b"" when a step wrote no $BUILDER_OUTPUT/output (Results.build_step_outputs).
+        build.results.build_step_outputs.extend([b""] * len(build.steps))
         steps_started = now()
         for index, step in enumerate(build.steps):
             self._check(build.id, deadline)
@@ -261,14 +273,16 @@ class BuildRunner:
         step = build.steps[index]
         prefix = f'Build step failure: build step {index} "{step.name}" failed'
         try:
+            cwd = (workspace / substitute(step.dir_, values)).resolve()
+            if not cwd.is_relative_to(workspace.resolve()) or not cwd.is_dir():
+                raise StepError(f"step dir {step.dir_!r} is not a directory in the workspace")
+            if builder_name(substitute(step.name, values)) not in DOCKER_BUILDERS:
+                return self._run_in_image(build, index, values, workspace, log_file, deadline, built)
             command = parse_docker_step(
                 substitute(step.name, values),
                 substitute(step.entrypoint, values),
                 [substitute(arg, values) for arg in step.args],
             )
-            cwd = (workspace / substitute(step.dir_, values)).resolve()
-            if not cwd.is_relative_to(workspace.resolve()) or not cwd.is_dir():
-                raise StepError(f"step dir {step.dir_!r} is not a directory in the workspace")
         except StepError as error:
             return Outcome(FAILURE, f"{prefix}: {error}", USER_BUILD_STEP)
         if isinstance(command, DockerBuild):
@@ -311,6 +325,51 @@ class BuildRunner:
             digest, result = self._push(source, command.image, build.id, deadline, log_file)
             if digest is None:
                 return Outcome(FAILURE, f"{prefix}: push of {command.image} failed: {result.tail(3)}", USER_BUILD_STEP)
+        return None
+
+    def _run_in_image(
+        self,
+        build: cloudbuild.Build,
+        index: int,
+        values: Mapping[str, str],
+        workspace: Path,
+        log_file: IO[str],
+        deadline: float,
+        built: Mapping[str, str],
+    ) -> Outcome | None:
+        """A step in an image built earlier in the build or a base image; its $BUILDER_OUTPUT/output kept."""
+        step = build.steps[index]
+        prefix = f'Build step failure: build step {index} "{step.name}" failed'
+        name = substitute(step.name, values)
+        container = ContainerStep(
+            image=step_image(name, built, qualified),
+            entrypoint=substitute(step.entrypoint, values),
+            args=tuple(substitute(arg, values) for arg in step.args),
+            # BuildOptions.env: "A list of global environment variable definitions that will exist for all build
+            # steps"; a step's own env after it.
+            env=tuple(substitute(env, values) for env in [*build.options.env, *step.env]),
+            dir=substitute(step.dir_, values),
+        )
+        outputs = self._work / f"{build.id}.outputs{index}"
+        if unsupported(step):
+            return Outcome(FAILURE, f"{prefix}: {unsupported(step)}", USER_BUILD_STEP)
+        try:
+            result, output = run_step(
+                self._storage,
+                container,
+                workspace,
+                outputs,
+                lambda argv: self._command(argv, build.id, deadline, log_file),
+                lambda argv: self._children.run(argv, owner=f"cleanup-{build.id}", timeout=60),
+                f"{build.id[:8]}-{index}",
+            )
+        except StepError as error:
+            return Outcome(FAILURE, f"{prefix}: {str(error).replace(container.image, name)}", USER_BUILD_STEP)
+        finally:
+            shutil.rmtree(outputs, ignore_errors=True)
+        build.results.build_step_outputs[index] = output
+        if not result.ok:
+            return Outcome(FAILURE, f"{prefix}: step exited with non-zero status: {result.returncode}", USER_BUILD_STEP)
         return None
 
     def _push(

@@ -16,6 +16,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
+from local_emulator import faults
 from local_emulator._build_runner import DEFAULT_TIMEOUT, BuildRunner
 from local_emulator._build_steps import parse_filter, substitute
 from local_emulator._build_store import QUEUED, SUCCESS, TERMINAL, BuildStore, copy_build, now
@@ -171,6 +172,7 @@ class CloudBuildService:
             extra={"build_id": build.id, "project": project, "tags": list(build.tags), "images": list(build.images)},
         )
         self._executor.submit(self._runner.run, build.id)
+        faults.effect_done("cloudbuild.create", [t.removeprefix("cd4ml-run-") for t in build.tags])
         return self._operation(build)
 
     def _find(self, project: str, build_id: str, context: grpc.ServicerContext) -> cloudbuild.Build:

@@ -75,6 +75,32 @@ class WebhookTrigger:
         )
 
 
+#: The stages of the stand-in's canary pipeline when the config names none (Mercari's canary: deploy, analyse, promote).
+DEFAULT_STAGES = ("Deploy canary", "Canary analysis", "Promote to production")
+#: What an execution may end as (Orca ExecutionStatus); RUNNING means it never ends (a test of the deadline).
+OUTCOMES = ("SUCCEEDED", "TERMINAL", "CANCELED", "STOPPED", "RUNNING")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an execution of this pipeline ends (stand-in only): its status, and at which stage when it fails."""
+
+    status: str = "SUCCEEDED"
+    stage: str = ""
+
+    @classmethod
+    def parse(cls, raw: Any, stages: tuple[str, ...], where: str, problems: list[str]) -> Outcome:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping) or raw.get("status") not in OUTCOMES:
+            problems.append(f"{where}: `outcome` needs a status among {', '.join(OUTCOMES)}")
+            return cls()
+        stage = str(raw.get("stage") or (stages[-1] if raw["status"] not in ("SUCCEEDED", "RUNNING") else ""))
+        if stage and stage not in stages:
+            problems.append(f"{where}: outcome stage {stage!r} is not one of the pipeline's stages {list(stages)}")
+        return cls(status=str(raw["status"]), stage=stage)
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """A pipeline config: owner, triggers, parameters and expected artifacts, as Front50 stores it."""
@@ -86,6 +112,8 @@ class Pipeline:
     parameter_config: tuple[Mapping[str, Any], ...] = ()
     expected_artifacts: tuple[Mapping[str, Any], ...] = ()
     disabled: bool = False
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    outcome: Outcome = field(default_factory=lambda: Outcome())
 
 
 @dataclass(frozen=True)
@@ -223,6 +251,8 @@ def parse_config(document: Mapping[str, Any]) -> tuple[Pipeline, ...]:
             if trigger.type is not None and trigger.type.lower() == WEBHOOK:
                 _warn_never_fires(f"{where}.triggers[{t_number}]", trigger)
             triggers.append(trigger)
+        stages = tuple(str(x) for x in raw.get("stages") or DEFAULT_STAGES)
+        outcome = Outcome.parse(raw.get("outcome"), stages, where, problems)
         parameter_config = raw.get("parameterConfig") or []
         expected = raw.get("expectedArtifacts") or []
         if isinstance(application, str) and isinstance(name, str):
@@ -236,6 +266,8 @@ def parse_config(document: Mapping[str, Any]) -> tuple[Pipeline, ...]:
                     tuple(p for p in parameter_config if isinstance(p, Mapping)),
                     tuple(e for e in expected if isinstance(e, Mapping)),
                     raw.get("disabled") is True,
+                    stages,
+                    outcome,
                 )
             )
     if problems:

@@ -32,8 +32,11 @@ def publish_refusal(policy: Policy, identity: str, request_bytes: bytes) -> tupl
     """The status Pub/Sub would answer to this PublishRequest from ``identity``, or None to let it through."""
     request = _PUBLISH_PB.FromString(request_bytes)
     match = _TOPIC.match(request.topic)
-    if identity != ADMIN and (match is None or match["project"] != policy.project
-                              or not policy.allows_topic(identity, "pubsub.topics.publish", match["topic"])):
+    if identity != ADMIN and (
+        match is None
+        or match["project"] != policy.project
+        or not policy.allows_topic(identity, "pubsub.topics.publish", match["topic"])
+    ):
         return grpc.StatusCode.PERMISSION_DENIED, NOT_AUTHORIZED
     problem = _pubsub_limits.publish_problem(request, len(request_bytes))
     if problem is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -14,39 +13,16 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
-
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line with Cloud Logging's `severity` and `message` keys."""
-
-    def __init__(self, component: str) -> None:
-        super().__init__()
-        self._component = component
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "severity": record.levelname,
-            "message": record.getMessage(),
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "component": self._component,
-        }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 def configure_logging(component: str, level: int = logging.INFO) -> logging.Logger:
     """Send this process's logs to stderr as JSON lines and return the component's logger."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter(component))
+    from cd4ml.logs import JsonFormatter  # deferred: the noxfile imports this package before cd4ml is installed
+
+    handler.setFormatter(JsonFormatter(component))  # the functions' format: one log format for the whole stack
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -77,21 +53,12 @@ def require_env(name: str, log: logging.Logger) -> str:
 
 
 def kill_process_group(proc: subprocess.Popen[Any], grace_seconds: float = 5.0) -> None:
-    """Stop a child started with start_new_session=True, its whole process group, TERM then KILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        proc.wait(timeout=grace_seconds)
+    """Stop a child started with start_new_session=True and its whole group (``processes.stop``), and reap it."""
+    from local_emulator import processes
+
+    if proc.poll() is None:
+        processes.stop(proc.pid, timeout=grace_seconds)
+    proc.poll()
 
 
 @dataclass(frozen=True)

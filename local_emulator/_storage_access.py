@@ -22,8 +22,13 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("download", re.compile(rf"^/download/storage/v1/b/{_BUCKET}/o/(?P<object>.+)$")),
     ("upload", re.compile(rf"^/upload/storage/v1/b/{_BUCKET}/o$")),
     ("batch", re.compile(r"^/batch/storage/v1$")),
-    ("copy", re.compile(rf"^{_API}/b/{_BUCKET}/o/(?P<object>.+?)/(?:copyTo|rewriteTo)/b/(?P<dest_bucket>[^/]+)"
-                        r"/o/(?P<dest_object>.+)$")),
+    (
+        "copy",
+        re.compile(
+            rf"^{_API}/b/{_BUCKET}/o/(?P<object>.+?)/(?:copyTo|rewriteTo)/b/(?P<dest_bucket>[^/]+)"
+            r"/o/(?P<dest_object>.+)$"
+        ),
+    ),
     ("compose", re.compile(rf"^{_API}/b/{_BUCKET}/o/(?P<object>.+)/compose$")),
     ("objects", re.compile(rf"^{_API}/b/{_BUCKET}/o$")),
     ("bucket_iam", re.compile(rf"^{_API}/b/{_BUCKET}/iam(?:/testPermissions)?$")),
@@ -85,15 +90,22 @@ def required(method: str, path: str, query: str, body: bytes, content_type: str)
                 return Access(unsupported="an upload whose object name the proxy cannot read")
             return Access((Need("storage.objects.create", bucket, name, overwrite_check=True),))
         if route == "copy" and method == "POST":
-            return Access((Need("storage.objects.get", bucket, groups["object"]),
-                           Need("storage.objects.create", groups["dest_bucket"], groups["dest_object"],
-                                overwrite_check=True)))
+            return Access(
+                (
+                    Need("storage.objects.get", bucket, groups["object"]),
+                    Need("storage.objects.create", groups["dest_bucket"], groups["dest_object"], overwrite_check=True),
+                )
+            )
         if route == "compose" and method == "POST":
             listed = _json(body).get("sourceObjects")
             items = listed if isinstance(listed, list) else []
             sources = [str(s.get("name", "")) for s in items if isinstance(s, dict)]
-            return Access((*(Need("storage.objects.get", bucket, s) for s in sources),
-                           Need("storage.objects.create", bucket, groups["object"], overwrite_check=True)))
+            return Access(
+                (
+                    *(Need("storage.objects.get", bucket, s) for s in sources),
+                    Need("storage.objects.create", bucket, groups["object"], overwrite_check=True),
+                )
+            )
         if route == "objects" and method == "GET":
             return Access((Need("storage.objects.list", bucket, list_prefix=params.get("prefix", "")),))
         if route == "object" and method in _OBJECT_VERBS:
@@ -111,10 +123,17 @@ def required(method: str, path: str, query: str, body: bytes, content_type: str)
 
 def denial(principal: str, need: Need) -> dict[str, object]:
     """GCS's 403 body (JSON API error shape, wording as GCS answers, e.g. tests in googleapis' own samples)."""
-    message = (f"{principal} does not have {need.permission} access to the Google Cloud Storage {need.resource}. "
-               f"Permission '{need.permission}' denied on resource (or it may not exist).")
-    return {"error": {"code": 403, "message": message,
-                      "errors": [{"message": message, "domain": "global", "reason": "forbidden"}]}}
+    message = (
+        f"{principal} does not have {need.permission} access to the Google Cloud Storage {need.resource}. "
+        f"Permission '{need.permission}' denied on resource (or it may not exist)."
+    )
+    return {
+        "error": {
+            "code": 403,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": "forbidden"}],
+        }
+    }
 
 
 def _json(body: bytes) -> dict[str, object]:

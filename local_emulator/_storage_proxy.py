@@ -47,14 +47,18 @@ class StorageProxy(ThreadingHTTPServer):
         for need in access.needs:
             if not self._allows(need):
                 return need
-            if need.overwrite_check and not self._allows(Need("storage.objects.delete", need.bucket, need.name)) \
-                    and self._exists(need.bucket, str(need.name)):
+            if (
+                need.overwrite_check
+                and not self._allows(Need("storage.objects.delete", need.bucket, need.name))
+                and self._exists(need.bucket, str(need.name))
+            ):
                 return Need("storage.objects.delete", need.bucket, need.name)
         return None
 
     def _allows(self, need: Need) -> bool:
-        return self.policy.allows_object(self.identity, need.permission, need.bucket, name=need.name,
-                                         list_prefix=need.list_prefix)
+        return self.policy.allows_object(
+            self.identity, need.permission, need.bucket, name=need.name, list_prefix=need.list_prefix
+        )
 
     def _exists(self, bucket: str, name: str) -> bool:
         connection = http.client.HTTPConnection(*self.upstream, timeout=30)
@@ -92,8 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "host"}
             headers["Host"] = "{}:{}".format(*self.server.upstream)
-            connection.request(self.command, self.path, body=body if body or self.command != "GET" else None,
-                               headers=headers)
+            connection.request(
+                self.command, self.path, body=body if body or self.command != "GET" else None, headers=headers
+            )
             response = connection.getresponse()
             self._relay(response)
         finally:
@@ -151,8 +156,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = denial(principal, refusal)
         else:
             message = f"{principal}: the local IAM proxy does not authorize {refusal}; GCS would check each permission."
-            body = {"error": {"code": 403, "message": message,
-                              "errors": [{"message": message, "domain": "global", "reason": "forbidden"}]}}
+            body = {
+                "error": {
+                    "code": 403,
+                    "message": message,
+                    "errors": [{"message": message, "domain": "global", "reason": "forbidden"}],
+                }
+            }
         data = json.dumps(body).encode()
         self.send_response(403)
         self.send_header("Content-Type", "application/json; charset=UTF-8")

@@ -18,11 +18,8 @@ stack's ``CD4ML_*`` or ``PYTHONPATH``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -34,6 +31,7 @@ from pathlib import Path
 from google.cloud import aiplatform_v1
 from google.rpc import code_pb2
 
+from local_emulator._service import kill_process_group
 from local_emulator._vertex_envs import InstallFailed, trainer_env
 from local_emulator._vertex_images import executor_image
 
@@ -257,7 +255,8 @@ def _run_trainer(
             stopped_by = "timeout"
         if stopped_by:
             break
-    kill_process_group(process)
+    kill_process_group(process, grace_seconds=_KILL_GRACE_S)
+    process.wait()
     if stopped_by == "cancel":
         return cancelled()
     if stopped_by == "timeout":
@@ -279,21 +278,6 @@ def _run_trainer(
         code_pb2.INVALID_ARGUMENT,
         f"The replica workerpool0-0 {status}. Logs: {stderr_path}.{stderr_tail(stderr_path)}",
     )
-
-
-def kill_process_group(process: subprocess.Popen[bytes]) -> None:
-    """Stop the trainer and everything it started: SIGTERM to its group, SIGKILL after a grace period."""
-    if process.poll() is None:
-        _signal_group(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(_KILL_GRACE_S)
-    _signal_group(process.pid, signal.SIGKILL)  # also whatever the trainer left behind
-    process.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
-        os.killpg(pgid, sig)
 
 
 def cancelled() -> Outcome:

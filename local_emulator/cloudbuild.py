@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 from google.cloud.devtools.cloudbuild_v1.types import cloudbuild
 
-from local_emulator import baseimage
+from local_emulator import baseimage, faults
 from local_emulator._build_runner import BuildRunner
 from local_emulator._build_service import CloudBuildService
 from local_emulator._build_storage_driver import prepare_storage
@@ -107,7 +107,10 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         notify(build)
     executor = futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="build")
     service = CloudBuildService(store, runner, executor, notify)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"),
+        interceptors=[faults.outage_interceptor("cloudbuild")],
+    )
     server.add_generic_rpc_handlers(service.handlers())
     bound = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if bound == 0:

@@ -31,19 +31,48 @@ ADMIN = "admin"
 #: https://cloud.google.com/storage/docs/access-control/iam-roles (objectViewer holds no storage.buckets.*).
 ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     "roles/pubsub.publisher": frozenset({"pubsub.topics.publish"}),
-    "roles/pubsub.editor": frozenset({"pubsub.topics.publish", "pubsub.topics.get", "pubsub.topics.attachSubscription",
-                                      "pubsub.subscriptions.consume", "pubsub.subscriptions.get"}),
-    "roles/pubsub.admin": frozenset({"pubsub.topics.publish", "pubsub.topics.get", "pubsub.topics.attachSubscription",
-                                     "pubsub.subscriptions.consume", "pubsub.subscriptions.get"}),
+    "roles/pubsub.editor": frozenset(
+        {
+            "pubsub.topics.publish",
+            "pubsub.topics.get",
+            "pubsub.topics.attachSubscription",
+            "pubsub.subscriptions.consume",
+            "pubsub.subscriptions.get",
+        }
+    ),
+    "roles/pubsub.admin": frozenset(
+        {
+            "pubsub.topics.publish",
+            "pubsub.topics.get",
+            "pubsub.topics.attachSubscription",
+            "pubsub.subscriptions.consume",
+            "pubsub.subscriptions.get",
+        }
+    ),
     "roles/storage.objectViewer": frozenset({"storage.objects.get", "storage.objects.list"}),
     "roles/storage.objectCreator": frozenset({"storage.objects.create"}),
-    "roles/storage.objectUser": frozenset({"storage.objects.get", "storage.objects.list", "storage.objects.create",
-                                           "storage.objects.delete", "storage.objects.update",
-                                           "storage.objects.restore"}),
-    "roles/storage.objectAdmin": frozenset({"storage.objects.get", "storage.objects.list", "storage.objects.create",
-                                            "storage.objects.delete", "storage.objects.update",
-                                            "storage.objects.restore", "storage.objects.getIamPolicy",
-                                            "storage.objects.setIamPolicy"}),
+    "roles/storage.objectUser": frozenset(
+        {
+            "storage.objects.get",
+            "storage.objects.list",
+            "storage.objects.create",
+            "storage.objects.delete",
+            "storage.objects.update",
+            "storage.objects.restore",
+        }
+    ),
+    "roles/storage.objectAdmin": frozenset(
+        {
+            "storage.objects.get",
+            "storage.objects.list",
+            "storage.objects.create",
+            "storage.objects.delete",
+            "storage.objects.update",
+            "storage.objects.restore",
+            "storage.objects.getIamPolicy",
+            "storage.objects.setIamPolicy",
+        }
+    ),
 }
 
 
@@ -96,24 +125,32 @@ class Policy:
         return f"{account}@{self.project}.iam.gserviceaccount.com"
 
     def topics(self, identity: str, permission: str = "pubsub.topics.publish") -> set[str]:
-        return {g.target for g in self.grants
-                if g.identity == identity and g.kind == "topic" and permission in g.permissions}
+        return {
+            g.target
+            for g in self.grants
+            if g.identity == identity and g.kind == "topic" and permission in g.permissions
+        }
 
     def allows_topic(self, identity: str, permission: str, topic: str) -> bool:
         return identity == ADMIN or topic in self.topics(identity, permission)
 
-    def allows_object(self, identity: str, permission: str, bucket: str, *, name: str | None = None,
-                      list_prefix: str | None = None) -> bool:
+    def allows_object(
+        self, identity: str, permission: str, bucket: str, *, name: str | None = None, list_prefix: str | None = None
+    ) -> bool:
         """``permission`` on object ``name`` (or, for storage.objects.list, a listing of ``list_prefix``)."""
         if identity == ADMIN:
             return True
-        return any(g.identity == identity and g.kind == "bucket" and g.target == bucket
-                   and permission in g.permissions and g.condition_holds(name, list_prefix)
-                   for g in self.grants)
+        return any(
+            g.identity == identity
+            and g.kind == "bucket"
+            and g.target == bucket
+            and permission in g.permissions
+            and g.condition_holds(name, list_prefix)
+            for g in self.grants
+        )
 
 
-def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mapping[str, str],
-           project: str) -> Policy:
+def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mapping[str, str], project: str) -> Policy:
     """The grants of iam_bindings.yaml's ``rules``, expanded like catalog.tf's ``iam_plan``."""
     stage_names = [s.name for s in cat.stages]
     grants: list[Grant] = []
@@ -124,8 +161,16 @@ def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mappin
             if identity is None:
                 continue  # the invoker and Pub/Sub's service agent act inside the emulator, not through a proxy
             for kind, target in _targets(str(rule["scope"]), stage, cat, buckets):
-                grants.append(Grant(rule=name, identity=identity, role=str(rule["role"]), kind=kind, target=target,
-                                    prefixes=tuple(rule.get("prefixes") or ())))
+                grants.append(
+                    Grant(
+                        rule=name,
+                        identity=identity,
+                        role=str(rule["role"]),
+                        kind=kind,
+                        target=target,
+                        prefixes=tuple(rule.get("prefixes") or ()),
+                    )
+                )
     return Policy(project=project, grants=tuple(grants))
 
 
@@ -151,5 +196,6 @@ def _targets(scope: str, stage: str, cat: Catalog, buckets: Mapping[str, str]) -
 def load(project: str, data_bucket: str, artifact_bucket: str, bindings: Path = BINDINGS_FILE) -> Policy:
     """The policy of a deployment with these buckets, from iam_bindings.yaml and the catalog."""
     raw = yaml.safe_load(bindings.read_text())
-    return expand(raw["bindings"], cd4ml_catalog.load(),
-                  {"bucket:data": data_bucket, "bucket:artifact": artifact_bucket}, project)
+    return expand(
+        raw["bindings"], cd4ml_catalog.load(), {"bucket:data": data_bucket, "bucket:artifact": artifact_bucket}, project
+    )

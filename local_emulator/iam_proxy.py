@@ -59,14 +59,17 @@ class Proxies:
         if listener.identity not in known:
             raise ValueError(f"unknown identity {listener.identity!r}; iam_bindings.yaml grants {', '.join(known)}")
         # No SO_REUSEPORT (gRPC's default on Linux): a port another process holds must fail here, not be shared.
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                             options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
-                             handlers=[PubSubProxy(self._pubsub_upstream, listener.identity, self._policy)])
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=16),
+            options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+            handlers=[PubSubProxy(self._pubsub_upstream, listener.identity, self._policy)],
+        )
         server.add_insecure_port(f"{self._host}:{listener.pubsub_port}")
         server.start()
         self._grpc.append(server)
-        http = StorageProxy((self._host, listener.storage_port), self._storage_upstream, listener.identity,
-                            self._policy)
+        http = StorageProxy(
+            (self._host, listener.storage_port), self._storage_upstream, listener.identity, self._policy
+        )
         threading.Thread(target=http.serve_forever, name=f"storage-{listener.identity}", daemon=True).start()
         self._http.append(http)
 
@@ -78,18 +81,33 @@ class Proxies:
             http.server_close()
 
 
-def command(project: str, data_bucket: str, artifact_bucket: str, pubsub_upstream: str,
-            storage_upstream: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+def command(
+    project: str, data_bucket: str, artifact_bucket: str, pubsub_upstream: str, storage_upstream: str
+) -> tuple[list[str], dict[str, dict[str, str]]]:
     """The argv that serves every identity on free ports, and each identity's two endpoints (the env values)."""
-    argv = [sys.executable, "-m", "local_emulator.iam_proxy", "--project", project, "--data-bucket", data_bucket,
-            "--artifact-bucket", artifact_bucket, "--pubsub-upstream", pubsub_upstream,
-            "--storage-upstream", storage_upstream]
+    argv = [
+        sys.executable,
+        "-m",
+        "local_emulator.iam_proxy",
+        "--project",
+        project,
+        "--data-bucket",
+        data_bucket,
+        "--artifact-bucket",
+        artifact_bucket,
+        "--pubsub-upstream",
+        pubsub_upstream,
+        "--storage-upstream",
+        storage_upstream,
+    ]
     endpoints: dict[str, dict[str, str]] = {}
     for identity in iam_policy.load(project, data_bucket, artifact_bucket).identities():
         pubsub, storage = processes.free_port(), processes.free_port()
         argv += ["--identity", f"{identity}={pubsub},{storage}"]
-        endpoints[identity] = {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub}",
-                               "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{storage}"}
+        endpoints[identity] = {
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub}",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{storage}",
+        }
     return argv, endpoints
 
 
@@ -107,8 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pubsub-upstream", required=True, help="HOST:PORT of the Pub/Sub emulator")
     parser.add_argument("--storage-upstream", required=True, help="http://HOST:PORT of the GCS emulator")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--identity", action="append", type=Listener.parse, default=[],
-                        help="IDENTITY=PUBSUB_PORT,STORAGE_PORT (repeat)")
+    parser.add_argument(
+        "--identity",
+        action="append",
+        type=Listener.parse,
+        default=[],
+        help="IDENTITY=PUBSUB_PORT,STORAGE_PORT (repeat)",
+    )
     args = parser.parse_args(argv)
     log = configure_logging("iam_proxy")
     policy = iam_policy.load(args.project, args.data_bucket, args.artifact_bucket)

@@ -23,8 +23,15 @@ def start(name: str, argv: Sequence[str], *, env: Mapping[str, str], log_dir: Pa
     """Start ``argv`` detached in a new session (its own process group), output to ``log_dir/name.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{name}.log").open("ab") as log:
-        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(env), cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
     return proc.pid
 
 
@@ -73,8 +80,9 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def wait_until(check: Callable[[], bool], *, what: str, timeout: float, pid: int | None = None,
-               log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], *, what: str, timeout: float, pid: int | None = None, log: Path | None = None
+) -> None:
     """Poll ``check`` until true; TimeoutError naming ``what`` (and the log tail) otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -25,8 +25,12 @@ from cd4ml.manifest import Manifest, loads
 
 def scheduler_attributes(project: str, job: str, type_: str) -> dict[str, str]:
     """The static attributes a Cloud Scheduler job sets on its Pub/Sub message."""
-    return {"ce-specversion": "1.0", "ce-type": type_, "content-type": "application/json",
-            "ce-source": f"//cloudscheduler.googleapis.com/projects/{project}/locations/local/jobs/{job}"}
+    return {
+        "ce-specversion": "1.0",
+        "ce-type": type_,
+        "content-type": "application/json",
+        "ce-source": f"//cloudscheduler.googleapis.com/projects/{project}/locations/local/jobs/{job}",
+    }
 
 
 def main() -> None:
@@ -55,7 +59,9 @@ def main() -> None:
         for m in manifests:
             if now >= next_fire[m.name]:
                 data = json.dumps({"model": m.name, "trigger": "schedule"}).encode()
-                publisher.publish(run_topic, data, **scheduler_attributes(args.project, f"cd4ml-{m.name}", RUN_REQUESTED))
+                publisher.publish(
+                    run_topic, data, **scheduler_attributes(args.project, f"cd4ml-{m.name}", RUN_REQUESTED)
+                )
                 log.info(f"scheduled run of {m.name} requested", extra={"model": m.name})
                 next_fire[m.name] = _next(m, now)
         stop.wait(min(0.5, args.tick_seconds))

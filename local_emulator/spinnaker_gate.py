@@ -14,7 +14,7 @@ Gate + Echo + Orca that a caller can observe (each rule cites its source in the 
 - `GET /webhooks/recorded` (stand-in only): every webhook received, its payload, the executions it
   started, and why Echo would have dropped it (`dropped`), for tests.
 
-Executions are RUNNING for --execution-seconds, then SUCCEEDED. State is kept in memory and in
+Executions run through their pipeline's stages (Orca statuses) for --execution-seconds, then end as the pipeline's `outcome` says (SUCCEEDED by default; TERMINAL, CANCELED or STOPPED at a stage; RUNNING never ends), or as `PUT /test-double/outcomes/RUN_ID` set for one run. State is kept in memory and in
 DIR/executions.json and DIR/webhooks.json. Every response carries `X-Test-Double: spinnaker-gate`.
 
     python -m local_emulator.spinnaker_gate --host 127.0.0.1 --port P --state-dir DIR --config pipelines.yaml
@@ -51,8 +51,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from local_emulator import faults
 from local_emulator._echo_matching import EventDropped
 from local_emulator._gate_pipelines import (
+    OUTCOMES,
     WEBHOOK,
     ConfigError,
     Pipeline,
@@ -63,6 +65,7 @@ from local_emulator._gate_pipelines import (
     matching_pipelines,
     parse_config,
 )
+from local_emulator._orca_execution import render_execution
 from local_emulator._orca_search import SearchError, search
 from local_emulator._service import atomic_write, configure_logging, stop_event_on_signals
 
@@ -126,6 +129,7 @@ class GateState:
         self._lock = threading.Lock()
         self._webhooks: list[dict[str, Any]] = []
         self._executions: list[dict[str, Any]] = []
+        self._outcomes: dict[str, dict[str, str]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -170,8 +174,14 @@ class GateState:
         return webhook
 
     def _record(self, pipeline: Pipeline, trigger: dict[str, Any], now_ms: int) -> dict[str, Any]:
-        """An execution in Orca's JSON shape; status and end time are derived when read."""
+        """An execution in Orca's JSON shape; its stages' statuses and its end are derived when read.
+
+        It runs through the pipeline's stages to the outcome its config names, or the one a test set for the
+        webhook's ``run_id`` (``PUT /test-double/outcomes/{run_id}``).
+        """
         execution_id = new_ulid(now_ms)
+        run_id = str((trigger.get("payload") or {}).get("run_id") or "")
+        outcome = self._outcomes.get(run_id) or {"status": pipeline.outcome.status, "stage": pipeline.outcome.stage}
         return {
             "type": "PIPELINE",
             "id": execution_id,
@@ -183,32 +193,29 @@ class GateState:
             "canceled": False,
             "trigger": trigger,
             "stages": [
-                {"id": f"{execution_id}-1", "type": "wait", "name": "canary (Gate test double)", "startTime": now_ms}
+                {"id": f"{execution_id}-{n}", "type": "wait", "name": name, "refId": str(n)}
+                for n, name in enumerate(pipeline.stages, start=1)
             ],
             "testDouble": True,
             "_durationMs": self._execution_ms,
+            "_outcome": outcome,
         }
+
+    def set_outcome(self, run_id: str, status: str, stage: str) -> None:
+        """Stand-in only: how the next execution started for ``run_id`` ends."""
+        with self._lock:
+            self._outcomes[run_id] = {"status": status, "stage": stage}
 
     def webhooks(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(w) for w in self._webhooks]
-
-    def _render(self, record: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
-        rendered = {k: v for k, v in record.items() if not k.startswith("_")}
-        finished = now_ms - int(record["startTime"]) >= int(record["_durationMs"])
-        status = "SUCCEEDED" if finished else "RUNNING"
-        end = int(record["startTime"]) + int(record["_durationMs"]) if finished else None
-        rendered["status"] = status
-        rendered["endTime"] = end
-        rendered["stages"] = [{**stage, "status": status, "endTime": end} for stage in record["stages"]]
-        return rendered
 
     def execution(self, execution_id: str) -> dict[str, Any] | None:
         now_ms = int(time.time() * 1000)
         with self._lock:
             for record in self._executions:
                 if record["id"] == execution_id:
-                    return self._render(record, now_ms)
+                    return render_execution(record, now_ms)
         return None
 
     def _pipeline_ids(self, application: str, pipeline_name: str | None) -> list[str]:
@@ -224,7 +231,7 @@ class GateState:
         """Orca's searchForPipelinesByTrigger; raises SearchError (with its HTTP status) as Orca would."""
         now_ms = int(time.time() * 1000)
         with self._lock:
-            records = [self._render(r, now_ms) for r in self._executions]
+            records = [render_execution(r, now_ms) for r in self._executions]
         return search(application, query, self._pipeline_ids, records)
 
 
@@ -265,6 +272,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if faults.is_down("gate"):  # the chaos session's outage: Gate's load balancer answers 503
+            self._error(503, faults.OUTAGE)
+            return
         if len(parts) != 3 or parts[0] != "webhooks":
             self._error(404, "Not Found")
             return
@@ -281,17 +291,39 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, str(error))
             return
         webhook = self.server.state.receive(source, payload, webhook_type)
+        faults.effect_done("gate.webhook", [str(v) for v in payload.values() if isinstance(v, str)])
         _log.info(
             "webhook processed",
             extra={"source": source, "event_id": webhook.event_id, "executions": list(webhook.execution_ids)},
         )
         self._send(200, {"eventProcessed": True, "eventId": webhook.event_id})
 
+    def do_PUT(self) -> None:
+        """Stand-in only: ``PUT /test-double/outcomes/{run_id}`` ``{"status": "TERMINAL", "stage": "…"}``."""
+        parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            body = None
+        if (
+            len(parts) != 3
+            or parts[:2] != ["test-double", "outcomes"]
+            or not isinstance(body, dict)
+            or body.get("status") not in OUTCOMES
+        ):
+            self._error(400, f"PUT /test-double/outcomes/RUN_ID with a status among {', '.join(OUTCOMES)}")
+            return
+        self.server.state.set_outcome(parts[2], str(body["status"]), str(body.get("stage") or ""))
+        self._send(200, {"runId": parts[2], **body})
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         state = self.server.state
-        if parts == ["health"]:
+        if faults.is_down("gate") and parts != ["health"]:
+            self._error(503, faults.OUTAGE)
+        elif parts == ["health"]:
             self._send(200, {"status": "UP", "testDouble": True, "service": "Spinnaker Gate test double (cd4ml)"})
         elif parts == ["webhooks", "recorded"]:
             self._send(200, state.webhooks())

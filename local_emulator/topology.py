@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cd4ml.catalog import Catalog, dead_letter_hold, dead_letter_topic, subscription_id
 
@@ -41,17 +43,73 @@ def plan(cat: Catalog) -> Topology:
     d = cat.delivery
     subs: list[Subscription] = []
     for stage in cat.stages:
-        subs.append(Subscription(
-            name=subscription_id(stage.name), topic=stage.trigger_topic, stage=stage.name,
-            dead_letter_topic=dead_letter_topic(stage.name), max_delivery_attempts=d.max_delivery_attempts,
-            minimum_backoff_seconds=d.minimum_backoff_seconds, maximum_backoff_seconds=d.maximum_backoff_seconds,
-            ack_deadline_seconds=d.ack_deadline_seconds, retention_seconds=None,
-        ))
-        subs.append(Subscription(
-            name=dead_letter_hold(stage.name), topic=dead_letter_topic(stage.name), stage=None,
-            dead_letter_topic=None, max_delivery_attempts=None, minimum_backoff_seconds=None,
-            maximum_backoff_seconds=None, ack_deadline_seconds=60,
-            retention_seconds=d.dead_letter_retention_seconds,
-        ))
-    return Topology(topics=cat.topics, subscriptions=tuple(subs),
-                    stage_env={s.name: stage_env_names(cat, s.name) for s in cat.stages})
+        subs.append(
+            Subscription(
+                name=subscription_id(stage.name),
+                topic=stage.trigger_topic,
+                stage=stage.name,
+                dead_letter_topic=dead_letter_topic(stage.name),
+                max_delivery_attempts=d.max_delivery_attempts,
+                minimum_backoff_seconds=d.minimum_backoff_seconds,
+                maximum_backoff_seconds=d.maximum_backoff_seconds,
+                ack_deadline_seconds=d.ack_deadline_seconds,
+                retention_seconds=None,
+            )
+        )
+        subs.append(
+            Subscription(
+                name=dead_letter_hold(stage.name),
+                topic=dead_letter_topic(stage.name),
+                stage=None,
+                dead_letter_topic=None,
+                max_delivery_attempts=None,
+                minimum_backoff_seconds=None,
+                maximum_backoff_seconds=None,
+                ack_deadline_seconds=60,
+                retention_seconds=d.dead_letter_retention_seconds,
+            )
+        )
+    return Topology(
+        topics=cat.topics,
+        subscriptions=tuple(subs),
+        stage_env={s.name: stage_env_names(cat, s.name) for s in cat.stages},
+    )
+
+
+def create_topics(project: str, topology: Topology) -> None:
+    """Create every topic of ``topology`` on the Pub/Sub emulator (PUBSUB_EMULATOR_HOST)."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    for topic in topology.topics:
+        publisher.create_topic(name=publisher.topic_path(project, topic))
+
+
+def subscribe(project: str, topology: Topology, functions: Mapping[str, str]) -> None:
+    """Create the subscriptions: push to each stage's ``functions`` URL with the catalog's retry and dead-letter
+    policies (the path /projects/P/topics/T makes functions-framework unwrap the push), and the holds."""
+    from google.cloud import pubsub_v1
+    from google.protobuf import duration_pb2
+
+    subscriber = pubsub_v1.SubscriberClient()
+    publisher = pubsub_v1.PublisherClient()
+    for sub in topology.subscriptions:
+        request: dict[str, Any] = {
+            "name": subscriber.subscription_path(project, sub.name),
+            "topic": publisher.topic_path(project, sub.topic),
+            "ack_deadline_seconds": sub.ack_deadline_seconds,
+        }
+        if sub.stage is not None:
+            request["push_config"] = {"push_endpoint": f"{functions[sub.stage]}/projects/{project}/topics/{sub.topic}"}
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": publisher.topic_path(project, str(sub.dead_letter_topic)),
+                "max_delivery_attempts": sub.max_delivery_attempts,
+            }
+            request["retry_policy"] = {
+                "minimum_backoff": duration_pb2.Duration(seconds=sub.minimum_backoff_seconds),
+                "maximum_backoff": duration_pb2.Duration(seconds=sub.maximum_backoff_seconds),
+            }
+        else:
+            request["message_retention_duration"] = duration_pb2.Duration(seconds=sub.retention_seconds)
+            request["retain_acked_messages"] = True  # looking at a dead letter must not lose it
+        subscriber.create_subscription(request=request)

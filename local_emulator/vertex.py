@@ -39,6 +39,7 @@ import grpc
 from google.cloud import aiplatform_v1
 from google.protobuf import empty_pb2
 
+from local_emulator import faults
 from local_emulator._service import configure_logging, stop_event_on_signals
 from local_emulator._vertex_envs import default_cache_dir
 from local_emulator._vertex_jobs import JobTable
@@ -111,6 +112,7 @@ def serve(
     server = grpc.server(
         ThreadPoolExecutor(max_workers=_RPC_THREADS, thread_name_prefix="vertex-rpc"),
         options=[("grpc.so_reuseport", 0)],
+        interceptors=[faults.outage_interceptor("vertex")],
     )
     server.add_generic_rpc_handlers((_job_service(jobs),))
     try:
@@ -129,7 +131,9 @@ def _job_service(jobs: JobTable) -> grpc.GenericRpcHandler:
     """The JobService methods, on proto-plus (de)serializers so the real client's bytes round-trip."""
 
     def create(request: aiplatform_v1.CreateCustomJobRequest) -> aiplatform_v1.CustomJob:
-        return jobs.create(parse_parent(request.parent), request.custom_job)
+        job = jobs.create(parse_parent(request.parent), request.custom_job)
+        faults.effect_done("vertex.create", job.labels.values())
+        return job
 
     def get(request: aiplatform_v1.GetCustomJobRequest) -> aiplatform_v1.CustomJob:
         return jobs.get(request.name)

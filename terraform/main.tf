@@ -17,6 +17,7 @@ locals {
     CD4ML_CLOUDBUILD_ENDPOINT      = var.cloudbuild_endpoint
     CD4ML_BUILD_SERVICE_ACCOUNT    = google_service_account.build.email
     CD4ML_REGISTRY                 = local.registry
+    CD4ML_REGISTRY_API             = "" # https://<registry host>, Artifact Registry's Docker Registry API v2
     CD4ML_GATE_URL                 = var.spinnaker_gate_url
     CD4ML_GATE_KEY_SECRET          = "${google_secret_manager_secret.gate_key.id}/versions/latest"
   }

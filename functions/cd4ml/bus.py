@@ -38,15 +38,18 @@ class Bus:
         future = self.publisher.publish(self.topic_path(catalog.topic_id(event.type)), data, **attributes)
         return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))
 
-    def dead_letter(self, topic: str, message: PubSubMessage, *, stage: str, error: str) -> str:
+    def dead_letter(
+        self, topic: str, message: PubSubMessage, *, stage: str, error: str, exhausted: bool = False
+    ) -> str:
         """Copy a rejected message to ``topic`` with the reason attached, within Pub/Sub's limits.
 
         Pub/Sub refuses more than 100 attributes and attribute values over 1024 bytes
         (https://cloud.google.com/pubsub/quotas#resource_limits): the reason is cut to fit, and when the
         original carries too many attributes the ``ce-*`` ones are kept first and the count dropped is noted.
+        A message whose deliveries were ``exhausted`` is marked ``cd4ml-exhausted-by`` instead of rejected.
         """
         ours = {
-            "cd4ml-rejected-by": stage,
+            "cd4ml-exhausted-by" if exhausted else "cd4ml-rejected-by": stage,
             "cd4ml-error": bounded(error, MAX_ATTRIBUTE_VALUE_BYTES),
             "cd4ml-original-message-id": bounded(message.message_id, MAX_ATTRIBUTE_VALUE_BYTES),
         }

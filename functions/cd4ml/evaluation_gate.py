@@ -24,9 +24,14 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "metric": self.metric, "value": self.value, "threshold": self.threshold,
-            "max_regression": self.max_regression, "champion_value": self.champion_value,
-            "champion_run": self.champion_run, "passed": self.passed, "reasons": list(self.reasons),
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "max_regression": self.max_regression,
+            "champion_value": self.champion_value,
+            "champion_run": self.champion_run,
+            "passed": self.passed,
+            "reasons": list(self.reasons),
         }
 
 
@@ -37,7 +42,9 @@ def decide(metrics: Mapping[str, float], rule: Evaluation, champion: Mapping[str
     champion_metrics = (champion or {}).get("metrics") or {}
     champion_value = champion_metrics.get(rule.metric)
     if value is None:
-        reasons.append(f"metric {rule.metric!r} missing from the candidate's metrics ({', '.join(sorted(metrics)) or 'none'})")
+        reasons.append(
+            f"metric {rule.metric!r} missing from the candidate's metrics ({', '.join(sorted(metrics)) or 'none'})"
+        )
     else:
         if value < rule.threshold:
             reasons.append(f"{rule.metric} {value:.4f} is below the threshold {rule.threshold:.4f}")
@@ -47,7 +54,12 @@ def decide(metrics: Mapping[str, float], rule: Evaluation, champion: Mapping[str
                 f"({champion_value:.4f}) by more than {rule.max_regression:.4f}"
             )
     return Decision(
-        passed=not reasons, reasons=tuple(reasons), metric=rule.metric, value=value, threshold=rule.threshold,
-        champion_value=champion_value, max_regression=rule.max_regression,
+        passed=not reasons,
+        reasons=tuple(reasons),
+        metric=rule.metric,
+        value=value,
+        threshold=rule.threshold,
+        champion_value=champion_value,
+        max_regression=rule.max_regression,
         champion_run=(champion or {}).get("run_id"),
     )

@@ -36,6 +36,8 @@ IMAGE_FAILED = "cd4ml.image.failed.v1"
 IMAGE_PUSHED = "cd4ml.image.pushed.v1"
 CANARY_TRIGGERED = "cd4ml.canary.triggered.v1"
 CANARY_FAILED = "cd4ml.canary.failed.v1"
+CANARY_SUCCEEDED = "cd4ml.canary.succeeded.v1"
+MODEL_PROMOTED = "cd4ml.model.promoted.v1"
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -69,10 +71,12 @@ def event_id(run_id: str, type_: str, key: str = "") -> str:
 _FORMATS = FormatChecker(formats=())
 
 
-@_FORMATS.checks("date-time", raises=ValueError)
 def _is_date_time(value: object) -> bool:
     """RFC 3339 with a time zone, in the range a run id can name (years 1000-9999)."""
     return not isinstance(value, str) or 1000 <= parse_time(value).year <= 9999
+
+
+_FORMATS.checks("date-time", raises=ValueError)(_is_date_time)
 
 
 @functools.cache
@@ -100,6 +104,9 @@ class PubSubMessage:
     attributes: Mapping[str, str]
     data: bytes
     subscription: str = ""
+    #: Pub/Sub's count of deliveries of this message on this subscription (set when a dead-letter policy is);
+    #: 0 when the push body has none (the emulator's).
+    delivery_attempt: int = 0
 
     @classmethod
     def from_push(cls, envelope: Any) -> PubSubMessage:
@@ -129,6 +136,7 @@ class PubSubMessage:
             attributes=MappingProxyType({str(k): str(v) for k, v in attributes.items()}),
             data=data,
             subscription=str(envelope.get("subscription", "")),
+            delivery_attempt=_attempt(envelope.get("deliveryAttempt")),
         )
 
     def to_push(self) -> dict[str, Any]:
@@ -156,16 +164,30 @@ class Event:
     time: datetime
 
     @classmethod
-    def new(cls, type_: str, subject: str, data: Mapping[str, Any], *, source: str,
-            id: str | None = None, time: datetime | None = None) -> Event:
+    def new(
+        cls,
+        type_: str,
+        subject: str,
+        data: Mapping[str, Any],
+        *,
+        source: str,
+        id: str | None = None,
+        time: datetime | None = None,
+    ) -> Event:
         """A new event; raises InvalidEvent, naming every problem, when ``data`` breaks its schema."""
         problems = _type_problems(type_, None)
         if not problems:
             problems = data_problems(type_, plain(data))
         if problems:
             raise InvalidEvent(f"refusing to publish an invalid {type_} event", problems, run_id=subject or None)
-        return cls(type=type_, subject=subject, data=_frozen(data), id=id or event_id(subject, type_),
-                   source=source, time=time or now())
+        return cls(
+            type=type_,
+            subject=subject,
+            data=_frozen(data),
+            id=id or event_id(subject, type_),
+            source=source,
+            time=time or now(),
+        )
 
     @classmethod
     def from_message(cls, message: PubSubMessage, expected: Collection[str]) -> Event:
@@ -203,10 +225,19 @@ class Event:
                 problems += data_problems(type_, data)
         subject = attrs.get("ce-subject", "")
         if problems:
-            raise InvalidEvent(f"invalid event {type_ or '(no type)'} in message {message.message_id}",
-                               problems, run_id=subject or None)
-        return cls(type=type_, subject=subject, data=_frozen(data), id=attrs.get("ce-id") or message.message_id,
-                   source=attrs["ce-source"], time=time)
+            raise InvalidEvent(
+                f"invalid event {type_ or '(no type)'} in message {message.message_id}",
+                problems,
+                run_id=subject or None,
+            )
+        return cls(
+            type=type_,
+            subject=subject,
+            data=_frozen(data),
+            id=attrs.get("ce-id") or message.message_id,
+            source=attrs["ce-source"],
+            time=time,
+        )
 
     def to_message(self) -> tuple[bytes, dict[str, str]]:
         """The Pub/Sub message (data, attributes) in binary content mode."""
@@ -225,6 +256,14 @@ class Event:
     def summary(self) -> dict[str, str]:
         """What the run ledger keeps of an event."""
         return {"type": self.type, "id": self.id, "time": format_time(self.time), "source": self.source}
+
+
+def _attempt(value: Any) -> int:
+    """The push body's ``deliveryAttempt`` (https://cloud.google.com/pubsub/docs/push#receive_push), 0 if absent."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _type_problems(type_: str, expected: Collection[str] | None) -> list[str]:
@@ -252,5 +291,3 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
-
-

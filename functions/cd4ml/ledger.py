@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 RUNS = "runs"
 MODELS = "models"
 EFFECTS = "effects"
+DELIVERIES = "deliveries"
 #: How many rejected messages a run record keeps (the dead-letter hold keeps them all).
 KEEP_REJECTIONS = 20
 
@@ -75,8 +76,16 @@ class Ledger:
         docs = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit).stream()
         return [d.to_dict() or {} for d in docs]
 
-    def open_run(self, run_id: str, *, model: str, scheduled_time: datetime, trigger: str,
-                 manifest: Mapping[str, Any], event: Event) -> tuple[dict[str, Any], bool]:
+    def open_run(
+        self,
+        run_id: str,
+        *,
+        model: str,
+        scheduled_time: datetime,
+        trigger: str,
+        manifest: Mapping[str, Any],
+        event: Event,
+    ) -> tuple[dict[str, Any], bool]:
         """Create the run if absent; returns (record, created). A duplicate request gets the existing run."""
         from google.api_core.exceptions import AlreadyExists
 
@@ -101,15 +110,23 @@ class Ledger:
             return existing, False
         return record, True
 
-    def record(self, run_id: str, event: Event | None = None, fields: Mapping[str, Any] | None = None,
-               *, error: Mapping[str, Any] | None = None, status: str | None = None) -> dict[str, Any]:
+    def record(
+        self,
+        run_id: str,
+        event: Event | None = None,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        error: Mapping[str, Any] | None = None,
+        status: str | None = None,
+    ) -> dict[str, Any]:
         """Apply a stage's change (``transition.apply``: status rules, de-duplication by event id, champion)
         in one read-apply-write transaction; returns the record after it."""
         from google.cloud import firestore
 
         ref = self._run(run_id)
-        change = Change(event=event.summary() if event is not None else None, fields=dict(fields or {}),
-                        error=error, status=status)
+        change = Change(
+            event=event.summary() if event is not None else None, fields=dict(fields or {}), error=error, status=status
+        )
 
         @firestore.transactional
         def txn(transaction: Any) -> Mapping[str, Any]:
@@ -141,14 +158,25 @@ class Ledger:
             snap = ref.get(transaction=transaction)
             if not snap.exists:
                 return
-            kept = list((snap.to_dict() or {}).get("rejected_messages") or [])[-(KEEP_REJECTIONS - 1):]
-            transaction.update(ref, {"rejected_messages": [*kept, dict(rejection)],
-                                     "rejected_count": firestore.Increment(1)})
+            kept = list((snap.to_dict() or {}).get("rejected_messages") or [])[-(KEEP_REJECTIONS - 1) :]
+            transaction.update(
+                ref, {"rejected_messages": [*kept, dict(rejection)], "rejected_count": firestore.Increment(1)}
+            )
 
         try:
             self._commit(txn)
         except NotFound:
             return
+
+    def count_failure(self, run_id: str, delivery: str) -> int:
+        """Count one failed delivery of a message on a subscription (``delivery``); returns the count so far."""
+        import hashlib
+
+        from google.cloud import firestore
+
+        ref = self._run(run_id).collection(DELIVERIES).document(hashlib.sha256(delivery.encode()).hexdigest()[:40])
+        ref.set({"failures": firestore.Increment(1), "delivery": delivery[:300], "at": format_time(now())}, merge=True)
+        return int((ref.get().to_dict() or {}).get("failures", 1))
 
     def champion(self, model: str) -> dict[str, Any] | None:
         """The model's current champion: the last run that succeeded."""
@@ -165,15 +193,26 @@ class Ledger:
         query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("training.active", "==", True))
         return [d.to_dict() or {} for d in query.limit(limit).stream()]
 
-    def stale(self, before: datetime, limit: int = 200) -> list[dict[str, Any]]:
-        """Running runs last updated before ``before`` that wait on no training job."""
+    def in_flight_canaries(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Runs whose canary execution started and has no verdict yet."""
         from google.cloud import firestore
 
-        query = (self._db.collection(RUNS)
-                 .where(filter=firestore.FieldFilter("status", "==", "running"))
-                 .where(filter=firestore.FieldFilter("updated_at", "<", format_time(before))))
+        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("canary.active", "==", True))
+        return [d.to_dict() or {} for d in query.limit(limit).stream()]
+
+    def stale(self, before: datetime, limit: int = 200) -> list[dict[str, Any]]:
+        """Running runs last updated before ``before`` that wait on no training job and no canary (both end on their own)."""
+        from google.cloud import firestore
+
+        query = (
+            self._db.collection(RUNS)
+            .where(filter=firestore.FieldFilter("status", "==", "running"))
+            .where(filter=firestore.FieldFilter("updated_at", "<", format_time(before)))
+        )
         runs = [d.to_dict() or {} for d in query.limit(limit).stream()]
-        return [r for r in runs if not (r.get("training") or {}).get("active")]
+        return [
+            r for r in runs if not (r.get("training") or {}).get("active") and not (r.get("canary") or {}).get("active")
+        ]
 
     def _reclaim(self, ref: Any, lease: timedelta, wait: float) -> tuple[str, dict[str, Any] | None]:
         """Someone claimed first: their result, a takeover of their expired lease, or "busy" after ``wait``."""
@@ -185,8 +224,9 @@ class Ledger:
             doc = ref.get(transaction=transaction).to_dict() or {}
             state = _claim_state(doc, moment)
             if state == "expired":
-                transaction.update(ref, {"lease_until": format_time(moment + lease),
-                                         "attempts": doc.get("attempts", 1) + 1})
+                transaction.update(
+                    ref, {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}
+                )
             return state, doc.get("result")
 
         deadline = time.monotonic() + wait
@@ -203,10 +243,20 @@ class Ledger:
         """
         self._run(run_id).update({**fields, "updated_at": format_time(now())})
 
-    def once(self, run_id: str, name: str, act: Callable[[], dict[str, Any]],
-             recover: Callable[[], dict[str, Any] | None] | None = None,
-             lease: timedelta = timedelta(minutes=5), wait: float = 15.0) -> tuple[dict[str, Any], bool]:
+    def once(
+        self,
+        run_id: str,
+        name: str,
+        act: Callable[[], dict[str, Any]],
+        recover: Callable[[], dict[str, Any] | None] | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        wait: float = 15.0,
+    ) -> tuple[dict[str, Any], bool]:
         """Run the side effect ``act`` at most once per (run, name); returns (result, acted_now).
+
+        ``lease`` bounds how long ``act`` may take; it must stay well inside the subscription's retry budget
+        (5 deliveries, backoff from 10 s): the chaos session found that a 5-minute lease outlived every
+        redelivery after a crash between the act and its record, so the message was dead-lettered and the run lost.
 
         The claim is a plain create (one write) when nobody claimed before, the common case. A duplicate
         delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises
@@ -217,8 +267,14 @@ class Ledger:
         ref = self._run(run_id).collection(EFFECTS).document(name)
         moment = now()
         try:
-            ref.create({"state": "claimed", "lease_until": format_time(moment + lease),
-                        "claimed_at": format_time(moment), "attempts": 1})
+            ref.create(
+                {
+                    "state": "claimed",
+                    "lease_until": format_time(moment + lease),
+                    "claimed_at": format_time(moment),
+                    "attempts": 1,
+                }
+            )
             state, result = "claimed", None
         except AlreadyExists:
             state, result = self._reclaim(ref, lease, wait)

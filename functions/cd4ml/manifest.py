@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,38 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Smoke:
+    """The smoke test in the build: the golden requests, the server's command, and the bars it must clear."""
+
+    requests: str  # relative to the manifest, inside the serving folder
+    command: tuple[str, ...]
+    min_agreement: float
+    latency_ms: float
+    port: int = 8080
+    health_path: str = "/health"
+    startup_seconds: float = 60.0
+
+    def in_context(self, dockerfile: str) -> str:
+        """The golden file's path in the build context (the Dockerfile's folder is the context's root)."""
+        return posixpath.relpath(posixpath.normpath(self.requests), posixpath.dirname(posixpath.normpath(dockerfile)))
+
+
+def _smoke(serving: Mapping[str, Any]) -> Smoke | None:
+    smoke = serving.get("smoke")
+    if smoke is None:
+        return None
+    return Smoke(
+        requests=smoke["requests"],
+        command=tuple(smoke["command"]),
+        min_agreement=float(smoke["min_agreement"]),
+        latency_ms=float(smoke["latency_ms"]),
+        port=int(smoke.get("port", 8080)),
+        health_path=str(smoke.get("health_path", "/health")),
+        startup_seconds=float(smoke.get("startup_seconds", 60)),
+    )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A model: when it runs, on what data, how it trains, how it is gated and shipped."""
 
@@ -58,6 +91,9 @@ class Manifest:
     canary_application: str
     webhook_source: str
     canary_pipeline: str
+    canary_deadline_minutes: float
+    alias: str
+    smoke: Smoke | None
     raw: Mapping[str, Any] = field(hash=False, repr=False)
 
     def scheduled_time(self, at: datetime) -> datetime:
@@ -87,14 +123,24 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
     if not problems:
         fields = str(document["schedule"]).split()
         if len(fields) != 5:  # croniter would read a sixth field as seconds; Cloud Scheduler refuses it
-            problems.append(f"schedule: {str(document['schedule'])[:100]!r} has {len(fields)} fields; Cloud Scheduler's "
-                            "cron has exactly 5 (minute hour day-of-month month day-of-week)")
+            problems.append(
+                f"schedule: {str(document['schedule'])[:100]!r} has {len(fields)} fields; Cloud Scheduler's "
+                "cron has exactly 5 (minute hour day-of-month month day-of-week)"
+            )
         elif not croniter.is_valid(document["schedule"]):
             problems.append(f"schedule: {document['schedule']!r} is not a valid cron expression")
         try:
             ZoneInfo(document.get("time_zone", "Etc/UTC"))
         except (ZoneInfoNotFoundError, ValueError):
             problems.append(f"time_zone: {document.get('time_zone')!r} is not a known time zone")
+        smoke = document["serving"].get("smoke")
+        if smoke is not None and Smoke(smoke["requests"], (), 0, 1).in_context(
+            document["serving"]["dockerfile"]
+        ).startswith("../"):
+            problems.append(
+                f"serving.smoke.requests: {smoke['requests']} is not inside the serving folder (the "
+                "Dockerfile's), which is what `cd4ml model push` uploads and the build receives"
+            )
         if "bigquery" in document["data"]["source"]:
             problems.append("data.source.bigquery: BigQuery sources are not supported yet; use gcs_prefix")
     if problems:
@@ -122,13 +168,17 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
             hyperparameters=dict(t.get("hyperparameters", {})),
             timeout_seconds=t.get("timeout_seconds", 3600),
         ),
-        evaluation=Evaluation(metric=ev["metric"], threshold=float(ev["threshold"]),
-                              max_regression=float(ev.get("max_regression", 0.0))),
+        evaluation=Evaluation(
+            metric=ev["metric"], threshold=float(ev["threshold"]), max_regression=float(ev.get("max_regression", 0.0))
+        ),
         dockerfile=document["serving"]["dockerfile"],
         base_image=document["serving"]["base_image"],
         canary_application=document["canary"]["application"],
         webhook_source=document["canary"]["webhook_source"],
         canary_pipeline=document["canary"].get("pipeline", ""),
+        canary_deadline_minutes=float(document["canary"].get("deadline_minutes", 60)),
+        alias=str(document["serving"].get("alias", "champion")),
+        smoke=_smoke(document["serving"]),
         raw=plain(document),
     )
 

@@ -22,8 +22,9 @@ class Outcome:
     note: str = ""  # the log line when nothing is emitted
 
     @classmethod
-    def event(cls, type_: str, data: Mapping[str, Any], record: Mapping[str, Any] | None = None,
-              error: str | None = None) -> Outcome:
+    def event(
+        cls, type_: str, data: Mapping[str, Any], record: Mapping[str, Any] | None = None, error: str | None = None
+    ) -> Outcome:
         return cls(emit=(type_, dict(data)), record=dict(record or {}), error=error)
 
     @classmethod

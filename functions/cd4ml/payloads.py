@@ -41,8 +41,11 @@ class RunRequested:
     @classmethod
     def of(cls, event: Event) -> RunRequested:
         when = event.data.get("scheduled_time")
-        return cls(model=str(event.data["model"]), scheduled_time=parse_time(when) if when else None,
-                   trigger=str(event.data.get("trigger", "manual")))
+        return cls(
+            model=str(event.data["model"]),
+            scheduled_time=parse_time(when) if when else None,
+            trigger=str(event.data.get("trigger", "manual")),
+        )
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,16 @@ class DataFetched:
     @classmethod
     def of(cls, event: Event) -> DataFetched:
         d = event.data["dataset"]
-        return cls(model=str(event.data["model"]), dataset=Dataset(
-            uri=str(d["uri"]), sha256=str(d["sha256"]), rows=int(d["rows"]), bytes=int(d["bytes"]),
-            files=int(d["files"])))
+        return cls(
+            model=str(event.data["model"]),
+            dataset=Dataset(
+                uri=str(d["uri"]),
+                sha256=str(d["sha256"]),
+                rows=int(d["rows"]),
+                bytes=int(d["bytes"]),
+                files=int(d["files"]),
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,11 @@ class TrainingCompleted:
 
     @classmethod
     def of(cls, event: Event) -> TrainingCompleted:
-        return cls(model=str(event.data["model"]), job=str(event.data["job"]),
-                   model_artifact=Artifact.from_dict(event.data["model_artifact"]))
+        return cls(
+            model=str(event.data["model"]),
+            job=str(event.data["job"]),
+            model_artifact=Artifact.from_dict(event.data["model_artifact"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -84,8 +97,11 @@ class EvaluationPassed:
 
     @classmethod
     def of(cls, event: Event) -> EvaluationPassed:
-        return cls(model=str(event.data["model"]), model_artifact=Artifact.from_dict(event.data["model_artifact"]),
-                   metrics={str(k): float(v) for k, v in event.data["metrics"].items()})
+        return cls(
+            model=str(event.data["model"]),
+            model_artifact=Artifact.from_dict(event.data["model_artifact"]),
+            metrics={str(k): float(v) for k, v in event.data["metrics"].items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -98,5 +114,6 @@ class ImagePushed:
 
     @classmethod
     def of(cls, event: Event) -> ImagePushed:
-        return cls(model=str(event.data["model"]), reference=str(event.data["reference"]),
-                   tag=str(event.data.get("tag", "")))
+        return cls(
+            model=str(event.data["model"]), reference=str(event.data["reference"]), tag=str(event.data.get("tag", ""))
+        )

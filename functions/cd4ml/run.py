@@ -95,6 +95,23 @@ class Canary:
     application: str = ""
     pipeline: str = ""
     reason: str = ""
+    active: bool = False
+    triggered_at: str = ""
+    deadline: str = ""
+    verdict: str = ""
+    stage: str = ""
+    status: str = ""
+    ended_at: str = ""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    alias: str = ""
+    reference: str = ""
+    digest: str = ""
+    previous_run_id: str = ""
+    previous_digest: str = ""
+    at: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,7 @@ class Run:
     evaluation: Evaluation | None = None
     image: Image = field(default_factory=Image)
     canary: Canary | None = None
+    promotion: Promotion | None = None
     error: RunError | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -145,41 +163,77 @@ class Run:
         evaluation = d.get("evaluation")
         error = d.get("error")
         return cls(
-            run_id=str(d["run_id"]), model=str(d["model"]), status=str(d["status"]),
-            created_at=str(d.get("created_at", "")), updated_at=str(d.get("updated_at", "")),
+            run_id=str(d["run_id"]),
+            model=str(d["model"]),
+            status=str(d["status"]),
+            created_at=str(d.get("created_at", "")),
+            updated_at=str(d.get("updated_at", "")),
             events=tuple(dict(e) for e in d.get("events") or ()),
-            trigger=str(d.get("trigger", "")), scheduled_time=str(d.get("scheduled_time", "")),
+            trigger=str(d.get("trigger", "")),
+            scheduled_time=str(d.get("scheduled_time", "")),
             manifest=dict(d.get("manifest") or {}),
-            dataset=Dataset(uri=dataset["uri"], sha256=dataset["sha256"], rows=int(dataset["rows"]),
-                            bytes=int(dataset["bytes"]), files=int(dataset.get("files", 0))) if dataset else None,
+            dataset=Dataset(
+                uri=dataset["uri"],
+                sha256=dataset["sha256"],
+                rows=int(dataset["rows"]),
+                bytes=int(dataset["bytes"]),
+                files=int(dataset.get("files", 0)),
+            )
+            if dataset
+            else None,
             training=_sub(Training, d.get("training")),
             model_artifact=Artifact.from_dict(d["model_artifact"]) if d.get("model_artifact") else None,
-            evaluation=Evaluation(passed=bool(evaluation["passed"]), metrics=dict(evaluation.get("metrics") or {}),
-                                  gate=dict(evaluation.get("gate") or {}),
-                                  reasons=tuple(evaluation.get("reasons") or ())) if evaluation else None,
+            evaluation=Evaluation(
+                passed=bool(evaluation["passed"]),
+                metrics=dict(evaluation.get("metrics") or {}),
+                gate=dict(evaluation.get("gate") or {}),
+                reasons=tuple(evaluation.get("reasons") or ()),
+            )
+            if evaluation
+            else None,
             image=_sub(Image, d.get("image")) or Image(),
             canary=_sub(Canary, d.get("canary")),
-            error=RunError(stage=str(error.get("stage", "")), message=str(error.get("message", "")),
-                           problems=tuple(error.get("problems") or ())) if error else None,
+            promotion=_sub(Promotion, d.get("promotion")),
+            error=RunError(
+                stage=str(error.get("stage", "")),
+                message=str(error.get("message", "")),
+                problems=tuple(error.get("problems") or ()),
+            )
+            if error
+            else None,
             extra={k: v for k, v in d.items() if k not in known},
         )
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "run_id": self.run_id, "model": self.model, "status": self.status,
-            "created_at": self.created_at, "updated_at": self.updated_at,
+            "run_id": self.run_id,
+            "model": self.model,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
             "events": [dict(e) for e in self.events],
         }
         optional: dict[str, Any] = {
-            "trigger": self.trigger, "scheduled_time": self.scheduled_time, "manifest": dict(self.manifest),
+            "trigger": self.trigger,
+            "scheduled_time": self.scheduled_time,
+            "manifest": dict(self.manifest),
             "dataset": self.dataset.to_dict() if self.dataset else None,
-            "training": _doc(self.training), "model_artifact": self.model_artifact.to_dict() if self.model_artifact else None,
-            "evaluation": {"passed": self.evaluation.passed, "metrics": dict(self.evaluation.metrics),
-                           "gate": dict(self.evaluation.gate), "reasons": list(self.evaluation.reasons)}
-            if self.evaluation else None,
-            "image": _doc(self.image), "canary": _doc(self.canary),
+            "training": _doc(self.training),
+            "model_artifact": self.model_artifact.to_dict() if self.model_artifact else None,
+            "evaluation": {
+                "passed": self.evaluation.passed,
+                "metrics": dict(self.evaluation.metrics),
+                "gate": dict(self.evaluation.gate),
+                "reasons": list(self.evaluation.reasons),
+            }
+            if self.evaluation
+            else None,
+            "image": _doc(self.image),
+            "canary": _doc(self.canary),
+            "promotion": _doc(self.promotion),
             "error": {"stage": self.error.stage, "message": self.error.message, "problems": list(self.error.problems)}
-            if self.error else None,
+            if self.error
+            else None,
         }
         doc.update({k: v for k, v in optional.items() if v})
         doc.update(self.extra)

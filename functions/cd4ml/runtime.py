@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from cd4ml import clients, logs
+from cd4ml import catalog, clients, logs
 from cd4ml.bus import Bus, bounded
 from cd4ml.errors import InvalidSettings, PermanentError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
@@ -84,8 +84,14 @@ class Context:
         record = self.ledger.record(run_id, event, outcome.record, error=error)
         for seen in record.get("events", []):
             if seen.get("id") == event.id and seen.get("time") != format_time(event.time):
-                event = Event(type=event.type, subject=event.subject, data=event.data, id=event.id,
-                              source=event.source, time=parse_time(seen["time"]))
+                event = Event(
+                    type=event.type,
+                    subject=event.subject,
+                    data=event.data,
+                    id=event.id,
+                    source=event.source,
+                    time=parse_time(seen["time"]),
+                )
         self.bus.publish(event)
         self.info(f"emitted {type_}", run_id, event_id=event.id, event_type=type_)
         return event
@@ -98,18 +104,69 @@ class Context:
         """
         named = error.run_id or message.attributes.get("ce-subject", "")
         run_id = named if is_run_id(named) else ""
-        self.log.error(bounded(error.message, 4096), extra={
-            "stage": self.settings.stage, "run_id": run_id or None, "event_id": message.message_id,
-            "details": {"problems": [bounded(p, 1024) for p in error.problems[:50]], "error_type": type(error).__name__,
-                        "dead_letter_topic": self.settings.dead_letter_topic},
-        })
+        self.log.error(
+            bounded(error.message, 4096),
+            extra={
+                "stage": self.settings.stage,
+                "run_id": run_id or None,
+                "event_id": message.message_id,
+                "details": {
+                    "problems": [bounded(p, 1024) for p in error.problems[:50]],
+                    "error_type": type(error).__name__,
+                    "dead_letter_topic": self.settings.dead_letter_topic,
+                },
+            },
+        )
         if run_id:
-            self.ledger.note_rejection(run_id, {
-                "stage": self.settings.stage, "message_id": message.message_id, "reason": bounded(error.message, 1024),
-                "at": format_time(now()),
-            })
-        self.bus.dead_letter(self.settings.dead_letter_topic, message, stage=self.settings.stage,
-                             error=error.message)
+            self.ledger.note_rejection(
+                run_id,
+                {
+                    "stage": self.settings.stage,
+                    "message_id": message.message_id,
+                    "reason": bounded(error.message, 1024),
+                    "at": format_time(now()),
+                },
+            )
+        self.bus.dead_letter(self.settings.dead_letter_topic, message, stage=self.settings.stage, error=error.message)
+
+    def last_delivery(self, message: PubSubMessage) -> bool:
+        """True when this failed delivery is the subscription's last (``max_delivery_attempts``).
+
+        Pub/Sub says which attempt this is (``deliveryAttempt``); where it does not (the emulator), the
+        failures are counted on the run, per subscription and message. Messages naming no run are left to
+        Pub/Sub's dead-letter policy.
+        """
+        run_id = message.attributes.get("ce-subject", "")
+        if not is_run_id(run_id):
+            return False
+        limit = catalog.load().delivery.max_delivery_attempts
+        if message.delivery_attempt:
+            return message.delivery_attempt >= limit
+        return self.ledger.count_failure(run_id, f"{message.subscription}/{message.message_id}") >= limit
+
+    def give_up(self, message: PubSubMessage, error: Exception) -> None:
+        """The last delivery failed: end the run failed now, with the stage and the last error, and dead-letter
+        the message with that reason (``cd4ml dead-letters replay`` sends it again once the cause is fixed)."""
+        run_id = message.attributes["ce-subject"]
+        limit = catalog.load().delivery.max_delivery_attempts
+        reason = bounded(
+            f"gave up after {limit} deliveries of {message.attributes.get('ce-type', 'a message')} "
+            f"{message.message_id}: {type(error).__name__}: {error}",
+            1024,
+        )
+        self.log.error(
+            reason,
+            extra={
+                "stage": self.settings.stage,
+                "run_id": run_id,
+                "event_id": message.message_id,
+                "details": {"dead_letter_topic": self.settings.dead_letter_topic},
+            },
+        )
+        self.ledger.record(run_id, status="failed", error={"stage": self.settings.stage, "message": reason})
+        self.bus.dead_letter(
+            self.settings.dead_letter_topic, message, stage=self.settings.stage, error=reason, exhausted=True
+        )
 
 
 @functools.cache
@@ -137,6 +194,10 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
         handler(message, ctx)
     except PermanentError as error:
         ctx.reject(message, error)
+    except Exception as error:  # retryable: raised again (HTTP 500, redelivery) unless this was the last delivery
+        if not ctx.last_delivery(message):
+            raise
+        ctx.give_up(message, error)
 
 
 def require_run(ctx: Context, event: Event) -> Run:
@@ -144,12 +205,16 @@ def require_run(ctx: Context, event: Event) -> Run:
     if not event.subject:
         raise PermanentError(f"{event.type} event {event.id} has no ce-subject (run id)")
     if not is_run_id(event.subject):
-        raise PermanentError(f"{event.type} event {event.id}: ce-subject {event.subject[:80]!r} is not a run id "
-                             "(MODEL-YYYYMMDDtHHMMSSz)", run_id=None)
+        raise PermanentError(
+            f"{event.type} event {event.id}: ce-subject {event.subject[:80]!r} is not a run id "
+            "(MODEL-YYYYMMDDtHHMMSSz)",
+            run_id=None,
+        )
     run = ctx.ledger.run(event.subject)
     if run is None:
-        raise PermanentError(f"{event.type} event {event.id} names run {event.subject!r}, which the ledger does not know",
-                             run_id=None)
+        raise PermanentError(
+            f"{event.type} event {event.id} names run {event.subject!r}, which the ledger does not know", run_id=None
+        )
     return run
 
 

@@ -27,6 +27,7 @@ class Settings:
     cloudbuild_endpoint: str
     build_service_account: str
     registry: str
+    registry_api: str
     gate_url: str
     gate_key_secret: str
 

@@ -46,7 +46,7 @@ def take(client: storage.Client, source: str, bucket: str, model: str) -> Datase
     rows = size = 0
     for blob in objects:
         d = digest(client, GcsPath(prefix.bucket, blob.name))
-        relative = blob.name[len(prefix.name):]
+        relative = blob.name[len(prefix.name) :]
         lines.append(f"{d.sha256}  {relative}\n")
         size += d.bytes
         rows += d.lines - (1 if relative.endswith(".csv") and d.lines else 0)
@@ -57,7 +57,7 @@ def take(client: storage.Client, source: str, bucket: str, model: str) -> Datase
         source_bucket = client.bucket(prefix.bucket)
         target_bucket = client.bucket(bucket)
         for blob in objects:
-            source_bucket.copy_blob(blob, target_bucket, target.name + blob.name[len(prefix.name):])
+            source_bucket.copy_blob(blob, target_bucket, target.name + blob.name[len(prefix.name) :])
         # Written last: its presence marks a complete snapshot.
         target_bucket.blob(target.name + SUMS).upload_from_string(sums, content_type="text/plain")
     return Dataset(uri=target.uri, sha256=sha, rows=rows, bytes=size, files=len(objects))

@@ -15,6 +15,8 @@ from typing import Any
 
 import requests
 
+from cd4ml.errors import RetryableError
+
 KEY_FIELD = "cd4ml_key"
 TIMEOUT = (3.05, 10.0)  # connect, read
 ATTEMPTS = 4
@@ -36,8 +38,9 @@ class WebhookResult:
         return asdict(self)
 
 
-def webhook_payload(*, model: str, run_id: str, reference: str, metrics: Mapping[str, float],
-                    model_artifact: Mapping[str, str]) -> dict[str, Any]:
+def webhook_payload(
+    *, model: str, run_id: str, reference: str, metrics: Mapping[str, float], model_artifact: Mapping[str, str]
+) -> dict[str, Any]:
     """The webhook body: what the pipeline needs as parameters, and the image as a docker/image artifact."""
     repository, _, digest = reference.partition("@")
     return {
@@ -64,7 +67,9 @@ class GateClient:
         try:
             answer = self._call("POST", f"/webhooks/webhook/{source}", json={**payload, KEY_FIELD: key})
         except _Unreachable as down:
-            return WebhookResult(reason=str(down))
+            # An outage is not the run's fault: retried by redelivery, and the next attempt first asks Gate
+            # whether the webhook did start an execution (``find_execution``), so nothing starts twice.
+            raise RetryableError(str(down)) from down
         except _Refused as refused:
             return WebhookResult(reason=str(refused))
         event_id = str(answer.get("eventId", ""))
@@ -72,31 +77,59 @@ class GateClient:
             return WebhookResult(reason=f"Gate answered the webhook without an eventId: {sorted(answer)}")
         for _ in range(CONFIRM_ATTEMPTS):
             try:
-                executions = self._call("GET", f"/applications/{application}/executions/search",
-                                        params={"triggerTypes": "webhook", "eventId": event_id})
-            except (_Unreachable, _Refused) as trouble:
+                executions = self._call(
+                    "GET",
+                    f"/applications/{application}/executions/search",
+                    params={"triggerTypes": "webhook", "eventId": event_id},
+                )
+            except _Unreachable as down:
+                raise RetryableError(f"could not confirm the execution of event {event_id}: {down}") from down
+            except _Refused as trouble:
                 return WebhookResult(event_id=event_id, reason=f"could not confirm the execution: {trouble}")
             if executions:
                 first = executions[0]
-                return WebhookResult(event_id=event_id, execution_id=str(first.get("id", "")), pipeline=str(first.get("name", "")))
+                return WebhookResult(
+                    event_id=event_id, execution_id=str(first.get("id", "")), pipeline=str(first.get("name", ""))
+                )
             time.sleep(CONFIRM_INTERVAL_SECONDS)
-        return WebhookResult(event_id=event_id, reason=(
-            f"Gate accepted webhook source {source!r} (event {event_id}) but no pipeline of application "
-            f"{application!r} started: check the pipeline's webhook trigger, its payload constraints and the key"))
+        return WebhookResult(
+            event_id=event_id,
+            reason=(
+                f"Gate accepted webhook source {source!r} (event {event_id}) but no pipeline of application "
+                f"{application!r} started: check the pipeline's webhook trigger, its payload constraints and the key"
+            ),
+        )
 
     def find_execution(self, application: str, run_id: str) -> WebhookResult | None:
         """An execution already started for ``run_id`` (after a crash between the webhook and the record)."""
         try:
-            executions = self._call("GET", f"/applications/{application}/executions/search",
-                                    params={"triggerTypes": "webhook"})
-        except (_Unreachable, _Refused):
+            executions = self._call(
+                "GET", f"/applications/{application}/executions/search", params={"triggerTypes": "webhook"}
+            )
+        except _Unreachable as down:  # unknown is not "none": acting now could start a second execution
+            raise RetryableError(f"could not ask Gate for the executions of run {run_id}: {down}") from down
+        except _Refused:
             return None
         for execution in executions:
             trigger = execution.get("trigger") or {}
             if (trigger.get("payload") or {}).get("run_id") == run_id:
-                return WebhookResult(event_id=str(trigger.get("eventId", "")), execution_id=str(execution.get("id", "")),
-                               pipeline=str(execution.get("name", "")))
+                return WebhookResult(
+                    event_id=str(trigger.get("eventId", "")),
+                    execution_id=str(execution.get("id", "")),
+                    pipeline=str(execution.get("name", "")),
+                )
         return None
+
+    def execution(self, execution_id: str) -> dict[str, Any]:
+        """Gate's ``GET /pipelines/{id}``: the execution with its status and stages (Orca's shape).
+
+        Unreachable or refused is a RetryableError: the next tick asks again, the deadline still applies.
+        """
+        try:
+            found = self._call("GET", f"/pipelines/{execution_id}")
+        except (_Unreachable, _Refused) as trouble:
+            raise RetryableError(f"could not read Spinnaker execution {execution_id}: {trouble}") from trouble
+        return dict(found) if isinstance(found, dict) else {}
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         delay = BACKOFF_SECONDS

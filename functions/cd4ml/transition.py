@@ -76,8 +76,16 @@ def apply(current: Mapping[str, Any], change: Change, stamp: str) -> Applied:
     record = merge(current, nested(updates))
     champion = None
     if new_status == "succeeded" and status != "succeeded":
-        champion = {"run_id": record["run_id"], "metrics": (record.get("evaluation") or {}).get("metrics", {}),
-                    "model_artifact": record.get("model_artifact", {}), "since": stamp}
+        promotion = record.get("promotion") or {}
+        champion = {
+            "run_id": record["run_id"],
+            "metrics": (record.get("evaluation") or {}).get("metrics", {}),
+            "model_artifact": record.get("model_artifact", {}),
+            "since": stamp,
+            "reference": promotion.get("reference", ""),
+            "digest": promotion.get("digest", ""),
+            "alias": promotion.get("alias", ""),
+        }
     return Applied(updates=updates, record=record, champion=champion)
 
 

@@ -59,8 +59,9 @@ class Contract:
             response = subscriber.pull(request={"subscription": path, "max_messages": 50}, timeout=5)
             if response.received_messages:
                 received += [m.message for m in response.received_messages]
-                subscriber.acknowledge(request={"subscription": path,
-                                                "ack_ids": [m.ack_id for m in response.received_messages]})
+                subscriber.acknowledge(
+                    request={"subscription": path, "ack_ids": [m.ack_id for m in response.received_messages]}
+                )
                 break
             time.sleep(0.2)
         return received
@@ -80,8 +81,14 @@ def contract(stack: Any) -> Iterator[Contract]:
 
     saved = dict(os.environ)
     os.environ.update(local.client_env(stack))
-    os.environ.update({"CD4ML_PROJECT": PROJECT, "CD4ML_DATA_BUCKET": DATA, "CD4ML_ARTIFACT_BUCKET": ARTIFACTS,
-                       "GOOGLE_CLOUD_PROJECT": PROJECT})
+    os.environ.update(
+        {
+            "CD4ML_PROJECT": PROJECT,
+            "CD4ML_DATA_BUCKET": DATA,
+            "CD4ML_ARTIFACT_BUCKET": ARTIFACTS,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+        }
+    )
     storage = clients.storage_client(Settings.from_env())
     for bucket in (DATA, ARTIFACTS):
         storage.create_bucket(bucket)
@@ -90,8 +97,9 @@ def contract(stack: Any) -> Iterator[Contract]:
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     for topic in catalog.load().topics:
         publisher.create_topic(name=publisher.topic_path(PROJECT, topic))
-        subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, f"observe-{topic}"),
-                                       topic=publisher.topic_path(PROJECT, topic))
+        subscriber.create_subscription(
+            name=subscriber.subscription_path(PROJECT, f"observe-{topic}"), topic=publisher.topic_path(PROJECT, topic)
+        )
     from cd4ml import logs
 
     logs.configure()

@@ -20,8 +20,12 @@ pytestmark = pytest.mark.skipif(not PUBSUB_EMULATOR.exists(), reason="needs the 
 @pytest.fixture(scope="module")
 def pubsub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = processes.free_port()
-    pid = processes.start("pubsub", [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={port}"],
-                          env=dict(os.environ), log_dir=tmp_path_factory.mktemp("pubsub-logs"))
+    pid = processes.start(
+        "pubsub",
+        [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={port}"],
+        env=dict(os.environ),
+        log_dir=tmp_path_factory.mktemp("pubsub-logs"),
+    )
     saved = os.environ.get("PUBSUB_EMULATOR_HOST")
     try:
         processes.wait_until(lambda: processes.port_open(port), what="pubsub emulator", timeout=60)

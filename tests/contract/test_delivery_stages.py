@@ -14,8 +14,14 @@ from tests.contract.test_stages import open_run, push_body
 
 
 def _build_message(run_id: str, status: str, **build: Any) -> dict[str, Any]:
-    data = {"id": f"build-{run_id}", "projectId": PROJECT, "status": status, "tags": [f"cd4ml-run-{run_id}"],
-            "logUrl": f"https://console.cloud.google.com/cloud-build/builds/build-{run_id}", **build}
+    data = {
+        "id": f"build-{run_id}",
+        "projectId": PROJECT,
+        "status": status,
+        "tags": [f"cd4ml-run-{run_id}"],
+        "logUrl": f"https://console.cloud.google.com/cloud-build/builds/build-{run_id}",
+        **build,
+    }
     return push_body({"buildId": f"build-{run_id}", "status": status}, json.dumps(data).encode(), f"{run_id}-{status}")
 
 
@@ -57,9 +63,11 @@ def test_on_push_maps_an_insert_to_its_run_and_ignores_deletes_and_strangers(con
     open_run(contract, run_id)
     repo = f"{os.environ['CD4ML_REGISTRY']}/digits"
     digest = "sha256:" + "b" * 64
-    for note in ({"action": "DELETE", "tag": f"{repo}:{run_id}"},
-                 {"action": "INSERT", "digest": f"elsewhere.io/x/y@{digest}", "tag": "elsewhere.io/x/y:1"},
-                 {"action": "INSERT", "digest": f"{repo}@{digest}", "tag": f"{repo}:digits-20990909t000000z"}):
+    for note in (
+        {"action": "DELETE", "tag": f"{repo}:{run_id}"},
+        {"action": "INSERT", "digest": f"elsewhere.io/x/y@{digest}", "tag": "elsewhere.io/x/y:1"},
+        {"action": "INSERT", "digest": f"{repo}@{digest}", "tag": f"{repo}:digits-20990909t000000z"},
+    ):
         assert contract.post("on_push", push_body({}, json.dumps(note).encode(), "n"), "gcr").status_code == 200
     assert contract.pull("cd4ml-image-pushed-v1", wait=1) == []
     note = {"action": "INSERT", "digest": f"{repo}@{digest}", "tag": f"{repo}:{run_id}"}
@@ -74,10 +82,20 @@ def test_build_image_submits_one_build_however_often_delivered(contract: Contrac
     model = b"the trained model"
     ctx = runtime.context()
     ctx.storage.bucket("cd4ml-contract-artifacts").blob(f"runs/{run_id}/model/model.joblib").upload_from_string(model)
-    passed = Event.new(events.EVALUATION_PASSED, run_id, {
-        "model": "digits", "metrics": {"accuracy": 0.97}, "gate": {},
-        "model_artifact": {"uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
-                           "sha256": hashlib.sha256(model).hexdigest()}}, source="//test")
+    passed = Event.new(
+        events.EVALUATION_PASSED,
+        run_id,
+        {
+            "model": "digits",
+            "metrics": {"accuracy": 0.97},
+            "gate": {},
+            "model_artifact": {
+                "uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
+                "sha256": hashlib.sha256(model).hexdigest(),
+            },
+        },
+        source="//test",
+    )
     data, attributes = passed.to_message()
     for attempt in range(3):
         body = push_body(attributes, data, f"passed-{attempt}")
@@ -98,12 +116,25 @@ def test_build_image_refuses_a_model_that_changed_since_evaluation(contract: Con
     blob.upload_from_string(b"the evaluated model")
     evaluated = hashlib.sha256(b"the evaluated model").hexdigest()
     blob.upload_from_string(b"a model swapped in afterwards")
-    passed = Event.new(events.EVALUATION_PASSED, run_id, {
-        "model": "digits", "metrics": {"accuracy": 0.97}, "gate": {},
-        "model_artifact": {"uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
-                           "sha256": evaluated}}, source="//test")
+    passed = Event.new(
+        events.EVALUATION_PASSED,
+        run_id,
+        {
+            "model": "digits",
+            "metrics": {"accuracy": 0.97},
+            "gate": {},
+            "model_artifact": {
+                "uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
+                "sha256": evaluated,
+            },
+        },
+        source="//test",
+    )
     data, attributes = passed.to_message()
-    assert contract.post("build_image", push_body(attributes, data, "swapped"), "cd4ml-evaluation-passed-v1").status_code == 200
+    assert (
+        contract.post("build_image", push_body(attributes, data, "swapped"), "cd4ml-evaluation-passed-v1").status_code
+        == 200
+    )
     assert list(ctx.builds.list_builds(project_id=PROJECT, filter=f'tags="cd4ml-run-{run_id}"')) == []
     [failed] = contract.pull("cd4ml-image-failed-v1")
     assert json.loads(failed.data)["status"] == "MODEL_CHANGED"

@@ -41,15 +41,22 @@ def test_scheduler_message_maps_to_the_schedule_slot(contract: Contract) -> None
     assert run is not None and run["trigger"] == "manual"
 
 
-@pytest.mark.parametrize(("body", "run_id", "expected"), [
-    ("not_json", "digits-20260103t030000z", ["data is not JSON"]),
-    ("schema_violation", "digits-20260104t030000z",
-     ["model: 'Digits Model' does not match", "trigger: 'cron' is not one of", "'extra' was unexpected"]),
-    ("unknown_type", "digits-20260105t030000z", ["'cd4ml.run.exploded.v1' is not a cd4ml event type"]),
-    ("unknown_model", "nosuchmodel-20260106t030000z", ["unknown model 'nosuchmodel'", "no manifest at gs://"]),
-])
+@pytest.mark.parametrize(
+    ("body", "run_id", "expected"),
+    [
+        ("not_json", "digits-20260103t030000z", ["data is not JSON"]),
+        (
+            "schema_violation",
+            "digits-20260104t030000z",
+            ["model: 'Digits Model' does not match", "trigger: 'cron' is not one of", "'extra' was unexpected"],
+        ),
+        ("unknown_type", "digits-20260105t030000z", ["'cd4ml.run.exploded.v1' is not a cd4ml event type"]),
+        ("unknown_model", "nosuchmodel-20260106t030000z", ["unknown model 'nosuchmodel'", "no manifest at gs://"]),
+    ],
+)
 def test_bad_messages_are_logged_once_and_dead_lettered_and_open_no_run(
-        contract: Contract, caplog: pytest.LogCaptureFixture, body: str, run_id: str, expected: list[str]) -> None:
+    contract: Contract, caplog: pytest.LogCaptureFixture, body: str, run_id: str, expected: list[str]
+) -> None:
     with caplog.at_level(logging.ERROR, logger="cd4ml"):
         response = contract.post("fetch_data", golden(body), TOPIC)
     assert response.status_code == 200  # acknowledged: never retried forever
@@ -64,8 +71,10 @@ def test_bad_messages_are_logged_once_and_dead_lettered_and_open_no_run(
 
 
 def test_a_message_whose_data_is_not_base64_is_dead_lettered(contract: Contract) -> None:
-    body = {"message": {"messageId": "1007", "data": "%%% not base64", "publishTime": "2026-01-01T03:00:00Z"},
-            "subscription": "projects/cd4ml-contract/subscriptions/cd4ml-fetch-data"}
+    body = {
+        "message": {"messageId": "1007", "data": "%%% not base64", "publishTime": "2026-01-01T03:00:00Z"},
+        "subscription": "projects/cd4ml-contract/subscriptions/cd4ml-fetch-data",
+    }
     assert contract.post("fetch_data", body, TOPIC).status_code == 200
     [dead] = contract.pull(DLQ)
     assert "message.data is not base64" in dead.attributes["cd4ml-error"]
@@ -80,19 +89,28 @@ def test_a_malformed_request_for_a_slot_does_not_stop_the_real_request_for_it(co
     """Issue 13: a bad message naming today's scheduled slot must not make Cloud Scheduler's real one a duplicate."""
     bad = golden("run_requested_valid")
     bad["message"]["messageId"] = "bad-1"
-    bad["message"]["attributes"] = {**bad["message"]["attributes"], "ce-subject": "digits-20260201t030000z",
-                                    "ce-id": "bad-1"}
+    bad["message"]["attributes"] = {
+        **bad["message"]["attributes"],
+        "ce-subject": "digits-20260201t030000z",
+        "ce-id": "bad-1",
+        "ce-time": "2026-02-01T03:00:00.500Z",
+    }
     bad["message"]["data"] = base64.b64encode(b'{"model": "digits", "trigger": "cron"}').decode()
     assert contract.post("fetch_data", bad, TOPIC).status_code == 200
     assert contract.run("digits-20260201t030000z") is None
     good = golden("run_requested_valid")
     good["message"]["messageId"] = "good-1"
-    good["message"]["attributes"] = {**good["message"]["attributes"], "ce-subject": "digits-20260201t030000z",
-                                     "ce-id": "good-1"}
-    good["message"]["data"] = base64.b64encode(json.dumps(
-        {"model": "digits", "trigger": "schedule", "scheduled_time": "2026-02-01T03:00:00Z"}).encode()).decode()
+    good["message"]["attributes"] = {
+        **good["message"]["attributes"],
+        "ce-subject": "digits-20260201t030000z",
+        "ce-id": "good-1",
+        "ce-time": "2026-02-01T03:00:00.500Z",
+    }
+    good["message"]["data"] = base64.b64encode(
+        json.dumps({"model": "digits", "trigger": "schedule", "scheduled_time": "2026-02-01T03:00:00Z"}).encode()
+    ).decode()
     assert contract.post("fetch_data", good, TOPIC).status_code == 200
     run = contract.run("digits-20260201t030000z")
     assert run is not None and run["status"] == "running" and "dataset" in run
-    contract.pull(DLQ)
+    assert [m.attributes["cd4ml-original-message-id"] for m in contract.pull(DLQ)] == ["bad-1"]
     contract.pull("cd4ml-data-fetched-v1")

@@ -50,20 +50,49 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
     argv, identities = iam_proxy.command(local.PROJECT, local.DATA_BUCKET, local.ARTIFACT_BUCKET, pubsub, storage)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(local.REPO), str(local.FUNCTIONS_DIR)])}
     pids = [
-        processes.start("pubsub", [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={ports['pubsub']}"],
-                        env=env, log_dir=logs),
-        processes.start("storage", [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                                    f"--port={ports['storage']}", "--in-memory"], env=env, log_dir=logs),
+        processes.start(
+            "pubsub", [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={ports['pubsub']}"], env=env, log_dir=logs
+        ),
+        processes.start(
+            "storage",
+            [
+                sys.executable,
+                "-m",
+                "gcp_storage_emulator",
+                "start",
+                "--host=127.0.0.1",
+                f"--port={ports['storage']}",
+                "--in-memory",
+            ],
+            env=env,
+            log_dir=logs,
+        ),
         processes.start("iam", argv, env=env, log_dir=logs),
     ]
-    stack = local.Stack(root=logs, endpoints={
-        "pubsub": pubsub, "storage": storage, "firestore": "127.0.0.1:1", "vertex": "127.0.0.1:1",
-        "registry": "127.0.0.1:1", "cloudbuild": "127.0.0.1:1", "gate": "http://127.0.0.1:1",
-        "identities": identities})
+    stack = local.Stack(
+        root=logs,
+        endpoints={
+            "pubsub": pubsub,
+            "storage": storage,
+            "firestore": "127.0.0.1:1",
+            "vertex": "127.0.0.1:1",
+            "registry": "127.0.0.1:1",
+            "cloudbuild": "127.0.0.1:1",
+            "gate": "http://127.0.0.1:1",
+            "identities": identities,
+        },
+    )
     saved = dict(os.environ)
     try:
-        processes.wait_until(lambda: processes.port_open(ports["pubsub"]) and processes.port_open(ports["storage"])
-                             and iam_proxy.ready(identities), what="emulators and IAM proxy", timeout=60)
+        processes.wait_until(
+            lambda: (
+                processes.port_open(ports["pubsub"])
+                and processes.port_open(ports["storage"])
+                and iam_proxy.ready(identities)
+            ),
+            what="emulators and IAM proxy",
+            timeout=60,
+        )
         os.environ.update({"PUBSUB_EMULATOR_HOST": pubsub, "STORAGE_EMULATOR_HOST": storage})
         from google.cloud import pubsub_v1
 
@@ -94,16 +123,35 @@ def as_stage(emulators: Emulators, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def _submitted(run_id: str) -> Event:
-    return Event.new(events.TRAINING_SUBMITTED, run_id, {
-        "model": "digits", "job": f"projects/{local.PROJECT}/locations/us-central1/customJobs/1",
-        "dataset_sha256": "0" * 64, "model_dir": f"gs://{local.ARTIFACT_BUCKET}/runs/{run_id}/model/"},
-        source="//test")
+    return Event.new(
+        events.TRAINING_SUBMITTED,
+        run_id,
+        {
+            "model": "digits",
+            "job": f"projects/{local.PROJECT}/locations/us-central1/customJobs/1",
+            "dataset_sha256": "0" * 64,
+            "model_dir": f"gs://{local.ARTIFACT_BUCKET}/runs/{run_id}/model/",
+        },
+        source="//test",
+    )
 
 
 def _fetched(run_id: str) -> Event:
-    return Event.new(events.DATA_FETCHED, run_id, {"model": "digits", "dataset": {
-        "uri": f"gs://{local.DATA_BUCKET}/datasets/digits/{'0' * 64}/", "sha256": "0" * 64,
-        "rows": 1, "bytes": 1, "files": 1}}, source="//test")
+    return Event.new(
+        events.DATA_FETCHED,
+        run_id,
+        {
+            "model": "digits",
+            "dataset": {
+                "uri": f"gs://{local.DATA_BUCKET}/datasets/digits/{'0' * 64}/",
+                "sha256": "0" * 64,
+                "rows": 1,
+                "bytes": 1,
+                "files": 1,
+            },
+        },
+        source="//test",
+    )
 
 
 def test_a_stage_is_denied_a_publish_its_catalog_entry_does_not_emit(as_stage: Any) -> None:
@@ -122,8 +170,13 @@ def test_a_stage_dead_letters_to_its_own_topic_only_and_within_pubsub_limits(as_
     assert bus.dead_letter(catalog.dead_letter_topic("evaluate"), message, stage="evaluate", error="bad")
     with pytest.raises(PermissionDenied):
         bus.dead_letter(catalog.dead_letter_topic("fetch_data"), message, stage="evaluate", error="bad")
-    crowded = PubSubMessage(message_id="2", publish_time=events.now(), data=b"{}", subscription="s",
-                            attributes={f"a{i}": "v" for i in range(100)})
+    crowded = PubSubMessage(
+        message_id="2",
+        publish_time=events.now(),
+        data=b"{}",
+        subscription="s",
+        attributes={f"a{i}": "v" for i in range(100)},
+    )
     assert bus.dead_letter(catalog.dead_letter_topic("evaluate"), crowded, stage="evaluate", error="é" * 2000)
 
 
@@ -156,9 +209,13 @@ def test_storage_grants_follow_the_bindings(emulators: Emulators, as_stage: Any)
     data.copy_blob(data.blob("sources/digits/digits.csv"), data, "datasets/digits/abc/digits.csv")
     listed = [b.name for b in fetch.list_blobs(local.DATA_BUCKET, prefix="datasets/")]
     assert listed == ["datasets/digits/abc/digits.csv"]
-    with pytest.raises(Forbidden, match=re.escape(
+    with pytest.raises(
+        Forbidden,
+        match=re.escape(
             "cd4ml-fetch-data@cd4ml-local.iam.gserviceaccount.com does not have "
-            "storage.objects.create access to the Google Cloud Storage object")):
+            "storage.objects.create access to the Google Cloud Storage object"
+        ),
+    ):
         data.blob("sources/digits/planted.csv").upload_from_string("x")
     with pytest.raises(Forbidden, match=r"storage\.objects\.get"):
         fetch.bucket(local.ARTIFACT_BUCKET).blob("builds/r1/context.tar.gz").download_as_bytes()
@@ -187,14 +244,23 @@ def test_stage_env_gives_each_function_its_own_identity(emulators: Emulators) ->
     assert env["PUBSUB_EMULATOR_HOST"] != emulators.pubsub
 
 
-
 def test_on_build_may_release_image_pushed_the_build_push_join(as_stage: Any) -> None:
     """Issue 7.2: when the push notice came before SUCCESS, on_build publishes image.pushed; its grant must cover it."""
     as_stage("on_build")
-    pushed = Event.new(events.IMAGE_PUSHED, "digits-20250101t000000z", {
-        "model": "digits", "reference": f"127.0.0.1:5000/cd4ml/digits@sha256:{'0' * 64}"}, source="//test")
+    pushed = Event.new(
+        events.IMAGE_PUSHED,
+        "digits-20250101t000000z",
+        {"model": "digits", "reference": f"127.0.0.1:5000/cd4ml/digits@sha256:{'0' * 64}"},
+        source="//test",
+    )
     assert Bus(local.PROJECT).publish(pushed)
     as_stage("on_push")  # and on_build's other outputs stay on_build's
     with pytest.raises(PermissionDenied):
-        Bus(local.PROJECT).publish(Event.new(events.IMAGE_FAILED, "digits-20250101t000000z", {
-            "model": "digits", "status": "FAILURE", "error": "x"}, source="//test"))
+        Bus(local.PROJECT).publish(
+            Event.new(
+                events.IMAGE_FAILED,
+                "digits-20250101t000000z",
+                {"model": "digits", "status": "FAILURE", "error": "x"},
+                source="//test",
+            )
+        )

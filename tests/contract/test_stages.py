@@ -18,8 +18,15 @@ CD4ML_STAGES = [s for s in catalog.load().stages if not s.foreign]
 
 
 def push_body(attributes: dict[str, str], data: bytes, message_id: str) -> dict[str, Any]:
-    return {"message": {"attributes": attributes, "data": base64.b64encode(data).decode(), "messageId": message_id,
-                        "publishTime": format_time(now())}, "subscription": "projects/cd4ml-contract/subscriptions/x"}
+    return {
+        "message": {
+            "attributes": attributes,
+            "data": base64.b64encode(data).decode(),
+            "messageId": message_id,
+            "publishTime": format_time(now()),
+        },
+        "subscription": "projects/cd4ml-contract/subscriptions/x",
+    }
 
 
 def event_body(event: Event, message_id: str = "") -> dict[str, Any]:
@@ -36,25 +43,41 @@ def open_run(contract: Contract, run_id: str) -> None:
     contract.post("watch_training", push_body({}, b"", "warm-up"), "x")  # builds this process's context
     from cd4ml import runtime
 
-    runtime.context().ledger.open_run(run_id, model="digits", scheduled_time=now(), trigger="manual",
-                                      manifest=manifest.raw, event=start)
+    runtime.context().ledger.open_run(
+        run_id, model="digits", scheduled_time=now(), trigger="manual", manifest=manifest.raw, event=start
+    )
     contract.pull(catalog.dead_letter_topic("watch_training"), wait=1)
 
 
-_CASES = [("not_json", "data is not JSON"), ("schema_violation", "is a required property"),
-          ("unknown_type", "is not a cd4ml event type"), ("unknown_run", "which the ledger does not know")]
+_CASES = [
+    ("not_json", "data is not JSON"),
+    ("schema_violation", "is a required property"),
+    ("unknown_type", "is not a cd4ml event type"),
+    ("unknown_run", "which the ledger does not know"),
+]
 
 
-@pytest.mark.parametrize(("stage", "case", "expected"), [
-    pytest.param(stage, case, expected, id=f"{stage.name}-{case}")
-    for stage in CD4ML_STAGES for case, expected in _CASES
-    # run.requested opens runs and the tick names none: "unknown run" has no meaning for them
-    if not (case == "unknown_run" and stage.trigger in (events.RUN_REQUESTED, events.WATCH_TICKED))
-])
-def test_bad_input_is_logged_once_and_dead_lettered(contract: Contract, caplog: pytest.LogCaptureFixture,
-                                                    stage: catalog.Stage, case: str, expected: str) -> None:
-    attributes = {"ce-specversion": "1.0", "ce-source": "//test", "ce-type": stage.trigger, "ce-id": f"{case}-1",
-                  "content-type": "application/json", "ce-subject": "digits-20990101t000000z"}
+@pytest.mark.parametrize(
+    ("stage", "case", "expected"),
+    [
+        pytest.param(stage, case, expected, id=f"{stage.name}-{case}")
+        for stage in CD4ML_STAGES
+        for case, expected in _CASES
+        # run.requested opens runs and the tick names none: "unknown run" has no meaning for them
+        if not (case == "unknown_run" and stage.trigger in (events.RUN_REQUESTED, events.WATCH_TICKED))
+    ],
+)
+def test_bad_input_is_logged_once_and_dead_lettered(
+    contract: Contract, caplog: pytest.LogCaptureFixture, stage: catalog.Stage, case: str, expected: str
+) -> None:
+    attributes = {
+        "ce-specversion": "1.0",
+        "ce-source": "//test",
+        "ce-type": stage.trigger,
+        "ce-id": f"{case}-1",
+        "content-type": "application/json",
+        "ce-subject": "digits-20990101t000000z",
+    }
     data = b"{}"
     if case == "not_json":
         data = b"<xml/>"
@@ -79,12 +102,23 @@ def test_bad_input_is_logged_once_and_dead_lettered(contract: Contract, caplog: 
 def _valid_data(type_: str) -> dict[str, Any]:
     sha = "0" * 64
     examples: dict[str, dict[str, Any]] = {
-        events.DATA_FETCHED: {"model": "digits", "dataset": {"uri": "gs://b/d/", "sha256": sha, "rows": 1, "bytes": 1,
-                                                              "files": 1}},
-        events.TRAINING_COMPLETED: {"model": "digits", "job": "j", "model_artifact": {"uri": "gs://b/m", "sha256": sha}},
-        events.EVALUATION_PASSED: {"model": "digits", "metrics": {"accuracy": 1.0}, "gate": {},
-                                   "model_artifact": {"uri": "gs://b/m", "sha256": sha}},
+        events.DATA_FETCHED: {
+            "model": "digits",
+            "dataset": {"uri": "gs://b/d/", "sha256": sha, "rows": 1, "bytes": 1, "files": 1},
+        },
+        events.TRAINING_COMPLETED: {
+            "model": "digits",
+            "job": "j",
+            "model_artifact": {"uri": "gs://b/m", "sha256": sha},
+        },
+        events.EVALUATION_PASSED: {
+            "model": "digits",
+            "metrics": {"accuracy": 1.0},
+            "gate": {},
+            "model_artifact": {"uri": "gs://b/m", "sha256": sha},
+        },
         events.IMAGE_PUSHED: {"model": "digits", "reference": f"r/digits@sha256:{sha}"},
+        events.CANARY_SUCCEEDED: {"model": "digits", "execution_id": "x"},
     }
     return examples[type_]
 
@@ -97,9 +131,19 @@ def _put(contract: Contract, name: str, data: bytes) -> str:
 
 
 def _completed(run_id: str, model: bytes) -> Event:
-    return Event.new(events.TRAINING_COMPLETED, run_id, {"model": "digits", "job": "projects/p/locations/l/customJobs/1",
-                     "model_artifact": {"uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
-                                        "sha256": hashlib.sha256(model).hexdigest()}}, source="//test")
+    return Event.new(
+        events.TRAINING_COMPLETED,
+        run_id,
+        {
+            "model": "digits",
+            "job": "projects/p/locations/l/customJobs/1",
+            "model_artifact": {
+                "uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
+                "sha256": hashlib.sha256(model).hexdigest(),
+            },
+        },
+        source="//test",
+    )
 
 
 def test_evaluate_passes_a_candidate_above_threshold(contract: Contract) -> None:
@@ -107,9 +151,15 @@ def test_evaluate_passes_a_candidate_above_threshold(contract: Contract) -> None
     open_run(contract, run_id)
     model = b"a model"
     _put(contract, f"runs/{run_id}/model/model.joblib", model)
-    _put(contract, f"runs/{run_id}/model/metrics.json", json.dumps(
-        {"metrics": {"accuracy": 0.95}, "model_sha256": hashlib.sha256(model).hexdigest()}).encode())
-    assert contract.post("evaluate", event_body(_completed(run_id, model)), "cd4ml-training-completed-v1").status_code == 200
+    _put(
+        contract,
+        f"runs/{run_id}/model/metrics.json",
+        json.dumps({"metrics": {"accuracy": 0.95}, "model_sha256": hashlib.sha256(model).hexdigest()}).encode(),
+    )
+    assert (
+        contract.post("evaluate", event_body(_completed(run_id, model)), "cd4ml-training-completed-v1").status_code
+        == 200
+    )
     [passed] = contract.pull("cd4ml-evaluation-passed-v1")
     assert json.loads(passed.data)["metrics"] == {"accuracy": 0.95}
     run = contract.run(run_id)
@@ -120,10 +170,17 @@ def test_evaluate_fails_metrics_that_describe_another_model(contract: Contract) 
     run_id = "digits-20300102t000000z"
     open_run(contract, run_id)
     _put(contract, f"runs/{run_id}/model/model.joblib", b"candidate")
-    _put(contract, f"runs/{run_id}/model/metrics.json", json.dumps(
-        {"metrics": {"accuracy": 0.99}, "model_sha256": "f" * 64}).encode())
-    assert contract.post("evaluate", event_body(_completed(run_id, b"candidate")),
-                         "cd4ml-training-completed-v1").status_code == 200
+    _put(
+        contract,
+        f"runs/{run_id}/model/metrics.json",
+        json.dumps({"metrics": {"accuracy": 0.99}, "model_sha256": "f" * 64}).encode(),
+    )
+    assert (
+        contract.post(
+            "evaluate", event_body(_completed(run_id, b"candidate")), "cd4ml-training-completed-v1"
+        ).status_code
+        == 200
+    )
     [failed] = contract.pull("cd4ml-evaluation-failed-v1")
     assert "describes model ffff" in json.loads(failed.data)["reasons"][0]
     run = contract.run(run_id)
@@ -137,10 +194,18 @@ def test_submit_training_submits_one_job_however_often_delivered(contract: Contr
     open_run(contract, run_id)
     fetched = Event.new(events.DATA_FETCHED, run_id, _valid_data(events.DATA_FETCHED), source="//test")
     for attempt in range(3):
-        assert contract.post("submit_training", event_body(fetched, f"m{attempt}"),
-                             "cd4ml-data-fetched-v1").status_code == 200
-    jobs = list(runtime.context().jobs.list_custom_jobs(request={
-        "parent": "projects/cd4ml-contract/locations/us-central1", "filter": f'labels.cd4ml_run_id="{run_id}"'}))
+        assert (
+            contract.post("submit_training", event_body(fetched, f"m{attempt}"), "cd4ml-data-fetched-v1").status_code
+            == 200
+        )
+    jobs = list(
+        runtime.context().jobs.list_custom_jobs(
+            request={
+                "parent": "projects/cd4ml-contract/locations/us-central1",
+                "filter": f'labels.cd4ml_run_id="{run_id}"',
+            }
+        )
+    )
     assert len(jobs) == 1
     assert len(contract.pull("cd4ml-training-submitted-v1")) >= 1
     run = contract.run(run_id)
@@ -162,7 +227,10 @@ def test_a_bad_message_for_a_live_run_is_noted_and_the_fixed_one_continues_it(co
     assert "is a required property" in run["rejected_messages"][0]["reason"]
     [dead] = contract.pull(catalog.dead_letter_topic("submit_training"))
     assert dead.attributes["cd4ml-original-message-id"] == "corrupted"
-    assert contract.post("submit_training", push_body(attributes, data, "fixed"), "cd4ml-data-fetched-v1").status_code == 200
+    assert (
+        contract.post("submit_training", push_body(attributes, data, "fixed"), "cd4ml-data-fetched-v1").status_code
+        == 200
+    )
     [submitted] = contract.pull("cd4ml-training-submitted-v1")
     assert submitted.attributes["ce-subject"] == run_id
     run = contract.run(run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,28 @@ class Pipeline:
         self.ledger = ledger.Ledger(clients.firestore_client(self.settings))
         self.bus = Bus(self.settings.project)
 
-    def request(self, model: str) -> str:
-        scheduled = now().replace(microsecond=0)
+    @property
+    def storage(self) -> Any:
+        return clients.storage_client(self.settings)
+
+    def next_run_id(self, model: str) -> str:
+        """The id of a run requested a moment from now: known before the request (to prepare the stand-ins)."""
+        time.sleep(1.0)  # a fresh second: two runs of one model never share a slot
+        return ledger.run_id(model, now().replace(microsecond=0) + timedelta(seconds=1))
+
+    def request(self, model: str, run_id: str | None = None) -> str:
+        from cd4ml.run import RunId
+
+        scheduled = RunId.parse(run_id).scheduled_time if run_id else now().replace(microsecond=0)
         run_id = ledger.run_id(model, scheduled)
-        self.bus.publish(Event.new(RUN_REQUESTED, run_id, {
-            "model": model, "scheduled_time": format_time(scheduled), "trigger": "manual"}, source="//tests"))
+        self.bus.publish(
+            Event.new(
+                RUN_REQUESTED,
+                run_id,
+                {"model": model, "scheduled_time": format_time(scheduled), "trigger": "manual"},
+                source="//tests",
+            )
+        )
         return run_id
 
     def wait(self, run_id: str, timeout: float = 180.0) -> dict[str, Any]:
@@ -48,6 +66,16 @@ class Pipeline:
                 return run
             time.sleep(0.3)
         raise AssertionError(f"run {run_id} did not finish in {timeout} s: {self.ledger.get(run_id)}")
+
+    def variant(self, tmp: Path, name: str, changes: dict[str, Any]) -> Path:
+        """A copy of the example folder whose manifest sections are updated with ``changes`` (not pushed)."""
+        folder = tmp / f"variant-{name}"
+        shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+        manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+        for section, values in changes.items():
+            manifest[section].update(values)
+        (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+        return folder
 
     def push_variant(self, tmp: Path, name: str, change: Any, extra: dict[str, str] | None = None) -> str:
         """Push a copy of the example model under another name, its manifest changed by ``change``."""

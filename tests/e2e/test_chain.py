@@ -26,8 +26,14 @@ def _types(run: dict[str, Any]) -> list[str]:
 
 def test_cli_run_wait_json_gives_a_complete_record(pipeline: Pipeline) -> None:
     env = {"PATH": "/usr/bin:/bin", **pipeline.env, "CD4ML_STATE_DIR": str(pipeline.stack.root)}
-    done = subprocess.run([sys.executable, "-m", "cd4ml_cli", "run", "digits", "--wait", "--json", "--timeout", "240"],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "cd4ml_cli", "run", "digits", "--wait", "--json", "--timeout", "240"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     run = json.loads(done.stdout)
     Draft202012Validator(catalog.schema("run")).validate(run)
@@ -39,15 +45,38 @@ def test_cli_run_wait_json_gives_a_complete_record(pipeline: Pipeline) -> None:
     assert run["model_artifact"]["uri"].endswith("/model/model.joblib") and len(run["model_artifact"]["sha256"]) == 64
     assert run["evaluation"]["passed"] is True and run["evaluation"]["metrics"]["accuracy"] >= 0.9
     seen = _types(run)
-    for milestone in (events.RUN_REQUESTED, events.DATA_FETCHED, events.TRAINING_SUBMITTED,
-                      events.TRAINING_COMPLETED, events.EVALUATION_PASSED, events.IMAGE_BUILT, events.IMAGE_PUSHED,
-                      events.CANARY_TRIGGERED):
+    for milestone in (
+        events.RUN_REQUESTED,
+        events.DATA_FETCHED,
+        events.TRAINING_SUBMITTED,
+        events.TRAINING_COMPLETED,
+        events.EVALUATION_PASSED,
+        events.IMAGE_BUILT,
+        events.IMAGE_PUSHED,
+        events.CANARY_TRIGGERED,
+        events.CANARY_SUCCEEDED,
+        events.MODEL_PROMOTED,
+    ):
         assert milestone in seen
     assert run["image"]["digest"].startswith("sha256:") and run["canary"]["execution_id"]
-    assert "data.fetched" in done.stderr and "canary.triggered" in done.stderr  # the live timeline
+    assert run["promotion"]["digest"] == run["image"]["digest"]
+    assert "data.fetched" in done.stderr and "model.promoted" in done.stderr  # the live timeline
+    models = subprocess.run(
+        [sys.executable, "-m", "cd4ml_cli", "models", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert models.returncode == 0, models.stderr
+    [digits] = [m for m in json.loads(models.stdout) if m["model"] == "digits"]
+    assert digits["run_id"] == run["run_id"] and digits["digest"] == run["image"]["digest"]
 
 
-def test_unreachable_threshold_ends_evaluation_failed_with_metric_and_threshold(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_unreachable_threshold_ends_evaluation_failed_with_metric_and_threshold(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     model = pipeline.push_variant(tmp_path, "digits-strict", lambda m: m["evaluation"].update(threshold=0.9999))
     run = pipeline.wait(pipeline.request(model))
     assert run["status"] == "failed"
@@ -78,15 +107,17 @@ def test_the_same_data_fetched_three_times_yields_one_training_job(pipeline: Pip
     run_id = ledger.run_id("digits", datetime(2031, 1, 1, tzinfo=UTC))
     manifest = loads((REPO / "examples" / "digits" / "manifest.yaml").read_text())
     opening = Event.new(events.RUN_REQUESTED, run_id, {"model": "digits"}, source="//tests")
-    pipeline.ledger.open_run(run_id, model="digits", scheduled_time=opening.time, trigger="manual",
-                             manifest=manifest.raw, event=opening)
+    pipeline.ledger.open_run(
+        run_id, model="digits", scheduled_time=opening.time, trigger="manual", manifest=manifest.raw, event=opening
+    )
     fetched = Event.new(events.DATA_FETCHED, run_id, {"model": "digits", "dataset": first["dataset"]}, source="//tests")
     for _ in range(3):
         pipeline.bus.publish(fetched)
     run = pipeline.wait(run_id)
     assert run["status"] == "succeeded"
-    jobs = clients.job_service_client(pipeline.settings).list_custom_jobs(request={
-        "parent": pipeline.settings.location, "filter": f'labels.{RUN_LABEL}="{run_id}"'})
+    jobs = clients.job_service_client(pipeline.settings).list_custom_jobs(
+        request={"parent": pipeline.settings.location, "filter": f'labels.{RUN_LABEL}="{run_id}"'}
+    )
     assert len(list(jobs)) == 1  # counted at the local Vertex AI, not in the ledger
     assert _types(run).count(events.TRAINING_SUBMITTED) == 1
 
@@ -117,11 +148,14 @@ def test_an_unknown_model_is_dead_lettered_with_the_reason_and_opens_no_run(pipe
     run_id = pipeline.request("nosuchmodel")
     subscriber = pubsub_v1.SubscriberClient()
     hold = subscriber.subscription_path(pipeline.settings.project, catalog.dead_letter_hold("fetch_data"))
-    deadline, reasons = time.monotonic() + 30, []
+    deadline, reasons = time.monotonic() + 30, list[str]()
     while time.monotonic() < deadline and not any("unknown model 'nosuchmodel'" in r for r in reasons):
         pulled = subscriber.pull(request={"subscription": hold, "max_messages": 50}, timeout=10)
-        reasons += [m.message.attributes.get("cd4ml-error", "") for m in pulled.received_messages
-                    if m.message.attributes.get("ce-subject") == run_id]
+        reasons += [
+            m.message.attributes.get("cd4ml-error", "")
+            for m in pulled.received_messages
+            if m.message.attributes.get("ce-subject") == run_id
+        ]
         time.sleep(0.3)
     assert any("unknown model 'nosuchmodel'" in r and "no manifest at gs://" in r for r in reasons)
     assert pipeline.ledger.get(run_id) is None
@@ -136,12 +170,14 @@ def test_a_run_that_stops_making_progress_is_ended_failed(pipeline: Pipeline) ->
     run_id = ledger_run_id("digits", datetime(2032, 1, 1, tzinfo=UTC))
     manifest = loads((REPO / "examples" / "digits" / "manifest.yaml").read_text())
     opening = Event.new(events.RUN_REQUESTED, run_id, {"model": "digits"}, source="//tests")
-    pipeline.ledger.open_run(run_id, model="digits", scheduled_time=opening.time, trigger="manual",
-                             manifest=manifest.raw, event=opening)
+    pipeline.ledger.open_run(
+        run_id, model="digits", scheduled_time=opening.time, trigger="manual", manifest=manifest.raw, event=opening
+    )
     long_ago = datetime.now(UTC) - timedelta(seconds=catalog.load().stale_after_seconds + 60)
     # As if its data.fetched had been lost hours ago: the next watch tick ends it.
     firestore.Client(project=pipeline.settings.project).collection("runs").document(run_id).update(
-        {"updated_at": format_time(long_ago)})
+        {"updated_at": format_time(long_ago)}
+    )
     run = pipeline.wait(run_id, timeout=30)
     assert run["status"] == "failed"
     assert "no progress for" in run["error"]["message"] and "run.requested" in run["error"]["message"]

@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _cd4ml(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CD4ML_", "PUBSUB_", "FIRESTORE_", "STORAGE_"))}
     env["CD4ML_STATE_DIR"] = str(state)
-    return subprocess.run([sys.executable, "-m", "cd4ml_cli", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=400)
+    return subprocess.run(
+        [sys.executable, "-m", "cd4ml_cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=400
+    )
 
 
 def test_up_env_second_up_and_down_leave_no_process_behind(tmp_path: Path) -> None:

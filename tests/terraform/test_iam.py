@@ -42,6 +42,7 @@ SERVICE_ROLES = {
     "cloudbuild": "roles/cloudbuild.",
     "secretmanager": "roles/secretmanager.",
     "storage": "roles/storage.",
+    "registry": "roles/artifactregistry.",
 }
 IAM_RESOURCE = re.compile(r"^google_\w+_iam_(member|binding|policy|audit_config)$")
 

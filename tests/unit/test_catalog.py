@@ -52,6 +52,9 @@ def test_the_deployed_requirements_pin_exactly_the_package_dependencies() -> Non
 
     root = MAIN.parent.parent
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = [line.strip() for line in (MAIN.parent / "requirements.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    pinned = [
+        line.strip()
+        for line in (MAIN.parent / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert sorted(pinned, key=str.lower) == sorted(declared, key=str.lower)

@@ -10,10 +10,12 @@ its Debian base image on first use, ~10 s, cached in ~/.cache/cd4ml/baseimage) a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -22,7 +24,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +32,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from cd4ml_cli import models
 from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import CloudBuildGrpcTransport
@@ -49,8 +52,12 @@ from local_emulator._build_steps import (
 from local_emulator._build_store import BuildStore
 from local_emulator._service import ChildGroups
 
+from cd4ml import smoke
 from cd4ml.gcs import GcsPath
+from cd4ml.manifest import Smoke
 from cd4ml.stages import delivery
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
 PROJECT = "cloudbuild-test"
 DOCKER = "gcr.io/cloud-builders/docker"
@@ -214,11 +221,21 @@ def test_cd4ml_request_with_unused_substitutions_is_refused(validating: Validati
     )
 
 
+@pytest.mark.parametrize("smoke", [False, True])
 @pytest.mark.parametrize("account", ["", "builder@p.iam.gserviceaccount.com"])
-def test_cd4ml_build_request_is_accepted(validating: Validating, account: str) -> None:
-    """What build_image sends today passes every rule below, with and without a build service account."""
+def test_cd4ml_build_request_is_accepted(validating: Validating, account: str, smoke: bool) -> None:
+    """What build_image sends passes every rule here, with and without a build service account and a smoke test.
+
+    With the digits example's smoke test: docker build, then the two smoke steps in the image just built
+    (BuildStep.name, cloudbuild.proto), then the push of `images` (Artifacts.images: only after every step
+    succeeded). Every value is literal, so MUST_MATCH has nothing to refuse.
+    """
     settings = SimpleNamespace(registry="europe-docker.pkg.dev/p/cd4ml", project="p", build_service_account=account)
-    manifest = SimpleNamespace(name="digits", dockerfile="serving/Dockerfile", base_image="python:3.11-slim")
+    manifest = (
+        models.read(EXAMPLE)
+        if smoke
+        else SimpleNamespace(name="digits", dockerfile="serving/Dockerfile", base_image="python:3.11-slim", smoke=None)
+    )
     build = delivery.build_request(
         cast(Any, SimpleNamespace(settings=settings)),
         cast(Any, manifest),
@@ -228,6 +245,36 @@ def test_cd4ml_build_request_is_accepted(validating: Validating, account: str) -
     )
     stored = validating.accepted(build)
     assert stored.status == Status.QUEUED and list(stored.tags) == list(build.tags)
+    image = "europe-docker.pkg.dev/p/cd4ml/digits:digits-20260101t000000z"
+    assert list(stored.images) == [image]
+    if not smoke:
+        assert [step.name for step in stored.steps] == [DOCKER]
+        return
+    assert [(step.name, step.id, step.entrypoint) for step in stored.steps] == [
+        (DOCKER, "", ""),
+        (image, delivery.SMOKE_STEP, "python3"),
+        (image, delivery.VERDICT_STEP, "python3"),
+    ]
+    check = list(stored.steps[1].args)
+    assert check[:2] == [delivery.SMOKE_SCRIPT, "check"]
+    assert check[check.index("--golden") + 1] == "smoke.jsonl"  # relative to the context root (serving/)
+    assert check[check.index("--model-sha256") + 1] == "ab" * 32
+    assert check[check.index("--") + 1 :] == ["python3", "/opt/serve.py"]
+    assert list(stored.steps[2].args) == [delivery.SMOKE_SCRIPT, "verdict", delivery.SMOKE_RESULT]
+
+
+def test_a_dollar_in_a_smoke_command_is_escaped_not_substituted(validating: Validating) -> None:
+    """`$HOME` in a command would be a substitution key (refused, not a built-in); `$$` is a literal `$`
+    (substitute-variable-values: "use $$ to escape")."""
+    settings = SimpleNamespace(registry="r.example/p/cd4ml", project="p", build_service_account="")
+    base = models.read(EXAMPLE)
+    manifest = replace(base, smoke=replace(cast(Any, base.smoke), command=("sh", "-c", "exec $HOME/serve")))
+    build = delivery.build_request(
+        cast(Any, SimpleNamespace(settings=settings)), manifest, "digits-20260101t000000z", GcsPath("b", "c"), "ab" * 32
+    )
+    stored = validating.accepted(build)
+    assert stored.steps[1].args[-1] == "exec $$HOME/serve"
+    assert substitute(stored.steps[1].args[-1], {}) == "exec $HOME/serve"
 
 
 def test_must_match_refuses_both_directions_and_allow_loose_allows_them(validating: Validating) -> None:
@@ -713,3 +760,94 @@ def test_cancel_stops_a_running_build(local: LocalBuild) -> None:
     cancelled = local.client.cancel_build(project_id=PROJECT, id=build_id)
     assert cancelled.status == Status.CANCELLED and time.monotonic() - started < 5
     assert [status for status, _ in local.notifications(build_id, 3)] == ["QUEUED", "WORKING", "CANCELLED"]
+
+
+_SERVER = b"""import http.server, json, os
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self.reply({"model_sha256": open("/opt/sha").read().strip()})
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.reply({"predictions": [sum(row) % 10 for row in body["instances"]]})
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+def _smoke_build(local: LocalBuild, expected: int, tag: str) -> tuple[cloudbuild_v1.Build, str]:
+    """Build an image serving `sum % 10`, then smoke-test it as build_image does: golden expects `expected` for 3."""
+    sha = "ab" * 32
+    golden = json.dumps({"request": {"instances": [[1, 2]]}, "expected": {"predictions": [expected]}}).encode()
+    context = local.upload(
+        {
+            "Dockerfile": b"FROM python:3.11-slim\nCOPY serve.py /opt/serve.py\nCOPY sha /opt/sha\n",
+            "serve.py": _SERVER,
+            "sha": sha.encode(),
+            "smoke.jsonl": golden + b"\n",
+            delivery.SMOKE_SCRIPT: Path(smoke.SCRIPT).read_bytes(),
+        }
+    )
+    image = f"{local.registry}/cd4ml/smoked:{tag}"
+    manifest = SimpleNamespace(
+        dockerfile="Dockerfile",
+        smoke=Smoke("smoke.jsonl", ("python3", "/opt/serve.py"), 1.0, 5000.0, port=processes.free_port()),
+    )
+    build = local.build(context, image, tag)
+    build.steps.extend(delivery.smoke_steps(cast(Any, manifest), image, sha))
+    return local.finished(local.client.create_build(project_id=PROJECT, build=build).metadata.build.id), image
+
+
+@pytest.mark.emulator
+def test_steps_run_in_the_image_built_earlier_and_return_builder_output(local: LocalBuild) -> None:
+    """BuildStep.name may name an image a previous step built; what a step writes to $BUILDER_OUTPUT/output comes
+    back in results.buildStepOutputs[i], one entry per step (cloudbuild.proto Results.build_step_outputs), and
+    base64 in the cloud-builds message's JSON. Images are pushed only when every step succeeded."""
+    build, image = _smoke_build(local, expected=3, tag="smoke-pass")
+    assert build.status == Status.SUCCESS, build.status_detail
+    outputs = list(build.results.build_step_outputs)
+    assert len(outputs) == 3 and outputs[0] == b"" and outputs[2] == b""
+    result = json.loads(outputs[1])
+    assert result["passed"] is True and result["health_sha256"] == "ab" * 32 and result["agreed"] == 1
+    [message] = [b for status, b in local.notifications(build.id, 3) if status == "SUCCESS"]
+    assert json.loads(base64.b64decode(message["results"]["buildStepOutputs"][1])) == result
+    assert delivery.smoke_result(message) == result
+    assert [i.name for i in build.results.images] == [image]
+
+    failed, _ = _smoke_build(local, expected=4, tag="smoke-fail")
+    assert failed.status == Status.FAILURE and failed.failure_info.type_ == FailureType.USER_BUILD_STEP
+    assert failed.status_detail.startswith(f'Build step failure: build step 2 "{failed.steps[2].name}" failed: ')
+    assert [s.status for s in failed.steps] == [Status.SUCCESS, Status.SUCCESS, Status.FAILURE]
+    assert json.loads(failed.results.build_step_outputs[1])["failed"] == ["agreement"]
+    assert not failed.results.images
+    log = Path(failed.log_url.removeprefix("file://")).read_text()
+    assert "smoke test failed: agreement: 0.00 < min_agreement 1.0 (0/1 golden requests agreed)" in log
+
+
+@pytest.mark.emulator
+def test_a_step_in_a_base_image_runs_and_an_unknown_image_fails_clearly(local: LocalBuild) -> None:
+    context = local.upload({"Dockerfile": b"FROM python:3.11-slim\n"})
+    build = local.build(context, f"{local.registry}/cd4ml/base:1", "base-step")
+    build.images.clear()
+    build.steps[0] = cloudbuild_v1.BuildStep(
+        name="python:3.11-slim",
+        entrypoint="python3",
+        args=["-c", "import os; open(os.environ['BUILDER_OUTPUT'] + '/output', 'w').write(os.getcwd())"],
+        dir="sub",
+    )
+    build.steps.insert(0, cloudbuild_v1.BuildStep(name="python:3.11-slim", args=["mkdir", "-p", "sub"]))
+    with socket.socket() as taken:  # a port in use on the host is free in a step: its localhost is its own
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bind = f"import socket; socket.socket().bind(('127.0.0.1', {taken.getsockname()[1]}))"
+        build.steps.append(cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="python3", args=["-c", bind]))
+        done = local.finished(local.client.create_build(project_id=PROJECT, build=build).metadata.build.id)
+    assert done.status == Status.SUCCESS, done.status_detail
+    assert list(done.results.build_step_outputs) == [b"", b"/workspace/sub", b""]
+
+    build.steps[1].name = "europe-docker.pkg.dev/p/never/pulled:1"
+    done = local.finished(local.client.create_build(project_id=PROJECT, build=build).metadata.build.id)
+    assert done.status == Status.FAILURE and "never pulls" in done.status_detail
+    assert "europe-docker.pkg.dev/p/never/pulled:1" in done.status_detail

@@ -26,14 +26,19 @@ def policy() -> Policy:
 
 def test_submit_training_may_publish_its_two_events_and_its_dead_letter_topic_only(policy: Policy) -> None:
     assert policy.topics("function:submit_training") == {
-        "cd4ml-training-submitted-v1", "cd4ml-training-failed-v1", "cd4ml-submit-training-dead-letter"}
+        "cd4ml-training-submitted-v1",
+        "cd4ml-training-failed-v1",
+        "cd4ml-submit-training-dead-letter",
+    }
 
 
 def test_every_stage_publishes_exactly_what_terraform_grants(policy: Policy) -> None:
     """The same expectation as tests/terraform/test_iam.py: catalog `emits` plus the own dead-letter topic."""
     for stage in catalog.load().stages:
         assert policy.topics(f"function:{stage.name}") == {
-            *(catalog.topic_id(t) for t in stage.emits), catalog.dead_letter_topic(stage.name)}, stage.name
+            *(catalog.topic_id(t) for t in stage.emits),
+            catalog.dead_letter_topic(stage.name),
+        }, stage.name
     assert policy.topics("training") == policy.topics("build") == set()
 
 
@@ -82,41 +87,63 @@ def test_principals_are_the_terraform_service_accounts(policy: Policy) -> None:
     assert policy.principal("training") == "cd4ml-training@p.iam.gserviceaccount.com"
 
 
-@pytest.mark.parametrize(("method", "path", "query", "expected"), [
-    ("GET", "/download/storage/v1/b/b1/o/runs%2Fr%2Fmodel.joblib", "alt=media",
-     Need("storage.objects.get", "b1", "runs/r/model.joblib")),
-    ("GET", "/storage/v1/b/b1/o", "prefix=runs%2Fr%2F&projection=noAcl",
-     Need("storage.objects.list", "b1", list_prefix="runs/r/")),
-    ("GET", "/storage/v1/b/b1/o", "", Need("storage.objects.list", "b1", list_prefix="")),
-    ("DELETE", "/storage/v1/b/b1/o/a%2Fb", "", Need("storage.objects.delete", "b1", "a/b")),
-    ("PATCH", "/storage/v1/b/b1/o/a", "", Need("storage.objects.update", "b1", "a")),
-    ("GET", "/storage/v1/b/b1", "", Need("storage.buckets.get", "b1")),
-    ("POST", "/upload/storage/v1/b/b1/o", "uploadType=media&name=builds%2Fr%2Fc.tgz",
-     Need("storage.objects.create", "b1", "builds/r/c.tgz", overwrite_check=True)),
-])
-def test_each_json_api_call_needs_the_documented_permission(method: str, path: str, query: str,
-                                                            expected: Need) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "query", "expected"),
+    [
+        (
+            "GET",
+            "/download/storage/v1/b/b1/o/runs%2Fr%2Fmodel.joblib",
+            "alt=media",
+            Need("storage.objects.get", "b1", "runs/r/model.joblib"),
+        ),
+        (
+            "GET",
+            "/storage/v1/b/b1/o",
+            "prefix=runs%2Fr%2F&projection=noAcl",
+            Need("storage.objects.list", "b1", list_prefix="runs/r/"),
+        ),
+        ("GET", "/storage/v1/b/b1/o", "", Need("storage.objects.list", "b1", list_prefix="")),
+        ("DELETE", "/storage/v1/b/b1/o/a%2Fb", "", Need("storage.objects.delete", "b1", "a/b")),
+        ("PATCH", "/storage/v1/b/b1/o/a", "", Need("storage.objects.update", "b1", "a")),
+        ("GET", "/storage/v1/b/b1", "", Need("storage.buckets.get", "b1")),
+        (
+            "POST",
+            "/upload/storage/v1/b/b1/o",
+            "uploadType=media&name=builds%2Fr%2Fc.tgz",
+            Need("storage.objects.create", "b1", "builds/r/c.tgz", overwrite_check=True),
+        ),
+    ],
+)
+def test_each_json_api_call_needs_the_documented_permission(method: str, path: str, query: str, expected: Need) -> None:
     assert required(method, path, query, b"", "").needs == (expected,)
 
 
 def test_an_upload_names_its_object_in_its_metadata() -> None:
     """google-cloud-storage's multipart upload puts the name in the first (JSON) part, resumable in the body."""
-    body = (b'--==0==\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{"name": "runs/r/m.bin"}\r\n'
-            b"--==0==\r\ncontent-type: application/octet-stream\r\n\r\nDATA\r\n--==0==--")
-    multipart = required("POST", "/upload/storage/v1/b/b1/o", "uploadType=multipart", body,
-                         'multipart/related; boundary="==0=="')
+    body = (
+        b'--==0==\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{"name": "runs/r/m.bin"}\r\n'
+        b"--==0==\r\ncontent-type: application/octet-stream\r\n\r\nDATA\r\n--==0==--"
+    )
+    multipart = required(
+        "POST", "/upload/storage/v1/b/b1/o", "uploadType=multipart", body, 'multipart/related; boundary="==0=="'
+    )
     assert multipart.needs == (Need("storage.objects.create", "b1", "runs/r/m.bin", overwrite_check=True),)
-    resumable = required("POST", "/upload/storage/v1/b/b1/o", "uploadType=resumable", b'{"name": "x/y"}',
-                         "application/json")
+    resumable = required(
+        "POST", "/upload/storage/v1/b/b1/o", "uploadType=resumable", b'{"name": "x/y"}', "application/json"
+    )
     assert resumable.needs[0].name == "x/y"
-    assert required("PUT", "/upload/storage/v1/b/b1/o", "uploadType=resumable&upload_id=u1", b"", "") \
-        .resumable_session == "u1"
+    assert (
+        required("PUT", "/upload/storage/v1/b/b1/o", "uploadType=resumable&upload_id=u1", b"", "").resumable_session
+        == "u1"
+    )
 
 
 def test_a_copy_needs_get_on_the_source_and_create_on_the_destination() -> None:
     access = required("POST", "/storage/v1/b/src/o/sources%2Fa.csv/copyTo/b/dst/o/datasets%2Fm%2Fa.csv", "", b"", "")
-    assert access.needs == (Need("storage.objects.get", "src", "sources/a.csv"),
-                            Need("storage.objects.create", "dst", "datasets/m/a.csv", overwrite_check=True))
+    assert access.needs == (
+        Need("storage.objects.get", "src", "sources/a.csv"),
+        Need("storage.objects.create", "dst", "datasets/m/a.csv", overwrite_check=True),
+    )
 
 
 def test_a_batch_request_is_not_judged_so_not_forwarded() -> None:
@@ -128,12 +155,13 @@ def test_the_403_body_is_gcs_json_error() -> None:
     assert body["error"] == {
         "code": 403,
         "message": "sa@p.iam.gserviceaccount.com does not have storage.objects.list access to the Google Cloud "
-                   "Storage bucket. Permission 'storage.objects.list' denied on resource (or it may not exist).",
+        "Storage bucket. Permission 'storage.objects.list' denied on resource (or it may not exist).",
         "errors": [{"message": body["error"]["message"], "domain": "global", "reason": "forbidden"}],  # type: ignore[index]
     }
 
 
 # ---- Pub/Sub publish limits: https://cloud.google.com/pubsub/quotas#resource_limits -------------------------
+
 
 def _problem(*messages: PubsubMessage) -> str | None:
     request = PublishRequest(topic="projects/p/topics/t", messages=list(messages))
@@ -150,9 +178,11 @@ def test_attribute_keys_and_values_are_limited_in_bytes_not_characters() -> None
     assert "key that is too long" in str(_problem(PubsubMessage(data=b"x", attributes={"k" * 257: "v"})))
     assert _problem(PubsubMessage(data=b"x", attributes={"cd4ml-error": "e" * 1024})) is None
     refused = _problem(PubsubMessage(data=b"x", attributes={"cd4ml-error": "é" * 513}))  # 1026 bytes, 513 chars
-    assert refused == ('The attribute "cd4ml-error" in the request has a value that is too long. The length is 1026 '
-                       "characters, but the maximum allowed is 1024. Refer to https://cloud.google.com/pubsub/quotas "
-                       "for more information.")
+    assert refused == (
+        'The attribute "cd4ml-error" in the request has a value that is too long. The length is 1026 '
+        "characters, but the maximum allowed is 1024. Refer to https://cloud.google.com/pubsub/quotas "
+        "for more information."
+    )
 
 
 def test_a_message_needs_data_or_an_attribute() -> None:

@@ -348,3 +348,41 @@ def test_cli_serves_a_yaml_config_and_exits_cleanly_on_sigterm(tmp_path: Path) -
         )
     finally:
         processes.stop(proc.pid)
+
+
+def _canary_record(status: str, stage: str = "") -> dict[str, Any]:
+    from local_emulator._gate_pipelines import DEFAULT_STAGES
+
+    return {
+        "id": "x",
+        "startTime": 0,
+        "_durationMs": 3000,
+        "_outcome": {"status": status, "stage": stage},
+        "stages": [{"id": f"x-{n}", "name": name} for n, name in enumerate(DEFAULT_STAGES)],
+    }
+
+
+def test_an_execution_runs_its_stages_in_turn_to_success() -> None:
+    from local_emulator._orca_execution import render_execution
+
+    early = render_execution(_canary_record("SUCCEEDED"), 1500)
+    assert early["status"] == "RUNNING"
+    assert [s["status"] for s in early["stages"]] == ["SUCCEEDED", "RUNNING", "NOT_STARTED"]
+    done = render_execution(_canary_record("SUCCEEDED"), 3000)
+    assert done["status"] == "SUCCEEDED" and {s["status"] for s in done["stages"]} == {"SUCCEEDED"}
+
+
+@pytest.mark.parametrize("status", ["TERMINAL", "CANCELED", "STOPPED"])
+def test_an_execution_can_end_without_success_at_a_chosen_stage(status: str) -> None:
+    from local_emulator._orca_execution import render_execution
+
+    ended = render_execution(_canary_record(status, "Canary analysis"), 10_000)
+    assert ended["status"] == status and ended["canceled"] is (status == "CANCELED")
+    assert [s["status"] for s in ended["stages"]] == ["SUCCEEDED", status, "NOT_STARTED"]
+
+
+def test_an_execution_told_to_keep_running_never_ends() -> None:
+    from local_emulator._orca_execution import render_execution
+
+    forever = render_execution(_canary_record("RUNNING"), 10**9)
+    assert forever["status"] == "RUNNING" and forever["endTime"] is None

@@ -89,10 +89,13 @@ def test_the_trainer_package_is_an_sdist_pip_can_read() -> None:
     assert models.sdist(EXAMPLE, "trainer-0.1.0.tar.gz") == blob  # reproducible
 
 
-@pytest.mark.parametrize(("field", "value", "reason"), [
-    ("schedule", "0 0 3 * * *", "schedule: '0 0 3 * * *' has 6 fields"),  # croniter would read seconds
-    ("schedule", "0 3 * *", "schedule: '0 3 * *' has 4 fields"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("schedule", "0 0 3 * * *", "schedule: '0 0 3 * * *' has 6 fields"),  # croniter would read seconds
+        ("schedule", "0 3 * *", "schedule: '0 3 * *' has 4 fields"),
+    ],
+)
 def test_a_schedule_must_be_cloud_schedulers_five_field_cron(field: str, value: str, reason: str) -> None:
     doc = _example()
     doc[field] = value

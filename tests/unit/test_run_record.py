@@ -17,17 +17,40 @@ STAMP = "2030-01-01T00:00:00.000Z"
 
 
 def _doc(**extra: Any) -> dict[str, Any]:
-    return {"run_id": "digits-20300101t000000z", "model": "digits", "status": "running", "created_at": STAMP,
-            "updated_at": STAMP, "events": [], **extra}
+    return {
+        "run_id": "digits-20300101t000000z",
+        "model": "digits",
+        "status": "running",
+        "created_at": STAMP,
+        "updated_at": STAMP,
+        "events": [],
+        **extra,
+    }
 
 
 def _event(type_: str, data: dict[str, Any]) -> Event:
     return Event.new(type_, "digits-20300101t000000z", data, source="//test")
 
 
-FETCHED = {"model": "digits", "dataset": {"uri": "gs://b/datasets/digits/" + "a" * 64 + "/", "sha256": "a" * 64,
-                                          "rows": 3, "bytes": 9, "files": 1}}
+FETCHED = {
+    "model": "digits",
+    "dataset": {
+        "uri": "gs://b/datasets/digits/" + "a" * 64 + "/",
+        "sha256": "a" * 64,
+        "rows": 3,
+        "bytes": 9,
+        "files": 1,
+    },
+}
 TRIGGERED = {"model": "digits", "event_id": "e", "execution_id": "x", "application": "digits", "pipeline": "p"}
+PROMOTED = {
+    "model": "digits",
+    "alias": "champion",
+    "reference": "r/digits@sha256:" + "2" * 64,
+    "digest": "sha256:" + "2" * 64,
+    "previous_run_id": "",
+    "previous_digest": "",
+}
 
 
 def test_run_id_derives_from_model_and_scheduled_time_and_parses_back() -> None:
@@ -41,10 +64,14 @@ def test_run_id_derives_from_model_and_scheduled_time_and_parses_back() -> None:
 
 
 def test_run_record_round_trips_and_keeps_unknown_fields() -> None:
-    doc = _doc(trigger="schedule", dataset={"uri": "gs://b/d/", "sha256": "a" * 64, "rows": 3, "bytes": 9, "files": 1},
-               training={"job": "j", "state": "JOB_STATE_RUNNING", "active": True},
-               image={"build_id": "b", "status": "WORKING", "progress": {"QUEUED": "t"}},
-               error={"stage": "evaluate", "message": "m", "problems": ["p"]}, future_field={"x": 1})
+    doc = _doc(
+        trigger="schedule",
+        dataset={"uri": "gs://b/d/", "sha256": "a" * 64, "rows": 3, "bytes": 9, "files": 1},
+        training={"job": "j", "state": "JOB_STATE_RUNNING", "active": True},
+        image={"build_id": "b", "status": "WORKING", "progress": {"QUEUED": "t"}},
+        error={"stage": "evaluate", "message": "m", "problems": ["p"]},
+        future_field={"x": 1},
+    )
     run = Run.from_document(doc)
     assert run.training is not None and run.training.active and run.image.progress == {"QUEUED": "t"}
     assert run.dataset is not None and run.dataset.rows == 3
@@ -56,8 +83,10 @@ def test_status_follows_the_catalog_and_a_finished_run_stays_finished() -> None:
     assert status_after("running", events.DATA_FETCHED) == "running"
     assert status_after("running", events.TRAINING_FAILED) == "failed"
     assert status_after("running", events.EVALUATION_FAILED) == "failed"
-    assert status_after("running", events.CANARY_TRIGGERED) == "succeeded"
-    assert status_after("failed", events.CANARY_TRIGGERED) == "failed"
+    assert status_after("running", events.CANARY_TRIGGERED) == "running"  # production has not proven it yet
+    assert status_after("running", events.CANARY_FAILED) == "failed"
+    assert status_after("running", events.MODEL_PROMOTED) == "succeeded"
+    assert status_after("failed", events.MODEL_PROMOTED) == "failed"
 
 
 def test_an_event_recorded_twice_changes_nothing() -> None:
@@ -70,24 +99,44 @@ def test_an_event_recorded_twice_changes_nothing() -> None:
 
 def test_an_ended_run_keeps_its_status_and_first_error() -> None:
     ended = _doc(status="failed", error={"stage": "evaluate", "message": "below threshold"})
-    applied = apply(ended, Change(event=_event(events.CANARY_TRIGGERED, TRIGGERED).summary(),
-                                  error={"stage": "x", "message": "later"}), STAMP)
+    applied = apply(
+        ended,
+        Change(event=_event(events.MODEL_PROMOTED, PROMOTED).summary(), error={"stage": "x", "message": "later"}),
+        STAMP,
+    )
     assert applied.record["status"] == "failed"
     assert applied.record["error"]["message"] == "below threshold"
     assert applied.champion is None
 
 
 def test_the_run_that_succeeds_becomes_champion_with_what_it_was_judged_on() -> None:
-    doc = _doc(evaluation={"passed": True, "metrics": {"accuracy": 0.97}},
-               model_artifact={"uri": "gs://b/m", "sha256": "c" * 64})
-    applied = apply(doc, Change(event=_event(events.CANARY_TRIGGERED, TRIGGERED).summary()), STAMP)
+    doc = _doc(
+        evaluation={"passed": True, "metrics": {"accuracy": 0.97}},
+        model_artifact={"uri": "gs://b/m", "sha256": "c" * 64},
+    )
+    triggered = apply(doc, Change(event=_event(events.CANARY_TRIGGERED, TRIGGERED).summary()), STAMP)
+    assert triggered.record["status"] == "running" and triggered.champion is None
+    promotion = {"alias": "champion", "reference": PROMOTED["reference"], "digest": PROMOTED["digest"]}
+    applied = apply(
+        triggered.record,
+        Change(event=_event(events.MODEL_PROMOTED, PROMOTED).summary(), fields={"promotion": promotion}),
+        STAMP,
+    )
     assert applied.record["status"] == "succeeded"
-    assert applied.champion == {"run_id": "digits-20300101t000000z", "metrics": {"accuracy": 0.97},
-                                "model_artifact": {"uri": "gs://b/m", "sha256": "c" * 64}, "since": STAMP}
+    assert applied.champion == {
+        "run_id": "digits-20300101t000000z",
+        "metrics": {"accuracy": 0.97},
+        "model_artifact": {"uri": "gs://b/m", "sha256": "c" * 64},
+        "since": STAMP,
+        "reference": PROMOTED["reference"],
+        "digest": PROMOTED["digest"],
+        "alias": "champion",
+    }
     again = apply(applied.record, Change(fields={"canary.pipeline": "p"}), STAMP)
     assert again.champion is None  # promoted once
 
 
 def test_merge_is_deep_like_firestore_dotted_updates() -> None:
     assert merge({"training": {"job": "j", "state": "A"}}, {"training": {"state": "B"}}) == {
-        "training": {"job": "j", "state": "B"}}
+        "training": {"job": "j", "state": "B"}
+    }

@@ -9,17 +9,19 @@ Each handler: parse (``BuildNotice.of``, ``PushNotice.of``, ``Event.from_message
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from cd4ml import events
+from cd4ml import events, smoke
 from cd4ml.errors import PermanentError
-from cd4ml.events import Event, PubSubMessage
+from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, list_objects
 from cd4ml.manifest import Manifest, parse
 from cd4ml.outcome import Outcome
@@ -30,6 +32,10 @@ from cd4ml.runtime import Context, active_run
 RUN_TAG = "cd4ml-run-"
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
 BUILD_FAILED = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
+SMOKE_SCRIPT = "cd4ml_smoke.py"
+SMOKE_RESULT = "cd4ml_smoke_result.json"
+SMOKE_STEP = "cd4ml-smoke"
+VERDICT_STEP = "cd4ml-smoke-verdict"
 
 
 def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
@@ -41,26 +47,41 @@ def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
 
 
 def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> GcsPath:
-    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp."""
+    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp.
+
+    With a smoke test, the checker (cd4ml/smoke.py) goes in as ``cd4ml_smoke.py``; the golden file is already
+    in the serving folder.
+    """
     bucket = ctx.storage.bucket(ctx.settings.artifact_bucket)
     serving = GcsPath(ctx.settings.artifact_bucket, f"serving/{manifest.name}/")
     files = list_objects(ctx.storage, serving)
     dockerfile = os.path.basename(manifest.dockerfile)
-    if not any(b.name == serving.name + dockerfile for b in files):
+    names = {b.name for b in files}
+    if serving.name + dockerfile not in names:
         raise PermanentError(f"no {dockerfile} at {serving.uri}: push the model again (`cd4ml model push`)")
+    if manifest.smoke and serving.name + manifest.smoke.in_context(manifest.dockerfile) not in names:
+        raise PermanentError(
+            f"no {manifest.smoke.in_context(manifest.dockerfile)} (serving.smoke.requests) at "
+            f"{serving.uri}: push the model again (`cd4ml model push`)"
+        )
     model = GcsPath.parse(artifact.uri)
     target = GcsPath(ctx.settings.artifact_bucket, f"builds/{run_id}/context.tar.gz")
     with tempfile.TemporaryDirectory() as tmp:
         archive = os.path.join(tmp, "context.tar.gz")
         with tarfile.open(archive, "w:gz") as tar:
             for blob in files:
-                _add(tar, blob, blob.name[len(serving.name):], tmp)
-            found = _add(tar, ctx.storage.bucket(model.bucket).blob(model.name),
-                         f"model/{os.path.basename(model.name)}", tmp)
+                _add(tar, blob, blob.name[len(serving.name) :], tmp)
+            if manifest.smoke:
+                tar.add(smoke.SCRIPT, arcname=SMOKE_SCRIPT)
+            found = _add(
+                tar, ctx.storage.bucket(model.bucket).blob(model.name), f"model/{os.path.basename(model.name)}", tmp
+            )
             if found != artifact.sha256:
                 # The trainer identity can write under runs/: only the hash recorded at watch time is trusted.
-                raise ModelChanged(f"the model at {artifact.uri} has sha256 {found}, not the {artifact.sha256} "
-                                   "that watch_training recorded and evaluate passed; it was not built")
+                raise ModelChanged(
+                    f"the model at {artifact.uri} has sha256 {found}, not the {artifact.sha256} "
+                    "that watch_training recorded and evaluate passed; it was not built"
+                )
         bucket.blob(target.name).upload_from_filename(archive, content_type="application/gzip")
     return target
 
@@ -83,35 +104,101 @@ def _add(tar: tarfile.TarFile, blob: Any, arcname: str, tmp: str) -> str:
 
 
 def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str) -> Any:
-    """The Cloud Build build: docker build with the manifest's base image, labelled, pushed as REGISTRY/MODEL:RUN."""
+    """The Cloud Build build: docker build with the manifest's base image, labelled; the smoke test when the
+    manifest has one; the image pushed as REGISTRY/MODEL:RUN only when every step succeeded."""
     from google.cloud.devtools import cloudbuild_v1 as cb
 
     image = image_name(ctx, manifest, run_id)
-    args = ["build", "-t", image, "-f", os.path.basename(manifest.dockerfile),
-            "--build-arg", f"BASE_IMAGE={manifest.base_image}",
-            "--label", f"cd4ml.run_id={run_id}", "--label", f"cd4ml.model_sha256={model_sha256}", "."]
+    args = [
+        "build",
+        "-t",
+        image,
+        "-f",
+        os.path.basename(manifest.dockerfile),
+        "--build-arg",
+        f"BASE_IMAGE={manifest.base_image}",
+        "--label",
+        f"cd4ml.run_id={run_id}",
+        "--label",
+        f"cd4ml.model_sha256={model_sha256}",
+        ".",
+    ]
     build = cb.Build(
         source=cb.Source(storage_source=cb.StorageSource(bucket=source.bucket, object_=source.name)),
-        steps=[cb.BuildStep(name=DOCKER_BUILDER, args=args)],
+        steps=[cb.BuildStep(name=DOCKER_BUILDER, args=args), *smoke_steps(manifest, image, model_sha256)],
+        # Artifacts.images (cloudbuild.proto): "pushed upon the successful completion of all build steps", so an
+        # image whose smoke test failed never reaches the registry (no gcr message, no canary).
         images=[image],
         tags=[f"{RUN_TAG}{run_id}", f"cd4ml-model-{manifest.name}"],
         # No substitutions: Cloud Build's default MUST_MATCH refuses any that no step uses (cloudbuild.proto,
         # BuildOptions.SubstitutionOption); the run id and model hash are already literal labels above.
     )
     if ctx.settings.build_service_account:
-        build.service_account = (f"projects/{ctx.settings.project}/serviceAccounts/"
-                                 f"{ctx.settings.build_service_account}")
+        build.service_account = f"projects/{ctx.settings.project}/serviceAccounts/{ctx.settings.build_service_account}"
         build.options = cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY)
     return build
+
+
+def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
+    """The smoke test's two steps, run in the image just built (BuildStep.name: "If you built an image in a previous
+    build step, it ... is available to use as the name for a later build step"), from /workspace.
+
+    ``cd4ml-smoke`` always exits 0 once it wrote its result to ``$BUILDER_OUTPUT/output`` (returned in
+    ``results.buildStepOutputs``), ``cd4ml-smoke-verdict`` fails the build when the result did not pass. Every
+    value is literal (a ``$`` escaped as ``$$``): no substitution for MUST_MATCH to refuse, and ``$BUILDER_OUTPUT``
+    "is read-only and can't be substituted" (Results.build_step_outputs), so the checker reads it from its
+    environment.
+    """
+    from google.cloud.devtools import cloudbuild_v1 as cb
+
+    test = manifest.smoke
+    if test is None:
+        return []
+    check = [
+        "check",
+        "--golden",
+        test.in_context(manifest.dockerfile),
+        "--model-sha256",
+        model_sha256,
+        "--min-agreement",
+        f"{test.min_agreement:g}",
+        "--latency-ms",
+        f"{test.latency_ms:g}",
+        "--port",
+        str(test.port),
+        "--health-path",
+        test.health_path,
+        "--startup-seconds",
+        f"{test.startup_seconds:g}",
+        "--result",
+        SMOKE_RESULT,
+        "--",
+        *test.command,
+    ]
+    return [
+        cb.BuildStep(
+            name=image,
+            id=SMOKE_STEP,
+            entrypoint="python3",
+            args=[SMOKE_SCRIPT, *(arg.replace("$", "$$") for arg in check)],
+        ),
+        cb.BuildStep(name=image, id=VERDICT_STEP, entrypoint="python3", args=[SMOKE_SCRIPT, "verdict", SMOKE_RESULT]),
+    ]
 
 
 def build_submitted(model: str, result: dict[str, Any], tag: str) -> Outcome:
     """The build was submitted (its id recorded; Cloud Build reports the rest) or refused before it (image.failed)."""
     if result.get("refused"):
-        return Outcome.event(events.IMAGE_FAILED, {"model": model, "status": "MODEL_CHANGED", "error": result["refused"]},
-                             {"image.status": "MODEL_CHANGED", "image.error": result["refused"]}, error=result["refused"])
-    return Outcome.nothing(f"build {result['build_id']} submitted",
-                           {"image.build_id": result["build_id"], "image.tag": tag, "image.context": result["context"]})
+        return Outcome.event(
+            events.IMAGE_FAILED,
+            {"model": model, "status": "MODEL_CHANGED", "error": result["refused"]},
+            {"image.status": "MODEL_CHANGED", "image.error": result["refused"]},
+            error=result["refused"],
+        )
+    return Outcome.nothing(
+        f"build {result['build_id']} submitted",
+        {"image.build_id": result["build_id"], "image.tag": tag, "image.context": result["context"]},
+    )
 
 
 def build_image(message: PubSubMessage, ctx: Context) -> None:
@@ -129,8 +216,9 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
             source = build_context(ctx, manifest, artifact, run_id)
         except ModelChanged as changed:
             return {"build_id": "", "context": "", "refused": changed.message}
-        operation = ctx.builds.create_build(project_id=ctx.settings.project,
-                                            build=build_request(ctx, manifest, run_id, source, artifact.sha256))
+        operation = ctx.builds.create_build(
+            project_id=ctx.settings.project, build=build_request(ctx, manifest, run_id, source, artifact.sha256)
+        )
         return {"build_id": operation.metadata.build.id, "context": source.uri}
 
     def find() -> dict[str, Any] | None:
@@ -156,6 +244,8 @@ class BuildNotice:
     log_url: str
     detail: str
     at: str
+    smoke: dict[str, Any] | None = None  # the smoke step's result (results.buildStepOutputs), when it wrote one
+    failed_step: str = ""  # the id of the step that failed, if it has one
 
     @classmethod
     def of(cls, message: PubSubMessage) -> BuildNotice:
@@ -165,42 +255,127 @@ class BuildNotice:
         except (UnicodeDecodeError, json.JSONDecodeError) as bad:
             raise PermanentError("cloud-builds message data is not the Build as JSON", [str(bad)[:200]]) from bad
         if not status or not build_id or not isinstance(build, dict):
-            raise PermanentError("not a Cloud Build notification", ["needs attributes buildId and status, data a Build"])
+            raise PermanentError(
+                "not a Cloud Build notification", ["needs attributes buildId and status, data a Build"]
+            )
         tags = [t for t in build.get("tags") or [] if isinstance(t, str)]
         run_id = next((t.removeprefix(RUN_TAG) for t in tags if t.startswith(RUN_TAG)), None)
         if run_id is not None and not is_run_id(run_id):
             raise PermanentError(f"build {build_id[:80]} has tag {RUN_TAG}{run_id[:80]}, which names no run id")
         image = str((build.get("images") or [""])[0])
         results = (build.get("results") or {}).get("images") or []
-        return cls(build_id=build_id, status=status, run_id=run_id, image=image,
-                   digest=next((str(r.get("digest", "")) for r in results if r.get("name") == image), ""),
-                   log_url=str(build.get("logUrl", "")),
-                   detail=str((build.get("failureInfo") or {}).get("detail") or build.get("statusDetail") or ""),
-                   at=str(build.get("startTime") or build.get("createTime", "")))
+        return cls(
+            build_id=build_id,
+            status=status,
+            run_id=run_id,
+            image=image,
+            digest=next((str(r.get("digest", "")) for r in results if r.get("name") == image), ""),
+            log_url=str(build.get("logUrl", "")),
+            detail=str((build.get("failureInfo") or {}).get("detail") or build.get("statusDetail") or ""),
+            at=str(build.get("startTime") or build.get("createTime", "")),
+            smoke=smoke_result(build),
+            failed_step=_failed_step(build),
+        )
+
+
+def _steps(build: dict[str, Any]) -> list[dict[str, Any]]:
+    steps = build.get("steps")
+    return [s if isinstance(s, dict) else {} for s in steps] if isinstance(steps, list) else []
+
+
+def _failed_step(build: dict[str, Any]) -> str:
+    return next((str(s.get("id") or "") for s in _steps(build) if s.get("status") == "FAILURE"), "")
+
+
+#: The smoke result's fields and their types: only these are recorded (schemas/run.schema.json, ``smoke``).
+_SMOKE_FIELDS: dict[str, tuple[type, ...]] = {
+    "passed": (bool,),
+    "failed": (list,),
+    "reason": (str,),
+    "checks": (dict,),
+    "failures": (list,),
+    "agreement": (int, float),
+    "agreed": (int,),
+    "requests": (int,),
+    "min_agreement": (int, float),
+    "latency_p50_ms": (int, float),
+    "latency_max_ms": (int, float),
+    "latency_budget_ms": (int, float),
+    "startup_ms": (int, float),
+    "health_sha256": (str,),
+    "expected_sha256": (str,),
+}
+
+
+def smoke_result(build: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``cd4ml-smoke`` step's output: ``results.buildStepOutputs[i]`` (bytes, base64 in the Build's JSON; one
+    entry per step, in step order; cloudbuild.proto Results.build_step_outputs), decoded; None when absent."""
+    index = next((i for i, s in enumerate(_steps(build)) if s.get("id") == SMOKE_STEP), None)
+    outputs = (build.get("results") or {}).get("buildStepOutputs") or []
+    if index is None or not isinstance(outputs, list) or index >= len(outputs) or not outputs[index]:
+        return None
+    try:
+        raw = json.loads(base64.b64decode(str(outputs[index]), validate=True))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("passed"), bool):
+        return None
+    kept: dict[str, Any] = {}
+    for key, types in _SMOKE_FIELDS.items():
+        value = raw.get(key)
+        if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+            kept[key] = value
+    kept["failed"] = [str(c)[:40] for c in kept.get("failed", [])][:10]
+    kept["failures"] = [str(f)[:400] for f in kept.get("failures", [])][:10]
+    kept["checks"] = {str(k)[:40]: v for k, v in kept.get("checks", {}).items() if isinstance(v, bool)}
+    kept["reason"] = str(kept.get("reason") or smoke.reason(kept))[:1000]
+    return kept
 
 
 def build_reported(notice: BuildNotice, run: Run) -> Outcome:
     """image.built on SUCCESS, image.failed on a failed end, progress recorded otherwise; nothing after the end."""
     if run.image.status in BUILD_FAILED | {"SUCCESS"}:
         return Outcome.nothing(f"build {notice.build_id} {notice.status} after the run's build already ended; ignored")
+    tested = {"smoke": notice.smoke} if notice.smoke is not None else {}
     if notice.status == "SUCCESS":
         if not notice.digest:
-            raise PermanentError(f"build {notice.build_id} succeeded but results.images has no digest for {notice.image}",
-                                 run_id=run.run_id)
-        return Outcome.event(events.IMAGE_BUILT, {"model": run.model, "build_id": notice.build_id,
-                                                  "image": notice.image, "digest": notice.digest},
-                             {"image.status": notice.status, "image.digest": notice.digest,
-                              "image.log_url": notice.log_url})
+            raise PermanentError(
+                f"build {notice.build_id} succeeded but results.images has no digest for {notice.image}",
+                run_id=run.run_id,
+            )
+        return Outcome.event(
+            events.IMAGE_BUILT,
+            {"model": run.model, "build_id": notice.build_id, "image": notice.image, "digest": notice.digest},
+            {"image.status": notice.status, "image.digest": notice.digest, "image.log_url": notice.log_url, **tested},
+        )
     if notice.status in BUILD_FAILED:
         detail = notice.detail or f"build ended {notice.status}"
+        checks: list[str] = []
+        if notice.smoke is not None and not notice.smoke["passed"]:
+            checks = list(notice.smoke["failed"])
+            detail = f"smoke test failed: {notice.smoke['reason']}"
+        elif notice.failed_step in (SMOKE_STEP, VERDICT_STEP):
+            # Cloud Build documents no buildStepOutputs for a failed build: name the step, point at the log.
+            detail = f"smoke test failed in step {notice.failed_step} (no result returned; see the log): {detail}"
         error = f"Cloud Build {notice.build_id} ended {notice.status}: {detail} (log: {notice.log_url or 'none'})"
-        return Outcome.event(events.IMAGE_FAILED, {"model": run.model, "build_id": notice.build_id,
-                                                   "status": notice.status, "error": error, "log_url": notice.log_url},
-                             {"image.status": notice.status, "image.error": error, "image.log_url": notice.log_url},
-                             error=error)
+        return Outcome.event(
+            events.IMAGE_FAILED,
+            {
+                "model": run.model,
+                "build_id": notice.build_id,
+                "status": notice.status,
+                "error": error,
+                "log_url": notice.log_url,
+                **({"failed_checks": checks} if checks else {}),
+            },
+            {"image.status": notice.status, "image.error": error, "image.log_url": notice.log_url, **tested},
+            error=error,
+        )
     # Progress lives apart from image.status: a late QUEUED must never overwrite a recorded SUCCESS.
-    return Outcome.nothing(f"build {notice.build_id} {notice.status}",
-                           {f"image.progress.{notice.status}": notice.at, "image.log_url": notice.log_url})
+    return Outcome.nothing(
+        f"build {notice.build_id} {notice.status}",
+        {f"image.progress.{notice.status}": notice.at, "image.log_url": notice.log_url},
+    )
 
 
 def on_build(message: PubSubMessage, ctx: Context) -> None:
@@ -211,8 +386,9 @@ def on_build(message: PubSubMessage, ctx: Context) -> None:
         return
     run = ctx.ledger.run(notice.run_id)
     if run is None:
-        raise PermanentError(f"build {notice.build_id} names run {notice.run_id!r}, which the ledger does not know",
-                             run_id=None)
+        raise PermanentError(
+            f"build {notice.build_id} names run {notice.run_id!r}, which the ledger does not know", run_id=None
+        )
     if run.ended:
         ctx.info(f"build {notice.build_id} {notice.status} after the run ended {run.status}; ignored", run.run_id)
         return
@@ -231,8 +407,14 @@ def _release_pushed(ctx: Context, run_id: str) -> None:
     """
     run = ctx.ledger.run(run_id)
     if run is not None and run.image.reference:
-        ctx.bus.publish(Event.new(events.IMAGE_PUSHED, run_id, {"model": run.model, "reference": run.image.reference,
-                                                                "tag": run.image.tag}, source=ctx.source))
+        ctx.bus.publish(
+            Event.new(
+                events.IMAGE_PUSHED,
+                run_id,
+                {"model": run.model, "reference": run.image.reference, "tag": run.image.tag},
+                source=ctx.source,
+            )
+        )
 
 
 # --- on_push -----------------------------------------------------------------------------------------------
@@ -254,8 +436,11 @@ class PushNotice:
             raise PermanentError("gcr message data is not JSON", [str(bad)[:200]]) from bad
         if not isinstance(note, dict):
             raise PermanentError("gcr message data is not a JSON object")
-        return cls(action=str(note.get("action") or ""), digest_ref=str(note.get("digest") or ""),
-                   tag=str(note.get("tag") or ""))
+        return cls(
+            action=str(note.get("action") or ""),
+            digest_ref=str(note.get("digest") or ""),
+            tag=str(note.get("tag") or ""),
+        )
 
     def run_id(self, registry: str) -> str | None:
         """The run of a push of ``REGISTRY/MODEL:RUN_ID`` by digest; None for anything else."""
@@ -272,8 +457,11 @@ def pushed(notice: PushNotice, run: Run, registry: str) -> Outcome:
     if repository != registry.rstrip("/") + "/" + run.model:
         return Outcome.nothing(f"push of {notice.tag} matches no run; ignored")
     reference = f"{repository}@{notice.digest_ref.rsplit('@', 1)[1]}"
-    return Outcome.event(events.IMAGE_PUSHED, {"model": run.model, "reference": reference, "tag": notice.tag},
-                         {"image.reference": reference, "image.digest": reference.rsplit("@", 1)[1]})
+    return Outcome.event(
+        events.IMAGE_PUSHED,
+        {"model": run.model, "reference": reference, "tag": notice.tag},
+        {"image.reference": reference, "image.digest": reference.rsplit("@", 1)[1]},
+    )
 
 
 def on_push(message: PubSubMessage, ctx: Context) -> None:
@@ -282,8 +470,10 @@ def on_push(message: PubSubMessage, ctx: Context) -> None:
     run_id = notice.run_id(ctx.settings.registry)
     run = ctx.ledger.run(run_id) if run_id else None
     if run is None:
-        ctx.info(f"registry {notice.action or 'message without action'} of {notice.tag or notice.digest_ref} "
-                 f"is not a push of a cd4ml run's image under {ctx.settings.registry}; ignored")
+        ctx.info(
+            f"registry {notice.action or 'message without action'} of {notice.tag or notice.digest_ref} "
+            f"is not a push of a cd4ml run's image under {ctx.settings.registry}; ignored"
+        )
         return
     if run.ended:
         ctx.info(f"push of {notice.tag} after the run ended {run.status}; ignored", run.run_id)
@@ -294,16 +484,31 @@ def on_push(message: PubSubMessage, ctx: Context) -> None:
 # --- trigger_canary ----------------------------------------------------------------------------------------
 
 
-def canary_started(model: str, application: str, result: dict[str, Any]) -> Outcome:
-    """canary.triggered when Gate confirmed an execution, canary.failed naming why otherwise."""
+def canary_started(
+    model: str, application: str, result: dict[str, Any], at: datetime, deadline_minutes: float
+) -> Outcome:
+    """canary.triggered when Gate confirmed an execution (watch_canary then follows it to its verdict, until the
+    manifest's deadline), canary.failed naming why otherwise."""
     if result.get("execution_id"):
-        canary = {"event_id": result["event_id"], "execution_id": result["execution_id"],
-                  "application": application, "pipeline": result.get("pipeline", "")}
-        return Outcome.event(events.CANARY_TRIGGERED, {"model": model, **canary}, {"canary": canary})
-    return Outcome.event(events.CANARY_FAILED,
-                         {"model": model, "reason": result["reason"], "event_id": result.get("event_id", "")},
-                         {"canary": {"reason": result["reason"], "event_id": result.get("event_id", ""),
-                                     "application": application}}, error=result["reason"])
+        canary = {
+            "event_id": result["event_id"],
+            "execution_id": result["execution_id"],
+            "application": application,
+            "pipeline": result.get("pipeline", ""),
+        }
+        following = {
+            **canary,
+            "active": True,
+            "triggered_at": format_time(at),
+            "deadline": format_time(at + timedelta(minutes=deadline_minutes)),
+        }
+        return Outcome.event(events.CANARY_TRIGGERED, {"model": model, **canary}, {"canary": following})
+    return Outcome.event(
+        events.CANARY_FAILED,
+        {"model": model, "reason": result["reason"], "event_id": result.get("event_id", "")},
+        {"canary": {"reason": result["reason"], "event_id": result.get("event_id", ""), "application": application}},
+        error=result["reason"],
+    )
 
 
 def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
@@ -321,17 +526,28 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     manifest = parse(run.manifest)
     gate = spinnaker.GateClient(ctx.settings.gate_url)
     payload = spinnaker.webhook_payload(
-        model=manifest.name, run_id=run_id, reference=ImagePushed.of(event).reference,
+        model=manifest.name,
+        run_id=run_id,
+        reference=ImagePushed.of(event).reference,
         metrics=dict(run.evaluation.metrics) if run.evaluation else {},
-        model_artifact=run.model_artifact.to_dict() if run.model_artifact else {})
+        model_artifact=run.model_artifact.to_dict() if run.model_artifact else {},
+    )
 
     def call() -> dict[str, Any]:
-        return gate.trigger(manifest.webhook_source, manifest.canary_application, payload,
-                            key=secrets.read(ctx.settings.gate_key_secret)).to_dict()
+        return gate.trigger(
+            manifest.webhook_source,
+            manifest.canary_application,
+            payload,
+            key=secrets.read(ctx.settings.gate_key_secret),
+        ).to_dict()
 
     def recover() -> dict[str, Any] | None:
         found = gate.find_execution(manifest.canary_application, run_id)
         return found.to_dict() if found else None
 
-    result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover)
-    ctx.conclude(run_id, canary_started(manifest.name, manifest.canary_application, result))
+    # The webhook's retries and confirmation can take a minute (spinnaker.ATTEMPTS × TIMEOUT): a longer lease.
+    result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover, lease=timedelta(seconds=90))
+    ctx.conclude(
+        run_id,
+        canary_started(manifest.name, manifest.canary_application, result, now(), manifest.canary_deadline_minutes),
+    )

@@ -32,26 +32,34 @@ def read_metrics(text: str | None, artifact: Artifact) -> tuple[dict[str, float]
         doc: Any = json.loads(text)
         metrics = {str(k): float(v) for k, v in doc["metrics"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as bad:
-        return {}, [f"{path.uri} is not {{\"metrics\": {{name: number}}, \"model_sha256\": ...}}: {str(bad)[:200]}"]
+        return {}, [f'{path.uri} is not {{"metrics": {{name: number}}, "model_sha256": ...}}: {str(bad)[:200]}']
     if doc.get("model_sha256") != artifact.sha256:
-        return metrics, [f"{path.uri} describes model {str(doc.get('model_sha256'))[:80]}, not the artifact {artifact.sha256}"]
+        return metrics, [
+            f"{path.uri} describes model {str(doc.get('model_sha256'))[:80]}, not the artifact {artifact.sha256}"
+        ]
     return metrics, []
 
 
-def decide(model: str, artifact: Artifact, metrics_text: str | None, rule: Evaluation,
-           champion: Mapping[str, Any] | None) -> Outcome:
+def decide(
+    model: str, artifact: Artifact, metrics_text: str | None, rule: Evaluation, champion: Mapping[str, Any] | None
+) -> Outcome:
     """evaluation.passed when the metrics are the model's own and pass the gate; evaluation.failed naming why."""
     metrics, problems = read_metrics(metrics_text, artifact)
     decision = evaluation_gate.decide(metrics, rule, champion)
     reasons = problems + list(decision.reasons)
     record = {"evaluation": {"passed": not reasons, "metrics": metrics, "gate": decision.to_dict(), "reasons": reasons}}
     if reasons:
-        return Outcome.event(events.EVALUATION_FAILED,
-                             {"model": model, "metrics": metrics, "gate": decision.to_dict(), "reasons": reasons},
-                             record, error="; ".join(reasons))
-    return Outcome.event(events.EVALUATION_PASSED,
-                         {"model": model, "model_artifact": artifact.to_dict(), "metrics": metrics,
-                          "gate": decision.to_dict()}, record)
+        return Outcome.event(
+            events.EVALUATION_FAILED,
+            {"model": model, "metrics": metrics, "gate": decision.to_dict(), "reasons": reasons},
+            record,
+            error="; ".join(reasons),
+        )
+    return Outcome.event(
+        events.EVALUATION_PASSED,
+        {"model": model, "model_artifact": artifact.to_dict(), "metrics": metrics, "gate": decision.to_dict()},
+        record,
+    )
 
 
 def evaluate(message: PubSubMessage, ctx: Context) -> None:
@@ -63,5 +71,6 @@ def evaluate(message: PubSubMessage, ctx: Context) -> None:
     manifest = parse(run.manifest)
     artifact = TrainingCompleted.of(event).model_artifact
     text = read_text(ctx.storage, metrics_path(artifact))
-    ctx.conclude(event.subject, decide(manifest.name, artifact, text, manifest.evaluation,
-                                       ctx.ledger.champion(manifest.name)))
+    ctx.conclude(
+        event.subject, decide(manifest.name, artifact, text, manifest.evaluation, ctx.ledger.champion(manifest.name))
+    )

@@ -42,21 +42,28 @@ def run_for(event: Event, request: RunRequested, manifest: Manifest) -> RunId:
     """The run a request is for: its scheduled time, else the manifest's latest slot at or before publication."""
     scheduled: datetime = request.scheduled_time or manifest.scheduled_time(event.time)
     if not event.time - PAST_WINDOW <= scheduled <= event.time + FUTURE_WINDOW:
-        raise InvalidEvent("run.requested is scheduled outside the accepted window", [
-            f"scheduled_time {scheduled:%Y-%m-%dT%H:%M:%SZ} is not within {PAST_WINDOW.days} days before and "
-            f"{FUTURE_HOURS} hours after the request ({event.time:%Y-%m-%dT%H:%M:%SZ})"])
+        raise InvalidEvent(
+            "run.requested is scheduled outside the accepted window",
+            [
+                f"scheduled_time {scheduled:%Y-%m-%dT%H:%M:%SZ} is not within {PAST_WINDOW.days} days before and "
+                f"{FUTURE_HOURS} hours after the request ({event.time:%Y-%m-%dT%H:%M:%SZ})"
+            ],
+        )
     run_id = RunId.of(request.model, scheduled)
     if event.subject and event.subject != str(run_id):
-        raise InvalidEvent("run.requested names the wrong run", [
-            f"ce-subject {event.subject[:80]!r} is not the run id {run_id} of model {request.model!r} at {scheduled}"
-        ], run_id=str(run_id))
+        raise InvalidEvent(
+            "run.requested names the wrong run",
+            [f"ce-subject {event.subject[:80]!r} is not the run id {run_id} of model {request.model!r} at {scheduled}"],
+            run_id=str(run_id),
+        )
     return run_id
 
 
 def decide(request: RunRequested, dataset: Dataset) -> Outcome:
     """The snapshot is taken: data.fetched, and the dataset on the run."""
-    return Outcome.event(events.DATA_FETCHED, {"model": request.model, "dataset": dataset.to_dict()},
-                         {"dataset": dataset.to_dict()})
+    return Outcome.event(
+        events.DATA_FETCHED, {"model": request.model, "dataset": dataset.to_dict()}, {"dataset": dataset.to_dict()}
+    )
 
 
 def fetch_data(message: PubSubMessage, ctx: Context) -> None:
@@ -66,8 +73,14 @@ def fetch_data(message: PubSubMessage, ctx: Context) -> None:
     named = event.subject or (str(RunId.of(request.model, request.scheduled_time)) if request.scheduled_time else None)
     manifest = load_manifest(ctx, request.model, named)
     run_id = str(run_for(event, request, manifest))
-    run, created = ctx.ledger.open_run(run_id, model=request.model, scheduled_time=RunId.parse(run_id).scheduled_time,
-                                       trigger=request.trigger, manifest=manifest.raw, event=event)
+    run, created = ctx.ledger.open_run(
+        run_id,
+        model=request.model,
+        scheduled_time=RunId.parse(run_id).scheduled_time,
+        trigger=request.trigger,
+        manifest=manifest.raw,
+        event=event,
+    )
     if run["status"] != "running":
         ctx.info(f"run {run_id} already ended {run['status']}; duplicate request ignored", run_id)
         return

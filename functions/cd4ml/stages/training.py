@@ -37,19 +37,28 @@ def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: Dataset) 
 
     t = manifest.training
     args = list(t.args) + [f"--{name}={value}" for name, value in sorted(t.hyperparameters.items())]
-    env = [types.EnvVar(name=k, value=v) for k, v in {
-        "CD4ML_RUN_ID": run_id, "CD4ML_MODEL": manifest.name,
-        "CD4ML_DATASET_URI": dataset.uri, "CD4ML_DATASET_SHA256": dataset.sha256,
-    }.items()]
+    env = [
+        types.EnvVar(name=k, value=v)
+        for k, v in {
+            "CD4ML_RUN_ID": run_id,
+            "CD4ML_MODEL": manifest.name,
+            "CD4ML_DATASET_URI": dataset.uri,
+            "CD4ML_DATASET_SHA256": dataset.sha256,
+        }.items()
+    ]
     pool = types.WorkerPoolSpec(machine_spec=types.MachineSpec(machine_type=t.machine_type), replica_count=1)
     if t.python_module:
         pool.python_package_spec = types.PythonPackageSpec(
             executor_image_uri=t.executor_image,
             package_uris=[resolve_gcs(u, ctx.settings.artifact_bucket) for u in t.package_uris],
-            python_module=t.python_module, args=args, env=env)
+            python_module=t.python_module,
+            args=args,
+            env=env,
+        )
     else:
-        pool.container_spec = types.ContainerSpec(image_uri=t.container_image, command=list(t.container_command),
-                                                  args=args, env=env)
+        pool.container_spec = types.ContainerSpec(
+            image_uri=t.container_image, command=list(t.container_command), args=args, env=env
+        )
     spec = types.CustomJobSpec(
         worker_pool_specs=[pool],
         base_output_directory=types.GcsDestination(output_uri_prefix=model_dir(ctx, run_id).removesuffix("model/")),
@@ -57,20 +66,35 @@ def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: Dataset) 
     )
     if ctx.settings.training_service_account:
         spec.service_account = ctx.settings.training_service_account
-    return types.CustomJob(display_name=f"cd4ml-{run_id}", job_spec=spec,
-                           labels={RUN_LABEL: run_id, "cd4ml_model": manifest.name})
+    return types.CustomJob(
+        display_name=f"cd4ml-{run_id}", job_spec=spec, labels={RUN_LABEL: run_id, "cd4ml_model": manifest.name}
+    )
 
 
 def submitted(run_id: str, model_dir_uri: str, dataset: Dataset, result: dict[str, Any], model: str) -> Outcome:
     """The job was created (training.submitted, the job in flight) or Vertex refused it (training.failed)."""
     if result["refused"]:
-        return Outcome.event(events.TRAINING_FAILED, {"model": model, "state": "NOT_SUBMITTED", "error": result["refused"]},
-                             {"training": {"job": "", "state": "NOT_SUBMITTED", "active": False, "error": result["refused"]}},
-                             error=result["refused"])
-    return Outcome.event(events.TRAINING_SUBMITTED, {
-        "model": model, "job": result["job"], "dataset_sha256": dataset.sha256, "model_dir": model_dir_uri,
-    }, {"training.job": result["job"], "training.state": "JOB_STATE_QUEUED", "training.active": True,
-        "training.submitted_at": format_time(now())})
+        return Outcome.event(
+            events.TRAINING_FAILED,
+            {"model": model, "state": "NOT_SUBMITTED", "error": result["refused"]},
+            {"training": {"job": "", "state": "NOT_SUBMITTED", "active": False, "error": result["refused"]}},
+            error=result["refused"],
+        )
+    return Outcome.event(
+        events.TRAINING_SUBMITTED,
+        {
+            "model": model,
+            "job": result["job"],
+            "dataset_sha256": dataset.sha256,
+            "model_dir": model_dir_uri,
+        },
+        {
+            "training.job": result["job"],
+            "training.state": "JOB_STATE_QUEUED",
+            "training.active": True,
+            "training.submitted_at": format_time(now()),
+        },
+    )
 
 
 def finished(run: Run, state: str, artifact: Artifact | None, problem: str) -> Outcome:
@@ -80,16 +104,22 @@ def finished(run: Run, state: str, artifact: Artifact | None, problem: str) -> O
     """
     training = run.training or Training()
     if state not in FINISHED:
-        return Outcome.nothing(f"training job {training.job} {state}",
-                               {"training.state": state} if state != training.state else None)
+        return Outcome.nothing(
+            f"training job {training.job} {state}", {"training.state": state} if state != training.state else None
+        )
     if state == "JOB_STATE_SUCCEEDED" and artifact is not None:
-        return Outcome.event(events.TRAINING_COMPLETED,
-                             {"model": run.model, "job": training.job, "model_artifact": artifact.to_dict()},
-                             {"training.state": state, "training.active": False, "model_artifact": artifact.to_dict()})
+        return Outcome.event(
+            events.TRAINING_COMPLETED,
+            {"model": run.model, "job": training.job, "model_artifact": artifact.to_dict()},
+            {"training.state": state, "training.active": False, "model_artifact": artifact.to_dict()},
+        )
     error = problem or f"job ended {state}"
-    return Outcome.event(events.TRAINING_FAILED, {"model": run.model, "job": training.job, "state": state, "error": error},
-                         {"training.state": state, "training.active": False, "training.error": error},
-                         error=f"training job {training.job} ended {state}: {error}")
+    return Outcome.event(
+        events.TRAINING_FAILED,
+        {"model": run.model, "job": training.job, "state": state, "error": error},
+        {"training.state": state, "training.active": False, "training.error": error},
+        error=f"training job {training.job} ended {state}: {error}",
+    )
 
 
 def submit_training(message: PubSubMessage, ctx: Context) -> None:
@@ -106,16 +136,24 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
 
     def create() -> dict[str, Any]:
         try:
-            job = ctx.jobs.create_custom_job(parent=ctx.settings.location,
-                                             custom_job=custom_job(ctx, run_id, manifest, dataset))
-        except (exceptions.InvalidArgument, exceptions.FailedPrecondition, exceptions.PermissionDenied,
-                exceptions.NotFound) as refused:
+            job = ctx.jobs.create_custom_job(
+                parent=ctx.settings.location, custom_job=custom_job(ctx, run_id, manifest, dataset)
+            )
+        except (
+            exceptions.InvalidArgument,
+            exceptions.FailedPrecondition,
+            exceptions.PermissionDenied,
+            exceptions.NotFound,
+        ) as refused:
             return {"job": "", "refused": f"Vertex AI refused the job: {refused.message}"}
         return {"job": job.name, "refused": ""}
 
     def find() -> dict[str, Any] | None:
-        found = list(ctx.jobs.list_custom_jobs(request={
-            "parent": ctx.settings.location, "filter": f'labels.{RUN_LABEL}="{run_id}"'}))
+        found = list(
+            ctx.jobs.list_custom_jobs(
+                request={"parent": ctx.settings.location, "filter": f'labels.{RUN_LABEL}="{run_id}"'}
+            )
+        )
         return {"job": found[0].name, "refused": ""} if found else None
 
     result, _ = ctx.ledger.once(run_id, "training-job", create, recover=find)
@@ -131,8 +169,10 @@ def watch_training(message: PubSubMessage, ctx: Context) -> None:
         try:
             _check(ctx, Run.from_document(doc))
         except (RetryableError, GoogleAPICallError) as trouble:
-            ctx.log.warning(f"could not read training job; next tick retries: {trouble}",
-                            extra={"stage": ctx.settings.stage, "run_id": doc.get("run_id")})
+            ctx.log.warning(
+                f"could not read training job; next tick retries: {trouble}",
+                extra={"stage": ctx.settings.stage, "run_id": doc.get("run_id")},
+            )
     end_stale_runs(ctx)
 
 
@@ -180,8 +220,10 @@ def model_artifact(ctx: Context, run_id: str) -> Artifact:
 
 def the_model(prefix: GcsPath, names: list[str]) -> str:
     """The one ``model.*`` object under ``prefix``; PermanentError naming what was found otherwise."""
-    models = [n for n in names if n[len(prefix.name):].startswith("model.")]
+    models = [n for n in names if n[len(prefix.name) :].startswith("model.")]
     if len(models) != 1:
-        raise PermanentError(f"the trainer must leave exactly one model.* file in {prefix.uri}",
-                             [f"found {', '.join(n[len(prefix.name):] for n in names) or 'nothing'}"])
+        raise PermanentError(
+            f"the trainer must leave exactly one model.* file in {prefix.uri}",
+            [f"found {', '.join(n[len(prefix.name) :] for n in names) or 'nothing'}"],
+        )
     return models[0]

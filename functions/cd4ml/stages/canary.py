@@ -1,0 +1,180 @@
+"""watch_canary and promote: a run ends only when production has proven its model.
+
+watch_canary: on each tick, per run whose canary is active, read the Spinnaker execution (Gate
+``GET /pipelines/{id}``) → decide (``verdict``: succeeded, failed naming the stage, or past the deadline) →
+conclude. promote: canary.succeeded → act once (move the registry alias to the image digest) → decide
+(``promotion``) → conclude: the run succeeds and its model becomes the champion in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from cd4ml import events
+from cd4ml.errors import PermanentError, RetryableError
+from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
+from cd4ml.manifest import parse
+from cd4ml.outcome import Outcome
+from cd4ml.run import Canary, Run
+from cd4ml.runtime import Context, active_run
+
+#: Orca's ExecutionStatus values that end an execution without success (a pipeline never ends FAILED_CONTINUE).
+FAILED = ("TERMINAL", "CANCELED", "STOPPED")
+SUCCEEDED = "SUCCEEDED"
+
+
+def failing_stage(execution: Mapping[str, Any]) -> str:
+    """The name of the first stage that ended the execution (TERMINAL, CANCELED, STOPPED), or ``""``."""
+    for stage in execution.get("stages") or []:
+        if isinstance(stage, Mapping) and stage.get("status") in FAILED:
+            return str(stage.get("name") or stage.get("type") or "")
+    return ""
+
+
+def verdict(run: Run, execution: Mapping[str, Any] | None, at: datetime, champion: Mapping[str, Any] | None) -> Outcome:
+    """canary.succeeded, canary.failed (the stage that failed or was canceled, or the deadline), or nothing yet."""
+    canary = run.canary or Canary()
+    status = str((execution or {}).get("status") or "")
+    previous = {
+        "previous_run_id": str((champion or {}).get("run_id") or ""),
+        "previous_digest": str((champion or {}).get("digest") or ""),
+    }
+    ended = {"canary.active": False, "canary.status": status, "canary.ended_at": format_time(at)}
+    if status == SUCCEEDED:
+        return Outcome.event(
+            events.CANARY_SUCCEEDED,
+            {
+                "model": run.model,
+                "execution_id": canary.execution_id,
+                "application": canary.application,
+                "pipeline": canary.pipeline,
+            },
+            {**ended, "canary.verdict": "succeeded"},
+        )
+    if status in FAILED:
+        stage = failing_stage(execution or {})
+        reason = (
+            f"Spinnaker execution {canary.execution_id} of {canary.pipeline or 'the canary pipeline'} ended "
+            f"{status}" + (f" at stage {stage!r}" if stage else "")
+        )
+        return Outcome.event(
+            events.CANARY_FAILED,
+            {
+                "model": run.model,
+                "reason": reason,
+                "event_id": canary.event_id,
+                "execution_id": canary.execution_id,
+                "stage": stage,
+                "status": status,
+                **previous,
+            },
+            {**ended, "canary.verdict": "failed", "canary.stage": stage, "canary.reason": reason},
+            error=reason,
+        )
+    if canary.deadline and at >= parse_time(canary.deadline):
+        reason = (
+            f"Spinnaker execution {canary.execution_id} had not ended by its deadline {canary.deadline} "
+            f"(still {status or 'unknown'}); champion and alias unchanged"
+        )
+        return Outcome.event(
+            events.CANARY_FAILED,
+            {
+                "model": run.model,
+                "reason": reason,
+                "event_id": canary.event_id,
+                "execution_id": canary.execution_id,
+                "status": "DEADLINE",
+                **previous,
+            },
+            {**ended, "canary.status": "DEADLINE", "canary.verdict": "failed", "canary.reason": reason},
+            error=reason,
+        )
+    return Outcome.nothing(
+        f"canary execution {canary.execution_id} {status or 'not readable yet'}",
+        {"canary.status": status} if status and status != canary.status else None,
+    )
+
+
+def watch_canary(message: PubSubMessage, ctx: Context) -> None:
+    """On a tick, follow every active canary; one execution's trouble does not stop the others."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    from cd4ml import spinnaker
+
+    Event.from_message(message, [events.WATCH_TICKED])
+    gate = spinnaker.GateClient(ctx.settings.gate_url)
+    for doc in ctx.ledger.in_flight_canaries():
+        run = Run.from_document(doc)
+        if run.ended:
+            continue
+        try:
+            execution: Mapping[str, Any] | None = gate.execution((run.canary or Canary()).execution_id)
+        except RetryableError as trouble:
+            ctx.log.warning(str(trouble), extra={"stage": ctx.settings.stage, "run_id": run.run_id})
+            execution = None  # the deadline still applies while Gate cannot be read
+        try:
+            outcome = verdict(run, execution, now(), ctx.ledger.champion(run.model))
+            if outcome.emit is None:
+                if outcome.record:
+                    ctx.ledger.record(run.run_id, fields=outcome.record)
+                continue
+            ctx.conclude(run.run_id, outcome)
+        except (RetryableError, GoogleAPICallError) as trouble:
+            ctx.log.warning(
+                f"could not record the canary; next tick retries: {trouble}",
+                extra={"stage": ctx.settings.stage, "run_id": run.run_id},
+            )
+
+
+def promotion(run: Run, alias: str, champion: Mapping[str, Any] | None, moved_at: str) -> Outcome:
+    """model.promoted: the alias points at the run's image; the record keeps the champion it replaced."""
+    reference, digest = run.image.reference, run.image.digest
+    previous = {
+        "previous_run_id": str((champion or {}).get("run_id") or ""),
+        "previous_digest": str((champion or {}).get("digest") or ""),
+    }
+    record = {"alias": alias, "reference": reference, "digest": digest, **previous, "at": moved_at}
+    return Outcome.event(
+        events.MODEL_PROMOTED,
+        {"model": run.model, "alias": alias, "reference": reference, "digest": digest, **previous},
+        {"promotion": record},
+    )
+
+
+def promote(message: PubSubMessage, ctx: Context) -> None:
+    """canary.succeeded → the alias moves to the image digest (once), then model.promoted: the run succeeds."""
+    from cd4ml import registry
+
+    event = Event.from_message(message, [events.CANARY_SUCCEEDED])
+    run = active_run(ctx, event)
+    if run is None:
+        return
+    if not run.image.reference or "@sha256:" not in run.image.reference:
+        raise PermanentError(f"run {run.run_id} has no pushed image to promote", run_id=run.run_id)
+    alias = parse(run.manifest).alias
+    repo = registry.Repository.of(run.image.reference, ctx.settings.registry_api)
+    client = registry.RegistryClient(
+        token=None if ctx.settings.registry_api.startswith("http://") else registry.adc_token
+    )
+    champion = ctx.ledger.champion(run.model)  # read before this run replaces it
+
+    def move() -> dict[str, Any]:
+        client.tag(repo, run.image.digest, alias)
+        return {
+            "at": format_time(now()),
+            "previous_run_id": str((champion or {}).get("run_id") or ""),
+            "previous_digest": str((champion or {}).get("digest") or ""),
+        }
+
+    def moved() -> dict[str, Any] | None:
+        return None  # a tag move is idempotent: doing it again after a crash changes nothing
+
+    result, _ = ctx.ledger.once(run.run_id, "promotion", move, recover=moved)
+    before = (
+        {"run_id": result["previous_run_id"], "digest": result["previous_digest"]}
+        if result["previous_run_id"]
+        else None
+    )
+    ctx.conclude(run.run_id, promotion(run, alias, before, result["at"]))

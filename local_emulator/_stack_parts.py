@@ -1,0 +1,329 @@
+"""Starting the parts of the local stack: emulators, IAM proxy, stand-ins, functions, scheduler; pushing models.
+
+``local_emulator.stack.up`` calls these in order; each records its processes' pids on the Stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets as random_secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cd4ml import catalog
+from local_emulator import iam_proxy, processes
+from local_emulator.stack import (
+    ARTIFACT_BUCKET,
+    DATA_BUCKET,
+    FUNCTIONS_DIR,
+    GCLOUD_PLATFORM,
+    PROJECT,
+    REPO,
+    Stack,
+    _base_env,
+    _child_env,
+    _emulator_env,
+    _gate_key_file,
+    _http_ok,
+    stage_env,
+)
+from local_emulator.topology import Topology, create_topics, plan, subscribe
+
+
+def _start_services(stack: Stack) -> None:
+    env = _base_env()
+    ports = {name: processes.free_port() for name in ("pubsub", "firestore", "storage", "vertex", "registry")}
+    stack.endpoints.update(
+        {
+            "pubsub": f"127.0.0.1:{ports['pubsub']}",
+            "firestore": f"127.0.0.1:{ports['firestore']}",
+            "storage": f"http://127.0.0.1:{ports['storage']}",
+            "vertex": f"127.0.0.1:{ports['vertex']}",
+            "project": PROJECT,
+            "registry": f"127.0.0.1:{ports['registry']}",  # chosen now: Vertex runs container jobs from it
+        }
+    )
+    stack.start(
+        "pubsub",
+        [
+            str(GCLOUD_PLATFORM / "pubsub-emulator/bin/cloud-pubsub-emulator"),
+            "--host=127.0.0.1",
+            f"--port={ports['pubsub']}",
+        ],
+        env,
+    )
+    stack.start(
+        "firestore",
+        [
+            str(GCLOUD_PLATFORM / "cloud-firestore-emulator/cloud_firestore_emulator"),
+            "start",
+            "--host=127.0.0.1",
+            f"--port={ports['firestore']}",
+        ],
+        env,
+    )
+    stack.start(
+        "storage",
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--host=127.0.0.1",
+            f"--port={ports['storage']}",
+            "--in-memory",
+        ],
+        env,
+    )
+    iam_argv, stack.endpoints["identities"] = iam_proxy.command(
+        PROJECT, DATA_BUCKET, ARTIFACT_BUCKET, stack.endpoints["pubsub"], stack.endpoints["storage"]
+    )
+    stack.start("iam", iam_argv, _child_env(stack, emulators=False))
+    # Trainers (and their package downloads) act as the training service account.
+    vertex_env = {
+        **_child_env(stack),
+        "STORAGE_EMULATOR_HOST": stack.endpoints["identities"]["training"]["STORAGE_EMULATOR_HOST"],
+    }
+    stack.start(
+        "vertex",
+        [
+            sys.executable,
+            "-m",
+            "local_emulator.vertex",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports["vertex"]),
+            "--state-dir",
+            str(stack.root / "vertex"),
+            "--registry",
+            stack.endpoints["registry"],
+        ],
+        vertex_env,
+    )
+    stack.wait("pubsub", _http_ok(f"http://127.0.0.1:{ports['pubsub']}/v1/projects/{PROJECT}/topics"))
+    stack.wait("firestore", _http_ok(f"http://127.0.0.1:{ports['firestore']}/"))
+    stack.wait("storage", _http_ok(f"http://127.0.0.1:{ports['storage']}/storage/v1/b?project={PROJECT}"))
+    stack.wait("vertex", lambda: processes.port_open(ports["vertex"]))
+    stack.wait("iam", lambda: iam_proxy.ready(stack.endpoints["identities"]))
+    _set_client_env(stack)
+    from google.api_core.exceptions import Conflict
+
+    from cd4ml import clients
+
+    storage = clients.storage_client(_cli_settings())
+    for bucket in (DATA_BUCKET, ARTIFACT_BUCKET):
+        with contextlib.suppress(Conflict):
+            storage.create_bucket(bucket)
+
+
+def gate_config(manifests: list[Any], key: str) -> dict[str, Any]:
+    """The Gate stand-in's pipelines: one canary pipeline per model, triggered by its webhook and the key."""
+    return {
+        "pipelines": [
+            {
+                "application": m.canary_application,
+                "name": m.canary_pipeline or f"{m.name}-canary",
+                "triggers": [
+                    {
+                        "type": "webhook",
+                        "source": m.webhook_source,
+                        "enabled": True,
+                        "payloadConstraints": {"cd4ml_key": f"^{key}$", "model": f"^{m.name}$"},
+                    }
+                ],
+            }
+            for m in manifests
+        ]
+    }
+
+
+def _start_delivery(stack: Stack, folders: list[Path]) -> None:
+    """The OCI registry (and its gcr bridge), the Cloud Build stand-in and the Spinnaker Gate stand-in."""
+
+    from cd4ml_cli import models
+
+    env = _child_env(stack)
+    ports = {name: processes.free_port() for name in ("cloudbuild", "gate")}
+    ports["registry"] = (
+        int(stack.endpoints["registry"].rsplit(":", 1)[1]) if "registry" in stack.endpoints else processes.free_port()
+    )
+    stack.endpoints.update(
+        {
+            "registry": f"127.0.0.1:{ports['registry']}",
+            "cloudbuild": f"127.0.0.1:{ports['cloudbuild']}",
+            "gate": f"http://127.0.0.1:{ports['gate']}",
+        }
+    )
+    key_file = _gate_key_file(stack)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = random_secrets.token_hex(16)
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    config = stack.root / "gate" / "pipelines.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(gate_config([models.read(f) for f in folders], key), indent=2))
+    common = ["--host", "127.0.0.1"]
+    stack.start(
+        "registry",
+        [
+            sys.executable,
+            "-m",
+            "local_emulator.registry",
+            *common,
+            "--port",
+            str(ports["registry"]),
+            "--state-dir",
+            str(stack.root / "registry"),
+            "--project",
+            PROJECT,
+        ],
+        env,
+    )
+    stack.start(
+        "cloudbuild",
+        [
+            sys.executable,
+            "-m",
+            "local_emulator.cloudbuild",
+            *common,
+            "--port",
+            str(ports["cloudbuild"]),
+            "--state-dir",
+            str(stack.root / "cloudbuild"),
+            "--project",
+            PROJECT,
+        ],
+        {**env, "STORAGE_EMULATOR_HOST": stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]},
+    )
+    start_gate(stack)
+    stack.wait("registry", _http_ok(f"http://127.0.0.1:{ports['registry']}/v2/"))
+    # The Cloud Build stand-in opens its port once its base image is ready: minutes on a cold cache.
+    stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]), timeout=300)
+
+
+def start_gate(stack: Stack) -> None:
+    """(Re)start the Spinnaker Gate stand-in on its port, with the pipelines written by ``up``."""
+    port = int(stack.endpoints["gate"].rsplit(":", 1)[1])
+    env = _child_env(stack, emulators=False)
+    stack.start(
+        "gate",
+        [
+            sys.executable,
+            "-m",
+            "local_emulator.spinnaker_gate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(stack.root / "gate"),
+            "--config",
+            str(stack.root / "gate" / "pipelines.json"),
+        ],
+        env,
+    )
+    stack.wait("gate", _http_ok(f"http://127.0.0.1:{port}/health"))
+
+
+def _apply_topology(stack: Stack, topology: Topology) -> None:
+    """Create every topic now; push subscriptions wait for their functions (see _start_functions)."""
+    create_topics(PROJECT, topology)
+    stack.endpoints["topology"] = [s.name for s in topology.subscriptions]
+
+
+def _start_functions(stack: Stack, supervised: bool = False) -> None:
+    """One functions-framework server per stage; ``supervised``: behind local_emulator.supervisor (restarts)."""
+    cat = catalog.load()
+    ports = {stage.name: processes.free_port() for stage in cat.stages}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    argv = {
+        stage.name: [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            stage.name,
+            "--source",
+            str(FUNCTIONS_DIR / "main.py"),
+            "--signature-type",
+            "cloudevent",
+            "--host",
+            "127.0.0.1",
+        ]
+        for stage in cat.stages
+    }
+    if supervised:
+        spec = stack.root / "supervisor.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "log_dir": str(stack.logs),
+                    "functions": {
+                        name: {"port": ports[name], "argv": argv[name], "env": stage_env(stack, name)} for name in ports
+                    },
+                }
+            )
+        )
+        stack.start(
+            "fn-supervisor",
+            [sys.executable, "-m", "local_emulator.supervisor", "--spec", str(spec)],
+            _child_env(stack, emulators=False, path=(REPO,)),
+        )
+    for name in ports:
+        if not supervised:
+            stack.start(f"fn-{name}", [*argv[name], "--port", str(ports[name])], stage_env(stack, name))
+    for name, port in ports.items():
+        stack.wait("fn-supervisor" if supervised else f"fn-{name}", lambda p=port: processes.port_open(p))  # type: ignore[misc]
+    stack.endpoints["functions"] = urls
+    subscribe(PROJECT, plan(cat), urls)
+    stack.save()
+
+
+def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> None:
+    """What Terraform's Cloud Scheduler jobs publish, for exactly the models this stack was started with."""
+    env = _child_env(stack)
+    argv = [sys.executable, "-m", "local_emulator.scheduler", "--project", PROJECT, "--tick-seconds", str(tick_seconds)]
+    for folder in folders:
+        argv += ["--manifest", str(folder / "manifest.yaml")]
+    stack.start("scheduler", argv, env)
+
+
+def push_model(stack: Stack, folder: Path) -> str:
+    """Push a model folder to the stack and seed its source data (``seed_data.py``, local convention)."""
+    from cd4ml_cli import models
+
+    from cd4ml import clients
+    from cd4ml.manifest import resolve_gcs
+
+    _set_client_env(stack)
+    storage = clients.storage_client(_cli_settings())
+    pushed = models.push(storage, folder, ARTIFACT_BUCKET)
+    seeder = folder / "seed_data.py"
+    if seeder.is_file():
+        source = resolve_gcs(pushed.manifest.data_source, DATA_BUCKET)
+        bucket, _, prefix = source[5:].partition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, str(seeder), tmp], check=True, capture_output=True)
+            for file in sorted(Path(tmp).rglob("*")):
+                if file.is_file():
+                    name = prefix.rstrip("/") + "/" + str(file.relative_to(tmp))
+                    storage.bucket(bucket).blob(name).upload_from_filename(str(file))
+    return pushed.manifest.name
+
+
+def _set_client_env(stack: Stack) -> None:
+    os.environ.update(_emulator_env(stack))
+
+
+def _cli_settings() -> Any:
+    from cd4ml.settings import Settings
+
+    return Settings.from_env(
+        {"CD4ML_PROJECT": PROJECT, "CD4ML_DATA_BUCKET": DATA_BUCKET, "CD4ML_ARTIFACT_BUCKET": ARTIFACT_BUCKET}
+    )

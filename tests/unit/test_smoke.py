@@ -1,0 +1,339 @@
+"""The smoke test in the build: the checker's verdicts against a tiny in-process server, and on_build's reading
+of Cloud Build's result (``results.buildStepOutputs``: bytes, base64 in the Build's JSON, one entry per step in
+step order; cloudbuild.proto Results.build_step_outputs)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cd4ml import events, smoke
+from cd4ml.events import PubSubMessage
+from cd4ml.run import Run
+from cd4ml.stages import delivery
+
+SHA = "ab" * 32
+SMOKE_PY = Path(smoke.__file__)
+
+
+class _Model(BaseHTTPRequestHandler):
+    """/health reports a sha256; /predict answers the sum of each instance modulo 10, after ``delay`` seconds."""
+
+    sha256 = SHA
+    delay = 0.0
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._reply(200, {"status": "ok", "model_sha256": type(self).sha256})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        threading.Event().wait(type(self).delay)
+        self._reply(200, {"predictions": [sum(row) % 10 for row in body["instances"]]})
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, type[_Model]]]:
+    handler = type("Model", (_Model,), {})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _golden(labels: list[int]) -> list[smoke.Golden]:
+    """Requests whose right answer is the label (one pixel holding it)."""
+    return [
+        smoke.Golden(n, {"instances": [[label, 0, 0]]}, {"predictions": [label]}) for n, label in enumerate(labels, 1)
+    ]
+
+
+def _options(port: int, golden: list[smoke.Golden], **changes: Any) -> smoke.Options:
+    values: dict[str, Any] = {"min_agreement": 0.9, "latency_ms": 2000.0, "startup_seconds": 2.0} | changes
+    return smoke.Options(
+        golden, SHA, values["min_agreement"], values["latency_ms"], port, "/health", values["startup_seconds"]
+    )
+
+
+def test_a_model_that_agrees_passes_with_its_numbers(server: tuple[int, type[_Model]]) -> None:
+    port, _ = server
+    result = smoke.check(_options(port, _golden([1, 2, 3, 4])))
+    assert result["passed"] is True and result["failed"] == [] and result["reason"] == ""
+    assert result["checks"] == {"health": True, "sha256": True, "agreement": True, "latency": True}
+    assert (result["agreed"], result["requests"], result["agreement"]) == (4, 4, 1.0)
+    assert 0 < result["latency_p50_ms"] <= result["latency_max_ms"] < 2000
+    assert result["health_sha256"] == SHA
+
+
+def test_disagreement_below_the_minimum_names_the_check_and_the_numbers(server: tuple[int, type[_Model]]) -> None:
+    port, _ = server
+    golden = [*_golden([1, 2, 3, 4]), smoke.Golden(5, {"instances": [[5, 0, 0]]}, {"predictions": [6]})]
+    result = smoke.check(_options(port, golden))
+    assert result["passed"] is False and result["failed"] == ["agreement"]
+    assert result["reason"] == "agreement: 0.80 < min_agreement 0.9 (4/5 golden requests agreed)"
+    assert result["failures"] == ['line 5: expected {"predictions": [6]}, got 200 {"predictions": [5]}']
+    assert smoke.check(_options(port, golden, min_agreement=0.8))["passed"] is True
+
+
+def test_a_server_reporting_another_model_fails_the_sha256_check(server: tuple[int, type[_Model]]) -> None:
+    port, handler = server
+    handler.sha256 = "cd" * 32
+    result = smoke.check(_options(port, _golden([1])))
+    assert result["failed"] == ["sha256"] and result["checks"]["agreement"] is True
+    assert f"reports model_sha256 '{'cd' * 32}', not the model's {SHA}" in result["reason"]
+
+
+def test_a_slow_request_fails_the_latency_budget(server: tuple[int, type[_Model]]) -> None:
+    port, handler = server
+    handler.delay = 0.3
+    result = smoke.check(_options(port, _golden([1, 2]), latency_ms=100.0))
+    assert result["failed"] == ["latency"] and result["latency_max_ms"] >= 300
+    assert result["reason"].startswith(f"latency: max {result['latency_max_ms']} ms > budget 100.0 ms")
+
+
+def test_no_health_answer_fails_every_check_with_the_servers_last_words() -> None:
+    result = smoke.check(_options(9, _golden([1]), startup_seconds=0.3), server_log=lambda: "ImportError: joblib")
+    assert result["passed"] is False and result["failed"] == list(smoke.CHECKS)
+    assert result["reason"].startswith("health: /health did not answer 200 within 0.3 s")
+    assert result["reason"].endswith("server output: ImportError: joblib")
+    exited = smoke.check(_options(9, _golden([1])), server_exited=lambda: 3)
+    assert exited["reason"].startswith("health: the server exited with code 3 before /health answered")
+
+
+def test_responses_match_by_the_expected_part() -> None:
+    assert smoke.matches({"predictions": [1]}, {"predictions": [1], "model": "x"})
+    assert not smoke.matches({"predictions": [1]}, {"predictions": [1, 2]})
+    assert smoke.matches({"p": 0.1 + 0.2}, {"p": 0.3}) and not smoke.matches({"p": 0.3}, {"p": 0.31})
+    assert not smoke.matches({"ok": True}, {"ok": 1}) and not smoke.matches(1, "1")
+
+
+def test_golden_files_are_checked_line_by_line() -> None:
+    assert [g.line for g in smoke.read_golden('{"request": 1, "expected": 2}\n\n{"request": 3, "expected": 4}\n')] == [
+        1,
+        3,
+    ]
+    with pytest.raises(ValueError, match=r"line 1: not JSON .*; line 2: expected an object with exactly"):
+        smoke.read_golden('{nope\n{"request": 1}\n')
+    with pytest.raises(ValueError, match="no golden requests"):
+        smoke.read_golden("\n")
+
+
+def test_the_digits_golden_set_is_valid_and_held_out() -> None:
+    golden = smoke.read_golden(
+        (Path(__file__).resolve().parents[2] / "examples/digits/serving/smoke.jsonl").read_text()
+    )
+    assert len(golden) == 40 and all(len(g.request["instances"][0]) == 64 for g in golden)
+
+
+def test_the_script_serves_checks_and_writes_builder_output(tmp_path: Path) -> None:
+    """As the build step runs it: start the command, check, write R and $BUILDER_OUTPUT/output, exit 0; then
+    ``verdict`` exits 1 with the reason."""
+    model = tmp_path / "serve.py"
+    model.write_text(
+        "import http.server, json, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(json.dumps({'model_sha256': '"
+        + SHA
+        + "'}).encode())\n"
+        "    def do_POST(self):\n"
+        "        self.rfile.read(int(self.headers['Content-Length']))\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{\"predictions\": [7]}')\n"
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+    )
+    golden = tmp_path / "g.jsonl"
+    golden.write_text(
+        '{"request": {"instances": [[1]]}, "expected": {"predictions": [7]}}\n'
+        '{"request": {"instances": [[2]]}, "expected": {"predictions": [2]}}\n'
+    )
+    from local_emulator import processes
+
+    port = processes.free_port()
+    outputs = tmp_path / "outputs"
+    check = [
+        sys.executable,
+        str(SMOKE_PY),
+        "check",
+        "--golden",
+        str(golden),
+        "--model-sha256",
+        SHA,
+        "--min-agreement",
+        "0.9",
+        "--latency-ms",
+        "5000",
+        "--port",
+        str(port),
+        "--startup-seconds",
+        "20",
+        "--result",
+        str(tmp_path / "r.json"),
+        "--",
+        sys.executable,
+        str(model),
+    ]
+    done = subprocess.run(check, env={"BUILDER_OUTPUT": str(outputs)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((outputs / "output").read_text())
+    assert result == json.loads((tmp_path / "r.json").read_text())
+    assert result["failed"] == ["agreement"] and result["agreed"] == 1
+    verdict = subprocess.run(
+        [sys.executable, str(SMOKE_PY), "verdict", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=30
+    )
+    assert verdict.returncode == 1
+    assert "smoke test failed: agreement: 0.50 < min_agreement 0.9 (1/2 golden requests agreed)" in verdict.stderr
+    assert not processes.port_open(port), "the server outlived the check"
+
+
+# --- on_build ------------------------------------------------------------------------------------------------
+
+
+def _notice(status: str, result: dict[str, Any] | None, failed: str = "") -> PubSubMessage:
+    steps = [
+        {"name": "gcr.io/cloud-builders/docker", "status": "SUCCESS"},
+        {"name": "r/digits:x", "id": delivery.SMOKE_STEP, "status": "SUCCESS"},
+        {"name": "r/digits:x", "id": delivery.VERDICT_STEP, "status": failed or "SUCCESS"},
+    ]
+    outputs = ["", base64.b64encode(json.dumps(result).encode()).decode() if result else "", ""]
+    build = {
+        "id": "b1",
+        "status": status,
+        "tags": ["cd4ml-run-digits-20260101t000000z"],
+        "images": ["r/digits:x"],
+        "steps": steps,
+        "results": {
+            "buildStepOutputs": outputs,
+            **({"images": [{"name": "r/digits:x", "digest": "sha256:" + "1" * 64}]} if status == "SUCCESS" else {}),
+        },
+        "logUrl": "https://log",
+        "failureInfo": {
+            "detail": 'Build step failure: build step 2 "r/digits:x" failed: step exited with non-zero status: 1'
+        },
+    }
+    return PubSubMessage(
+        message_id="m1",
+        publish_time=datetime(2030, 1, 1, tzinfo=UTC),
+        attributes={"buildId": "b1", "status": status},
+        data=json.dumps(build).encode(),
+    )
+
+
+def _run() -> Run:
+    return Run.from_document(
+        {"run_id": "digits-20260101t000000z", "model": "digits", "status": "running", "events": []}
+    )
+
+
+PASSED: dict[str, Any] = {
+    "passed": True,
+    "checks": dict.fromkeys(smoke.CHECKS, True),
+    "failed": [],
+    "reason": "",
+    "agreed": 39,
+    "requests": 40,
+    "agreement": 0.975,
+    "min_agreement": 0.9,
+    "latency_p50_ms": 12.5,
+    "latency_max_ms": 40.1,
+    "latency_budget_ms": 2000,
+    "health_sha256": SHA,
+    "expected_sha256": SHA,
+    "failures": [],
+    "startup_ms": 900.0,
+}
+
+
+def test_a_build_that_passed_its_smoke_test_records_it() -> None:
+    outcome = delivery.build_reported(delivery.BuildNotice.of(_notice("SUCCESS", PASSED)), _run())
+    assert outcome.type == events.IMAGE_BUILT
+    assert outcome.record["smoke"] == PASSED
+
+
+def test_a_failed_smoke_test_names_the_check_and_the_numbers_in_image_failed() -> None:
+    failed = PASSED | {
+        "passed": False,
+        "failed": ["agreement"],
+        "agreed": 0,
+        "agreement": 0.0,
+        "checks": PASSED["checks"] | {"agreement": False},
+        "reason": "agreement: 0.00 < min_agreement 0.9 (0/40 golden requests agreed)",
+    }
+    outcome = delivery.build_reported(delivery.BuildNotice.of(_notice("FAILURE", failed, "FAILURE")), _run())
+    assert outcome.type == events.IMAGE_FAILED
+    assert outcome.data["failed_checks"] == ["agreement"]
+    assert outcome.error == (
+        "Cloud Build b1 ended FAILURE: smoke test failed: agreement: 0.00 < min_agreement 0.9 "
+        "(0/40 golden requests agreed) (log: https://log)"
+    )
+    assert outcome.record["smoke"]["passed"] is False and outcome.record["smoke"]["agreement"] == 0.0
+
+
+def test_a_failed_smoke_step_without_its_result_still_says_so() -> None:
+    """Cloud Build documents no buildStepOutputs for a failed build: the step is named, the log pointed at."""
+    outcome = delivery.build_reported(delivery.BuildNotice.of(_notice("FAILURE", None, "FAILURE")), _run())
+    assert outcome.error is not None
+    assert f"smoke test failed in step {delivery.VERDICT_STEP} (no result returned; see the log)" in outcome.error
+    assert "smoke" not in outcome.record and "failed_checks" not in outcome.data
+
+
+def test_outputs_that_are_not_a_smoke_result_are_ignored() -> None:
+    message = _notice("SUCCESS", None)
+    build = json.loads(message.data)
+    build["results"]["buildStepOutputs"][1] = base64.b64encode(b"[1, 2]").decode()
+    assert delivery.smoke_result(build) is None
+    build["results"]["buildStepOutputs"][1] = "%%%"
+    assert delivery.smoke_result(build) is None
+    build["results"]["buildStepOutputs"] = []
+    assert delivery.smoke_result(build) is None
+    odd = PASSED | {"agreed": "39", "failures": ["x" * 1000] * 20}
+    build["results"]["buildStepOutputs"] = ["", base64.b64encode(json.dumps(odd).encode()).decode()]
+    kept = delivery.smoke_result(build)
+    assert kept is not None and "agreed" not in kept and len(kept["failures"]) == 10
+
+
+def test_the_manifest_refuses_a_golden_file_the_build_would_not_receive(tmp_path: Path) -> None:
+    """The build context is the serving folder (pushed by `cd4ml model push`): the golden file must be in it, and
+    valid before it is pushed."""
+    import shutil
+
+    import yaml
+    from cd4ml_cli import models
+
+    from cd4ml.errors import InvalidManifest
+
+    folder = tmp_path / "digits"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "digits", folder)
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    assert models.read(folder).smoke is not None
+    manifest["serving"]["smoke"]["requests"] = "golden.jsonl"
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(InvalidManifest, match=r"golden\.jsonl is not inside the serving folder"):
+        models.read(folder)
+    manifest["serving"]["smoke"]["requests"] = "serving/smoke.jsonl"
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    (folder / "serving" / "smoke.jsonl").write_text('{"request": {}}\n')
+    with pytest.raises(InvalidManifest, match='line 1: expected an object with exactly "request" and "expected"'):
+        models.read(folder)
