@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import coldstart, concurrency, hops
+from benchmarks import cache, coldstart, concurrency, hops
 from benchmarks.pipeline import running, say
 from benchmarks.report import Report, Section
 
 RESULTS = Path(__file__).with_name("results") / "latest.json"
-TARGETS = ("coldstart", "hops", "runs")
+TARGETS = ("coldstart", "hops", "runs", "cache")
 
 
 def _options(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -80,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         pipeline, options.baseline_runs, options.runs, options.batch_timeout, options.baseline_batches
                     )
                 )
+            if "cache" in wanted:
+                sections.append(cache.measure(pipeline, options.batch_timeout))
     finally:
         if options.keep:
             say(f"work directory kept: {workdir}")

@@ -38,6 +38,8 @@ from cd4ml.settings import Settings
 MODEL = "digits-bench"
 #: Its twin whose gate cannot pass: a run of it ends at evaluation.failed, in half the time of a full run.
 GATED_MODEL = "digits-bench-gated"
+#: A bench model with the caches on (benchmarks/cache.py): its second run on the same data is served from them.
+CACHED_MODEL = "digits-bench-cached"
 SOURCE = "//cd4ml/benchmarks"
 TRAINER = Path(__file__).with_name("_centroid_trainer.py")
 
@@ -47,7 +49,7 @@ def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def make_model(workdir: Path, name: str = MODEL, threshold: float = 0.8) -> Path:
+def make_model(workdir: Path, name: str = MODEL, threshold: float = 0.8, cache: bool = False) -> Path:
     """A bench model folder: examples/digits with the centroid trainer, its own canary pipeline and gate."""
     folder = workdir / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -63,6 +65,11 @@ def make_model(workdir: Path, name: str = MODEL, threshold: float = 0.8) -> Path
     manifest["training"]["python_package"]["package_uris"] = [f"packages/{name}/trainer-0.1.0.tar.gz"]
     manifest["training"]["hyperparameters"] = {}
     manifest["evaluation"]["threshold"] = threshold
+    manifest["cache"] = cache  # off: every bench run trains, builds and delivers (the cache bench turns it on)
+    if cache:
+        # serve.py loads model.joblib and the centroid trainer writes model.json: the smoke test cannot pass, and
+        # the cache bench needs a full run that delivers (the other bench models still carry it).
+        manifest["serving"].pop("smoke", None)
     manifest["canary"] = {"application": name, "webhook_source": f"cd4ml-{name}", "pipeline": f"{name}-canary"}
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
@@ -213,7 +220,11 @@ def running(
     ``extra`` model folders are pushed too; ``supervised`` runs the functions behind local_emulator.supervisor.
     """
     os.environ["CD4ML_STATE_DIR"] = str(workdir / "state")
-    folders = [make_model(workdir), make_model(workdir, GATED_MODEL, threshold=1.01)]
+    folders = [
+        make_model(workdir),
+        make_model(workdir, GATED_MODEL, threshold=1.01),
+        make_model(workdir, CACHED_MODEL, cache=True),
+    ]
     started = time.monotonic()
     stack = local.up(
         models=[*local.default_models(), *folders, *extra], scheduler=False, say=say, supervised=supervised

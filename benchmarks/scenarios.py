@@ -65,6 +65,10 @@ class Scenarios:
             "on_build": self._on_build,
             "on_push": self._on_push,
             "trigger_canary": self._trigger_canary,
+            "clear_delivery": self._clear_delivery,
+            "decide_approval": self._decide_approval,
+            "watch_approvals": self._watch_approvals,
+            "notify": self._notify,
         }
         if stage not in makers:
             raise KeyError(f"the bench has no first event for stage {stage!r}: add one to benchmarks/scenarios.py")
@@ -146,6 +150,29 @@ class Scenarios:
         attributes = scheduler_attributes(self.p.settings.project, "cd4ml-watch-tick", events.WATCH_TICKED)
         return self._push("watch_training", b"{}", attributes)
 
+    def _ended(self) -> str:
+        """A run that already ended: a stage serves its event (imports, ledger read) and sets nothing going."""
+        run_id = self._open()
+        self.p.ledger.record(run_id, status="failed", error={"stage": "bench", "message": "a cold-start probe"})
+        return run_id
+
+    def _clear_delivery(self) -> Probe:
+        artifact = {"uri": f"gs://{self.p.settings.artifact_bucket}/runs/x/model/model.joblib", "sha256": "0" * 64}
+        data = {"model": self.p.model.name, "model_artifact": artifact, "metrics": {"accuracy": 1.0}, "gate": {}}
+        return self._event("clear_delivery", events.EVALUATION_PASSED, self._ended(), data)
+
+    def _decide_approval(self) -> Probe:
+        data = {"decision": "approve", "by": "user:bench@localhost", "reason": "cold start"}
+        return self._event("decide_approval", events.APPROVAL_DECIDED, self._ended(), data)
+
+    def _watch_approvals(self) -> Probe:
+        attributes = scheduler_attributes(self.p.settings.project, "cd4ml-watch-tick", events.WATCH_TICKED)
+        return self._push("watch_approvals", b"{}", attributes)
+
+    def _notify(self) -> Probe:
+        data = {"model": self.p.model.name, "state": "JOB_STATE_FAILED", "error": "a cold-start probe"}
+        return self._event("notify", events.TRAINING_FAILED, self._ended(), data)
+
     def _await_jobs(self, run_ids: list[str], timeout: float = 60.0) -> None:
         """Until each run's training job was submitted and finished at Vertex."""
         deadline = time.monotonic() + timeout
@@ -179,14 +206,9 @@ class Scenarios:
         self._built = run_id
         return self._event(
             "build_image",
-            events.EVALUATION_PASSED,
+            events.DELIVERY_CLEARED,
             run_id,
-            {
-                "model": self.p.model.name,
-                "model_artifact": artifact,
-                "metrics": evaluation["metrics"],
-                "gate": evaluation["gate"],
-            },
+            {"model": self.p.model.name, "model_artifact": artifact, "metrics": evaluation["metrics"]},
         )
 
     def _on_build(self) -> Probe:

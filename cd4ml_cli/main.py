@@ -14,7 +14,7 @@ from typing import Any
 from cd4ml import clients, ledger
 from cd4ml.errors import Cd4mlError
 from cd4ml.events import RUN_REQUESTED, Event, now
-from cd4ml.run import TERMINAL
+from cd4ml.run import AWAITING_APPROVAL, TERMINAL
 from cd4ml.settings import Settings
 
 PLUGIN_GROUP = "cd4ml.cli"
@@ -96,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "scheduled_time": format_time(scheduled),
             "trigger": "manual",
             "requested_by": os.environ.get("USER", "cli"),
+            **({"no_cache": True} if args.no_cache else {}),
         },
         source=f"//cd4ml/cli/{os.uname().nodename}",
     )
@@ -124,6 +125,9 @@ def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> i
                     print(event_line(record, event), file=out, flush=True)
             if record.get("status") in TERMINAL:
                 break
+            if record.get("status") == AWAITING_APPROVAL and "approval" not in shown:
+                shown.add("approval")
+                print(f"  waiting: cd4ml approve {run_id} --reason …  |  cd4ml reject {run_id} --reason …", file=out)
         time.sleep(0.3)
     if as_json:
         print(json.dumps(ordered(record) if record else {"run_id": run_id, "status": "unknown"}, indent=2, default=str))
@@ -133,6 +137,9 @@ def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> i
             file=sys.stderr,
         )
         return 3
+    if record["status"] == "skipped":  # nothing new: a finished run, not a failure
+        print(f"run {run_id} skipped: {((record.get('cache') or {}).get('skipped') or {}).get('reason', '')}", file=out)
+        return 0
     if record["status"] != "succeeded":
         error = record.get("error") or {}
         print(f"run {run_id} {record['status']}: {error.get('message', 'no reason recorded')}", file=sys.stderr)
@@ -294,15 +301,25 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
             if args.id and args.id not in (attrs.get("cd4ml-original-message-id"), m.message_id):
                 continue
             original = {k: v for k, v in attrs.items() if not k.startswith(_DEAD_LETTER_ATTRIBUTES)}
-            message_id = publisher.publish(topic, m.data, **original).result(timeout=30)
+            back = topic
+            if original.get("ce-type") in catalog.load().stage(stage).triggers[1:]:  # notify: the topic it came from
+                back = publisher.topic_path(settings.project, catalog.topic_id(original["ce-type"]))
+            message_id = publisher.publish(back, m.data, **original).result(timeout=30)
             subscriber.acknowledge(request={"subscription": path, "ack_ids": [received.ack_id]})
             replayed += 1
             print(
                 f"{stage:<16} {attrs.get('cd4ml-original-message-id', m.message_id)} → {message_id} "
-                f"on {topic.rsplit('/', 1)[1]}"
+                f"on {back.rsplit('/', 1)[1]}"
             )
     print(f"{replayed} replayed" if replayed else "nothing to replay", file=sys.stderr)
     return 0 if replayed or not args.id else 1
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    """``cd4ml approve|reject RUN --reason …``: a person's decision on a run awaiting approval."""
+    from cd4ml_cli import approvals
+
+    return approvals.decide(_settings(), args.run, args.decision, args.reason, args.wait)
 
 
 def cmd_model_push(args: argparse.Namespace) -> int:
@@ -335,6 +352,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true", help="follow the run live; exit 0 only if it succeeds")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
     run.add_argument("--json", action="store_true", help="print the final run record as JSON on stdout")
+    run.add_argument(
+        "--no-cache", action="store_true", help="train, build and deliver anew (no training or build cache, no skip)"
+    )
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="timeline of a run, or the recent runs")
     status.add_argument("run", nargs="?")
@@ -353,6 +373,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--id", help="one message, by its original message id")
     replay.add_argument("--all", action="store_true", help="every held message of every stage")
     replay.set_defaults(func=cmd_dead_letters_replay)
+    for verb, says in (("approve", "deliver"), ("reject", "end rejected")):
+        decide = sub.add_parser(verb, help=f"{verb} a run awaiting approval: {says} it (approvers only; recorded)")
+        decide.add_argument("run")
+        decide.add_argument("--reason", required=True, help="why, kept on the run and in the notifications")
+        decide.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outcome (default 30)")
+        decide.set_defaults(func=cmd_decide, decision=verb)
     champions = sub.add_parser("models", help="each model's champion: run, image digest, metrics, since when")
     champions.add_argument("--json", action="store_true")
     champions.set_defaults(func=cmd_models)

@@ -20,7 +20,9 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
         case "training.submitted":
             return f"job {tr.get('job', '?')}"
         case "training.completed":
-            return f"model sha256 {str(art.get('sha256', ''))[:12]}… at {art.get('uri', '?')}"
+            reused = ((run.get("cache") or {}).get("training") or {}).get("reused_from")
+            how = f" (reused from run {reused}, no Vertex job)" if reused else ""
+            return f"model sha256 {str(art.get('sha256', ''))[:12]}… at {art.get('uri', '?')}{how}"
         case "training.failed":
             return f"{tr.get('state', '?')}: {tr.get('error', '?')}"
         case "evaluation.passed" | "evaluation.failed":
@@ -38,7 +40,10 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
             )
             return f"build {image.get('build_id', '?')}, {image.get('digest', '?')}{tested}"
         case "image.pushed":
-            return f"{image.get('reference', '?')}"
+            reused = ((run.get("cache") or {}).get("image") or {}).get("reused_from")
+            return f"{image.get('reference', '?')}" + (f" (reused from run {reused}, no build)" if reused else "")
+        case "run.skipped":
+            return str(((run.get("cache") or {}).get("skipped") or {}).get("reason", ""))
         case "image.failed":
             return f"{image.get('status', '?')}: {image.get('error', '?')}"
         case "canary.triggered":
@@ -47,6 +52,21 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
             return f"execution {canary.get('execution_id', '?')} of {canary.get('pipeline') or '?'} SUCCEEDED"
         case "canary.failed":
             return f"{canary.get('reason', '?')}"
+        case "approval.requested":
+            approval = run.get("approval") or {}
+            return (
+                f"waiting for {', '.join(approval.get('approvers') or ['?'])} until {approval.get('expires_at', '?')}"
+            )
+        case "delivery.cleared":
+            approval = run.get("approval") or {}
+            if approval.get("decision") == "approve":
+                return f"approved by {approval.get('by')}: {approval.get('reason', '')}"
+            return "no approval required"
+        case "run.rejected":
+            approval = run.get("approval") or {}
+            if approval.get("decision") == "expired":
+                return f"no decision before {approval.get('expires_at', '?')}"
+            return f"rejected by {approval.get('by', '?')}: {approval.get('reason', '')}"
         case "model.promoted":
             was = promotion.get("previous_run_id") or "no champion before"
             return f"{promotion.get('alias', '?')} → {str(promotion.get('digest', '?'))[:19]}… (was {was})"
@@ -67,6 +87,35 @@ def render(run: dict[str, Any]) -> str:
     lines = [f"run {run.get('run_id')}  model {run.get('model')}  status {str(run.get('status', '?')).upper()}"]
     for event in sorted(run.get("events") or [], key=lambda e: e["time"]):
         lines.append(event_line(run, event))
+    for refused in (run.get("approval") or {}).get("refused") or []:
+        lines.append(
+            f"  refused {refused.get('decision')} by {refused.get('by')} at {refused.get('at')}: {refused.get('why')}"
+        )
     if run.get("error"):
         lines.append(f"  error ({run['error'].get('stage', '?')}): {run['error'].get('message', '')}")
+    lines.extend(explain_cache(run))
     return "\n".join(lines)
+
+
+def explain_cache(run: dict[str, Any]) -> list[str]:
+    """Why the run trained, reused or was skipped: each cache decision with its key and its twin run."""
+    cache = run.get("cache") or {}
+    if not cache:
+        return []
+    if cache.get("enabled") is False:
+        return [f"  cache: off, by {cache.get('disabled_by', '?')}: trained, built and delivered anew"]
+    lines = []
+    for part in ("training", "image"):
+        decision = cache.get(part) or {}
+        if decision:
+            key = str(decision.get("key", ""))
+            twin = f" from run {decision['reused_from']}" if decision.get("reused_from") else ""
+            lines.append(
+                f"  cache {part}: {decision.get('decision', '?')}{twin}"
+                + (f" (key {key[:16]}…)" if key else "")
+                + (f": {decision['reason']}" if decision.get("reason") else "")
+            )
+    skipped = cache.get("skipped") or {}
+    if skipped:
+        lines.append(f"  skipped: {skipped.get('reason', '')}")
+    return lines

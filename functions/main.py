@@ -28,6 +28,22 @@ def submit_training(cloud_event: CloudEvent) -> None:
 
 
 @functions_framework.cloud_event
+def note_arrival(cloud_event: CloudEvent) -> None:
+    """Cloud Storage notification (JSON_API_V1) → the latest upload of each model that watches it."""
+    from cd4ml.stages.arrival import note_arrival as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def start_on_data(cloud_event: CloudEvent) -> None:
+    """watch.ticked → run.requested for each model whose new data has been quiet for its quiet_seconds."""
+    from cd4ml.stages.arrival import start_on_data as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
 def watch_training(cloud_event: CloudEvent) -> None:
     """watch.ticked → training.completed | training.failed."""
     from cd4ml.stages.training import watch_training as stage
@@ -44,8 +60,32 @@ def evaluate(cloud_event: CloudEvent) -> None:
 
 
 @functions_framework.cloud_event
+def clear_delivery(cloud_event: CloudEvent) -> None:
+    """evaluation.passed → delivery.cleared | approval.requested (the run waits for an approver)."""
+    from cd4ml.stages.approval import clear_delivery as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def decide_approval(cloud_event: CloudEvent) -> None:
+    """approval.decided → delivery.cleared | run.rejected, or the refusal recorded on the run."""
+    from cd4ml.stages.approval import decide_approval as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def watch_approvals(cloud_event: CloudEvent) -> None:
+    """watch.ticked → run.rejected for approval requests that expired."""
+    from cd4ml.stages.approval import watch_approvals as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
 def build_image(cloud_event: CloudEvent) -> None:
-    """evaluation.passed → a Cloud Build build of the serving image."""
+    """delivery.cleared → a Cloud Build build of the serving image."""
     from cd4ml.stages.delivery import build_image as stage
 
     dispatch(cloud_event, stage)
@@ -87,5 +127,13 @@ def watch_canary(cloud_event: CloudEvent) -> None:
 def promote(cloud_event: CloudEvent) -> None:
     """canary.succeeded → registry alias moved → model.promoted (the run succeeds, its model is champion)."""
     from cd4ml.stages.canary import promote as stage
+
+    dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def notify(cloud_event: CloudEvent) -> None:
+    """failures, rejections, approvals, promotions → the model's Slack-compatible and JSON webhooks, once each."""
+    from cd4ml.stages.notify import notify as stage
 
     dispatch(cloud_event, stage)

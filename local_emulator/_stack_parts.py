@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cd4ml import catalog
-from local_emulator import iam_proxy, processes
+from local_emulator import faults, iam_proxy, processes
 from local_emulator.stack import (
     ARTIFACT_BUCKET,
     DATA_BUCKET,
@@ -31,6 +31,7 @@ from local_emulator.stack import (
     _gate_key_file,
     _http_ok,
     stage_env,
+    stop,
 )
 from local_emulator.topology import Topology, create_topics, plan, subscribe
 
@@ -168,43 +169,68 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     config = stack.root / "gate" / "pipelines.json"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps(gate_config([models.read(f) for f in folders], key), indent=2))
-    common = ["--host", "127.0.0.1"]
-    stack.start(
-        "registry",
-        [
-            sys.executable,
-            "-m",
-            "local_emulator.registry",
-            *common,
-            "--port",
-            str(ports["registry"]),
-            "--state-dir",
-            str(stack.root / "registry"),
-            "--project",
-            PROJECT,
-        ],
-        env,
-    )
-    stack.start(
-        "cloudbuild",
-        [
-            sys.executable,
-            "-m",
-            "local_emulator.cloudbuild",
-            *common,
-            "--port",
-            str(ports["cloudbuild"]),
-            "--state-dir",
-            str(stack.root / "cloudbuild"),
-            "--project",
-            PROJECT,
-        ],
-        {**env, "STORAGE_EMULATOR_HOST": stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]},
-    )
+    build_storage = stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]  # builds act as the build account
+    front: list[str] = []
+    if faults.chaos_dir() is not None:  # the chaos session reaches the registry's API through a front it can fail
+        ports["registry_api"] = processes.free_port()
+        stack.endpoints["registry_api"] = f"127.0.0.1:{ports['registry_api']}"
+        front = ["--api-port", str(ports["registry_api"])]
+    for name, env_for, more in (
+        ("registry", env, front),
+        ("cloudbuild", {**env, "STORAGE_EMULATOR_HOST": build_storage}, []),
+    ):
+        stack.start(name, [*_stand_in(f"local_emulator.{name}", ports[name], stack.root / name), *more], env_for)
     start_gate(stack)
+    _start_receiver(stack, [models.read(f) for f in folders])
     stack.wait("registry", _http_ok(f"http://127.0.0.1:{ports['registry']}/v2/"))
     # The Cloud Build stand-in opens its port once its base image is ready: minutes on a cold cache.
     stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]), timeout=300)
+
+
+def _start_receiver(stack: Stack, manifests: list[Any]) -> None:
+    """The webhook receiver stand-in (local_emulator/webhook_receiver.py), and each channel's URL as its secret."""
+    port = processes.free_port()
+    stack.endpoints["notify"] = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "local_emulator.webhook_receiver", "--host", "127.0.0.1", "--port", str(port)]
+    stack.start(
+        "notify-receiver", [*argv, "--state-dir", str(stack.root / "notify")], _child_env(stack, emulators=False)
+    )
+    stack.wait("notify-receiver", _http_ok(f"http://127.0.0.1:{port}/health"))
+    for manifest in manifests:
+        write_notify_secrets(stack, manifest)
+
+
+def write_notify_secrets(stack: Stack, manifest: Any) -> None:
+    """The secret of each channel ``manifest`` routes to: the receiver's URL for the route's format."""
+    for route in manifest.notify:
+        secret = stack.root / "secrets" / f"notify-{route.channel}"
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text(f"{stack.endpoints['notify']}/{route.format}/{route.channel}")
+        secret.chmod(0o600)
+
+
+def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
+    """A model pushed to the running stack whose canary pipeline Gate does not know yet gets one, as the models it
+    started with did (gate_config); a pipeline of that application and name is never replaced. Gate restarts."""
+    config = stack.root / "gate" / "pipelines.json"
+    current = json.loads(config.read_text())
+    known = {(p["application"], p["name"]) for p in current["pipelines"]}
+    new = [
+        p
+        for p in gate_config([manifest], _gate_key_file(stack).read_text())["pipelines"]
+        if (p["application"], p["name"]) not in known
+    ]
+    if new:
+        config.write_text(json.dumps({**current, "pipelines": current["pipelines"] + new}, indent=2))
+        if "gate" in stack.pids:
+            stop(stack, "gate")  # it reads its pipelines once, at start
+        start_gate(stack)
+
+
+def _stand_in(module: str, port: int, state: Path) -> list[str]:
+    """The command line of a stand-in that serves on ``port`` and keeps its state in ``state``."""
+    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state)]
+    return [*argv, "--project", PROJECT]
 
 
 def start_gate(stack: Stack) -> None:
@@ -235,6 +261,21 @@ def _apply_topology(stack: Stack, topology: Topology) -> None:
     """Create every topic now; push subscriptions wait for their functions (see _start_functions)."""
     create_topics(PROJECT, topology)
     stack.endpoints["topology"] = [s.name for s in topology.subscriptions]
+    _notify_on_writes()
+
+
+def _notify_on_writes() -> None:
+    """What Terraform's google_storage_notification makes: each bucket of catalog ``notification_topics`` notifies
+    its topic (JSON_API_V1), through the IAM proxy's notificationConfigs API (the emulator has none)."""
+    from cd4ml import clients
+
+    storage = clients.storage_client(_cli_settings())
+    for topic, bucket, event_types in catalog.load().notification_topics:
+        name = DATA_BUCKET if bucket == "data" else ARTIFACT_BUCKET
+        config = storage.bucket(name).notification(
+            topic_name=topic, topic_project=PROJECT, payload_format="JSON_API_V1", event_types=list(event_types)
+        )
+        config.create()
 
 
 def _start_functions(stack: Stack, supervised: bool = False) -> None:
@@ -304,6 +345,10 @@ def push_model(stack: Stack, folder: Path) -> str:
     _set_client_env(stack)
     storage = clients.storage_client(_cli_settings())
     pushed = models.push(storage, folder, ARTIFACT_BUCKET)
+    if "notify" in stack.endpoints:
+        write_notify_secrets(stack, pushed.manifest)
+    if "gate" in stack.endpoints:
+        _add_canary_pipeline(stack, pushed.manifest)
     seeder = folder / "seed_data.py"
     if seeder.is_file():
         source = resolve_gcs(pushed.manifest.data_source, DATA_BUCKET)

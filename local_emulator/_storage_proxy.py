@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
 from local_emulator._storage_access import Access, Need, denial, required
+from local_emulator._storage_notifications import Notifications, is_config_path
 from local_emulator.iam_policy import ADMIN, Policy
 
 CHUNK = 1024 * 1024
@@ -25,8 +26,16 @@ class StorageProxy(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], upstream: str, identity: str, policy: Policy) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        upstream: str,
+        identity: str,
+        policy: Policy,
+        notifications: Notifications | None = None,
+    ) -> None:
         super().__init__(address, _Handler)
+        self.notifications = notifications  # Cloud Storage's Pub/Sub notifications, shared by every identity
         parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.identity = identity
@@ -87,6 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         path, _, query = self.path.partition("?")
         method = self.headers.get("X-HTTP-Method-Override", self.command).upper()
+        if is_config_path(path) and self.server.notifications is not None:
+            self._notification_configs(method, path, body)
+            return
         access = required(method, path, query, body, self.headers.get("Content-Type", ""))
         refusal = self.server.refusal(access)
         if refusal is not None:
@@ -100,9 +112,39 @@ class _Handler(BaseHTTPRequestHandler):
                 self.command, self.path, body=body if body or self.command != "GET" else None, headers=headers
             )
             response = connection.getresponse()
+            if self.server.notifications is not None and method in ("POST", "PUT") and path.startswith("/upload/"):
+                data = response.read()  # a finished upload answers with the object resource: small JSON
+                self._relay(response, data)
+                self._finalized(response.status, data)
+                return
             self._relay(response)
         finally:
             connection.close()
+
+    def _finalized(self, status: int, data: bytes) -> None:
+        """A write that finalized an object: Cloud Storage's OBJECT_FINALIZE notifications (after the answer)."""
+        if status not in (200, 201) or self.server.notifications is None:
+            return
+        try:
+            resource = json.loads(data)
+        except ValueError:
+            return
+        if isinstance(resource, dict) and resource.get("kind") == "storage#object":
+            self.server.notifications.finalized(resource)
+
+    def _notification_configs(self, method: str, path: str, body: bytes) -> None:
+        """The bucket's notificationConfigs (storage.buckets.update / get): only the admin identity manages them."""
+        assert self.server.notifications is not None
+        if self.server.identity != ADMIN:
+            self._deny("notification configs (storage.buckets.update), which only the deployer manages")
+            return
+        status, answer = self.server.notifications.api(method, path, body)
+        data = json.dumps(answer).encode() if answer is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -117,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _relay(self, response: http.client.HTTPResponse) -> None:
+    def _relay(self, response: http.client.HTTPResponse, data: bytes | None = None) -> None:
         self.send_response(response.status, response.reason)
         host, port = self.server.server_address[:2]
         proxy = f"http://{host!s}:{port}"
@@ -134,13 +176,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", length or "0")
             self.end_headers()
             return
-        if length is not None:
+        if length is not None and data is None:
             self.send_header("Content-Length", length)
             self.end_headers()
             while chunk := response.read(CHUNK):
                 self.wfile.write(chunk)
             return
-        data = response.read()
+        data = response.read() if data is None else data
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

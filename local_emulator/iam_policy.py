@@ -177,8 +177,8 @@ def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mappin
 def _identity(member: str, stage: str) -> str | None:
     if member == "function":
         return f"function:{stage}"
-    if member in ("training", "build"):
-        return member
+    if member in ("training", "build", "storage_agent"):
+        return member  # storage_agent: the storage proxy's notification bridge publishes as it
     return None
 
 
@@ -189,6 +189,8 @@ def _targets(scope: str, stage: str, cat: Catalog, buckets: Mapping[str, str]) -
         return [("topic", cd4ml_catalog.dead_letter_topic(stage))]
     if scope in buckets:
         return [("bucket", buckets[scope])]
+    if scope == "data_arrivals_topic":
+        return [("topic", name) for name, _, _ in cat.notification_topics]
     return []  # project, secrets, services, repositories: not behind a local proxy
 
 

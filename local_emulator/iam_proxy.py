@@ -25,6 +25,7 @@ import grpc
 from local_emulator import iam_policy, processes
 from local_emulator._pubsub_proxy import CHANNEL_OPTIONS, PubSubProxy
 from local_emulator._service import configure_logging, stop_event_on_signals
+from local_emulator._storage_notifications import Notifications
 from local_emulator._storage_proxy import StorageProxy
 from local_emulator.iam_policy import Policy
 
@@ -53,6 +54,8 @@ class Proxies:
         self._host = host
         self._grpc: list[grpc.Server] = []
         self._http: list[StorageProxy] = []
+        # Cloud Storage's bucket notifications: one store for every identity's port, as a bucket has one config list.
+        self._notifications = Notifications(pubsub_upstream, policy)
 
     def add(self, listener: Listener) -> None:
         known = self._policy.identities()
@@ -68,7 +71,11 @@ class Proxies:
         server.start()
         self._grpc.append(server)
         http = StorageProxy(
-            (self._host, listener.storage_port), self._storage_upstream, listener.identity, self._policy
+            (self._host, listener.storage_port),
+            self._storage_upstream,
+            listener.identity,
+            self._policy,
+            self._notifications,
         )
         threading.Thread(target=http.serve_forever, name=f"storage-{listener.identity}", daemon=True).start()
         self._http.append(http)

@@ -130,6 +130,7 @@ class Settings:
     project: str
     topic: str = "gcr"
     registry_binary: str = "/usr/bin/docker-registry"
+    api_port: int = 0  # the chaos session's API front (_registry_front), 0 for none
 
     @property
     def registry_host(self) -> str:
@@ -223,6 +224,7 @@ def serve(settings: Settings, stop: threading.Event) -> int:
             start_new_session=True,
         )
     code = 0
+    front = None
     try:
         if not _registry_ready(f"http://{registry_host}/v2/", child, timeout=15):
             _log.error(
@@ -239,6 +241,11 @@ def serve(settings: Settings, stop: threading.Event) -> int:
                 "pid": child.pid,
             },
         )
+        if settings.api_port:
+            from local_emulator._registry_front import Front
+
+            front = Front((settings.host, settings.api_port), registry_host)
+            front.serve_in_background()
         while not stop.wait(0.5):
             if child.poll() is not None:
                 _log.error("docker-registry exited", extra={"exit_code": child.returncode})
@@ -248,6 +255,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
     finally:
         _log.info("stopping")
         kill_process_group(child)
+        if front is not None:
+            front.shutdown()
         bridge.shutdown()
         bridge.server_close()
         bridge.publisher.close()
@@ -264,6 +273,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--state-dir", type=Path, required=True, help="registry config, blobs and log")
     parser.add_argument("--project", required=True, help="project whose gcr topic receives push messages")
     parser.add_argument("--topic", default="gcr")
+    parser.add_argument("--api-port", type=int, default=0, help="serve the chaos session's API front on this port")
     parser.add_argument("--registry-binary", default=shutil.which("docker-registry") or "/usr/bin/docker-registry")
     args = parser.parse_args(argv)
     return Settings(
@@ -273,6 +283,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         project=args.project,
         topic=args.topic,
         registry_binary=args.registry_binary,
+        api_port=args.api_port,
     )
 
 

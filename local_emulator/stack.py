@@ -137,10 +137,13 @@ def _settings(stack: Stack) -> dict[str, str]:
         "CD4ML_TRAINING_SERVICE_ACCOUNT": f"cd4ml-training@{PROJECT}.iam.gserviceaccount.com",
         "CD4ML_BUILD_SERVICE_ACCOUNT": f"cd4ml-build@{PROJECT}.iam.gserviceaccount.com",
         "CD4ML_REGISTRY": f"{stack.endpoints['registry']}/cd4ml",
-        "CD4ML_REGISTRY_API": f"http://{stack.endpoints['registry']}",  # Distribution speaks plain HTTP here
+        # Distribution speaks plain HTTP here; under the chaos session through its API front (_registry_front)
+        "CD4ML_REGISTRY_API": f"http://{stack.endpoints.get('registry_api', stack.endpoints['registry'])}",
         "CD4ML_CLOUDBUILD_ENDPOINT": f"http://{stack.endpoints['cloudbuild']}",
         "CD4ML_GATE_URL": stack.endpoints["gate"],
         "CD4ML_GATE_KEY_SECRET": f"file:{_gate_key_file(stack)}",
+        # Each notification channel's webhook URL (the receiver stand-in's), one file per channel (_stack_parts)
+        "CD4ML_NOTIFY_SECRETS": f"file:{stack.root / 'secrets'}/notify-{{channel}}",
     }
 
 
@@ -156,10 +159,13 @@ def stage_env(stack: Stack, stage: str) -> dict[str, str]:
 
 def _emulator_env(stack: Stack) -> dict[str, str]:
     e = stack.endpoints
+    # Storage goes through the IAM proxy's unrestricted port once it is up: it sees every write, so it can publish
+    # Cloud Storage's bucket notifications (_storage_notifications) for uploads by users and tests too.
+    admin = (e.get("identities") or {}).get("admin") or {}
     return {
         "PUBSUB_EMULATOR_HOST": e["pubsub"],
         "FIRESTORE_EMULATOR_HOST": e["firestore"],
-        "STORAGE_EMULATOR_HOST": e["storage"],
+        "STORAGE_EMULATOR_HOST": admin.get("STORAGE_EMULATOR_HOST", e["storage"]),
         "GOOGLE_CLOUD_PROJECT": PROJECT,
     }
 

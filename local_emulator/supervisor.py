@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -207,6 +208,39 @@ def forward(
     return answer
 
 
+_TOPIC_IN_PATH = re.compile(r"projects/[^/?]+/topics/[^/?]+")
+
+
+def eventarc_headers(path: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
+    """The headers of Eventarc's delivery of a raw Pub/Sub push: a binary-mode ``messagePublished`` CloudEvent whose
+    data is the push body itself (``message`` and ``subscription``), as a gen2 function receives it.
+
+    functions-framework turns a raw push into a CloudEvent whose data keeps only the message, so a function behind
+    the emulator could not tell two subscriptions of one topic apart (the chaos session's twins): their failed
+    deliveries were counted as one message's, and a run was given up after 5 failures spread over 3 subscriptions.
+    Requests that already are CloudEvents, or are not push bodies, pass unchanged.
+    """
+    if any(k.lower() == "ce-id" for k in headers):
+        return dict(headers)
+    try:
+        envelope = json.loads(body)
+        message = envelope["message"]
+        message_id, subscription = str(message["messageId"]), str(envelope["subscription"])
+    except (ValueError, TypeError, KeyError):
+        return dict(headers)
+    topic = _TOPIC_IN_PATH.search(path)
+    event = {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-id": message_id,
+        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "ce-source": f"//pubsub.googleapis.com/{topic.group(0) if topic else subscription}",
+    }
+    if message.get("publishTime"):
+        event["ce-time"] = str(message["publishTime"])
+    return {**{k: v for k, v in headers.items() if k.lower() != "content-type"}, **event}
+
+
 def _front(supervisor: Supervisor, stage: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -214,7 +248,8 @@ def _front(supervisor: Supervisor, stage: str) -> ThreadingHTTPServer:
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            headers = {k: v for k, v in self.headers.items() if k.lower() in _FORWARDED_HEADERS}
+            kept = {k: v for k, v in self.headers.items() if k.lower() in _FORWARDED_HEADERS}
+            headers = eventarc_headers(self.path, kept, body) if self.command == "POST" else kept
             status, answer, content_type = forward(supervisor, stage, self.command, self.path, headers, body)
             self.send_response(status)
             self.send_header("Content-Type", content_type)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cd4ml.catalog import Catalog, dead_letter_hold, dead_letter_topic, subscription_id
+from cd4ml.catalog import Catalog, dead_letter_hold, dead_letter_topic
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ def plan(cat: Catalog) -> Topology:
     d = cat.delivery
     subs: list[Subscription] = []
     for stage in cat.stages:
-        subs.append(
+        subs.extend(
             Subscription(
-                name=subscription_id(stage.name),
-                topic=stage.trigger_topic,
+                name=name,
+                topic=topic,
                 stage=stage.name,
                 dead_letter_topic=dead_letter_topic(stage.name),
                 max_delivery_attempts=d.max_delivery_attempts,
@@ -55,6 +55,7 @@ def plan(cat: Catalog) -> Topology:
                 ack_deadline_seconds=d.ack_deadline_seconds,
                 retention_seconds=None,
             )
+            for name, topic in stage.subscriptions
         )
         subs.append(
             Subscription(

@@ -10,26 +10,38 @@ locals {
   event_types = toset([for f in fileset(local.schemas_dir, "cd4ml.*.json") : trimsuffix(f, ".json")])
   topic_ids   = { for t in local.event_types : t => replace(t, ".", "-") }
 
-  foreign_topics     = toset(keys(local.catalog.foreign_topics))
-  stages             = local.catalog.stages
-  delivery           = local.catalog.delivery
-  stage_slug         = { for s in keys(local.stages) : s => replace(s, "_", "-") }
-  dead_letter_topics = { for s, slug in local.stage_slug : s => "cd4ml-${slug}-dead-letter" }
-  function_names     = { for s, slug in local.stage_slug : s => "cd4ml-${slug}" }
+  foreign_topics = toset(keys(local.catalog.foreign_topics))
+  # Topics cd4ml creates for Cloud Storage's notifications (storage.tf makes each bucket's notification config).
+  notification_topics = try(local.catalog.notification_topics, {})
+  stages              = local.catalog.stages
+  delivery            = local.catalog.delivery
+  stage_slug          = { for s in keys(local.stages) : s => replace(s, "_", "-") }
+  dead_letter_topics  = { for s, slug in local.stage_slug : s => "cd4ml-${slug}-dead-letter" }
+  function_names      = { for s, slug in local.stage_slug : s => "cd4ml-${slug}" }
 
-  # A stage's trigger is an event type (its topic) or a Google-owned topic, named as is.
-  trigger_topic_ids = { for s, stage in local.stages : s => lookup(local.topic_ids, stage.trigger, stage.trigger) }
+  # A stage's trigger is an event type (its topic) or a Google-owned topic, named as is. A stage with `triggers`
+  # (notify) has several: the first is its trigger_topic_ids entry.
+  stage_triggers    = { for s, stage in local.stages : s => try(stage.triggers, [stage.trigger]) }
+  trigger_topic_ids = { for s, ts in local.stage_triggers : s => lookup(local.topic_ids, ts[0], ts[0]) }
 
-  # Every stage subscription pushes to its function, with the catalog's delivery policy.
-  stage_subscriptions = { for s, slug in local.stage_slug : s => {
-    name                  = "cd4ml-${slug}"
-    topic                 = local.trigger_topic_ids[s]
+  # Every stage subscription pushes to its function, with the catalog's delivery policy: keyed by stage (one
+  # trigger), or by "stage:event type" with the name cd4ml-<stage>-<topic without cd4ml-> (several triggers).
+  stage_subscription_inputs = merge(
+    { for s, ts in local.stage_triggers : s => { stage = s, name = "cd4ml-${local.stage_slug[s]}", topic = local.trigger_topic_ids[s] } if length(ts) == 1 },
+    { for p in flatten([for s, ts in local.stage_triggers : [for t in ts : { stage = s, trigger = t }] if length(ts) > 1]) :
+      "${p.stage}:${p.trigger}" => {
+        stage = p.stage
+        name  = "cd4ml-${local.stage_slug[p.stage]}-${trimprefix(lookup(local.topic_ids, p.trigger, p.trigger), "cd4ml-")}"
+        topic = lookup(local.topic_ids, p.trigger, p.trigger)
+    } },
+  )
+  stage_subscriptions = { for k, input in local.stage_subscription_inputs : k => merge(input, {
     ack_deadline_seconds  = local.delivery.ack_deadline_seconds
     minimum_backoff       = "${local.delivery.minimum_backoff_seconds}s"
     maximum_backoff       = "${local.delivery.maximum_backoff_seconds}s"
-    dead_letter_topic     = local.dead_letter_topics[s]
+    dead_letter_topic     = local.dead_letter_topics[input.stage]
     max_delivery_attempts = local.delivery.max_delivery_attempts
-  } }
+  }) }
 
   # What a stage's dead-letter topic received is kept for inspection by a pull subscription.
   dead_letter_holds = { for s, topic in local.dead_letter_topics : s => {
@@ -75,6 +87,12 @@ locals {
     } },
   )
 
+  # Who may publish approval decisions: every approver a manifest with `approval.required` names (IAM principals).
+  # Notification channels: a Secret Manager secret cd4ml-notify-<channel> per channel a manifest routes to.
+  notify_channels = toset(flatten([for name, m in local.manifests : [for r in try(m.notify, []) : r.channel]]))
+
+  approvers = toset(flatten([for name, m in local.manifests : try(m.approval.required, false) ? m.approval.approvers : []]))
+
   data_bucket     = coalesce(var.data_bucket_name, "${var.project_id}-cd4ml-data")
   artifact_bucket = coalesce(var.artifact_bucket_name, "${var.project_id}-cd4ml-artifacts")
   bucket_names    = { "bucket:data" = local.data_bucket, "bucket:artifact" = local.artifact_bucket }
@@ -97,36 +115,45 @@ locals {
     "bucket:artifact"          = "bucket"
     "secret:gate_key"          = "secret"
     "repository"               = "repository"
+    "approval_decisions_topic" = "topic"
+    "data_arrivals_topic"      = "topic"
+    "secret:notify"            = "secret"
   }
   iam_plan = { for g in flatten([
     for rule_name, rule in local.iam_rules : [
       for stage in(contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""])) : [
         for target in(
           rule.scope == "emits_topics" ? [for t in local.stages[stage].emits : "topic:${t}"] :
+          rule.scope == "subscription" ? [for k, sub in local.stage_subscriptions : "subscription:${k}" if sub.stage == stage] :
+          rule.scope == "secret:notify" ? [for c in local.notify_channels : "secret:notify:${c}"] :
           contains(local.iam_per_stage_scopes, rule.scope) ? ["${rule.scope}:${stage}"] : [rule.scope]
-          ) : {
-          key    = "${rule_name}/${stage}/${target}"
-          rule   = rule_name
-          kind   = local.iam_kinds[rule.scope]
-          role   = rule.role
-          member = contains(local.iam_per_stage_roles, rule.member) ? "${rule.member}:${stage}" : rule.member
-          target = target
-          condition = (
-            length(try(rule.prefixes, [])) > 0 ? {
-              title       = "only ${join(" ", rule.prefixes)}"
-              description = "Objects under, and listings of, ${join(", ", rule.prefixes)}."
-              expression = join(" || ", flatten([for p in rule.prefixes : [
-                "resource.name.startsWith(\"projects/_/buckets/${local.bucket_names[rule.scope]}/objects/${p}\")",
-                "api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${p}\")",
-              ]]))
-            } :
-            try(rule.condition, "") == "firestore_database" ? {
-              title       = "only database ${var.firestore_database}"
-              description = "The run ledger's Firestore database."
-              expression  = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
-            } : null
-          )
-        }
+          ) : [
+          # `approvers`: one grant per approver the manifests name (its key ends with the principal).
+          for member in(rule.member == "approvers" ? [for a in local.approvers : "approver:${a}"] : [
+            contains(local.iam_per_stage_roles, rule.member) ? "${rule.member}:${stage}" : rule.member
+            ]) : {
+            key    = rule.member == "approvers" ? "${rule_name}/${stage}/${target}/${member}" : "${rule_name}/${stage}/${target}"
+            rule   = rule_name
+            kind   = local.iam_kinds[rule.scope]
+            role   = rule.role
+            member = member
+            target = target
+            condition = (
+              length(try(rule.prefixes, [])) > 0 ? {
+                title       = "only ${join(" ", rule.prefixes)}"
+                description = "Objects under, and listings of, ${join(", ", rule.prefixes)}."
+                expression = join(" || ", flatten([for p in rule.prefixes : [
+                  "resource.name.startsWith(\"projects/_/buckets/${local.bucket_names[rule.scope]}/objects/${p}\")",
+                  "api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${p}\")",
+                ]]))
+              } :
+              try(rule.condition, "") == "firestore_database" ? {
+                title       = "only database ${var.firestore_database}"
+                description = "The run ledger's Firestore database."
+                expression  = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
+              } : null
+            )
+        }]
       ]
     ]
   ]) : g.key => g }

@@ -8,10 +8,12 @@ locals {
     { for s in keys(local.stages) : "function:${s}" => "serviceAccount:${google_service_account.function[s].email}" },
     { for s in keys(local.stages) : "invoker:${s}" => "serviceAccount:${google_service_account.invoker[s].email}" },
     {
-      pubsub_agent = google_project_service_identity.pubsub_agent.member
-      training     = "serviceAccount:${google_service_account.training.email}"
-      build        = "serviceAccount:${google_service_account.build.email}"
+      pubsub_agent  = google_project_service_identity.pubsub_agent.member
+      storage_agent = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+      training      = "serviceAccount:${google_service_account.training.email}"
+      build         = "serviceAccount:${google_service_account.build.email}"
     },
+    { for a in local.approvers : "approver:${a}" => a },
   )
 
   # Symbolic target -> the resource the binding is on, as its *_iam_member resource names it. A subscription is
@@ -20,8 +22,9 @@ locals {
   iam_targets = merge(
     { for t in local.event_types : "topic:${t}" => google_pubsub_topic.event[t].name },
     { for s in keys(local.stages) : "dead_letter_topic:${s}" => google_pubsub_topic.dead_letter[s].name },
-    { for s in keys(local.stages) : "subscription:${s}" => local.stage_subscriptions[s].name },
+    { for k, sub in local.stage_subscriptions : "subscription:${k}" => sub.name },
     { for s in keys(local.stages) : "run_service:${s}" => google_cloudfunctions2_function.stage[s].name },
+    { for c in local.notify_channels : "secret:notify:${c}" => google_secret_manager_secret.notify[c].secret_id },
     { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
     {
       "project"                  = var.project_id
@@ -31,6 +34,8 @@ locals {
       "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
       "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
       "repository"               = google_artifact_registry_repository.images.name
+      "approval_decisions_topic" = google_pubsub_topic.event["cd4ml.approval.decided.v1"].name
+      "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
     },
   )
 

@@ -20,6 +20,7 @@ locals {
     CD4ML_REGISTRY_API             = "" # https://<registry host>, Artifact Registry's Docker Registry API v2
     CD4ML_GATE_URL                 = var.spinnaker_gate_url
     CD4ML_GATE_KEY_SECRET          = "${google_secret_manager_secret.gate_key.id}/versions/latest"
+    CD4ML_NOTIFY_SECRETS           = "projects/${var.project_id}/secrets/cd4ml-notify-{channel}/versions/latest"
   }
 
   labels = merge(var.labels, { app = "cd4ml" })

@@ -35,6 +35,17 @@ removed {
   }
 }
 
+# Cloud Storage's notifications of a bucket (catalog notification_topics): cd4ml's own topics, unlike Google's above;
+# storage.tf attaches each to its bucket.
+resource "google_pubsub_topic" "notification" {
+  #checkov:skip=CKV_GCP_83:Messages describe objects of the data bucket (names, sizes, hashes), never their content; Google-managed encryption at rest is the chosen default.
+  for_each = local.notification_topics
+
+  project = var.project_id
+  name    = each.key
+  labels  = local.labels
+}
+
 resource "google_pubsub_topic" "dead_letter" {
   #checkov:skip=CKV_GCP_83:Dead letters are copies of event messages (run metadata only); Google-managed encryption at rest is the chosen default, CMEK would add a KMS key and service-agent grants.
   for_each = local.dead_letter_topics
@@ -58,11 +69,11 @@ resource "google_pubsub_subscription" "stage" {
   ack_deadline_seconds = each.value.ack_deadline_seconds
 
   push_config {
-    push_endpoint = "${google_cloudfunctions2_function.stage[each.key].service_config[0].uri}/projects/${var.project_id}/topics/${each.value.topic}"
+    push_endpoint = "${google_cloudfunctions2_function.stage[each.value.stage].service_config[0].uri}/projects/${var.project_id}/topics/${each.value.topic}"
 
     oidc_token {
-      service_account_email = google_service_account.invoker[each.key].email
-      audience              = google_cloudfunctions2_function.stage[each.key].service_config[0].uri
+      service_account_email = google_service_account.invoker[each.value.stage].email
+      audience              = google_cloudfunctions2_function.stage[each.value.stage].service_config[0].uri
     }
   }
 
@@ -72,7 +83,7 @@ resource "google_pubsub_subscription" "stage" {
   }
 
   dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.dead_letter[each.key].id
+    dead_letter_topic     = google_pubsub_topic.dead_letter[each.value.stage].id
     max_delivery_attempts = each.value.max_delivery_attempts
   }
 
@@ -88,6 +99,7 @@ resource "google_pubsub_subscription" "stage" {
   depends_on = [
     google_pubsub_topic.event,
     data.google_pubsub_topic.foreign,
+    google_pubsub_topic.notification,
     google_cloud_run_v2_service_iam_member.grant,
     google_service_account_iam_member.grant,
     google_pubsub_topic_iam_member.grant,

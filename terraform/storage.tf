@@ -38,3 +38,22 @@ resource "google_storage_bucket_object" "manifest" {
   content_type   = "application/yaml"
   cache_control  = "no-store"
 }
+
+# New source data starts runs (manifest trigger.on_new_data): the bucket notifies its topic (catalog
+# notification_topics) with payload JSON_API_V1 (https://cloud.google.com/storage/docs/pubsub-notifications).
+# Cloud Storage publishes as the project's service agent, which needs pubsub.publisher on the topic first
+# (iam_bindings.yaml storage_notifications_publish; https://cloud.google.com/storage/docs/reporting-changes#prereqs).
+data "google_storage_project_service_account" "gcs" {
+  project = var.project_id
+}
+
+resource "google_storage_notification" "arrivals" {
+  for_each = local.notification_topics
+
+  bucket         = google_storage_bucket.bucket[each.value.bucket == "data" ? "data" : "artifacts"].name
+  topic          = google_pubsub_topic.notification[each.key].id
+  payload_format = "JSON_API_V1"
+  event_types    = each.value.event_types
+
+  depends_on = [google_pubsub_topic_iam_member.grant]
+}

@@ -118,6 +118,26 @@ def _build(tags: list[str]) -> bytes:
     return json.dumps({"id": str(uuid.uuid4()), "status": "SUCCESS", "tags": tags, "images": []}).encode()
 
 
+#: A manifest that `cd4ml model push` would refuse, put in the bucket by hand (as a stray upload would be).
+INVALID_MANIFEST_MODEL = "chaos-invalid-manifest"
+
+
+def _invalid_manifest(s: Sender) -> str:
+    """Upload the good model's manifest with one fault (a negative threshold), then request a run of its model."""
+    import yaml
+
+    from cd4ml import clients
+    from cd4ml.manifest import manifest_object
+
+    manifest = yaml.safe_load(s.pipeline.stack.root.joinpath("..", s.model, "manifest.yaml").read_text())
+    manifest.update(name=INVALID_MANIFEST_MODEL, evaluation={**manifest["evaluation"], "threshold": -1})
+    text = yaml.safe_dump(manifest, sort_keys=False)
+    bucket = clients.storage_client(s.pipeline.settings).bucket(s.pipeline.settings.artifact_bucket)
+    bucket.blob(manifest_object(INVALID_MANIFEST_MODEL)).upload_from_string(text, content_type="application/yaml")
+    data = json.dumps({"model": INVALID_MANIFEST_MODEL, "trigger": "manual"}).encode()
+    return s.raw(RR, data, **{"ce-subject": ""})
+
+
 def _post_envelope(s: Sender, data: str) -> str:
     message_id = str(uuid.uuid4().int % 10**16)
     body = json.dumps(
@@ -319,6 +339,15 @@ CASES: tuple[Case, ...] = (
             b'{"model": "ghost", "trigger": "schedule"}',
             scheduler_attributes(s.pipeline.settings.project, "cd4ml-ghost", RR),
         ),
+    ),
+    # --- the model: a manifest that fails validation (the trainer and Dockerfile faults are in models.py) ---
+    Case(
+        "a manifest that fails validation",
+        "model",
+        "fetch_data",
+        "dead-letter",
+        "evaluation.threshold",
+        _invalid_manifest,
     ),
     # --- HTTP, straight to a function ---
     Case(

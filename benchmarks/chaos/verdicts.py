@@ -17,6 +17,9 @@ from benchmarks.concurrency import _builds, _duplicates, _jobs
 from benchmarks.pipeline import Pipeline
 from cd4ml import catalog
 
+#: The alias the chaos models' promotions move (serving.alias's default).
+ALIAS = "champion"
+
 
 def gate_executions(pipeline: Pipeline) -> Counter[str]:
     """Webhook executions at the Gate stand-in, by the run id in their payload."""
@@ -26,15 +29,45 @@ def gate_executions(pipeline: Pipeline) -> Counter[str]:
     return Counter(str(((e.get("trigger") or {}).get("payload") or {}).get("run_id", "")) for e in executions)
 
 
+def alias_moves(pipeline: Pipeline) -> Counter[str]:
+    """Manifest pushes under an alias tag (``serving.alias``, here ``champion``) at the registry, by image digest:
+    the registry's own push notifications, as its gcr bridge logged them."""
+    moves: Counter[str] = Counter()
+    for line in (pipeline.stack.logs / "registry.log").read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line) if line.startswith("{") else {}
+        except json.JSONDecodeError:
+            continue
+        if entry.get("message") == "published gcr message" and str(entry.get("tag") or "").endswith(f":{ALIAS}"):
+            moves[str(entry.get("digest") or "").rsplit("@", 1)[-1]] += 1
+    return moves
+
+
+def effect_counts(pipeline: Pipeline, run_ids: list[str]) -> dict[str, int]:
+    """How many effects the external systems hold for these runs (jobs, builds, Gate executions, alias moves)."""
+    executions = gate_executions(pipeline)
+    return {
+        "vertex_jobs": sum(len(v) for v in _jobs(pipeline, run_ids).values()),
+        "cloud_builds": sum(len(v) for v in _builds(pipeline, run_ids).values()),
+        "gate_executions": sum(executions[r] for r in run_ids),
+        "alias_moves": sum(alias_moves(pipeline).values()),
+    }
+
+
 def duplicate_effects(pipeline: Pipeline, records: Mapping[str, dict[str, Any]], run_ids: list[str]) -> list[str]:
-    """Every effect found more than once: Vertex jobs, builds, Gate executions, events in the ledger."""
+    """Every effect found more than once: Vertex jobs, builds, Gate executions, alias moves, events in the ledger."""
     jobs, builds, executions = _jobs(pipeline, run_ids), _builds(pipeline, run_ids), gate_executions(pipeline)
+    moves = alias_moves(pipeline)
     problems: list[str] = []
     for run_id in run_ids:
         problems += _duplicates(run_id, records.get(run_id), jobs.get(run_id, []), builds.get(run_id, []))
         succeeded = (records.get(run_id) or {}).get("status") == "succeeded"
         if executions[run_id] > 1 or (succeeded and executions[run_id] != 1):
             problems.append(f"{run_id}: {executions[run_id]} executions at Gate")
+        digest = str(((records.get(run_id) or {}).get("image") or {}).get("digest") or "")
+        moved = moves[digest] if digest else 0
+        if moved > 1 or (succeeded and moved != 1):
+            problems.append(f"{run_id}: alias {ALIAS} moved to its image {moved} times at the registry")
     return problems
 
 

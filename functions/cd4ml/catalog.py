@@ -25,9 +25,11 @@ def dead_letter_topic(stage: str) -> str:
     return f"cd4ml-{stage.replace('_', '-')}-dead-letter"
 
 
-def subscription_id(stage: str) -> str:
-    """The push subscription id that feeds a stage."""
-    return f"cd4ml-{stage.replace('_', '-')}"
+def subscription_id(stage: str, trigger: str | None = None) -> str:
+    """The push subscription id that feeds a stage: ``cd4ml-<stage>``; for a stage with several triggers, one per
+    trigger, ``cd4ml-<stage>-<topic without cd4ml->`` (``cd4ml-notify-run-rejected-v1``)."""
+    base = f"cd4ml-{stage.replace('_', '-')}"
+    return base if trigger is None else f"{base}-{topic_id(trigger).removeprefix('cd4ml-')}"
 
 
 def dead_letter_hold(stage: str) -> str:
@@ -47,10 +49,23 @@ class Stage:
     timeout_seconds: int
     uses: tuple[str, ...]
     env: tuple[str, ...]
+    #: Every input of the stage; ``trigger`` is the first. Most stages have one (catalog ``trigger``); a stage
+    #: with ``triggers`` (notify) gets one push subscription per topic, all with its one dead-letter topic.
+    triggers: tuple[str, ...] = ()
+    #: An observer (notify) never changes a run: a failure it exhausts its deliveries on is Pub/Sub's to dead-letter.
+    observer: bool = False
 
     @property
     def trigger_topic(self) -> str:
         return topic_id(self.trigger)
+
+    @property
+    def subscriptions(self) -> tuple[tuple[str, str], ...]:
+        """(subscription id, topic id) of each push subscription that feeds the stage."""
+        inputs = self.triggers or (self.trigger,)
+        if len(inputs) == 1:
+            return ((subscription_id(self.name), topic_id(inputs[0])),)
+        return tuple((subscription_id(self.name, t), topic_id(t)) for t in inputs)
 
     @property
     def foreign(self) -> bool:
@@ -91,6 +106,11 @@ class Catalog:
     succeeded_on: str
     failed_on: tuple[str, ...]
     stale_after_seconds: int
+    skipped_on: tuple[str, ...] = ()
+    #: Topics cd4ml creates for Cloud Storage notifications: (topic id, bucket role, event types).
+    notification_topics: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    rejected_on: tuple[str, ...] = ()
+    awaits_on: tuple[str, ...] = ()
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -104,6 +124,7 @@ class Catalog:
         return (
             tuple(topic_id(t) for t in self.event_types)
             + self.foreign_topics
+            + tuple(n[0] for n in self.notification_topics)
             + tuple(dead_letter_topic(s.name) for s in self.stages)
         )
 
@@ -117,7 +138,9 @@ def load() -> Catalog:
         Stage(
             name=name,
             doc=spec["doc"],
-            trigger=spec["trigger"],
+            trigger=spec["triggers"][0] if "triggers" in spec else spec["trigger"],
+            triggers=tuple(spec["triggers"]) if "triggers" in spec else (spec["trigger"],),
+            observer=bool(spec.get("observer", False)),
             emits=tuple(spec["emits"]),
             memory=spec["memory"],
             timeout_seconds=int(spec["timeout_seconds"]),
@@ -139,6 +162,13 @@ def load() -> Catalog:
         succeeded_on=raw["run"]["succeeded_on"],
         failed_on=tuple(raw["run"]["failed_on"]),
         stale_after_seconds=int(raw["run"]["stale_after_seconds"]),
+        skipped_on=tuple(raw["run"].get("skipped_on", ())),
+        notification_topics=tuple(
+            (name, str(spec["bucket"]), tuple(spec["event_types"]))
+            for name, spec in (raw.get("notification_topics") or {}).items()
+        ),
+        rejected_on=tuple(raw["run"].get("rejected_on", ())),
+        awaits_on=tuple(raw["run"].get("awaits_on", ())),
     )
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 RUNS = "runs"
 MODELS = "models"
+CACHE = "cache"
+ARRIVALS = "arrivals"
 EFFECTS = "effects"
 DELIVERIES = "deliveries"
 #: How many rejected messages a run record keeps (the dead-letter hold keeps them all).
@@ -186,6 +188,63 @@ class Ledger:
         champion: dict[str, Any] | None = (snap.to_dict() or {}).get("champion")
         return dict(champion) if champion else None
 
+    def cached(self, name: str) -> dict[str, Any] | None:
+        """A cache index entry (``cache/{name}``, e.g. ``training-{key}``; cd4ml.cache), or None."""
+        snap = self._db.collection(CACHE).document(name).get()
+        return (snap.to_dict() or {}) if snap.exists else None
+
+    def remember(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Write a cache index entry; a set, so writing it again (a redelivery) changes nothing that matters."""
+        self._db.collection(CACHE).document(name).set({**entry, "at": format_time(now())})
+
+    def with_field(self, field: str, value: Any, limit: int = 20) -> list[dict[str, Any]]:
+        """Runs whose ``field`` (a dotted path) equals ``value``, newest first (single-field indexes suffice)."""
+        from google.cloud import firestore
+
+        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter(field, "==", value))
+        runs = [d.to_dict() or {} for d in query.limit(limit).stream()]
+        return sorted(runs, key=lambda r: str(r.get("created_at", "")), reverse=True)
+
+    def note_arrival(self, model: str, update: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
+        """Apply ``update`` to ``arrivals/{model}`` (the latest upload under its source prefix) in a transaction;
+        False when it changed nothing (a duplicate or older notification)."""
+        from google.cloud import firestore
+
+        ref = self._db.collection(ARRIVALS).document(model)
+
+        @firestore.transactional
+        def txn(transaction: Any) -> bool:
+            snap = ref.get(transaction=transaction)
+            new = update(snap.to_dict() if snap.exists else None)
+            if new is not None:
+                transaction.set(ref, new)
+            return new is not None
+
+        return bool(self._commit(txn))
+
+    def pending_arrivals(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The models with an upload that has no run yet."""
+        from google.cloud import firestore
+
+        query = self._db.collection(ARRIVALS).where(filter=firestore.FieldFilter("pending", "==", True))
+        return [d.to_dict() or {} for d in query.limit(limit).stream()]
+
+    def answer_arrival(self, model: str, last_upload: str) -> None:
+        """Mark the upload at ``last_upload`` as answered by a run, unless a later one arrived meanwhile."""
+        from google.cloud import firestore
+
+        ref = self._db.collection(ARRIVALS).document(model)
+
+        @firestore.transactional
+        def txn(transaction: Any) -> None:
+            doc = ref.get(transaction=transaction).to_dict() or {}
+            update: dict[str, Any] = {"requested_for": last_upload}
+            if doc.get("last_upload") == last_upload:
+                update["pending"] = False
+            transaction.update(ref, update)
+
+        self._commit(txn)
+
     def in_flight_training(self, limit: int = 200) -> list[dict[str, Any]]:
         """Runs whose training job was submitted and has not been reported finished."""
         from google.cloud import firestore
@@ -198,6 +257,15 @@ class Ledger:
         from google.cloud import firestore
 
         query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("canary.active", "==", True))
+        return [d.to_dict() or {} for d in query.limit(limit).stream()]
+
+    def awaiting_approval(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Runs waiting for a person's decision (status awaiting_approval)."""
+        from google.cloud import firestore
+
+        from cd4ml.run import AWAITING_APPROVAL
+
+        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("status", "==", AWAITING_APPROVAL))
         return [d.to_dict() or {} for d in query.limit(limit).stream()]
 
     def stale(self, before: datetime, limit: int = 200) -> list[dict[str, Any]]:

@@ -61,6 +61,49 @@ class Smoke:
         return posixpath.relpath(posixpath.normpath(self.requests), posixpath.dirname(posixpath.normpath(dockerfile)))
 
 
+@dataclass(frozen=True)
+class Approval:
+    """A person must approve the candidate before delivery: who may, and how long the request stands."""
+
+    approvers: tuple[str, ...]
+    expires_after: timedelta
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``72h``, ``7d`` (the manifest's pattern) as a timedelta."""
+    return timedelta(**{_UNITS[text[-1]]: int(text[:-1])})
+
+
+def _approval(document: Mapping[str, Any]) -> Approval | None:
+    raw = document.get("approval")
+    if not raw or not raw.get("required"):
+        return None
+    return Approval(approvers=tuple(raw["approvers"]), expires_after=duration(str(raw.get("expires_after", "72h"))))
+
+
+#: What a notification route may ask for (manifest ``notify[].on``).
+NOTICE_KINDS = ("failed", "rejected", "approval_requested", "approval_decided", "promoted")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One place to tell people: a channel (its webhook URL is a secret), a format, and what to post there."""
+
+    channel: str
+    format: str
+    on: tuple[str, ...]
+
+
+def _routes(document: Mapping[str, Any]) -> tuple[Route, ...]:
+    return tuple(
+        Route(channel=r["channel"], format=r.get("format", "slack"), on=tuple(r.get("on") or NOTICE_KINDS))
+        for r in document.get("notify") or ()
+    )
+
+
 def _smoke(serving: Mapping[str, Any]) -> Smoke | None:
     smoke = serving.get("smoke")
     if smoke is None:
@@ -95,6 +138,8 @@ class Manifest:
     alias: str
     smoke: Smoke | None
     raw: Mapping[str, Any] = field(hash=False, repr=False)
+    approval: Approval | None = None
+    notify: tuple[Route, ...] = ()
 
     def scheduled_time(self, at: datetime) -> datetime:
         """The schedule's latest fire time at or before ``at``: a scheduler's duplicates map to one run."""
@@ -180,6 +225,8 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
         alias=str(document["serving"].get("alias", "champion")),
         smoke=_smoke(document["serving"]),
         raw=plain(document),
+        approval=_approval(document),
+        notify=_routes(document),
     )
 
 

@@ -37,6 +37,7 @@ class RunRequested:
     model: str
     scheduled_time: datetime | None
     trigger: str
+    no_cache: bool = False  # train, build and deliver anew (``cd4ml run --no-cache``)
 
     @classmethod
     def of(cls, event: Event) -> RunRequested:
@@ -45,6 +46,7 @@ class RunRequested:
             model=str(event.data["model"]),
             scheduled_time=parse_time(when) if when else None,
             trigger=str(event.data.get("trigger", "manual")),
+            no_cache=bool(event.data.get("no_cache", False)),
         )
 
 
@@ -77,6 +79,7 @@ class TrainingCompleted:
     model: str
     job: str
     model_artifact: Artifact
+    reused_from: str = ""  # the run whose training was reused (training cache hit)
 
     @classmethod
     def of(cls, event: Event) -> TrainingCompleted:
@@ -84,6 +87,7 @@ class TrainingCompleted:
             model=str(event.data["model"]),
             job=str(event.data["job"]),
             model_artifact=Artifact.from_dict(event.data["model_artifact"]),
+            reused_from=str(event.data.get("reused_from", "")),
         )
 
 
@@ -102,6 +106,36 @@ class EvaluationPassed:
             model_artifact=Artifact.from_dict(event.data["model_artifact"]),
             metrics={str(k): float(v) for k, v in event.data["metrics"].items()},
         )
+
+
+@dataclass(frozen=True)
+class DeliveryCleared:
+    """cd4ml.delivery.cleared.v1: the candidate may be delivered (no approval needed, or approved)."""
+
+    model: str
+    model_artifact: Artifact
+    metrics: Mapping[str, float]
+
+    @classmethod
+    def of(cls, event: Event) -> DeliveryCleared:
+        return cls(
+            model=str(event.data["model"]),
+            model_artifact=Artifact.from_dict(event.data["model_artifact"]),
+            metrics={str(k): float(v) for k, v in event.data["metrics"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class ApprovalDecided:
+    """cd4ml.approval.decided.v1: a person's decision, who they say they are, and why."""
+
+    decision: str
+    by: str
+    reason: str
+
+    @classmethod
+    def of(cls, event: Event) -> ApprovalDecided:
+        return cls(decision=str(event.data["decision"]), by=str(event.data["by"]), reason=str(event.data["reason"]))
 
 
 @dataclass(frozen=True)

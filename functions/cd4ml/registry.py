@@ -107,7 +107,8 @@ class RegistryClient:
     def _check(response: requests.Response, what: str) -> None:
         if response.status_code < 400:
             return
-        detail = f"registry refused {what}: HTTP {response.status_code} {response.text[:200]}"
+        # The reason phrase too: a HEAD's answer has no body, and "HTTP 503" alone does not say the registry is down.
+        detail = f"registry refused {what}: HTTP {response.status_code} {response.reason} {response.text[:200]}"
         if response.status_code >= 500 or response.status_code in (401, 403, 429):
             raise RetryableError(detail)  # auth can be a grant still propagating; 5xx and 429 pass
         raise PermanentError(detail)

@@ -17,7 +17,10 @@ from cd4ml.payloads import Artifact
 from cd4ml.snapshot import Dataset
 
 #: The statuses a run never leaves.
-TERMINAL = ("succeeded", "failed", "rejected")
+#: "skipped": the run's model was the champion's, byte for byte; nothing was delivered (catalog ``run.skipped_on``).
+TERMINAL = ("succeeded", "failed", "rejected", "skipped")
+#: A running run that waits for a person's decision (catalog ``run.awaits_on``); not ended.
+AWAITING_APPROVAL = "awaiting_approval"
 _RUN_ID = re.compile(r"^(?P<model>[a-z][a-z0-9-]{0,39})-(?P<stamp>\d{8}t\d{6}z)$")
 
 
@@ -115,6 +118,22 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """The approval gate: what the approvers were shown, who decided what and when, and who was refused."""
+
+    approvers: tuple[str, ...] = ()
+    requested_at: str = ""
+    expires_at: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    gate: Mapping[str, Any] = field(default_factory=dict)
+    decision: str = ""  # approve | reject | expired
+    by: str = ""
+    reason: str = ""
+    decided_at: str = ""
+    refused: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class RunError:
     stage: str
     message: str
@@ -141,6 +160,7 @@ class Run:
     image: Image = field(default_factory=Image)
     canary: Canary | None = None
     promotion: Promotion | None = None
+    approval: Approval | None = None
     error: RunError | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -194,6 +214,7 @@ class Run:
             image=_sub(Image, d.get("image")) or Image(),
             canary=_sub(Canary, d.get("canary")),
             promotion=_sub(Promotion, d.get("promotion")),
+            approval=_sub(Approval, d.get("approval")),
             error=RunError(
                 stage=str(error.get("stage", "")),
                 message=str(error.get("message", "")),
@@ -231,6 +252,7 @@ class Run:
             "image": _doc(self.image),
             "canary": _doc(self.canary),
             "promotion": _doc(self.promotion),
+            "approval": _doc(self.approval),
             "error": {"stage": self.error.stage, "message": self.error.message, "problems": list(self.error.problems)}
             if self.error
             else None,

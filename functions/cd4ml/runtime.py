@@ -38,6 +38,14 @@ class Context:
         self.settings = settings
         self.log = logs.get(settings.stage)
 
+    @cached_property
+    def observer(self) -> bool:
+        """An observer stage (catalog ``observer``) never ends a run: Pub/Sub alone dead-letters what it gives up on."""
+        try:
+            return catalog.load().stage(self.settings.stage).observer
+        except KeyError:
+            return False
+
     @property
     def source(self) -> str:
         """ce-source of the events this stage emits."""
@@ -195,7 +203,7 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
     except PermanentError as error:
         ctx.reject(message, error)
     except Exception as error:  # retryable: raised again (HTTP 500, redelivery) unless this was the last delivery
-        if not ctx.last_delivery(message):
+        if ctx.observer or not ctx.last_delivery(message):
             raise
         ctx.give_up(message, error)
 

@@ -30,6 +30,7 @@ class Settings:
     registry_api: str
     gate_url: str
     gate_key_secret: str
+    notify_secrets: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cd4ml import catalog
-from cd4ml.run import TERMINAL
+from cd4ml.run import AWAITING_APPROVAL, TERMINAL
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,14 @@ def status_after(current: str, event_type: str) -> str:
         return "succeeded"
     if event_type in cat.failed_on:
         return "failed"
+    if event_type in cat.skipped_on:
+        return "skipped"
+    if event_type in cat.rejected_on:
+        return "rejected"
+    if event_type in cat.awaits_on:
+        return AWAITING_APPROVAL
+    if current == AWAITING_APPROVAL:
+        return "running"  # a decision was applied (delivery.cleared): the run goes on
     return current
 
 

@@ -83,12 +83,11 @@ def test_build_image_submits_one_build_however_often_delivered(contract: Contrac
     ctx = runtime.context()
     ctx.storage.bucket("cd4ml-contract-artifacts").blob(f"runs/{run_id}/model/model.joblib").upload_from_string(model)
     passed = Event.new(
-        events.EVALUATION_PASSED,
+        events.DELIVERY_CLEARED,
         run_id,
         {
             "model": "digits",
             "metrics": {"accuracy": 0.97},
-            "gate": {},
             "model_artifact": {
                 "uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
                 "sha256": hashlib.sha256(model).hexdigest(),
@@ -99,7 +98,7 @@ def test_build_image_submits_one_build_however_often_delivered(contract: Contrac
     data, attributes = passed.to_message()
     for attempt in range(3):
         body = push_body(attributes, data, f"passed-{attempt}")
-        assert contract.post("build_image", body, "cd4ml-evaluation-passed-v1").status_code == 200
+        assert contract.post("build_image", body, "cd4ml-delivery-cleared-v1").status_code == 200
     builds = list(runtime.context().builds.list_builds(project_id=PROJECT, filter=f'tags="cd4ml-run-{run_id}"'))
     assert len(builds) == 1
     run = contract.run(run_id)
@@ -117,12 +116,11 @@ def test_build_image_refuses_a_model_that_changed_since_evaluation(contract: Con
     evaluated = hashlib.sha256(b"the evaluated model").hexdigest()
     blob.upload_from_string(b"a model swapped in afterwards")
     passed = Event.new(
-        events.EVALUATION_PASSED,
+        events.DELIVERY_CLEARED,
         run_id,
         {
             "model": "digits",
             "metrics": {"accuracy": 0.97},
-            "gate": {},
             "model_artifact": {
                 "uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
                 "sha256": evaluated,
@@ -132,7 +130,7 @@ def test_build_image_refuses_a_model_that_changed_since_evaluation(contract: Con
     )
     data, attributes = passed.to_message()
     assert (
-        contract.post("build_image", push_body(attributes, data, "swapped"), "cd4ml-evaluation-passed-v1").status_code
+        contract.post("build_image", push_body(attributes, data, "swapped"), "cd4ml-delivery-cleared-v1").status_code
         == 200
     )
     assert list(ctx.builds.list_builds(project_id=PROJECT, filter=f'tags="cd4ml-run-{run_id}"')) == []

@@ -118,6 +118,13 @@ def _valid_data(type_: str) -> dict[str, Any]:
             "model_artifact": {"uri": "gs://b/m", "sha256": sha},
         },
         events.IMAGE_PUSHED: {"model": "digits", "reference": f"r/digits@sha256:{sha}"},
+        events.DELIVERY_CLEARED: {
+            "model": "digits",
+            "metrics": {"accuracy": 1.0},
+            "model_artifact": {"uri": "gs://b/m", "sha256": sha},
+        },
+        events.APPROVAL_DECIDED: {"decision": "approve", "by": "user:a@example.com", "reason": "fine"},
+        events.TRAINING_FAILED: {"model": "digits", "state": "JOB_STATE_FAILED", "error": "boom"},
         events.CANARY_SUCCEEDED: {"model": "digits", "execution_id": "x"},
     }
     return examples[type_]

@@ -43,7 +43,8 @@ class Pipeline:
         time.sleep(1.0)  # a fresh second: two runs of one model never share a slot
         return ledger.run_id(model, now().replace(microsecond=0) + timedelta(seconds=1))
 
-    def request(self, model: str, run_id: str | None = None) -> str:
+    def request(self, model: str, run_id: str | None = None, *, cache: bool = False) -> str:
+        """Request a run; a full one (``no_cache``: train, build, deliver) unless the test asks for the caches."""
         from cd4ml.run import RunId
 
         scheduled = RunId.parse(run_id).scheduled_time if run_id else now().replace(microsecond=0)
@@ -52,7 +53,12 @@ class Pipeline:
             Event.new(
                 RUN_REQUESTED,
                 run_id,
-                {"model": model, "scheduled_time": format_time(scheduled), "trigger": "manual"},
+                {
+                    "model": model,
+                    "scheduled_time": format_time(scheduled),
+                    "trigger": "manual",
+                    **({} if cache else {"no_cache": True}),
+                },
                 source="//tests",
             )
         )

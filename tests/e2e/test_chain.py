@@ -27,7 +27,7 @@ def _types(run: dict[str, Any]) -> list[str]:
 def test_cli_run_wait_json_gives_a_complete_record(pipeline: Pipeline) -> None:
     env = {"PATH": "/usr/bin:/bin", **pipeline.env, "CD4ML_STATE_DIR": str(pipeline.stack.root)}
     done = subprocess.run(
-        [sys.executable, "-m", "cd4ml_cli", "run", "digits", "--wait", "--json", "--timeout", "240"],
+        [sys.executable, "-m", "cd4ml_cli", "run", "digits", "--wait", "--json", "--timeout", "240", "--no-cache"],
         capture_output=True,
         text=True,
         env=env,
@@ -51,6 +51,7 @@ def test_cli_run_wait_json_gives_a_complete_record(pipeline: Pipeline) -> None:
         events.TRAINING_SUBMITTED,
         events.TRAINING_COMPLETED,
         events.EVALUATION_PASSED,
+        events.DELIVERY_CLEARED,
         events.IMAGE_BUILT,
         events.IMAGE_PUSHED,
         events.CANARY_TRIGGERED,

@@ -18,6 +18,7 @@ LOCALS = (
     "event_types",
     "topic_ids",
     "foreign_topics",
+    "notification_topics",
     "stage_slug",
     "dead_letter_topics",
     "function_names",

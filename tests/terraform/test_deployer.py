@@ -36,6 +36,11 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("resource", "google_storage_bucket"): {"roles/storage.admin"},
     ("resource", "google_storage_bucket_object"): {"roles/storage.admin"},
     ("resource", "google_storage_bucket_iam_member"): {"roles/storage.admin"},
+    # A bucket's notification config needs storage.buckets.update on the bucket and pubsub rights on the topic
+    # (https://cloud.google.com/storage/docs/reporting-changes#prereqs); reading the Cloud Storage service agent
+    # (projects.serviceAccount.get) is a storage project call.
+    ("resource", "google_storage_notification"): {"roles/storage.admin", "roles/pubsub.admin"},
+    ("data", "google_storage_project_service_account"): {"roles/storage.admin"},
     ("resource", "google_artifact_registry_repository"): {"roles/artifactregistry.admin"},
     ("resource", "google_artifact_registry_repository_iam_member"): {"roles/artifactregistry.admin"},
     ("resource", "google_secret_manager_secret"): {"roles/secretmanager.admin"},

@@ -23,7 +23,7 @@ from . import graph, hcl
 from .docs import deploy_section
 
 #: What each managed google_pubsub_topic may be made from: cd4ml's own topics only.
-OWN_TOPICS = {"${local.topic_ids}", "${local.dead_letter_topics}"}
+OWN_TOPICS = {"${local.topic_ids}", "${local.dead_letter_topics}", "${local.notification_topics}"}
 
 
 def _blocks(module: Path, kind: str) -> dict[str, hcl.TopBlock]:
@@ -33,7 +33,11 @@ def _blocks(module: Path, kind: str) -> dict[str, hcl.TopBlock]:
 def test_terraform_creates_no_google_topic(module: Path, tf_locals: dict[str, Any]) -> None:
     managed = {a: b for a, b in _blocks(module, "resource").items() if a.startswith("google_pubsub_topic.")}
     assert {a: b.body["for_each"] for a, b in managed.items() if b.body.get("for_each") not in OWN_TOPICS} == {}
-    own = set(tf_locals["topic_ids"].values()) | set(tf_locals["dead_letter_topics"].values())
+    own = (
+        set(tf_locals["topic_ids"].values())
+        | set(tf_locals["dead_letter_topics"].values())
+        | set(tf_locals["notification_topics"])
+    )
     assert not own & set(tf_locals["foreign_topics"])
 
 

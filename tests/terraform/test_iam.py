@@ -23,7 +23,7 @@ from . import hcl
 from .evaluate import evaluate
 
 PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
-MEMBERS = {"function", "invoker", "pubsub_agent", "training", "build"}
+MEMBERS = {"function", "invoker", "pubsub_agent", "storage_agent", "training", "build", "approvers"}
 PER_STAGE_MEMBERS = {"function", "invoker"}
 PER_STAGE_SCOPES = {"emits_topics", "dead_letter_topic", "subscription", "run_service", "service_account:invoker"}
 RULE_KEYS = {"role", "member", "stages", "scope", "prefixes", "condition", "why"}
@@ -188,17 +188,22 @@ def test_each_function_publishes_only_to_its_emits_and_its_dead_letter_topic(
             *(f"topic:{t}" for t in stage.emits),
             f"dead_letter_topic:{stage.name}",
         }
-    assert set(published) == {"pubsub_agent"}
+    assert set(published) == {"pubsub_agent", "storage_agent"}
+    assert published["storage_agent"] == {"data_arrivals_topic"}  # Cloud Storage's notifications, that topic only
 
 
 def test_the_pubsub_agent_gets_what_dead_lettering_and_push_need(grants: list[dict[str, Any]], cat: Catalog) -> None:
     agent = {(g["role"], g["target"]) for g in grants if g["member"] == "pubsub_agent"}
+    # One subscription per stage, keyed by its name; one per trigger for a stage with several (notify).
+    subscriptions = {
+        s.name: [s.name] if len(s.triggers) == 1 else [f"{s.name}:{t}" for t in s.triggers] for s in cat.stages
+    }
     assert agent == {
         pair
         for s in cat.stages
         for pair in (
             ("roles/pubsub.publisher", f"dead_letter_topic:{s.name}"),
-            ("roles/pubsub.subscriber", f"subscription:{s.name}"),
+            *(("roles/pubsub.subscriber", f"subscription:{key}") for key in subscriptions[s.name]),
             ("roles/iam.serviceAccountTokenCreator", f"service_account:invoker:{s.name}"),
         )
     }

@@ -118,9 +118,9 @@ def test_a_cycle_is_caught(copy: Path) -> None:
     """The subscriptions wait for the grants, so a grant target may not reference a subscription (iam.tf)."""
     path = copy / "iam.tf"
     text = path.read_text()
-    old = '"subscription:${s}" => local.stage_subscriptions[s].name'
+    old = '"subscription:${k}" => sub.name'
     assert text.count(old) == 1
-    path.write_text(text.replace(old, '"subscription:${s}" => google_pubsub_subscription.stage[s].name'))
+    path.write_text(text.replace(old, '"subscription:${k}" => google_pubsub_subscription.stage[k].name'))
     problems = ordering_problems(copy)
     assert problems and all(p.startswith("dependency cycle: ") for p in problems), problems
     assert any(SUBSCRIPTION in p and "local.iam_targets" in p for p in problems), problems

@@ -80,6 +80,7 @@ def test_topics_equal_the_local_stack(tf_locals: dict[str, Any], topology: Topol
     deployed = (
         set(tf_locals["topic_ids"].values())
         | set(tf_locals["foreign_topics"])
+        | set(tf_locals["notification_topics"])
         | set(tf_locals["dead_letter_topics"].values())
     )
     assert deployed == set(topology.topics)
@@ -93,7 +94,13 @@ def test_topic_resources_are_the_derived_topics(resources: dict[str, hcl.TopBloc
     assert (dead["for_each"], dead["name"]) == ("${local.dead_letter_topics}", "${each.value}")
     topics = [a for a in resources if a.startswith("google_pubsub_topic.")]
     # Google's topics (cloud-builds, gcr) are read, never created: test_foreign_topics.py.
-    assert sorted(topics) == ["google_pubsub_topic.dead_letter", "google_pubsub_topic.event"]
+    notification = _body(resources, "google_pubsub_topic.notification")
+    assert (notification["for_each"], notification["name"]) == ("${local.notification_topics}", "${each.key}")
+    assert sorted(topics) == [
+        "google_pubsub_topic.dead_letter",
+        "google_pubsub_topic.event",
+        "google_pubsub_topic.notification",
+    ]
 
 
 # ---- subscriptions -----------------------------------------------------------------------------------
@@ -104,7 +111,7 @@ def _terraform_subscriptions(tf_locals: dict[str, Any]) -> set[Subscription]:
         Subscription(
             name=s["name"],
             topic=s["topic"],
-            stage=stage,
+            stage=s["stage"],
             dead_letter_topic=s["dead_letter_topic"],
             max_delivery_attempts=s["max_delivery_attempts"],
             minimum_backoff_seconds=int(s["minimum_backoff"].removesuffix("s")),
@@ -112,7 +119,7 @@ def _terraform_subscriptions(tf_locals: dict[str, Any]) -> set[Subscription]:
             ack_deadline_seconds=s["ack_deadline_seconds"],
             retention_seconds=None,
         )
-        for stage, s in tf_locals["stage_subscriptions"].items()
+        for s in tf_locals["stage_subscriptions"].values()
     }
     holds = {
         Subscription(
@@ -135,16 +142,35 @@ def test_subscriptions_and_dead_letter_settings_equal_the_local_stack(
     tf_locals: dict[str, Any], topology: Topology, cat: Catalog
 ) -> None:
     assert _terraform_subscriptions(tf_locals) == set(topology.subscriptions)
+    by_name = {s["name"]: s for s in tf_locals["stage_subscriptions"].values()}
     for stage in cat.stages:
-        sub = tf_locals["stage_subscriptions"][stage.name]
-        assert sub["name"] == cd4ml_catalog.subscription_id(stage.name)
-        assert sub["topic"] == stage.trigger_topic
-        assert sub["dead_letter_topic"] == cd4ml_catalog.dead_letter_topic(stage.name)
+        assert stage.subscriptions[0][0].startswith(cd4ml_catalog.subscription_id(stage.name))
+        for name, topic in stage.subscriptions:
+            sub = by_name.pop(name)
+            assert (sub["topic"], sub["stage"]) == (topic, stage.name)
+            assert sub["dead_letter_topic"] == cd4ml_catalog.dead_letter_topic(stage.name)
         assert tf_locals["dead_letter_holds"][stage.name]["name"] == cd4ml_catalog.dead_letter_hold(stage.name)
+    assert by_name == {}
+
+
+def test_a_stage_with_several_triggers_gets_one_subscription_per_topic(tf_locals: dict[str, Any], cat: Catalog) -> None:
+    """notify listens to several event types: one push subscription each, all to its function and dead-letter topic."""
+    several = [s for s in cat.stages if len(s.triggers) > 1]
+    assert several, "the catalog has a stage with several triggers (notify)"
+    for stage in several:
+        subs = {k: s for k, s in tf_locals["stage_subscriptions"].items() if s["stage"] == stage.name}
+        assert set(subs) == {f"{stage.name}:{t}" for t in stage.triggers}
+        assert {s["topic"] for s in subs.values()} == {cd4ml_catalog.topic_id(t) for t in stage.triggers}
+    single = [s for s in cat.stages if len(s.triggers) == 1]
+    assert all(
+        tf_locals["stage_subscriptions"][s.name]["name"] == cd4ml_catalog.subscription_id(s.name) for s in single
+    )
 
 
 def test_foreign_triggers_are_the_catalog_foreign_topics(tf_locals: dict[str, Any], cat: Catalog) -> None:
-    foreign = {s.name: s.trigger for s in cat.stages if s.foreign}
+    notified = {n[0] for n in cat.notification_topics}
+    assert set(tf_locals["notification_topics"]) == notified
+    foreign = {s.name: s.trigger for s in cat.stages if s.foreign and s.trigger not in notified}
     assert foreign, "the catalog has stages on Google's topics"
     assert set(foreign.values()) == set(tf_locals["foreign_topics"]) == set(cat.foreign_topics)
     for stage, topic in foreign.items():
@@ -164,13 +190,13 @@ def test_subscription_resources_take_the_derived_settings(resources: dict[str, h
     )
     dead = _block(stage, "dead_letter_policy")
     assert dead["max_delivery_attempts"] == "${each.value.max_delivery_attempts}"
-    assert dead["dead_letter_topic"] == "${google_pubsub_topic.dead_letter[each.key].id}"
+    assert dead["dead_letter_topic"] == "${google_pubsub_topic.dead_letter[each.value.stage].id}"
     push = _block(stage, "push_config")
     # functions-framework makes a messagePublished CloudEvent of a push only on a /projects/P/topics/T path.
     assert push["push_endpoint"].endswith("/projects/${var.project_id}/topics/${each.value.topic}")
-    assert "google_cloudfunctions2_function.stage[each.key]" in push["push_endpoint"]
+    assert "google_cloudfunctions2_function.stage[each.value.stage]" in push["push_endpoint"]
     oidc = _block(push, "oidc_token")
-    assert oidc["service_account_email"] == "${google_service_account.invoker[each.key].email}"
+    assert oidc["service_account_email"] == "${google_service_account.invoker[each.value.stage].email}"
     assert "event_trigger" not in _body(resources, "google_cloudfunctions2_function.stage")
 
     hold = _body(resources, "google_pubsub_subscription.dead_letter_hold")
@@ -183,9 +209,9 @@ def test_subscription_resources_take_the_derived_settings(resources: dict[str, h
 
 
 def test_the_dead_letter_topic_of_a_subscription_is_its_stage_s(tf_locals: dict[str, Any]) -> None:
-    for stage, sub in tf_locals["stage_subscriptions"].items():
-        assert sub["dead_letter_topic"] == tf_locals["dead_letter_topics"][stage]
-        assert tf_locals["dead_letter_holds"][stage]["topic"] == tf_locals["dead_letter_topics"][stage]
+    for sub in tf_locals["stage_subscriptions"].values():
+        assert sub["dead_letter_topic"] == tf_locals["dead_letter_topics"][sub["stage"]]
+        assert tf_locals["dead_letter_holds"][sub["stage"]]["topic"] == tf_locals["dead_letter_topics"][sub["stage"]]
 
 
 # ---- functions and their environment ------------------------------------------------------------------

@@ -14,7 +14,8 @@ MAIN = Path(__file__).resolve().parents[2] / "functions" / "main.py"
 def test_every_stage_trigger_and_output_is_in_the_catalog() -> None:
     cat = catalog.load()
     for stage in cat.stages:
-        assert stage.trigger in cat.event_types or stage.trigger in cat.foreign_topics, stage.name
+        inputs = set(cat.event_types) | set(cat.foreign_topics) | {n[0] for n in cat.notification_topics}
+        assert stage.trigger in inputs, stage.name
         for emitted in stage.emits:
             assert emitted in cat.event_types, (stage.name, emitted)
         for name in stage.env:

@@ -1,17 +1,29 @@
 """What the chaos session (``nox -s chaos``) found, kept as fast tests: an outage is retried, never a verdict;
-Pub/Sub's delivery attempt is read; the local fault switches are inert unless the chaos session sets them."""
+Pub/Sub's delivery attempt is read; the local fault switches are inert unless the chaos session sets them; a
+promotion redelivered after a crash asks the registry before moving the alias again."""
 
 from __future__ import annotations
 
+import json
 import socket
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from cd4ml_cli import models
 from local_emulator import faults
 
-from cd4ml import spinnaker
+from cd4ml import events, spinnaker
 from cd4ml.errors import RetryableError
-from cd4ml.events import PubSubMessage
+from cd4ml.events import Event, PubSubMessage, now
+from cd4ml.outcome import Outcome
+from cd4ml.run import Run
+from cd4ml.stages import canary
 
 
 def _closed_port() -> int:
@@ -65,3 +77,168 @@ def test_a_planned_crash_fires_once(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     faults.effect_done("vertex.create", ["other", "run-1"])
     faults.effect_done("vertex.create", ["run-1"])
     assert faults.fired(tmp_path) == ["vertex.create run-1 submit_training"]
+
+
+class _Registry(ThreadingHTTPServer):
+    """The manifest API of a registry holding one image: HEAD/GET by digest or tag, PUT of a tag (counted)."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(("127.0.0.1", 0), _RegistryHandler)
+        self.digest = digest
+        self.tags: dict[str, str] = {}
+        self.puts: list[str] = []
+        self.down = False
+
+
+class _RegistryHandler(BaseHTTPRequestHandler):
+    server: _Registry
+
+    def _manifest(self, body: bool) -> None:
+        if self.server.down:  # as the chaos session's registry front answers during an outage
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        reference = self.path.rsplit("/manifests/", 1)[1]
+        digest = reference if reference.startswith("sha256:") else self.server.tags.get(reference)
+        if digest is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        content = b'{"schemaVersion": 2}'
+        self.send_response(200)
+        self.send_header("Docker-Content-Digest", digest)
+        self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if body:
+            self.wfile.write(content)
+
+    def do_HEAD(self) -> None:
+        self._manifest(body=False)
+
+    def do_GET(self) -> None:
+        self._manifest(body=True)
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        tag = self.path.rsplit("/manifests/", 1)[1]
+        self.server.tags[tag] = self.server.digest
+        self.server.puts.append(tag)
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class _ExpiredClaimLedger:
+    """A ledger whose promotion claim a crashed delivery left behind: ``once`` asks ``recover`` before acting."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    def run(self, run_id: str) -> Run:
+        return self._run
+
+    def champion(self, model: str) -> dict[str, Any] | None:
+        return None
+
+    def once(
+        self, run_id: str, name: str, act: Callable[[], dict[str, Any]], recover: Callable[[], Any]
+    ) -> tuple[dict[str, Any], bool]:
+        found = recover()
+        return (found, False) if found is not None else (act(), True)
+
+
+@pytest.mark.parametrize("moved_before_the_crash", [True, False])
+def test_a_promotion_redelivered_after_a_crash_moves_the_alias_once(moved_before_the_crash: bool) -> None:
+    # Found by the chaos session's crash after the alias PUT, before its record: the redelivery moved it again.
+    digest = "sha256:" + "2" * 64
+    registry = _Registry(digest)
+    threading.Thread(target=registry.serve_forever, daemon=True).start()
+    if moved_before_the_crash:
+        registry.tags["champion"] = digest
+    host = f"127.0.0.1:{registry.server_address[1]}"
+    manifest = models.read(Path(__file__).resolve().parents[2] / "examples" / "digits")
+    run = Run.from_document(
+        {
+            "run_id": "digits-20300101t030000z",
+            "model": "digits",
+            "status": "running",
+            "created_at": "2030-01-01T03:00:00.000Z",
+            "updated_at": "2030-01-01T03:00:00.000Z",
+            "events": [],
+            "manifest": manifest.raw,
+            "image": {"status": "SUCCESS", "reference": f"{host}/cd4ml/digits@{digest}", "digest": digest},
+        }
+    )
+    concluded: list[Outcome] = []
+    ctx = SimpleNamespace(
+        settings=SimpleNamespace(registry_api=f"http://{host}"),
+        ledger=_ExpiredClaimLedger(run),
+        conclude=lambda run_id, outcome: concluded.append(outcome),
+        info=lambda *args, **kwargs: None,
+    )
+    body, attributes = Event.new(
+        events.CANARY_SUCCEEDED, run.run_id, {"model": "digits", "execution_id": "x"}, source="//test"
+    ).to_message()
+    message = PubSubMessage(message_id="m1", publish_time=now(), attributes=attributes, data=body)
+    try:
+        canary.promote(message, ctx)  # type: ignore[arg-type]
+    finally:
+        registry.shutdown()
+        registry.server_close()
+    assert registry.puts == ([] if moved_before_the_crash else ["champion"])
+    assert registry.tags["champion"] == digest
+    [outcome] = concluded
+    assert outcome.type == events.MODEL_PROMOTED and outcome.data["digest"] == digest
+
+
+def test_a_push_reaches_the_function_with_its_subscription(tmp_path: Path) -> None:
+    # Found by the chaos session: functions-framework drops a raw push's subscription, so failures of one message
+    # on 3 subscriptions were counted together and the run was given up after 2 rounds. The supervisor delivers
+    # pushes as Eventarc does: a messagePublished CloudEvent whose data is the push body.
+    import functions_framework
+    from local_emulator.supervisor import eventarc_headers
+
+    source = tmp_path / "main.py"
+    source.write_text(
+        "import functions_framework\nseen = []\n\n"
+        "@functions_framework.cloud_event\ndef handler(event):\n    seen.append(event.data)\n"
+    )
+    app = functions_framework.create_app("handler", str(source), "cloudevent")  # type: ignore[no-untyped-call]
+    push = {
+        "message": {"data": "e30=", "messageId": "494", "publishTime": "2030-01-01T00:00:00Z", "attributes": {}},
+        "subscription": "projects/p/subscriptions/cd4ml-promote-twin1",
+    }
+    body = json.dumps(push).encode()
+    path = "/projects/p/topics/cd4ml-canary-succeeded-v1"
+    headers = eventarc_headers(path, {"Content-Type": "application/json"}, body)
+    assert app.test_client().post(path, data=body, headers=headers).status_code == 200
+    seen = sys.modules["main"].seen  # functions-framework loads the source as module "main"
+    [data] = seen
+    message = PubSubMessage.from_push(data)
+    assert (message.subscription, message.message_id) == ("projects/p/subscriptions/cd4ml-promote-twin1", "494")
+    assert eventarc_headers(path, {"ce-id": "1"}, body) == {"ce-id": "1"}  # already a CloudEvent: unchanged
+    assert eventarc_headers(path, {}, b"not a push") == {}
+
+
+def test_a_registry_that_is_down_is_retried_and_named() -> None:
+    # Found by the chaos session: a HEAD answered 503 has no body, so the run's last error said only "HTTP 503".
+    from cd4ml import registry as docker_registry
+
+    server = _Registry("sha256:" + "2" * 64)
+    server.down = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(RetryableError, match="HTTP 503 Service Unavailable"):
+            docker_registry.RegistryClient().digest(
+                docker_registry.Repository.of(f"{host}/cd4ml/digits", f"http://{host}"), "champion"
+            )
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -24,12 +24,17 @@ def policy() -> Policy:
     return iam_policy.load("p", DATA, ARTIFACTS)
 
 
-def test_submit_training_may_publish_its_two_events_and_its_dead_letter_topic_only(policy: Policy) -> None:
+def test_submit_training_may_publish_its_three_events_and_its_dead_letter_topic_only(policy: Policy) -> None:
     assert policy.topics("function:submit_training") == {
         "cd4ml-training-submitted-v1",
         "cd4ml-training-failed-v1",
+        "cd4ml-training-completed-v1",  # a training cache hit completes without a job
         "cd4ml-submit-training-dead-letter",
     }
+
+
+def test_the_storage_agent_may_publish_to_the_data_arrivals_topic_only(policy: Policy) -> None:
+    assert policy.topics("storage_agent") == {"cd4ml-data-arrivals"}
 
 
 def test_every_stage_publishes_exactly_what_terraform_grants(policy: Policy) -> None:

@@ -77,7 +77,10 @@ def test_a_request_naming_another_slot_is_refused_with_both_ids() -> None:
 def test_a_snapshot_becomes_data_fetched_and_the_run_dataset() -> None:
     dataset = Dataset(uri="gs://d/datasets/digits/x/", sha256="a" * 64, rows=10, bytes=99, files=1)
     outcome = fetch.decide(RunRequested(model="digits", scheduled_time=None, trigger="manual"), dataset)
-    assert outcome.type == events.DATA_FETCHED and outcome.record == {"dataset": dataset.to_dict()}
+    assert outcome.type == events.DATA_FETCHED and outcome.record == {
+        "dataset": dataset.to_dict(),
+        "cache.enabled": True,
+    }
 
 
 # --- training ------------------------------------------------------------------------------------------------

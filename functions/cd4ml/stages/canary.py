@@ -59,42 +59,47 @@ def verdict(run: Run, execution: Mapping[str, Any] | None, at: datetime, champio
             f"Spinnaker execution {canary.execution_id} of {canary.pipeline or 'the canary pipeline'} ended "
             f"{status}" + (f" at stage {stage!r}" if stage else "")
         )
-        return Outcome.event(
-            events.CANARY_FAILED,
-            {
-                "model": run.model,
-                "reason": reason,
-                "event_id": canary.event_id,
-                "execution_id": canary.execution_id,
-                "stage": stage,
-                "status": status,
-                **previous,
-            },
-            {**ended, "canary.verdict": "failed", "canary.stage": stage, "canary.reason": reason},
-            error=reason,
-        )
+        return _failed(run.model, canary, status, stage, reason, previous, ended)
     if canary.deadline and at >= parse_time(canary.deadline):
         reason = (
             f"Spinnaker execution {canary.execution_id} had not ended by its deadline {canary.deadline} "
             f"(still {status or 'unknown'}); champion and alias unchanged"
         )
-        return Outcome.event(
-            events.CANARY_FAILED,
-            {
-                "model": run.model,
-                "reason": reason,
-                "event_id": canary.event_id,
-                "execution_id": canary.execution_id,
-                "status": "DEADLINE",
-                **previous,
-            },
-            {**ended, "canary.status": "DEADLINE", "canary.verdict": "failed", "canary.reason": reason},
-            error=reason,
-        )
+        return _failed(run.model, canary, "DEADLINE", "", reason, previous, ended)
     return Outcome.nothing(
         f"canary execution {canary.execution_id} {status or 'not readable yet'}",
         {"canary.status": status} if status and status != canary.status else None,
     )
+
+
+def _failed(
+    model: str,
+    canary: Canary,
+    status: str,
+    stage: str,
+    reason: str,
+    previous: Mapping[str, str],
+    ended: Mapping[str, Any],
+) -> Outcome:
+    """canary.failed with what a rollback needs (the previous champion); the run ends failed with ``reason``."""
+    data = {
+        "model": model,
+        "reason": reason,
+        "event_id": canary.event_id,
+        "execution_id": canary.execution_id,
+        "status": status,
+        **previous,
+    }
+    if stage:
+        data["stage"] = stage
+    record = {
+        **ended,
+        "canary.status": status,
+        "canary.verdict": "failed",
+        "canary.stage": stage,
+        "canary.reason": reason,
+    }
+    return Outcome.event(events.CANARY_FAILED, data, record, error=reason)
 
 
 def watch_canary(message: PubSubMessage, ctx: Context) -> None:
@@ -160,16 +165,21 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
     )
     champion = ctx.ledger.champion(run.model)  # read before this run replaces it
 
-    def move() -> dict[str, Any]:
-        client.tag(repo, run.image.digest, alias)
+    def move_result() -> dict[str, Any]:
         return {
             "at": format_time(now()),
             "previous_run_id": str((champion or {}).get("run_id") or ""),
             "previous_digest": str((champion or {}).get("digest") or ""),
         }
 
+    def move() -> dict[str, Any]:
+        client.tag(repo, run.image.digest, alias)
+        return move_result()
+
     def moved() -> dict[str, Any] | None:
-        return None  # a tag move is idempotent: doing it again after a crash changes nothing
+        # A crash after the move, before its record: ask the registry first, as jobs and builds are asked, so the
+        # alias is moved once (the chaos session found a second move per such crash).
+        return move_result() if client.digest(repo, alias) == run.image.digest else None
 
     result, _ = ctx.ledger.once(run.run_id, "promotion", move, recover=moved)
     before = (

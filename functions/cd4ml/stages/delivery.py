@@ -1,6 +1,6 @@
 """Delivery: build the serving image (Cloud Build), follow the build and the registry push, start the canary.
 
-evaluation.passed → build_image → (Cloud Build) → cloud-builds → on_build → image.built
+delivery.cleared → build_image → (Cloud Build) → cloud-builds → on_build → image.built
 registry push → gcr → on_push → image.pushed → trigger_canary → Spinnaker webhook → canary.triggered
 
 Each handler: parse (``BuildNotice.of``, ``PushNotice.of``, ``Event.from_message``) → decide (the pure
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cd4ml import events, smoke
+from cd4ml import cache, events, smoke
 from cd4ml.errors import PermanentError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, list_objects
 from cd4ml.manifest import Manifest, parse
 from cd4ml.outcome import Outcome
-from cd4ml.payloads import Artifact, EvaluationPassed, ImagePushed
+from cd4ml.payloads import Artifact, DeliveryCleared, ImagePushed
 from cd4ml.run import Run, is_run_id
 from cd4ml.runtime import Context, active_run
 
@@ -202,16 +202,19 @@ def build_submitted(model: str, result: dict[str, Any], tag: str) -> Outcome:
 
 
 def build_image(message: PubSubMessage, ctx: Context) -> None:
-    """evaluation.passed → a Cloud Build build (its id recorded), submitted once per run."""
-    event = Event.from_message(message, [events.EVALUATION_PASSED])
+    """delivery.cleared → a Cloud Build build (its id recorded), submitted once per run."""
+    event = Event.from_message(message, [events.DELIVERY_CLEARED])
     run = active_run(ctx, event)
     if run is None:
         return
     run_id = event.subject
     manifest = parse(run.manifest)
-    artifact = EvaluationPassed.of(event).model_artifact
+    artifact = DeliveryCleared.of(event).model_artifact
 
     def submit() -> dict[str, Any]:
+        reused = cache.check_image(ctx, run_id, manifest, artifact.sha256)  # the build cache (issue 12)
+        if reused is not None:
+            return reused
         try:
             source = build_context(ctx, manifest, artifact, run_id)
         except ModelChanged as changed:
@@ -226,6 +229,9 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         return {"build_id": found[0].id, "context": ""} if found else None
 
     result, _ = ctx.ledger.once(run_id, "image-build", submit, recover=find)
+    if result.get("reused_from"):
+        cache.continue_with_image(ctx, run_id, manifest.name, result)
+        return
     ctx.conclude(run_id, build_submitted(manifest.name, result, image_name(ctx, manifest, run_id)))
 
 

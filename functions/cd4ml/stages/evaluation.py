@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from cd4ml import evaluation_gate, events
+from cd4ml import cache, evaluation_gate, events
 from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, read_text
 from cd4ml.manifest import Evaluation, parse
@@ -62,6 +62,19 @@ def decide(
     )
 
 
+def skipped(model: str, artifact: Artifact, champion: Mapping[str, Any] | None, on: bool) -> Outcome | None:
+    """run.skipped when the candidate is the champion's model, byte for byte (nothing new, nothing delivered);
+    None to evaluate it. Off with the run's cache (``--no-cache``, manifest ``cache: false``)."""
+    twin, why = cache.skip(artifact.sha256, champion, on)
+    if not twin:
+        return None
+    return Outcome.event(
+        events.RUN_SKIPPED,
+        {"model": model, "champion_run_id": twin, "model_sha256": artifact.sha256, "reason": why},
+        {"cache.skipped": {"champion_run_id": twin, "model_sha256": artifact.sha256, "reason": why}},
+    )
+
+
 def evaluate(message: PubSubMessage, ctx: Context) -> None:
     """training.completed → evaluation.passed | evaluation.failed."""
     event = Event.from_message(message, [events.TRAINING_COMPLETED])
@@ -70,7 +83,10 @@ def evaluate(message: PubSubMessage, ctx: Context) -> None:
         return
     manifest = parse(run.manifest)
     artifact = TrainingCompleted.of(event).model_artifact
+    champion = ctx.ledger.champion(manifest.name)
+    skip = skipped(manifest.name, artifact, champion, cache.enabled(run.extra))
+    if skip is not None:
+        ctx.conclude(event.subject, skip)
+        return
     text = read_text(ctx.storage, metrics_path(artifact))
-    ctx.conclude(
-        event.subject, decide(manifest.name, artifact, text, manifest.evaluation, ctx.ledger.champion(manifest.name))
-    )
+    ctx.conclude(event.subject, decide(manifest.name, artifact, text, manifest.evaluation, champion))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from cd4ml import events, snapshot
+from cd4ml import cache, events, snapshot
 from cd4ml.errors import InvalidEvent, InvalidManifest, UnknownModel
 from cd4ml.events import Event, PubSubMessage
 from cd4ml.gcs import GcsPath, read_text
@@ -59,10 +59,13 @@ def run_for(event: Event, request: RunRequested, manifest: Manifest) -> RunId:
     return run_id
 
 
-def decide(request: RunRequested, dataset: Dataset) -> Outcome:
-    """The snapshot is taken: data.fetched, and the dataset on the run."""
+def decide(request: RunRequested, dataset: Dataset, manifest: Manifest | None = None) -> Outcome:
+    """The snapshot is taken: data.fetched, the dataset on the run, and whether the run uses the caches."""
+    on = cache.switch(manifest.raw if manifest else {}, request.no_cache)
     return Outcome.event(
-        events.DATA_FETCHED, {"model": request.model, "dataset": dataset.to_dict()}, {"dataset": dataset.to_dict()}
+        events.DATA_FETCHED,
+        {"model": request.model, "dataset": dataset.to_dict()},
+        {"dataset": dataset.to_dict(), **on.to_record()},
     )
 
 
@@ -88,4 +91,4 @@ def fetch_data(message: PubSubMessage, ctx: Context) -> None:
     source = resolve_gcs(manifest.data_source, ctx.settings.data_bucket)
     # No claim needed: the snapshot is content-addressed, so taking it twice writes the same objects.
     dataset = snapshot.take(ctx.storage, source, ctx.settings.data_bucket, request.model)
-    ctx.conclude(run_id, decide(request, dataset))
+    ctx.conclude(run_id, decide(request, dataset, manifest))

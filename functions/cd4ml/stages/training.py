@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from cd4ml import catalog, events
+from cd4ml import cache, catalog, events
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, digest, list_objects
@@ -72,7 +72,37 @@ def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: Dataset) 
 
 
 def submitted(run_id: str, model_dir_uri: str, dataset: Dataset, result: dict[str, Any], model: str) -> Outcome:
-    """The job was created (training.submitted, the job in flight) or Vertex refused it (training.failed)."""
+    """The job was created (training.submitted, the job in flight), Vertex refused it (training.failed), or an
+    earlier run's training with the same key is reused (training.completed with ``reused_from``, no job)."""
+    why = {
+        k: v
+        for k, v in {
+            "key": result.get("key", ""),
+            "decision": result.get("decision", ""),
+            "reused_from": result.get("reused_from", ""),
+            "reason": result.get("why", ""),
+        }.items()
+        if v
+    }
+    if result.get("reused_from"):
+        artifact = dict(result["model_artifact"])
+        return Outcome.event(
+            events.TRAINING_COMPLETED,
+            {
+                "model": model,
+                "job": result["job"],
+                "model_artifact": artifact,
+                "reused_from": result["reused_from"],
+                "cache_key": result["key"],
+            },
+            {
+                "training.job": result["job"],
+                "training.state": "REUSED",
+                "training.active": False,
+                "model_artifact": artifact,
+                "cache.training": why,
+            },
+        )
     if result["refused"]:
         return Outcome.event(
             events.TRAINING_FAILED,
@@ -93,6 +123,7 @@ def submitted(run_id: str, model_dir_uri: str, dataset: Dataset, result: dict[st
             "training.state": "JOB_STATE_QUEUED",
             "training.active": True,
             "training.submitted_at": format_time(now()),
+            **({"cache.training": why} if why.get("reason") else {}),
         },
     )
 
@@ -133,8 +164,18 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     run_id = event.subject
     manifest = parse(run.manifest)
     dataset = DataFetched.of(event).dataset
+    on = cache.enabled(run.extra)
 
     def create() -> dict[str, Any]:
+        # The cache is read inside the claim: a redelivery finds this decision recorded and makes no second job.
+        # The key is recorded with the cache off too: that training still feeds the cache (--no-cache only never reads it).
+        key = training_key(ctx, manifest, dataset)
+        entry = ctx.ledger.cached(f"{cache.TRAINING}-{key}") if key and on else None
+        reused_from, why = cache.reused(key, entry, on)
+        decided = {"key": key, "why": why, "decision": "reused" if reused_from else ("trained" if on else "off")}
+        if reused_from and entry:
+            twin = {"job": entry["job"], "model_artifact": entry["model_artifact"], "reused_from": reused_from}
+            return {"refused": "", **decided, **twin}
         try:
             job = ctx.jobs.create_custom_job(
                 parent=ctx.settings.location, custom_job=custom_job(ctx, run_id, manifest, dataset)
@@ -145,8 +186,8 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
             exceptions.PermissionDenied,
             exceptions.NotFound,
         ) as refused:
-            return {"job": "", "refused": f"Vertex AI refused the job: {refused.message}"}
-        return {"job": job.name, "refused": ""}
+            return {"job": "", "refused": f"Vertex AI refused the job: {refused.message}", **decided}
+        return {"job": job.name, "refused": "", **decided}
 
     def find() -> dict[str, Any] | None:
         found = list(
@@ -204,11 +245,26 @@ def _check(ctx: Context, run: Run) -> None:
     elif state in FINISHED:
         problem = job.error.message
     outcome = finished(run, state, artifact, problem)
+    key = str(((run.extra.get("cache") or {}).get("training") or {}).get("key", ""))
+    if outcome.type == events.TRAINING_COMPLETED and key and artifact is not None:
+        # Indexed before training.completed is published: the next run with this key finds it.
+        ctx.ledger.remember(
+            f"{cache.TRAINING}-{key}", {"run_id": run.run_id, "job": job.name, "model_artifact": artifact.to_dict()}
+        )
     if outcome.emit is None and outcome.record:
         ctx.ledger.record(run.run_id, fields=outcome.record)  # the state, read by the next tick's comparison
         return
     if outcome.emit is not None:
         ctx.conclude(run.run_id, outcome)
+
+
+def training_key(ctx: Context, manifest: Manifest, dataset: Dataset) -> str:
+    """The run's training cache key ("" when a package's content hash cannot be read: then it trains)."""
+    uris = [resolve_gcs(u, ctx.settings.artifact_bucket) for u in manifest.training.package_uris]
+    hashes = cache.package_hashes(ctx, uris)
+    if hashes is None:
+        return ""
+    return cache.training_key(manifest.name, dataset.sha256, hashes, cache.training_spec(manifest))
 
 
 def model_artifact(ctx: Context, run_id: str) -> Artifact:
