@@ -118,7 +118,8 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def chaos(session: nox.Session) -> None:
     """Runs under crashes, triple delivery, outages and bad inputs on a private local stack; fails on a loss,
-    a duplicate effect or an unhandled fault (not in the default sessions: it takes ~20 min)."""
+    a duplicate effect or an unhandled fault; writes benchmarks/results/chaos.json, prints a table and ends with
+    the `chaos: R runs, …` line (not in the default sessions: 40 min or more, see README)."""
     _debian(session)
     _emulators(session)
     _install(session)

@@ -56,8 +56,8 @@ def kill_process_group(proc: subprocess.Popen[Any], grace_seconds: float = 5.0) 
     """Stop a child started with start_new_session=True and its whole group (``processes.stop``), and reap it."""
     from local_emulator import processes
 
-    if proc.poll() is None:
-        processes.stop(proc.pid, timeout=grace_seconds)
+    # A leader that already exited may have left processes in its group: those get no grace.
+    processes.stop(proc.pid, timeout=grace_seconds if proc.poll() is None else 0.0)
     proc.poll()
 
 

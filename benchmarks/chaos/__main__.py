@@ -64,7 +64,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--crash-rate", type=float, default=0.2, help="share of deliveries killed (default 0.2)")
     parser.add_argument("--worst", type=int, default=3, help="runs crashed at the worst moment, per effect (default 3)")
     parser.add_argument("--short-outage", type=float, default=20.0, help="seconds of a short outage (default 20)")
-    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds the storm may take (default 1200)")
+    parser.add_argument("--timeout", type=float, default=2400.0, help="seconds the storm may take (default 2400)")
     parser.add_argument("--tick-seconds", type=float, default=2.0, help="watch tick period (the stack's: 2 s)")
     parser.add_argument("--skip", choices=("storm", "short", "long"), action="append", default=[])
     parser.add_argument(

@@ -104,7 +104,7 @@ class Sender:
 
 
 def _requested(s: Sender, **data: Any) -> bytes:
-    return json.dumps({"model": s.model, "trigger": "manual", **data}).encode()
+    return json.dumps({"model": s.model, "trigger": "manual"} | data).encode()
 
 
 def _fetched(s: Sender) -> dict[str, Any]:
@@ -302,7 +302,11 @@ CASES: tuple[Case, ...] = (
         "fetch_data",
         "ignored",
         "duplicate request ignored",
-        lambda s: s.raw(RR, _requested(s, scheduled_time=_slot(s.ended)), **{"ce-subject": s.ended}),
+        lambda s: s.raw(
+            RR,
+            _requested(s, model=_model(s.ended), scheduled_time=_slot(s.ended)),  # the ended run's own request
+            **{"ce-subject": s.ended},
+        ),
     ),
     Case(
         "scheduled time outside the window",
@@ -440,6 +444,12 @@ CASES: tuple[Case, ...] = (
         lambda s: s.publish("gcr", b"\x89PNG", {}),
     ),
 )
+
+
+def _model(run_id: str) -> str:
+    from cd4ml.run import RunId
+
+    return RunId.parse(run_id).model
 
 
 def _slot(run_id: str) -> str:

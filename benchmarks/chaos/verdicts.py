@@ -23,7 +23,8 @@ ALIAS = "champion"
 
 def gate_executions(pipeline: Pipeline) -> Counter[str]:
     """Webhook executions at the Gate stand-in, by the run id in their payload."""
-    url = pipeline.stack.endpoints["gate"] + "/applications/*/executions/search?triggerTypes=webhook"
+    # Orca's search answers 10 executions unless asked for more (found when 16 runs had succeeded: 6 had "none").
+    url = pipeline.stack.endpoints["gate"] + "/applications/*/executions/search?triggerTypes=webhook&size=100000"
     with urllib.request.urlopen(url, timeout=30) as response:
         executions = json.loads(response.read())
     return Counter(str(((e.get("trigger") or {}).get("payload") or {}).get("run_id", "")) for e in executions)

@@ -165,7 +165,7 @@ def test_a_failed_run_is_notified_once_with_what_happened_even_delivered_twice(
     event_id = _again(pipeline, run, events.EVALUATION_FAILED, data)
     seen = _deliveries(pipeline, runs["fail"], event_id, "ml-team", at_least=2)
     assert seen["kind"] == "failed"
-    (posted,) = [b for b in _received(pipeline, "ml-team") if b["run_id"] == runs["fail"]]
+    (posted,) = [b for b in _received(pipeline, "ml-team") if b.get("run_id") == runs["fail"]]
     assert posted["model"] == "doomed" and posted["kind"] == "failed" and posted["event_id"] == event_id
     assert posted["what"] == "run failed (evaluation.failed)" and "below the threshold" in posted["reason"]
     assert posted["command"] == f"cd4ml status {runs['fail']}"
