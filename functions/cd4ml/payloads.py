@@ -93,7 +93,7 @@ class TrainingCompleted:
 
 @dataclass(frozen=True)
 class EvaluationPassed:
-    """cd4ml.evaluation.passed.v1: the candidate that passed the gate, with its metrics."""
+    """cd4ml.evaluation.passed.v1 (and delivery.cleared.v1): the candidate that passed the gate, with its metrics."""
 
     model: str
     model_artifact: Artifact
@@ -108,21 +108,8 @@ class EvaluationPassed:
         )
 
 
-@dataclass(frozen=True)
-class DeliveryCleared:
-    """cd4ml.delivery.cleared.v1: the candidate may be delivered (no approval needed, or approved)."""
-
-    model: str
-    model_artifact: Artifact
-    metrics: Mapping[str, float]
-
-    @classmethod
-    def of(cls, event: Event) -> DeliveryCleared:
-        return cls(
-            model=str(event.data["model"]),
-            model_artifact=Artifact.from_dict(event.data["model_artifact"]),
-            metrics={str(k): float(v) for k, v in event.data["metrics"].items()},
-        )
+#: cd4ml.delivery.cleared.v1 carries the same candidate as evaluation.passed (no approval needed, or approved).
+DeliveryCleared = EvaluationPassed
 
 
 @dataclass(frozen=True)

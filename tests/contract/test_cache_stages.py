@@ -3,35 +3,18 @@ digest (no second build), and the chain continues as after a push."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+from typing import Any
 
-from cd4ml import events, runtime
-from cd4ml.events import Event
+from cd4ml import runtime
 from tests.contract.conftest import PROJECT, Contract
-from tests.contract.test_stages import open_run, push_body
+from tests.contract.test_stages import cleared_body, open_run
 
 MODEL = b"a model built once"
 
 
-def _cleared(run_id: str) -> dict[str, object]:
-    ctx = runtime.context()
-    ctx.storage.bucket("cd4ml-contract-artifacts").blob(f"runs/{run_id}/model/model.joblib").upload_from_string(MODEL)
-    cleared = Event.new(
-        events.DELIVERY_CLEARED,
-        run_id,
-        {
-            "model": "digits",
-            "metrics": {"accuracy": 0.97},
-            "model_artifact": {
-                "uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
-                "sha256": hashlib.sha256(MODEL).hexdigest(),
-            },
-        },
-        source="//test",
-    )
-    data, attributes = cleared.to_message()
-    return push_body(attributes, data, f"cleared-{run_id}")
+def _cleared(run_id: str) -> dict[str, Any]:
+    return cleared_body(run_id, MODEL)
 
 
 def _builds(run_id: str) -> int:

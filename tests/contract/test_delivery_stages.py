@@ -10,7 +10,7 @@ from typing import Any
 from cd4ml import events, runtime
 from cd4ml.events import Event
 from tests.contract.conftest import PROJECT, Contract
-from tests.contract.test_stages import open_run, push_body
+from tests.contract.test_stages import cleared_body, open_run, push_body
 
 
 def _build_message(run_id: str, status: str, **build: Any) -> dict[str, Any]:
@@ -80,24 +80,8 @@ def test_build_image_submits_one_build_however_often_delivered(contract: Contrac
     run_id = "digits-20300204t000000z"
     open_run(contract, run_id)
     model = b"the trained model"
-    ctx = runtime.context()
-    ctx.storage.bucket("cd4ml-contract-artifacts").blob(f"runs/{run_id}/model/model.joblib").upload_from_string(model)
-    passed = Event.new(
-        events.DELIVERY_CLEARED,
-        run_id,
-        {
-            "model": "digits",
-            "metrics": {"accuracy": 0.97},
-            "model_artifact": {
-                "uri": f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib",
-                "sha256": hashlib.sha256(model).hexdigest(),
-            },
-        },
-        source="//test",
-    )
-    data, attributes = passed.to_message()
     for attempt in range(3):
-        body = push_body(attributes, data, f"passed-{attempt}")
+        body = cleared_body(run_id, model, f"passed-{attempt}")
         assert contract.post("build_image", body, "cd4ml-delivery-cleared-v1").status_code == 200
     builds = list(runtime.context().builds.list_builds(project_id=PROJECT, filter=f'tags="cd4ml-run-{run_id}"'))
     assert len(builds) == 1

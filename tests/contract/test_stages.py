@@ -130,6 +130,29 @@ def _valid_data(type_: str) -> dict[str, Any]:
     return examples[type_]
 
 
+def cleared_body(run_id: str, model: bytes, message_id: str = "") -> dict[str, Any]:
+    """The push body of delivery.cleared for ``run_id``, its model (``model``) uploaded where training leaves it."""
+    from cd4ml import runtime
+
+    uri = _put_model(runtime.context().storage, run_id, model)
+    cleared = Event.new(
+        events.DELIVERY_CLEARED,
+        run_id,
+        {
+            "model": "digits",
+            "metrics": {"accuracy": 0.97},
+            "model_artifact": {"uri": uri, "sha256": hashlib.sha256(model).hexdigest()},
+        },
+        source="//test",
+    )
+    return event_body(cleared, message_id or f"cleared-{run_id}")
+
+
+def _put_model(storage: Any, run_id: str, model: bytes) -> str:
+    storage.bucket("cd4ml-contract-artifacts").blob(f"runs/{run_id}/model/model.joblib").upload_from_string(model)
+    return f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib"
+
+
 def _put(contract: Contract, name: str, data: bytes) -> str:
     from cd4ml import runtime
 
