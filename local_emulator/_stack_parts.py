@@ -81,10 +81,7 @@ def _start_services(stack: Stack) -> None:
         ],
         env,
     )
-    iam_argv, stack.endpoints["identities"] = iam_proxy.command(
-        PROJECT, DATA_BUCKET, ARTIFACT_BUCKET, stack.endpoints["pubsub"], stack.endpoints["storage"]
-    )
-    stack.start("iam", iam_argv, _child_env(stack, emulators=False))
+    _start_iam(stack)
     # Trainers (and their package downloads) act as the training service account.
     vertex_env = {
         **_child_env(stack),
@@ -111,7 +108,6 @@ def _start_services(stack: Stack) -> None:
     stack.wait("firestore", _http_ok(f"http://127.0.0.1:{ports['firestore']}/"))
     stack.wait("storage", _http_ok(f"http://127.0.0.1:{ports['storage']}/storage/v1/b?project={PROJECT}"))
     stack.wait("vertex", lambda: processes.port_open(ports["vertex"]))
-    stack.wait("iam", lambda: iam_proxy.ready(stack.endpoints["identities"]))
     _set_client_env(stack)
     from google.api_core.exceptions import Conflict
 
@@ -142,6 +138,26 @@ def gate_config(manifests: list[Any], key: str) -> dict[str, Any]:
             for m in manifests
         ]
     }
+
+
+def _start_iam(stack: Stack, attempts: int = 3) -> None:
+    """The IAM proxy, serving every identity on ports chosen here; ready when all are open.
+
+    Its ~30 ports are picked before the proxy binds them, so another process may take one meanwhile: then the
+    proxy exits ("Address already in use") and is started again on fresh ports.
+    """
+    for attempt in range(1, attempts + 1):
+        argv, stack.endpoints["identities"] = iam_proxy.command(
+            PROJECT, DATA_BUCKET, ARTIFACT_BUCKET, stack.endpoints["pubsub"], stack.endpoints["storage"]
+        )
+        stack.start("iam", argv, _child_env(stack, emulators=False))
+        try:
+            stack.wait("iam", lambda: iam_proxy.ready(stack.endpoints["identities"]))
+            return
+        except RuntimeError as exited:
+            if attempt == attempts or "Address already in use" not in str(exited):
+                raise
+            processes.stop(stack.pids.pop("iam"))
 
 
 def _start_delivery(stack: Stack, folders: list[Path]) -> None:
