@@ -62,19 +62,23 @@ class Instance:
     ready: threading.Event = field(default_factory=threading.Event)
     starts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: bool = False
 
     def start(self) -> None:
         self.ready.clear()
         self.port = processes.free_port()
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*self.argv, "--port", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-                start_new_session=True,
-            )
+        with self.lock:  # never a new instance once stop() ran: it would outlive the supervisor
+            if self.stopped:
+                return
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [*self.argv, "--port", str(self.port)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    start_new_session=True,
+                )
         self.starts += 1
         if self.pid_file is not None:
             self.pid_file.write_text(str(self.proc.pid))
@@ -92,9 +96,23 @@ class Instance:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            processes.stop(self.proc.pid, timeout=3.0)
+    def send(self, sig: int) -> None:
+        """Mark the instance stopped (no restart) and send ``sig`` to its process group."""
+        with self.lock:
+            self.stopped = True
+            proc = self.proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+
+    def wait(self, deadline: float) -> bool:
+        """True once the instance's process exited (reaped), False at ``deadline``."""
+        proc = self.proc
+        while proc is not None and proc.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
 
 class Supervisor:
@@ -137,7 +155,8 @@ class Supervisor:
         """Start the instance, and a new one whenever it dies, until the supervisor stops."""
         while not self.stopping.is_set():
             instance.start()
-            assert instance.proc is not None
+            if instance.proc is None or instance.stopped:
+                return
             instance.proc.wait()
             instance.ready.clear()
             if self.stopping.is_set():
@@ -163,10 +182,20 @@ class Supervisor:
                 return None
             return self.random.uniform(0.0, KILL_WITHIN_SECONDS)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop every instance at once: SIGTERM to all, SIGKILL to those still up after ``grace`` seconds.
+
+        All at once, so stopping stays well inside the stack's own timeout for the supervisor (one by one, 16
+        instances took long enough for the supervisor to be SIGKILLed midway, orphaning the rest).
+        """
         self.stopping.set()
         for instance in self.instances.values():
-            instance.stop()
+            instance.send(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for instance in self.instances.values():
+            if not instance.wait(deadline):
+                instance.send(signal.SIGKILL)
+                instance.wait(time.monotonic() + 2.0)
 
 
 def forward(

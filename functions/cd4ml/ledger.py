@@ -1,14 +1,20 @@
 """The run ledger in Firestore: ``runs/{run_id}`` (schemas/run.schema.json) and exactly-once effects.
 
-Pub/Sub delivers at least once, so every side effect is guarded by a create-if-absent claim in a
-transaction (``runs/{run_id}/effects/{name}``): claim, act, record the result. A redelivery finds the
+Pub/Sub delivers at least once, so every side effect is guarded by a create-if-absent claim
+(``runs/{run_id}/effects/{name}``): claim, act, record the result. A redelivery finds the
 result and reuses it; one that finds a claim whose lease expired first asks the external system
 (``recover``) before acting again, so a crash between acting and recording loses nothing and doubles
 nothing. Events are recorded by id, so recording the same event twice changes nothing.
+
+No write holds a lock: every read-modify-write is optimistic (read, compute, write with the read's update time
+as precondition, again on a conflict; ``Ledger._swap``). A Firestore transaction locks what it read until it
+commits or expires, so an instance killed inside one (Cloud Run's crash, the chaos session's SIGKILL) would stall
+every other writer of that run; the emulator answers them ``ABORTED: Transaction lock timeout`` meanwhile.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -43,18 +49,39 @@ class Ledger:
     def __init__(self, db: firestore.Client) -> None:
         self._db = db
 
-    def _commit(self, body: Callable[[Any], Any]) -> Any:
-        """Run a transactional function; contention that outlasts its retries is a retryable error.
+    def _swap(
+        self,
+        ref: Any,
+        compute: Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, Any]],
+        also: Callable[[Any, Any], None] | None = None,
+        attempts: int = 25,
+    ) -> Any:
+        """Read ``ref``, ``compute(doc)`` → (updates or None, result), write the updates only if nobody wrote the
+        document since the read (its update time is the precondition; a create when it did not exist), and start
+        over on a conflict. ``also(batch, result)`` adds writes that commit atomically with it (the champion).
 
-        The client retries an aborted transaction 5 times, then raises ValueError; raising RetryableError
-        instead lets Pub/Sub redeliver later and lets a loop over runs (watch_training) go on with the rest.
+        Returns ``result``; contention that outlasts ``attempts`` is a RetryableError (Pub/Sub redelivers).
         """
-        try:
-            return body(self._db.transaction())
-        except ValueError as contended:
-            if "Failed to commit transaction" not in str(contended):
-                raise
-            raise RetryableError(f"run ledger busy: {contended}") from contended
+        from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition
+
+        for attempt in range(attempts):
+            snap = ref.get()
+            updates, result = compute(snap.to_dict() if snap.exists else None)
+            if updates is None:
+                return result
+            batch = self._db.batch()
+            if snap.exists:
+                batch.update(ref, updates, option=self._db.write_option(last_update_time=snap.update_time))
+            else:
+                batch.create(ref, updates)
+            if also is not None:
+                also(batch, result)
+            try:
+                batch.commit()
+                return result
+            except (FailedPrecondition, AlreadyExists, Aborted):
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise RetryableError(f"run ledger busy: {ref.path} changed under {attempts} attempts to write it")
 
     def _run(self, run_id: str) -> Any:
         return self._db.collection(RUNS).document(run_id)
@@ -122,28 +149,24 @@ class Ledger:
         status: str | None = None,
     ) -> dict[str, Any]:
         """Apply a stage's change (``transition.apply``: status rules, de-duplication by event id, champion)
-        in one read-apply-write transaction; returns the record after it."""
-        from google.cloud import firestore
-
+        in one optimistic read-apply-write (the champion commits with it); returns the record after it."""
         ref = self._run(run_id)
         change = Change(
             event=event.summary() if event is not None else None, fields=dict(fields or {}), error=error, status=status
         )
 
-        @firestore.transactional
-        def txn(transaction: Any) -> Mapping[str, Any]:
-            snap = ref.get(transaction=transaction)
-            if not snap.exists:
+        def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Any]:
+            if doc is None:
                 raise RetryableError(f"run {run_id} is not in the ledger yet")
-            applied = apply(snap.to_dict() or {}, change, format_time(now()))
-            if applied.changed:
-                transaction.update(ref, dict(applied.updates))
+            applied = apply(doc, change, format_time(now()))
+            return (dict(applied.updates) if applied.changed else None), applied
+
+        def champion(batch: Any, applied: Any) -> None:
             if applied.champion is not None:
                 champion_ref = self._db.collection(MODELS).document(applied.record["model"])
-                transaction.set(champion_ref, {"champion": dict(applied.champion)}, merge=True)
-            return applied.record
+                batch.set(champion_ref, {"champion": dict(applied.champion)}, merge=True)
 
-        return dict(self._commit(txn))
+        return dict(self._swap(ref, compute, champion).record)
 
     def note_rejection(self, run_id: str, rejection: Mapping[str, Any]) -> None:
         """Note a rejected message on the run it names (the last ``KEEP_REJECTIONS``); the status is untouched.
@@ -151,22 +174,20 @@ class Ledger:
         Nothing happens when the run does not exist: a message for an unknown run creates no record.
         """
         from google.api_core.exceptions import NotFound
-        from google.cloud import firestore
 
         ref = self._run(run_id)
 
-        @firestore.transactional
-        def txn(transaction: Any) -> None:
-            snap = ref.get(transaction=transaction)
-            if not snap.exists:
-                return
-            kept = list((snap.to_dict() or {}).get("rejected_messages") or [])[-(KEEP_REJECTIONS - 1) :]
-            transaction.update(
-                ref, {"rejected_messages": [*kept, dict(rejection)], "rejected_count": firestore.Increment(1)}
-            )
+        def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            if doc is None:
+                return None, None
+            kept = list(doc.get("rejected_messages") or [])[-(KEEP_REJECTIONS - 1) :]
+            return {
+                "rejected_messages": [*kept, dict(rejection)],
+                "rejected_count": int(doc.get("rejected_count") or 0) + 1,
+            }, None
 
         try:
-            self._commit(txn)
+            self._swap(ref, compute)
         except NotFound:
             return
 
@@ -206,21 +227,16 @@ class Ledger:
         return sorted(runs, key=lambda r: str(r.get("created_at", "")), reverse=True)
 
     def note_arrival(self, model: str, update: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
-        """Apply ``update`` to ``arrivals/{model}`` (the latest upload under its source prefix) in a transaction;
-        False when it changed nothing (a duplicate or older notification)."""
-        from google.cloud import firestore
+        """Apply ``update`` to ``arrivals/{model}`` (the latest upload under its source prefix) in one
+        optimistic read-modify-write; False when it changed nothing (a duplicate or older notification)."""
 
         ref = self._db.collection(ARRIVALS).document(model)
 
-        @firestore.transactional
-        def txn(transaction: Any) -> bool:
-            snap = ref.get(transaction=transaction)
-            new = update(snap.to_dict() if snap.exists else None)
-            if new is not None:
-                transaction.set(ref, new)
-            return new is not None
+        def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+            new = update(doc)  # every field of the document, so updating them all replaces it
+            return new, new is not None
 
-        return bool(self._commit(txn))
+        return bool(self._swap(ref, compute))
 
     def pending_arrivals(self, limit: int = 200) -> list[dict[str, Any]]:
         """The models with an upload that has no run yet."""
@@ -231,19 +247,16 @@ class Ledger:
 
     def answer_arrival(self, model: str, last_upload: str) -> None:
         """Mark the upload at ``last_upload`` as answered by a run, unless a later one arrived meanwhile."""
-        from google.cloud import firestore
 
         ref = self._db.collection(ARRIVALS).document(model)
 
-        @firestore.transactional
-        def txn(transaction: Any) -> None:
-            doc = ref.get(transaction=transaction).to_dict() or {}
+        def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
             update: dict[str, Any] = {"requested_for": last_upload}
-            if doc.get("last_upload") == last_upload:
+            if (doc or {}).get("last_upload") == last_upload:
                 update["pending"] = False
-            transaction.update(ref, update)
+            return update, None
 
-        self._commit(txn)
+        self._swap(ref, compute)
 
     def in_flight_training(self, limit: int = 200) -> list[dict[str, Any]]:
         """Runs whose training job was submitted and has not been reported finished."""
@@ -284,22 +297,18 @@ class Ledger:
 
     def _reclaim(self, ref: Any, lease: timedelta, wait: float) -> tuple[str, dict[str, Any] | None]:
         """Someone claimed first: their result, a takeover of their expired lease, or "busy" after ``wait``."""
-        from google.cloud import firestore
 
-        @firestore.transactional
-        def take_over(transaction: Any) -> tuple[str, dict[str, Any] | None]:
+        def take_over(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[str, Any]]:
             moment = now()
-            doc = ref.get(transaction=transaction).to_dict() or {}
+            doc = doc or {}
             state = _claim_state(doc, moment)
-            if state == "expired":
-                transaction.update(
-                    ref, {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}
-                )
-            return state, doc.get("result")
+            if state != "expired":
+                return None, (state, doc.get("result"))
+            return {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}, (state, None)
 
         deadline = time.monotonic() + wait
         while True:
-            state, result = self._commit(take_over)
+            state, result = self._swap(ref, take_over)
             if state != "busy" or time.monotonic() >= deadline:
                 return state, result
             time.sleep(0.2)

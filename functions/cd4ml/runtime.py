@@ -78,8 +78,8 @@ class Context:
     def conclude(self, run_id: str, outcome: Outcome) -> Event | None:
         """Record ``outcome`` on the run, then publish its event; both idempotent by event id.
 
-        The event is published only after the record that justifies it committed (DESIGN.md: one read-write
-        transaction per run at a time). A redelivery re-publishes with the recorded event's time.
+        The event is published only after the record that justifies it committed (one optimistic read-apply-write
+        of the run, ``Ledger._swap``). A redelivery re-publishes with the recorded event's time.
         """
         error = {"stage": self.settings.stage, "message": outcome.error} if outcome.error else None
         if outcome.emit is None:

@@ -1,7 +1,7 @@
 """What a stage's outcome does to a run record: status rules, event de-duplication, champion promotion.
 
 Pure: ``apply`` takes the current document and a ``Change`` and returns the updates to write. The ledger
-applies it in one read-apply-write transaction, so the rules that matter most are unit-tested without
+applies it in one optimistic read-apply-write (``Ledger._swap``), so the rules that matter most are unit-tested without
 Firestore.
 """
 

@@ -242,3 +242,35 @@ def test_a_registry_that_is_down_is_retried_and_named() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_supervisor_leaves_no_instance_behind(tmp_path: Path) -> None:
+    # Found by the chaos session: instances stopped one by one (3 s grace each) outlasted the stack's 10 s for the
+    # supervisor, which was SIGKILLed midway and left the rest running. Now all at once; even instances that
+    # ignore SIGTERM are gone within the grace period.
+    import time
+
+    from local_emulator import processes
+    from local_emulator.supervisor import Supervisor
+
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    spec = {
+        "log_dir": str(tmp_path),
+        "functions": {
+            f"stage{n}": {"port": processes.free_port(), "argv": [sys.executable, "-c", stubborn], "env": {}}
+            for n in range(6)
+        },
+    }
+    supervisor = Supervisor(spec, None, 0.0, 0)
+    for instance in supervisor.instances.values():
+        threading.Thread(target=supervisor.keep_alive, args=(instance,), daemon=True).start()
+    processes.wait_until(
+        lambda: all(i.proc is not None for i in supervisor.instances.values()), what="instances", timeout=30
+    )
+    pids = [i.proc.pid for i in supervisor.instances.values() if i.proc is not None]
+    started = time.monotonic()
+    supervisor.stop(grace=1.0)
+    assert time.monotonic() - started < 5
+    time.sleep(0.5)  # a keep_alive loop that saw its instance die must not have started another
+    assert not any(processes.alive(p) for p in pids)
+    assert all(i.starts == 1 for i in supervisor.instances.values())

@@ -2,7 +2,7 @@
 
 note_arrival: parse Cloud Storage's notification (``ObjectNotice.of``) → which models watch that object
 (``watchers``: manifest ``trigger.on_new_data``, source prefix) → record the latest upload per model
-(``arrival_update``, in one transaction on ``arrivals/{model}``).
+(``arrival_update``, one optimistic read-modify-write of ``arrivals/{model}``).
 start_on_data: on a tick, each model whose last upload has been quiet for ``quiet_seconds`` (``due``) →
 run.requested for the slot of that upload's time, to the second. The run id is derived from that time, so a
 duplicated notification (same upload) or a duplicated tick maps to the same run, and a burst of uploads to one.

@@ -3,7 +3,7 @@
 watch_canary: on each tick, per run whose canary is active, read the Spinnaker execution (Gate
 ``GET /pipelines/{id}``) → decide (``verdict``: succeeded, failed naming the stage, or past the deadline) →
 conclude. promote: canary.succeeded → act once (move the registry alias to the image digest) → decide
-(``promotion``) → conclude: the run succeeds and its model becomes the champion in the same transaction.
+(``promotion``) → conclude: the run succeeds and its model becomes the champion in the same atomic write.
 """
 
 from __future__ import annotations

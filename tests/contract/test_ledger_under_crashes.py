@@ -1,0 +1,140 @@
+"""The run ledger on the Firestore emulator when writers crash and race (found by ``nox -s chaos``).
+
+A Firestore transaction locks what it read until it commits or expires; an instance SIGKILLed inside one left
+its run locked for minutes (the emulator answered every other writer ``ABORTED: Transaction lock timeout``), and
+the chaos storm's runs stalled behind such locks. The ledger now writes optimistically (read, compute, write with
+the read's update time as precondition): a writer killed between its read and its write holds nothing.
+Starts only the Firestore emulator.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from local_emulator import processes
+from local_emulator import stack as local
+
+from cd4ml import events, ledger
+from cd4ml.events import Event, now
+
+FIRESTORE_EMULATOR = local.GCLOUD_PLATFORM / "cloud-firestore-emulator/cloud_firestore_emulator"
+pytestmark = pytest.mark.skipif(not FIRESTORE_EMULATOR.exists(), reason="needs the gcloud Firestore emulator")
+RUN = "digits-20300101t030000z"
+
+
+@pytest.fixture(scope="module")
+def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = processes.free_port()
+    pid = processes.start(
+        "firestore",
+        [str(FIRESTORE_EMULATOR), "start", "--host=127.0.0.1", f"--port={port}"],
+        env=dict(os.environ),
+        log_dir=tmp_path_factory.mktemp("firestore-logs"),
+    )
+    try:
+        processes.wait_until(lambda: processes.port_open(port), what="Firestore emulator", timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        processes.stop(pid)
+
+
+@pytest.fixture
+def book(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> ledger.Ledger:
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    from google.cloud import firestore
+
+    db = firestore.Client(project=f"ledger-{time.monotonic_ns()}")  # a project per test: a clean database
+    book = ledger.Ledger(db)
+    opened = _event(events.RUN_REQUESTED, "opened")
+    book.open_run(RUN, model="digits", scheduled_time=now(), trigger="manual", manifest={}, event=opened)
+    return book
+
+
+def _event(type_: str, id: str) -> Event:
+    """An event as the ledger records it (its payload is not the ledger's business)."""
+    return Event(type=type_, subject=RUN, data={}, id=id, source="//test", time=now())
+
+
+_CRASH_MID_RECORD = """
+import os, signal, sys
+from google.cloud import firestore
+from cd4ml import ledger, transition
+
+def crash(*args, **kwargs):  # after the ledger read the run, before it wrote: SIGKILL, as Cloud Run's crash does
+    os.kill(os.getpid(), signal.SIGKILL)
+
+ledger.apply = transition.apply = crash
+book = ledger.Ledger(firestore.Client(project=sys.argv[1]))
+book.record(sys.argv[2], fields={"crashed": True})
+"""
+
+
+def test_a_writer_killed_mid_record_leaves_the_run_writable(book: ledger.Ledger) -> None:
+    db: Any = book._db
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASH_MID_RECORD, db.project, RUN],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(local.REPO), str(local.FUNCTIONS_DIR)])},
+        capture_output=True,
+        timeout=60,
+    )
+    assert crashed.returncode == -9, crashed.stderr.decode()[-2000:]
+    started = time.monotonic()
+    record = book.record(RUN, _event(events.DATA_FETCHED, "next-delivery"))
+    # With a transaction, the killed writer's lock made this wait (then fail "run ledger busy") for minutes.
+    assert time.monotonic() - started < 10
+    assert [e["type"] for e in record["events"]] == [events.RUN_REQUESTED, events.DATA_FETCHED]
+    assert "crashed" not in record
+
+
+def test_racing_writers_of_one_run_lose_no_event(book: ledger.Ledger) -> None:
+    kinds = [events.DATA_FETCHED, events.TRAINING_SUBMITTED, events.TRAINING_COMPLETED, events.EVALUATION_PASSED]
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            book.record(RUN, _event(kinds[n % len(kinds)], f"event-{n}"))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    record = book.get(RUN) or {}
+    assert sorted(e["id"] for e in record["events"][1:]) == sorted(f"event-{n}" for n in range(12))
+
+
+def test_a_duplicate_claim_after_a_crash_is_taken_over_once(book: ledger.Ledger) -> None:
+    """The claim of a delivery that died before recording its result: once its lease is over, exactly one of the
+    racing redeliveries takes it over (asking the external system first), the others reuse that result."""
+    from datetime import timedelta
+
+    ref: Any = book._db.collection("runs").document(RUN).collection("effects").document("job")
+    ref.create({"state": "claimed", "lease_until": "2000-01-01T00:00:00.000Z", "attempts": 1})
+    recovered: list[int] = []
+    results: list[tuple[dict[str, Any], bool]] = []
+
+    def redeliver(n: int) -> None:
+        def recover() -> dict[str, Any] | None:
+            recovered.append(n)
+            return {"job": "found"}
+
+        results.append(book.once(RUN, "job", lambda: {"job": f"new-{n}"}, recover, lease=timedelta(seconds=30)))
+
+    threads = [threading.Thread(target=redeliver, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(recovered) == 1
+    assert [r for r, _ in results] == [{"job": "found"}] * 4
+    assert (ref.get().to_dict() or {})["attempts"] == 2
