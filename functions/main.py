@@ -137,3 +137,11 @@ def notify(cloud_event: CloudEvent) -> None:
     from cd4ml.stages.notify import notify as stage
 
     dispatch(cloud_event, stage)
+
+
+@functions_framework.cloud_event
+def on_dead_letter(cloud_event: CloudEvent) -> None:
+    """A message Pub/Sub dead-lettered after an attempt that never answered → its run ended failed."""
+    from cd4ml.stages.dead_letters import on_dead_letter as stage
+
+    dispatch(cloud_event, stage)

@@ -65,7 +65,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             connection.close()
         if self.command == "PUT" and "/manifests/" in self.path and response.status < 300:
-            faults.effect_done("registry.tag", [self.path.rsplit("/manifests/", 1)[1]])
+            faults.effect_done("registry.tag", [self.path.rsplit("/manifests/", 1)[1]], self.client_address[1])
         self._answer(response.status, content, kept)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward

@@ -6,10 +6,11 @@ chaos driver steers the stand-ins through plain files in that directory, so noth
 - ``down/SERVICE`` exists → the stand-in answers as a service in an outage: gRPC ``UNAVAILABLE``, HTTP 503
   (what Google's front ends answer while a service is down; the clients' retry rules treat both as transient).
 - ``crash/POINT/KEY`` holds a stage name → when the stand-in has carried out the effect POINT for KEY (a run id:
-  a job label, a build tag, a webhook payload value), it SIGKILLs that stage's function instance (pid in
-  ``pids/STAGE``, written by the supervisor) *before answering*: the effect exists, the caller never learns it,
-  which is the worst moment of an exactly-once guard (after the act, before its result is recorded). Fires once.
-- ``fired/`` keeps what fired, ``pids/STAGE`` the supervised instances' process groups.
+  a job label, a build tag, a webhook payload value), it SIGKILLs the function instance that called it (the
+  process that owns the caller's end of the connection, a functions-framework server of that stage) *before
+  answering*: the effect exists, the caller never learns it, which is the worst moment of an exactly-once guard
+  (after the act, before its result is recorded). Fires once.
+- ``fired/`` keeps what fired.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 CHAOS_DIR_ENV = "LOCAL_CHAOS_DIR"
 #: What a stand-in in an outage says; the chaos report looks for it in the run's error.
 OUTAGE = "service unavailable (local outage injected by the chaos session)"
+#: The port of the caller's end of the gRPC call this thread serves (set by ``outage_interceptor``).
+_call = threading.local()
 
 
 def chaos_dir() -> Path | None:
@@ -60,11 +64,15 @@ def fired(root: Path) -> list[str]:
     return sorted(p.read_text() for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def effect_done(point: str, keys: Iterable[str]) -> None:
-    """Called by a stand-in after it carried out ``point``: crash the caller when the driver planned it."""
+def effect_done(point: str, keys: Iterable[str], caller_port: int | None = None) -> None:
+    """Called by a stand-in after it carried out ``point``: crash the caller when the driver planned it.
+
+    ``caller_port``: the TCP port of the caller's end of the connection (HTTP stand-ins pass their client
+    address's); gRPC stand-ins leave it to the interceptor, which noted the call's peer."""
     root = chaos_dir()
     if root is None:
         return
+    port = caller_port if caller_port is not None else getattr(_call, "port", None)
     for key in keys:
         planned = root / "crash" / point / key
         stage = ""
@@ -72,18 +80,45 @@ def effect_done(point: str, keys: Iterable[str]) -> None:
             stage = planned.read_text().strip()
             (root / "fired").mkdir(exist_ok=True)
             os.replace(planned, root / "fired" / f"{point}-{key}")  # once: a second caller finds nothing
-            (root / "fired" / f"{point}-{key}").write_text(f"{point} {key} {stage}")
+            killed = port is not None and kill_caller(port, stage)
+            (root / "fired" / f"{point}-{key}").write_text(
+                f"{point} {key} {stage}{'' if killed else ' (caller not found)'}"
+            )
         if stage:
-            kill_instance(root, stage)
             return
 
 
-def kill_instance(root: Path, stage: str) -> bool:
-    """SIGKILL the process group of ``stage``'s supervised instance; False when there is none."""
+def owner_of(port: int) -> int | None:
+    """The pid of the process that owns the TCP socket bound to local ``port`` (the caller's end of a loopback
+    connection), from /proc/net/tcp{,6} and the processes' socket file descriptors."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return int(pid)
+    return None
+
+
+def kill_caller(port: int, stage: str) -> bool:
+    """SIGKILL the process group of the ``stage`` function instance whose connection comes from ``port``; False
+    when that is not a functions-framework server of ``stage`` (never kill anything else)."""
+    pid = owner_of(port)
+    if pid is None:
+        return False
     try:
-        pid = int((root / "pids" / stage).read_text())
-        os.killpg(pid, signal.SIGKILL)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"functions_framework" not in argv or stage.encode() not in argv:
+            return False
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except (OSError, ProcessLookupError):
         return False
     return True
 
@@ -102,6 +137,8 @@ def outage_interceptor(service: str) -> Any:
             def unary(request: Any, context: Any) -> Any:
                 if is_down(service):
                     context.abort(grpc.StatusCode.UNAVAILABLE, OUTAGE)
+                peer = str(context.peer() or "")  # ipv4:127.0.0.1:PORT or ipv6:[::1]:PORT
+                _call.port = int(peer.rsplit(":", 1)[1]) if peer.rsplit(":", 1)[-1].isdigit() else None
                 return inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(

@@ -291,7 +291,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, str(error))
             return
         webhook = self.server.state.receive(source, payload, webhook_type)
-        faults.effect_done("gate.webhook", [str(v) for v in payload.values() if isinstance(v, str)])
+        faults.effect_done(
+            "gate.webhook", [str(v) for v in payload.values() if isinstance(v, str)], self.client_address[1]
+        )
         _log.info(
             "webhook processed",
             extra={"source": source, "event_id": webhook.event_id, "executions": list(webhook.execution_ids)},

@@ -1,14 +1,15 @@
-"""Cloud Run's part for the local functions: a front end per function that routes pushes to its instance and
-starts a new instance when one dies, as Cloud Run does after a crash.
+"""Cloud Run's part for the local functions: a front end per function that routes each push to an instance of
+it, one request per instance at a time (Cloud Run functions' default concurrency), starting instances as
+needed (a crashed one is replaced by the next that starts), as Cloud Run does.
 
     python -m local_emulator.supervisor --spec FILE [--chaos-dir DIR --crash-rate 0.2 --seed N]
 
 The spec (written by ``local_emulator.stack``) lists, per stage, the public port the push subscriptions
 target, the command line (without ``--port``) and the environment of its functions-framework server. Each
-instance listens on a private port in its own process group (gunicorn forks a worker); its output is appended
-to ``LOG_DIR/fn-STAGE.log``, so a restarted instance keeps writing the same log. A push that arrives while the
-instance starts waits for it (Cloud Run holds requests during a cold start); one whose instance dies under it
-is answered 503, so Pub/Sub redelivers it.
+instance listens on a private port in its own process group (gunicorn forks a worker); every instance of a
+stage appends to ``LOG_DIR/fn-STAGE.log``. A push that finds every instance busy waits for one, or for a new one
+to start (Cloud Run holds requests during a cold start); one whose instance dies under it is answered 503, so
+Pub/Sub redelivers it.
 
 With ``--crash-rate`` (the chaos session), that share of deliveries ends in a SIGKILL of the instance at a
 random moment: while the handler runs (after a uniform delay), or, when the handler answered first, after it
@@ -41,8 +42,10 @@ from local_emulator import faults, processes
 from local_emulator._service import configure_logging
 
 _log = logging.getLogger("local_emulator.supervisor")
-#: How long a push waits for its instance to (re)start before it is answered 503.
+#: How long a push waits for an instance (a free one, or a new one starting) before it is answered 503.
 START_WAIT_SECONDS = 60.0
+#: Instances per function at most (Terraform's ``max_instance_count`` is larger; two cores are not).
+MAX_INSTANCES = 3
 #: A killed delivery's kill moment is uniform in [0, this] after it reached the instance.
 KILL_WITHIN_SECONDS = 1.5
 _FORWARDED_HEADERS = ("content-type", "ce-id", "ce-type", "ce-source", "ce-specversion", "ce-time", "ce-subject")
@@ -50,85 +53,138 @@ _FORWARDED_HEADERS = ("content-type", "ce-id", "ce-type", "ce-source", "ce-specv
 
 @dataclass
 class Instance:
-    """One function's current instance and its history."""
+    """One instance of a function: a functions-framework server in its own process group, one request at a time."""
 
-    stage: str
     argv: list[str]
     env: dict[str, str]
     log: Path
-    pid_file: Path | None
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
-    ready: threading.Event = field(default_factory=threading.Event)
-    starts: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stopped: bool = False
+    busy: bool = False
 
-    def start(self) -> None:
-        self.ready.clear()
+    def start(self) -> bool:
+        """Start the server and wait until it listens; False when it exited or did not listen in time."""
         self.port = processes.free_port()
-        with self.lock:  # never a new instance once stop() ran: it would outlive the supervisor
-            if self.stopped:
-                return
-            with self.log.open("ab") as out:
-                self.proc = subprocess.Popen(
-                    [*self.argv, "--port", str(self.port)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=self.env,
-                    start_new_session=True,
-                )
-        self.starts += 1
-        if self.pid_file is not None:
-            self.pid_file.write_text(str(self.proc.pid))
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*self.argv, "--port", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + START_WAIT_SECONDS
-        while time.monotonic() < deadline and self.proc.poll() is None:
+        while time.monotonic() < deadline and self.alive():
             if processes.port_open(self.port):
-                self.ready.set()
-                return
+                return True
             time.sleep(0.05)
+        return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL the instance's process group (what an instance crash looks like)."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        self.send(signal.SIGKILL)
 
     def send(self, sig: int) -> None:
-        """Mark the instance stopped (no restart) and send ``sig`` to its process group."""
-        with self.lock:
-            self.stopped = True
-            proc = self.proc
-        if proc is not None:
+        if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
+                os.killpg(self.proc.pid, sig)
 
     def wait(self, deadline: float) -> bool:
         """True once the instance's process exited (reaped), False at ``deadline``."""
-        proc = self.proc
-        while proc is not None and proc.poll() is None:
+        while self.alive():
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
         return True
 
 
+@dataclass
+class Service:
+    """One function's instances, as Cloud Run runs a gen2 function: each instance serves one request at a time
+    (the default concurrency of Cloud Run functions is 1), new instances start when all are busy (up to
+    ``max_instances``), and a crashed instance takes only its own request with it; the next request gets a live
+    instance or a new one. (One multi-threaded instance per function made every crash kill all requests in flight,
+    a fault Cloud Run never produces; the chaos storm's runs stalled on it.)"""
+
+    stage: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    max_instances: int = MAX_INSTANCES
+    instances: list[Instance] = field(default_factory=list)
+    starting: int = 0
+    started: int = 0
+    stopped: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def acquire(self, timeout: float = START_WAIT_SECONDS) -> Instance | None:
+        """A live idle instance, marked busy; None after ``timeout`` (or once stopped)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.stopped:
+                    return None
+                self.instances = [i for i in self.instances if i.busy or i.alive()]  # forget the dead
+                idle = next((i for i in self.instances if not i.busy), None)
+                if idle is not None:
+                    idle.busy = True
+                    return idle
+                if len(self.instances) + self.starting < self.max_instances:
+                    self.starting += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.cond.wait(min(remaining, 0.5))
+        instance = Instance(self.argv, self.env, self.log, busy=True)
+        ready = instance.start()
+        with self.cond:
+            self.starting -= 1
+            self.started += 1
+            if ready and not self.stopped:
+                self.instances.append(instance)
+                return instance
+            self.cond.notify_all()
+        instance.kill()
+        return None
+
+    def release(self, instance: Instance) -> None:
+        with self.cond:
+            instance.busy = False
+            self.cond.notify_all()
+
+    def warm(self) -> None:
+        """Start the first instance, so the function answers its first push without a cold start."""
+        instance = self.acquire()
+        if instance is not None:
+            self.release(instance)
+
+    def stop_all(self, sig: int) -> list[Instance]:
+        with self.cond:
+            self.stopped = True
+            instances = list(self.instances)
+            self.cond.notify_all()
+        for instance in instances:
+            instance.send(sig)
+        return instances
+
+
 class Supervisor:
-    """Every instance, the restart loop and the crash injection."""
+    """Every function's instances and the crash injection."""
 
     def __init__(self, spec: Mapping[str, Any], chaos_dir: Path | None, crash_rate: float, seed: int) -> None:
         log_dir = Path(spec["log_dir"])
-        if chaos_dir is not None:
-            (chaos_dir / "pids").mkdir(parents=True, exist_ok=True)
-        self.instances = {
-            stage: Instance(
+        self.services = {
+            stage: Service(
                 stage,
                 list(f["argv"]),
                 dict(f["env"]),
                 log_dir / f"fn-{stage}.log",
-                chaos_dir / "pids" / stage if chaos_dir else None,
+                int(f.get("max_instances", MAX_INSTANCES)),
             )
             for stage, f in spec["functions"].items()
         }
@@ -138,34 +194,19 @@ class Supervisor:
         self.random = random.Random(seed)
         self.stopping = threading.Event()
         self.counts: dict[str, dict[str, int]] = {
-            s: {"deliveries": 0, "killed_while_running": 0, "killed_before_ack": 0, "restarts": 0}
-            for s in self.instances
+            s: {"deliveries": 0, "killed_while_running": 0, "killed_before_ack": 0, "instances_started": 0}
+            for s in self.services
         }
         self._lock = threading.Lock()
 
     def count(self, stage: str, what: str) -> None:
         with self._lock:
             self.counts[stage][what] += 1
+            self.counts[stage]["instances_started"] = self.services[stage].started
             if self.chaos_dir is not None:
                 tmp = self.chaos_dir / "supervisor.json.tmp"
                 tmp.write_text(json.dumps(self.counts))
                 os.replace(tmp, self.chaos_dir / "supervisor.json")
-
-    def keep_alive(self, instance: Instance) -> None:
-        """Start the instance, and a new one whenever it dies, until the supervisor stops."""
-        while not self.stopping.is_set():
-            instance.start()
-            if instance.proc is None or instance.stopped:
-                return
-            instance.proc.wait()
-            instance.ready.clear()
-            if self.stopping.is_set():
-                return
-            self.count(instance.stage, "restarts")
-            _log.warning(
-                "instance died; starting a new one",
-                extra={"stage": instance.stage, "exit_code": instance.proc.returncode},
-            )
 
     def crash_plan(self) -> float | None:
         """None (no crash) or the delay after which this delivery's instance is killed.
@@ -186,26 +227,42 @@ class Supervisor:
         """Stop every instance at once: SIGTERM to all, SIGKILL to those still up after ``grace`` seconds.
 
         All at once, so stopping stays well inside the stack's own timeout for the supervisor (one by one, 16
-        instances took long enough for the supervisor to be SIGKILLed midway, orphaning the rest).
+        instances took long enough for the supervisor to be SIGKILLed midway, orphaning the rest). A stopped
+        service starts no instance any more.
         """
         self.stopping.set()
-        for instance in self.instances.values():
-            instance.send(signal.SIGTERM)
+        instances = [i for service in self.services.values() for i in service.stop_all(signal.SIGTERM)]
         deadline = time.monotonic() + grace
-        for instance in self.instances.values():
+        for instance in instances:
             if not instance.wait(deadline):
-                instance.send(signal.SIGKILL)
+                instance.kill()
                 instance.wait(time.monotonic() + 2.0)
 
 
 def forward(
     supervisor: Supervisor, stage: str, method: str, path: str, headers: Mapping[str, str], body: bytes
 ) -> tuple[int, bytes, str]:
-    """Deliver one request to the stage's instance, crashing it when the plan says so: (status, body, type)."""
-    instance = supervisor.instances[stage]
+    """Deliver one request to an instance of the stage, crashing it when the plan says so: (status, body, type)."""
+    service = supervisor.services[stage]
     supervisor.count(stage, "deliveries")
-    if not instance.ready.wait(START_WAIT_SECONDS):
-        return 503, b"instance not ready", "text/plain"
+    instance = service.acquire()
+    if instance is None:
+        return 503, b"no instance available", "text/plain"
+    try:
+        return _deliver(supervisor, stage, instance, method, path, headers, body)
+    finally:
+        service.release(instance)
+
+
+def _deliver(
+    supervisor: Supervisor,
+    stage: str,
+    instance: Instance,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> tuple[int, bytes, str]:
     delay = supervisor.crash_plan()
     done = threading.Event()
     killer: threading.Timer | None = None
@@ -230,7 +287,7 @@ def forward(
         done.set()
         if killer is not None:
             killer.cancel()
-    if delay is not None and instance.proc is not None and instance.proc.poll() is None:
+    if delay is not None and instance.alive():
         supervisor.count(stage, "killed_before_ack")  # the work is done; Pub/Sub never hears of it
         instance.kill()
         return 503, b"instance crashed before answering", "text/plain"
@@ -299,15 +356,15 @@ def _front(supervisor: Supervisor, stage: str) -> ThreadingHTTPServer:
 
 def serve(spec: Mapping[str, Any], chaos_dir: Path | None, crash_rate: float, seed: int) -> int:
     supervisor = Supervisor(spec, chaos_dir, crash_rate, seed)
-    servers = [_front(supervisor, stage) for stage in supervisor.instances]
-    for instance in supervisor.instances.values():
-        threading.Thread(target=supervisor.keep_alive, args=(instance,), daemon=True).start()
+    servers = [_front(supervisor, stage) for stage in supervisor.services]
+    for service in supervisor.services.values():
+        threading.Thread(target=service.warm, daemon=True).start()
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    _log.info("supervising", extra={"stages": sorted(supervisor.instances), "crash_rate": crash_rate})
+    _log.info("supervising", extra={"stages": sorted(supervisor.services), "crash_rate": crash_rate})
     stop.wait()
     supervisor.stop()
     for server in servers:

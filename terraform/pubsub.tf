@@ -100,6 +100,7 @@ resource "google_pubsub_subscription" "stage" {
     google_pubsub_topic.event,
     data.google_pubsub_topic.foreign,
     google_pubsub_topic.notification,
+    google_pubsub_topic.dead_letter, # on_dead_letter reads the other stages' dead-letter topics
     google_cloud_run_v2_service_iam_member.grant,
     google_service_account_iam_member.grant,
     google_pubsub_topic_iam_member.grant,

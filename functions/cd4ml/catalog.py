@@ -20,9 +20,12 @@ def topic_id(name: str) -> str:
     return name.replace(".", "-")
 
 
+DEAD_LETTER_SUFFIX = "-dead-letter"
+
+
 def dead_letter_topic(stage: str) -> str:
     """The dead-letter topic id of a stage's subscription."""
-    return f"cd4ml-{stage.replace('_', '-')}-dead-letter"
+    return f"cd4ml-{stage.replace('_', '-')}{DEAD_LETTER_SUFFIX}"
 
 
 def subscription_id(stage: str, trigger: str | None = None) -> str:
@@ -69,8 +72,13 @@ class Stage:
 
     @property
     def foreign(self) -> bool:
-        """True when the stage consumes a Google-owned topic rather than a cd4ml event."""
-        return not self.trigger.startswith(EVENT_PREFIX)
+        """True when the stage consumes a Google-owned topic rather than a cd4ml event or dead letters."""
+        return not self.trigger.startswith(EVENT_PREFIX) and not self.reads_dead_letters
+
+    @property
+    def reads_dead_letters(self) -> bool:
+        """True when the stage's inputs are other stages' dead-letter topics (on_dead_letter)."""
+        return all(t.endswith(DEAD_LETTER_SUFFIX) for t in (self.triggers or (self.trigger,)))
 
 
 @dataclass(frozen=True)

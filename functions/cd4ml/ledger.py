@@ -327,7 +327,7 @@ class Ledger:
         act: Callable[[], dict[str, Any]],
         recover: Callable[[], dict[str, Any] | None] | None = None,
         lease: timedelta = timedelta(seconds=60),
-        wait: float = 15.0,
+        wait: float = 3.0,
     ) -> tuple[dict[str, Any], bool]:
         """Run the side effect ``act`` at most once per (run, name); returns (result, acted_now).
 
@@ -337,7 +337,8 @@ class Ledger:
 
         The claim is a plain create (one write) when nobody claimed before, the common case. A duplicate
         delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises
-        RetryableError (the redelivery comes back later).
+        RetryableError (the redelivery comes back later). Short, because a push that waits holds one of the few
+        pushes a subscription has in flight (the emulator's: 2) and an instance that serves one request at a time.
         """
         from google.api_core.exceptions import AlreadyExists
 

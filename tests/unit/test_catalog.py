@@ -15,11 +15,27 @@ def test_every_stage_trigger_and_output_is_in_the_catalog() -> None:
     cat = catalog.load()
     for stage in cat.stages:
         inputs = set(cat.event_types) | set(cat.foreign_topics) | {n[0] for n in cat.notification_topics}
-        assert stage.trigger in inputs, stage.name
+        inputs |= {catalog.dead_letter_topic(s.name) for s in cat.stages if s.name != stage.name}
+        for trigger in stage.triggers:
+            assert trigger in inputs, (stage.name, trigger)
         for emitted in stage.emits:
             assert emitted in cat.event_types, (stage.name, emitted)
         for name in stage.env:
             assert name in {s.name for s in cat.settings}, (stage.name, name)
+
+
+def test_every_dead_letter_that_names_a_run_reaches_on_dead_letter() -> None:
+    """A stage fed by a run's own events (ce-subject is the run) has its dead letters read by on_dead_letter, so a
+    message whose last attempt crashed ends its run; ticks, Google's formats, decisions and observers do not."""
+    cat = catalog.load()
+    chain = {
+        s.name
+        for s in cat.stages
+        if s.trigger.startswith(catalog.EVENT_PREFIX)
+        and s.trigger not in ("cd4ml.watch.ticked.v1", "cd4ml.approval.decided.v1")
+        and not s.observer
+    }
+    assert set(cat.stage("on_dead_letter").triggers) == {catalog.dead_letter_topic(s) for s in chain}
 
 
 def test_every_stage_has_a_handler_in_main() -> None:

@@ -5,9 +5,12 @@ promotion redelivered after a crash asks the registry before moving the alias ag
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -73,10 +76,39 @@ def test_fault_switches_do_nothing_outside_the_chaos_session(monkeypatch: pytest
 
 def test_a_planned_crash_fires_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(faults.CHAOS_DIR_ENV, str(tmp_path))
-    faults.plan_crash(tmp_path, "vertex.create", "run-1", "submit_training")  # no pid file: nothing to kill
+    faults.plan_crash(tmp_path, "vertex.create", "run-1", "submit_training")  # no caller: nothing to kill
     faults.effect_done("vertex.create", ["other", "run-1"])
     faults.effect_done("vertex.create", ["run-1"])
-    assert faults.fired(tmp_path) == ["vertex.create run-1 submit_training"]
+    assert faults.fired(tmp_path) == ["vertex.create run-1 submit_training (caller not found)"]
+
+
+def test_the_worst_moment_kills_the_calling_instance_and_nothing_else() -> None:
+    # With several instances per function (concurrency 1, as Cloud Run's), the stand-in must kill the instance
+    # that called it: the one owning the caller's end of the connection, and only a functions-framework server.
+    import subprocess
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    code = f"import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)"
+    callers = [
+        subprocess.Popen([sys.executable, "-c", code, *argv], start_new_session=True)
+        for argv in (["functions_framework", "--target", "promote"], ["not-a-function", "promote"])
+    ]
+    try:
+        peers = [listener.accept()[0].getpeername()[1] for _ in callers]
+        by_pid = {faults.owner_of(p): p for p in peers}
+        function, other = (by_pid[c.pid] for c in callers)
+        assert not faults.kill_caller(function, "evaluate")  # another stage's instance
+        assert not faults.kill_caller(other, "promote")  # not a function instance
+        assert faults.kill_caller(function, "promote")
+        callers[0].wait(timeout=10)
+        time.sleep(0.2)
+        assert callers[1].poll() is None
+    finally:
+        for caller in callers:
+            caller.kill()
+            caller.wait()
+        listener.close()
 
 
 class _Registry(ThreadingHTTPServer):
@@ -244,33 +276,140 @@ def test_a_registry_that_is_down_is_retried_and_named() -> None:
         server.server_close()
 
 
+_STUBBORN_SERVER = (
+    "import http.server, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[-1])), http.server.BaseHTTPRequestHandler).serve_forever()"
+)
+
+
+def test_an_instance_serves_one_request_at_a_time_and_a_crash_takes_only_its_own(tmp_path: Path) -> None:
+    # Found by the chaos session: one multi-threaded instance per function made every crash kill all requests in
+    # flight; Cloud Run functions serve one request per instance (default concurrency 1) and start more.
+    from local_emulator.supervisor import Service
+
+    service = Service("stage", [sys.executable, "-c", _STUBBORN_SERVER], dict(os.environ), tmp_path / "log", 2)
+    first, second = service.acquire(), service.acquire()
+    assert first is not None and second is not None and first is not second
+    assert service.acquire(timeout=0.5) is None  # both busy, no third instance
+    first.kill()
+    first.wait(time.monotonic() + 5)
+    assert second.alive()
+    service.release(first)
+    third = service.acquire()
+    assert third is not None and third is not first and third.alive()
+    assert service.started == 3
+    for instance in service.stop_all(signal.SIGKILL):
+        instance.wait(time.monotonic() + 5)
+
+
 def test_the_supervisor_leaves_no_instance_behind(tmp_path: Path) -> None:
     # Found by the chaos session: instances stopped one by one (3 s grace each) outlasted the stack's 10 s for the
     # supervisor, which was SIGKILLed midway and left the rest running. Now all at once; even instances that
-    # ignore SIGTERM are gone within the grace period.
-    import time
-
+    # ignore SIGTERM are gone within the grace period, and a stopped function starts no instance.
     from local_emulator import processes
     from local_emulator.supervisor import Supervisor
 
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
     spec = {
         "log_dir": str(tmp_path),
         "functions": {
-            f"stage{n}": {"port": processes.free_port(), "argv": [sys.executable, "-c", stubborn], "env": {}}
+            f"stage{n}": {"port": processes.free_port(), "argv": [sys.executable, "-c", _STUBBORN_SERVER], "env": {}}
             for n in range(6)
         },
     }
     supervisor = Supervisor(spec, None, 0.0, 0)
-    for instance in supervisor.instances.values():
-        threading.Thread(target=supervisor.keep_alive, args=(instance,), daemon=True).start()
-    processes.wait_until(
-        lambda: all(i.proc is not None for i in supervisor.instances.values()), what="instances", timeout=30
-    )
-    pids = [i.proc.pid for i in supervisor.instances.values() if i.proc is not None]
+    for service in supervisor.services.values():
+        service.warm()
+    pids = [i.proc.pid for s in supervisor.services.values() for i in s.instances if i.proc is not None]
+    assert len(pids) == 6
     started = time.monotonic()
     supervisor.stop(grace=1.0)
     assert time.monotonic() - started < 5
-    time.sleep(0.5)  # a keep_alive loop that saw its instance die must not have started another
     assert not any(processes.alive(p) for p in pids)
-    assert all(i.starts == 1 for i in supervisor.instances.values())
+    assert all(s.acquire(timeout=0.1) is None for s in supervisor.services.values())
+
+
+class _Runs:
+    """The ledger part on_dead_letter uses: one run, and what was recorded on it."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self.recorded: list[dict[str, Any]] = []
+
+    def run(self, run_id: str) -> Run | None:
+        return self._run if run_id == self._run.run_id else None
+
+    def record(self, run_id: str, **change: Any) -> None:
+        self.recorded.append({"run_id": run_id, **change})
+
+
+def _waiting_run(*types: str) -> Run:
+    return Run.from_document(
+        {
+            "run_id": "digits-20300101t030000z",
+            "model": "digits",
+            "status": "running",
+            "created_at": "2030-01-01T03:00:00.000Z",
+            "updated_at": "2030-01-01T03:00:00.000Z",
+            "events": [{"id": f"e{n}", "type": t, "time": "2030-01-01T03:00:00.000Z"} for n, t in enumerate(types)],
+        }
+    )
+
+
+def _dead_letter(subscription: str, **extra: str) -> PubSubMessage:
+    attributes = {
+        "ce-id": "e1",
+        "ce-type": events.DATA_FETCHED,
+        "ce-subject": "digits-20300101t030000z",
+        "CloudPubSubDeadLetterSourceSubscription": "projects/p/subscriptions/cd4ml-submit-training",
+        "CloudPubSubDeadLetterSourceDeliveryCount": "5",
+        **extra,
+    }
+    return PubSubMessage(
+        message_id="m9", publish_time=now(), attributes=attributes, data=b"{}", subscription=subscription
+    )
+
+
+@pytest.mark.parametrize(
+    ("recorded", "extra", "ends"),
+    [
+        ((events.RUN_REQUESTED, events.DATA_FETCHED), {}, True),  # the last attempt died: nobody ended the run
+        ((events.RUN_REQUESTED, events.DATA_FETCHED, events.TRAINING_SUBMITTED), {}, False),  # died after its work
+        ((events.RUN_REQUESTED, events.DATA_FETCHED), {"cd4ml-rejected-by": "submit_training"}, False),
+        ((events.RUN_REQUESTED, events.DATA_FETCHED), {"cd4ml-exhausted-by": "submit_training"}, False),
+    ],
+)
+def test_a_message_pub_sub_dead_lettered_ends_its_run_at_once(
+    recorded: tuple[str, ...], extra: dict[str, str], ends: bool
+) -> None:
+    # Found by the chaos session: a fifth delivery killed with its instance was dead-lettered by Pub/Sub (which
+    # counts the attempt) while the run, which never heard of it, waited for the stale sweep (2 h).
+    import logging
+
+    from cd4ml.stages.dead_letters import on_dead_letter
+
+    runs = _Runs(_waiting_run(*recorded))
+    ctx = SimpleNamespace(
+        ledger=runs,
+        settings=SimpleNamespace(stage="on_dead_letter"),
+        info=lambda *args, **kwargs: None,
+        log=logging.getLogger("test"),
+    )
+    message = _dead_letter("projects/p/subscriptions/cd4ml-on-dead-letter-submit-training-dead-letter", **extra)
+    on_dead_letter(message, ctx)  # type: ignore[arg-type]
+    if not ends:
+        assert runs.recorded == []
+        return
+    [change] = runs.recorded
+    assert change["status"] == "failed"
+    assert change["error"]["stage"] == "submit_training"
+    assert "after 5 delivery attempts on cd4ml-submit-training" in change["error"]["message"]
+    assert "cd4ml dead-letters replay" in change["error"]["message"]
+
+
+def test_the_dead_letters_source_stage_is_known_from_either_subscription() -> None:
+    from cd4ml.stages.dead_letters import source_stage
+
+    ours = _dead_letter("projects/p/subscriptions/cd4ml-on-dead-letter-trigger-canary-dead-letter")
+    assert source_stage(ours) == "trigger_canary"
+    twin = _dead_letter("", CloudPubSubDeadLetterSourceSubscription="projects/p/subscriptions/cd4ml-promote-twin2")
+    assert source_stage(twin) == "promote"
