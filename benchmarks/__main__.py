@@ -9,7 +9,6 @@ import argparse
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import cache, coldstart, concurrency, hops
-from benchmarks.pipeline import running, say
+from benchmarks.pipeline import exit_on_sigterm, running, say
 from benchmarks.report import Report, Section
 
 RESULTS = Path(__file__).with_name("results") / "latest.json"
@@ -63,7 +62,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     options = _options(argv)
     # A SIGTERM (nox or CI giving up) unwinds like Ctrl-C, so the stack's processes are stopped by pid.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     wanted = options.only or list(TARGETS)
     started, clock = datetime.now(UTC), time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="cd4ml-bench-"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -47,6 +48,18 @@ TRAINER = Path(__file__).with_name("_centroid_trainer.py")
 def say(message: str) -> None:
     """Progress, on stderr: stdout is the report's."""
     print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the driver through its ``finally`` blocks (the local stack is stopped by pid); a second SIGTERM
+    (``timeout`` forwarding one, a hurried operator) is ignored, so it cannot abort that cleanup halfway."""
+
+    def leave(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, leave)
 
 
 def make_model(workdir: Path, name: str = MODEL, threshold: float = 0.8, cache: bool = False) -> Path:

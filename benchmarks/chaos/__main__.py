@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from local_emulator.scheduler import scheduler_attributes
 from local_emulator.topology import plan, subscribe
 
 from benchmarks.chaos import bad_inputs, models, verdicts
-from benchmarks.pipeline import SOURCE, Pipeline, running, say
+from benchmarks.pipeline import SOURCE, Pipeline, exit_on_sigterm, running, say
 from cd4ml import catalog, events, ledger
 from cd4ml.events import Event, format_time
 from cd4ml.run import TERMINAL
@@ -336,7 +335,7 @@ def table(report: dict[str, Any]) -> tuple[str, str, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _options(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     clock = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="cd4ml-chaos-"))
     chaos = workdir / "chaos"

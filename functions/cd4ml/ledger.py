@@ -34,6 +34,8 @@ CACHE = "cache"
 ARRIVALS = "arrivals"
 EFFECTS = "effects"
 DELIVERIES = "deliveries"
+#: Field of a run record: ids of the events published for it (``Ledger.note_published``).
+PUBLISHED = "published"
 #: How many rejected messages a run record keeps (the dead-letter hold keeps them all).
 KEEP_REJECTIONS = 20
 
@@ -312,6 +314,12 @@ class Ledger:
             if state != "busy" or time.monotonic() >= deadline:
                 return state, result
             time.sleep(0.2)
+
+    def note_published(self, run_id: str, event_id: str) -> None:
+        """Note that the event ``event_id`` was published for the run (no read; adding it twice changes nothing)."""
+        from google.cloud import firestore
+
+        self._run(run_id).update({PUBLISHED: firestore.ArrayUnion([event_id])})
 
     def note(self, run_id: str, fields: Mapping[str, Any]) -> None:
         """Set fields (dotted paths) without reading the run: for facts no decision depends on.

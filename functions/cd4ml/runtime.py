@@ -19,7 +19,7 @@ from cd4ml import catalog, clients, logs
 from cd4ml.bus import Bus, bounded
 from cd4ml.errors import InvalidSettings, PermanentError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
-from cd4ml.ledger import Ledger
+from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
 from cd4ml.run import Run, is_run_id
 from cd4ml.settings import Settings
@@ -76,10 +76,13 @@ class Context:
         self.log.info(message, extra={"stage": self.settings.stage, "run_id": run_id or None, "details": details})
 
     def conclude(self, run_id: str, outcome: Outcome) -> Event | None:
-        """Record ``outcome`` on the run, then publish its event; both idempotent by event id.
+        """Record ``outcome`` on the run, then publish its event once; both idempotent by event id.
 
         The event is published only after the record that justifies it committed (one optimistic read-apply-write
-        of the run, ``Ledger._swap``). A redelivery re-publishes with the recorded event's time.
+        of the run, ``Ledger._swap``), and noted as published after. A redelivery (or a duplicate) finds it noted
+        and publishes nothing: re-publishing on every duplicate multiplied the messages at each hop of the chain
+        (the chaos session's triple delivery turned one request into hundreds of deliveries downstream). One
+        whose earlier attempt died between the record and the note publishes again, with the recorded time.
         """
         error = {"stage": self.settings.stage, "message": outcome.error} if outcome.error else None
         if outcome.emit is None:
@@ -90,6 +93,9 @@ class Context:
         type_, data = outcome.emit
         event = Event.new(type_, run_id, data, source=self.source)
         record = self.ledger.record(run_id, event, outcome.record, error=error)
+        if event.id in (record.get(PUBLISHED) or ()):
+            self.info(f"{type_} already published", run_id, event_id=event.id, event_type=type_)
+            return event
         for seen in record.get("events", []):
             if seen.get("id") == event.id and seen.get("time") != format_time(event.time):
                 event = Event(
@@ -101,6 +107,7 @@ class Context:
                     time=parse_time(seen["time"]),
                 )
         self.bus.publish(event)
+        self.ledger.note_published(run_id, event.id)
         self.info(f"emitted {type_}", run_id, event_id=event.id, event_type=type_)
         return event
 

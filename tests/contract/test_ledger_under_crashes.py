@@ -138,3 +138,46 @@ def test_a_duplicate_claim_after_a_crash_is_taken_over_once(book: ledger.Ledger)
     assert len(recovered) == 1
     assert [r for r, _ in results] == [{"job": "found"}] * 4
     assert (ref.get().to_dict() or {})["attempts"] == 2
+
+
+class _Bus:
+    def __init__(self) -> None:
+        self.published: list[Event] = []
+        self.fail = False
+
+    def publish(self, event: Event) -> None:
+        if self.fail:
+            raise RuntimeError("the instance died before the publish")
+        self.published.append(event)
+
+
+def _context(book: ledger.Ledger, bus: _Bus) -> Any:
+    from cd4ml.runtime import Context
+    from cd4ml.settings import Settings
+
+    ctx = Context(Settings.from_env({"CD4ML_PROJECT": "p", "CD4ML_STAGE": "evaluate"}))
+    ctx.__dict__.update(ledger=book, bus=bus)  # the cached clients, as the stage would build them
+    return ctx
+
+
+def test_an_event_is_published_once_whatever_the_duplicates(book: ledger.Ledger) -> None:
+    # Found by the chaos session: every duplicate delivery re-published its stage's event, so one request became
+    # 3 messages, then 9, then 27 deliveries down the chain under triple delivery.
+    from cd4ml.outcome import Outcome
+
+    skipped = Outcome.event(
+        events.RUN_SKIPPED,
+        {"model": "digits", "champion_run_id": RUN, "model_sha256": "0" * 64, "reason": "same model"},
+    )
+    bus = _Bus()
+    bus.fail = True  # the first delivery records the event and dies before publishing it
+    with pytest.raises(RuntimeError):
+        _context(book, bus).conclude(RUN, skipped)
+    assert bus.published == []
+    bus.fail = False
+    for _ in range(3):  # the redelivery publishes it; the duplicates publish nothing more
+        _context(book, bus).conclude(RUN, skipped)
+    [published] = bus.published
+    record = book.get(RUN) or {}
+    assert record["published"] == [published.id]
+    assert [e["id"] for e in record["events"]].count(published.id) == 1
