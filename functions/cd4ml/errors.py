@@ -13,6 +13,12 @@ class RetryableError(Cd4mlError, RuntimeError):
     """A transient failure: the handler raises it and Pub/Sub delivers the message again."""
 
 
+class Busy(RetryableError):
+    """Another delivery holds the effect's claim and is carrying it out: not a failure of this message, so it never
+    counts towards giving the run up (``runtime.dispatch``); Pub/Sub redelivers it, and dead-letters it when its
+    attempts run out, for ``on_dead_letter`` to decide once the holder's lease is over."""
+
+
 class PermanentError(Cd4mlError, ValueError):
     """A failure that no retry can fix: logged once, recorded on the run, message dead-lettered.
 

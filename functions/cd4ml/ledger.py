@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cd4ml.errors import RetryableError
+from cd4ml.errors import Busy, RetryableError
 from cd4ml.events import Event, format_time, now
 from cd4ml.run import Run, RunId
 from cd4ml.transition import Change, apply
@@ -315,6 +315,15 @@ class Ledger:
                 return state, result
             time.sleep(0.2)
 
+    def live_claims(self, run_id: str) -> list[str]:
+        """The run's effects being carried out right now: claimed, not done, lease not over."""
+        moment = now()
+        return sorted(
+            d.id
+            for d in self._run(run_id).collection(EFFECTS).stream()
+            if _claim_state(d.to_dict() or {}, moment) == "busy"
+        )
+
     def note_published(self, run_id: str, event_id: str) -> None:
         """Note that the event ``event_id`` was published for the run (no read; adding it twice changes nothing)."""
         from google.cloud import firestore
@@ -367,7 +376,7 @@ class Ledger:
         if state == "done":
             return dict(result or {}), False
         if state == "busy":
-            raise RetryableError(f"effect {name} of run {run_id} is being carried out by another delivery")
+            raise Busy(f"effect {name} of run {run_id} is being carried out by another delivery")
         found = recover() if (state == "expired" and recover is not None) else None
         acted = found is None
         if found is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cd4ml import catalog, clients, logs
 from cd4ml.bus import Bus, bounded
-from cd4ml.errors import InvalidSettings, PermanentError
+from cd4ml.errors import Busy, InvalidSettings, PermanentError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
@@ -210,7 +210,7 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
     except PermanentError as error:
         ctx.reject(message, error)
     except Exception as error:  # retryable: raised again (HTTP 500, redelivery) unless this was the last delivery
-        if ctx.observer or not ctx.last_delivery(message):
+        if ctx.observer or isinstance(error, Busy) or not ctx.last_delivery(message):
             raise
         ctx.give_up(message, error)
 

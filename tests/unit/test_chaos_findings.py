@@ -331,9 +331,13 @@ def test_the_supervisor_leaves_no_instance_behind(tmp_path: Path) -> None:
 class _Runs:
     """The ledger part on_dead_letter uses: one run, and what was recorded on it."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, claims: tuple[str, ...] = ()) -> None:
         self._run = run
+        self.claims = list(claims)
         self.recorded: list[dict[str, Any]] = []
+
+    def live_claims(self, run_id: str) -> list[str]:
+        return self.claims
 
     def run(self, run_id: str) -> Run | None:
         return self._run if run_id == self._run.run_id else None
@@ -404,6 +408,54 @@ def test_a_message_pub_sub_dead_lettered_ends_its_run_at_once(
     assert change["error"]["stage"] == "submit_training"
     assert "after 5 delivery attempts on cd4ml-submit-training" in change["error"]["message"]
     assert "cd4ml dead-letters replay" in change["error"]["message"]
+
+
+def test_a_dead_letter_whose_work_is_in_progress_is_decided_after_the_lease() -> None:
+    # Found by the chaos session: copies of a message that met another delivery's live claim used up their
+    # attempts meanwhile; the run must not end while the holder may still finish.
+    import logging
+
+    from cd4ml.stages.dead_letters import on_dead_letter
+
+    runs = _Runs(_waiting_run(events.RUN_REQUESTED, events.DATA_FETCHED), claims=("training-job",))
+    ctx = SimpleNamespace(
+        ledger=runs, settings=SimpleNamespace(stage="on_dead_letter"), info=print, log=logging.getLogger("t")
+    )
+    message = _dead_letter("projects/p/subscriptions/cd4ml-on-dead-letter-submit-training-dead-letter")
+    with pytest.raises(RetryableError, match="still carrying out training-job"):
+        on_dead_letter(message, ctx)  # type: ignore[arg-type]
+    assert runs.recorded == []
+
+
+def test_a_busy_claim_never_gives_the_run_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the chaos session: five "being carried out by another delivery" answers on one subscription ended a
+    # run failed while the claim's holder was still at work.
+    from cd4ml import runtime
+    from cd4ml.errors import Busy
+
+    gave_up: list[Exception] = []
+    ctx = SimpleNamespace(observer=False, last_delivery=lambda message: True, give_up=lambda m, e: gave_up.append(e))
+    monkeypatch.setattr(runtime, "context", lambda: ctx)
+    body, attributes = Event.new(
+        events.CANARY_SUCCEEDED, "digits-20300101t030000z", {"model": "digits", "execution_id": "x"}, source="//t"
+    ).to_message()
+    import base64
+
+    push = {"message": {"data": base64.b64encode(body).decode(), "messageId": "1", "attributes": attributes}}
+    cloud_event = SimpleNamespace(data=push)
+
+    def busy(message: PubSubMessage, ctx: Any) -> None:
+        raise Busy("effect alias-move of run digits-20300101t030000z is being carried out by another delivery")
+
+    with pytest.raises(Busy):
+        runtime.dispatch(cloud_event, busy)  # type: ignore[arg-type]
+    assert gave_up == []
+
+    def down(message: PubSubMessage, ctx: Any) -> None:
+        raise RetryableError("registry unavailable")
+
+    runtime.dispatch(cloud_event, down)  # type: ignore[arg-type]
+    assert [str(e) for e in gave_up] == ["registry unavailable"]
 
 
 def test_the_dead_letters_source_stage_is_known_from_either_subscription() -> None:

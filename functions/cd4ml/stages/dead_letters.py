@@ -10,6 +10,8 @@ topics (catalog ``triggers``) and decides:
 - a message that names no run (a tick, Google's formats) or a run that ended: nothing to end;
 - a message whose work was done anyway (the source stage recorded one of its outputs after the message's event:
   the attempt crashed after its record, or a duplicate of it succeeded): nothing to end;
+- a message whose work another delivery is carrying out right now (a live claim, ``Ledger.live_claims``): asked
+  again later (Pub/Sub's backoff outlasts every lease), when the holder has finished or its lease is over;
 - otherwise the run ends ``failed`` now, naming the stage and the attempts, and the message stays held for
   ``cd4ml dead-letters replay``.
 """
@@ -20,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from cd4ml import catalog
 from cd4ml.bus import bounded
+from cd4ml.errors import RetryableError
 from cd4ml.events import PubSubMessage
 from cd4ml.run import Run, is_run_id
 from cd4ml.runtime import Context
@@ -86,6 +89,9 @@ def on_dead_letter(message: PubSubMessage, ctx: Context) -> None:
     if work_done(run, message.attributes.get("ce-id", ""), emits):
         ctx.info(f"dead letter from {stage}: its work was done meanwhile; the run goes on", run_id)
         return
+    claims = ctx.ledger.live_claims(run_id)
+    if claims:
+        raise RetryableError(f"{stage} of run {run_id} is still carrying out {', '.join(claims)}; deciding later")
     why = reason(message, stage)
     ctx.log.error(why, extra={"stage": ctx.settings.stage, "run_id": run_id, "event_id": message.message_id})
     ctx.ledger.record(run_id, status="failed", error={"stage": stage, "message": why})
