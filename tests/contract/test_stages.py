@@ -14,7 +14,8 @@ from cd4ml import catalog, events
 from cd4ml.events import Event, format_time, now
 from tests.contract.conftest import Contract
 
-CD4ML_STAGES = [s for s in catalog.load().stages if not s.foreign]
+#: Stages fed by cd4ml events (on_dead_letter reads copies of any message, bad ones included, by their attributes).
+CD4ML_STAGES = [s for s in catalog.load().stages if not s.foreign and not s.reads_dead_letters]
 
 
 def push_body(attributes: dict[str, str], data: bytes, message_id: str) -> dict[str, Any]:
@@ -265,3 +266,28 @@ def test_a_bad_message_for_a_live_run_is_noted_and_the_fixed_one_continues_it(co
     assert submitted.attributes["ce-subject"] == run_id
     run = contract.run(run_id)
     assert run is not None and run["status"] == "running" and run["training"]["active"] is True
+
+
+def test_a_message_pub_sub_dead_lettered_ends_its_waiting_run(contract: Contract) -> None:
+    """on_dead_letter through functions-framework: a data.fetched whose last attempt never answered (Pub/Sub's
+    dead-letter attributes, no cd4ml-error) ends its run failed at submit_training; a rejected copy does not."""
+    run_id = "digits-20970101t000000z"
+    open_run(contract, run_id)
+    from cd4ml import runtime
+
+    fetched = Event.new(events.DATA_FETCHED, run_id, _valid_data(events.DATA_FETCHED), source="//test", id="fetched-1")
+    runtime.context().ledger.record(run_id, fetched)
+    data, attributes = fetched.to_message()
+    pubsub = {
+        "CloudPubSubDeadLetterSourceSubscription": "projects/p/subscriptions/cd4ml-submit-training",
+        "CloudPubSubDeadLetterSourceDeliveryCount": "5",
+    }
+    topic = catalog.topic_id(catalog.dead_letter_topic("submit_training"))
+    rejected = {**attributes, **pubsub, "cd4ml-rejected-by": "submit_training", "cd4ml-error": "bad"}
+    assert contract.post("on_dead_letter", push_body(rejected, data, "dl-1"), topic).status_code == 200
+    assert (runtime.context().ledger.get(run_id) or {})["status"] == "running"
+    assert contract.post("on_dead_letter", push_body({**attributes, **pubsub}, data, "dl-2"), topic).status_code == 200
+    record = runtime.context().ledger.get(run_id) or {}
+    assert record["status"] == "failed"
+    assert record["error"]["stage"] == "submit_training"
+    assert "after 5 delivery attempts on cd4ml-submit-training" in record["error"]["message"]
