@@ -88,29 +88,55 @@ def effect_done(point: str, keys: Iterable[str], caller_port: int | None = None)
             return
 
 
-def owner_of(port: int) -> int | None:
-    """The pid of the process that owns the TCP socket bound to local ``port`` (the caller's end of a loopback
-    connection), from /proc/net/tcp{,6} and the processes' socket file descriptors."""
-    inodes: set[str] = set()
+def _tcp_sockets() -> list[tuple[int, int, str, str]]:
+    """(local port, remote port, state, socket inode) of every TCP socket, from /proc/net/tcp{,6}."""
+    found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{fields[9]}]")
+                if len(fields) > 9:
+                    local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+                    found.append((local, remote, fields[3], f"socket:[{fields[9]}]"))
+    return found
+
+
+def _inodes(pid: str) -> dict[str, int]:
+    """The socket inodes a process holds: {"socket:[N]": pid}."""
+    held = {}
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    held[link] = int(pid) if pid.isdigit() else os.getpid()
+    return held
+
+
+def owner_of(port: int, server_ports: set[int] | None = None) -> int | None:
+    """The pid of the process whose TCP socket has local ``port`` and, when given, a remote port among
+    ``server_ports`` (an ephemeral port can serve connections to several servers at once)."""
+    sockets = _tcp_sockets()
+    inodes = {
+        i for local, remote, _, i in sockets if local == port and (server_ports is None or remote in server_ports)
+    }
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                        return int(pid)
+        for inode, owner in _inodes(pid).items():
+            if inode in inodes:
+                return owner
     return None
+
+
+def listening_ports() -> set[int]:
+    """The TCP ports this process listens on (its servers')."""
+    own = _inodes("self")
+    return {local for local, _, state, inode in _tcp_sockets() if state == "0A" and inode in own}
 
 
 def kill_caller(port: int, stage: str) -> bool:
     """SIGKILL the process group of the ``stage`` function instance whose connection comes from ``port``; False
     when that is not a functions-framework server of ``stage`` (never kill anything else)."""
-    pid = owner_of(port)
+    pid = owner_of(port, listening_ports())
     if pid is None:
         return False
     try:

@@ -315,6 +315,13 @@ class Ledger:
                 return state, result
             time.sleep(0.2)
 
+    def marked(self, field: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Runs whose ``field`` (a dotted path) is true (single-field index)."""
+        from google.cloud import firestore
+
+        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter(field, "==", True))
+        return [d.to_dict() or {} for d in query.limit(limit).stream()]
+
     def live_claims(self, run_id: str) -> list[str]:
         """The run's effects being carried out right now: claimed, not done, lease not over."""
         moment = now()

@@ -268,9 +268,12 @@ def test_a_bad_message_for_a_live_run_is_noted_and_the_fixed_one_continues_it(co
     assert run is not None and run["status"] == "running" and run["training"]["active"] is True
 
 
-def test_a_message_pub_sub_dead_lettered_ends_its_waiting_run(contract: Contract) -> None:
+def test_a_message_pub_sub_dead_lettered_ends_its_waiting_run(
+    contract: Contract, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """on_dead_letter through functions-framework: a data.fetched whose last attempt never answered (Pub/Sub's
-    dead-letter attributes, no cd4ml-error) ends its run failed at submit_training; a rejected copy does not."""
+    dead-letter attributes, no cd4ml-error) marks its run, which the watch tick ends failed at submit_training
+    after the grace; a rejected copy marks nothing."""
     run_id = "digits-20970101t000000z"
     open_run(contract, run_id)
     from cd4ml import runtime
@@ -287,6 +290,13 @@ def test_a_message_pub_sub_dead_lettered_ends_its_waiting_run(contract: Contract
     assert contract.post("on_dead_letter", push_body(rejected, data, "dl-1"), topic).status_code == 200
     assert (runtime.context().ledger.get(run_id) or {})["status"] == "running"
     assert contract.post("on_dead_letter", push_body({**attributes, **pubsub}, data, "dl-2"), topic).status_code == 200
+    record = runtime.context().ledger.get(run_id) or {}
+    assert record["status"] == "running" and record["dead_letter"]["pending"] is True
+    from cd4ml.stages import dead_letters
+
+    monkeypatch.setattr(dead_letters, "GRACE_SECONDS", -1)
+    contract.post("watch_training", push_body({}, b"", "tick-after-grace"), "x")  # builds watch_training's context
+    dead_letters.end_dead_lettered_runs(runtime.context())
     record = runtime.context().ledger.get(run_id) or {}
     assert record["status"] == "failed"
     assert record["error"]["stage"] == "submit_training"

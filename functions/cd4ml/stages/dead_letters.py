@@ -10,20 +10,21 @@ topics (catalog ``triggers``) and decides:
 - a message that names no run (a tick, Google's formats) or a run that ended: nothing to end;
 - a message whose work was done anyway (the source stage recorded one of its outputs after the message's event:
   the attempt crashed after its record, or a duplicate of it succeeded): nothing to end;
-- a message whose work another delivery is carrying out right now (a live claim, ``Ledger.live_claims``): asked
-  again later (Pub/Sub's backoff outlasts every lease), when the holder has finished or its lease is over;
-- otherwise the run ends ``failed`` now, naming the stage and the attempts, and the message stays held for
-  ``cd4ml dead-letters replay``.
+- otherwise the run is marked (``dead_letter``: stage, event, reason, time), and the watch tick ends it ``failed``
+  (``end_dead_lettered_runs``), naming the stage and the attempts, once ``GRACE_SECONDS`` passed with the work
+  still not done and no delivery carrying it out (a live claim, ``Ledger.live_claims``): a duplicate of the
+  message, still being retried, may yet do it (the chaos session's triple delivery did). The message stays held
+  for ``cd4ml dead-letters replay``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 
 from cd4ml import catalog
 from cd4ml.bus import bounded
-from cd4ml.errors import RetryableError
-from cd4ml.events import PubSubMessage
+from cd4ml.events import PubSubMessage, format_time, now
 from cd4ml.run import Run, is_run_id
 from cd4ml.runtime import Context
 
@@ -31,6 +32,11 @@ from cd4ml.runtime import Context
 SOURCE_SUBSCRIPTION = "CloudPubSubDeadLetterSourceSubscription"
 DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 HANDLED_BY = ("cd4ml-rejected-by", "cd4ml-exhausted-by")
+#: How long a dead-lettered message's run may still make progress (a duplicate of the message being retried, a
+#: claim's lease running out) before the watch tick ends it: longer than every effect's lease (90 s at most).
+GRACE_SECONDS = 120
+#: The run record's mark (``dead_letter``): pending, stage, event_id, at, reason.
+MARK = "dead_letter"
 
 
 def source_stage(message: PubSubMessage) -> str:
@@ -71,7 +77,8 @@ def reason(message: PubSubMessage, stage: str) -> str:
 
 
 def on_dead_letter(message: PubSubMessage, ctx: Context) -> None:
-    """A dead-lettered message → its run ended failed, unless it was handled, names no live run, or its work was done."""
+    """A dead-lettered message → its run marked for ending (``end_dead_lettered_runs``), unless the message was
+    handled, names no live run, or its work was done."""
     handled = next((message.attributes[k] for k in HANDLED_BY if k in message.attributes), "")
     if handled:
         ctx.info(f"dead letter already handled by {handled}", message.attributes.get("ce-subject", ""))
@@ -89,9 +96,27 @@ def on_dead_letter(message: PubSubMessage, ctx: Context) -> None:
     if work_done(run, message.attributes.get("ce-id", ""), emits):
         ctx.info(f"dead letter from {stage}: its work was done meanwhile; the run goes on", run_id)
         return
-    claims = ctx.ledger.live_claims(run_id)
-    if claims:
-        raise RetryableError(f"{stage} of run {run_id} is still carrying out {', '.join(claims)}; deciding later")
     why = reason(message, stage)
-    ctx.log.error(why, extra={"stage": ctx.settings.stage, "run_id": run_id, "event_id": message.message_id})
-    ctx.ledger.record(run_id, status="failed", error={"stage": stage, "message": why})
+    mark = {"pending": True, "stage": stage, "event_id": message.attributes.get("ce-id", ""), "at": format_time(now())}
+    ctx.ledger.note(run_id, {MARK: {**mark, "reason": why}})
+    ctx.info(f"dead letter from {stage}: the run ends failed in {GRACE_SECONDS} s unless it makes progress", run_id)
+
+
+def end_dead_lettered_runs(ctx: Context) -> None:
+    """On the watch tick: end, as failed, each marked run whose grace is over, whose work is still not done and
+    which no delivery is carrying out; clear the mark of runs that ended or went on meanwhile."""
+    cutoff = format_time(now() - timedelta(seconds=GRACE_SECONDS))
+    for doc in ctx.ledger.marked(f"{MARK}.pending"):
+        run = Run.from_document(doc)
+        mark = dict(doc.get(MARK) or {})
+        stage = str(mark.get("stage", ""))
+        emits = catalog.load().stage(stage).emits if stage in {s.name for s in catalog.load().stages} else ()
+        if run.ended or work_done(run, str(mark.get("event_id", "")), emits):
+            ctx.ledger.note(run.run_id, {f"{MARK}.pending": False})
+            continue
+        if str(mark.get("at", "")) > cutoff or ctx.ledger.live_claims(run.run_id):
+            continue
+        why = str(mark.get("reason") or f"gave up: Pub/Sub dead-lettered a message of {stage}")
+        ctx.ledger.record(run.run_id, status="failed", error={"stage": stage, "message": why})
+        ctx.ledger.note(run.run_id, {f"{MARK}.pending": False})
+        ctx.log.error(why, extra={"stage": ctx.settings.stage, "run_id": run.run_id})

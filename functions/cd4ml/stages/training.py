@@ -215,6 +215,9 @@ def watch_training(message: PubSubMessage, ctx: Context) -> None:
                 extra={"stage": ctx.settings.stage, "run_id": doc.get("run_id")},
             )
     end_stale_runs(ctx)
+    from cd4ml.stages.dead_letters import end_dead_lettered_runs
+
+    end_dead_lettered_runs(ctx)
 
 
 def stale_reason(run: Run, limit_seconds: int) -> str:
