@@ -384,17 +384,16 @@ class Ledger:
             return dict(result or {}), False
         if state == "busy":
             raise Busy(f"effect {name} of run {run_id} is being carried out by another delivery")
-        found = recover() if (state == "expired" and recover is not None) else None
+        try:
+            found = recover() if (state == "expired" and recover is not None) else None
+            result = found if found is not None else act()
+        except BaseException:
+            # Unknown whether the effect happened: release the claim now, so the next delivery asks the external
+            # system first. (A failed ``recover`` kept the claim for a whole lease: the chaos session's Gate outage
+            # made every copy of the message meet "busy" until their attempts ran out.)
+            ref.update({"lease_until": format_time(now())})
+            raise
         acted = found is None
-        if found is not None:
-            result = found
-        else:
-            try:
-                result = act()
-            except BaseException:
-                # Unknown whether the effect happened: let the next delivery ask the external system first.
-                ref.update({"lease_until": format_time(now())})
-                raise
         ref.update({"state": "done", "result": result, "done_at": format_time(now())})
         return result, acted
 

@@ -181,3 +181,20 @@ def test_an_event_is_published_once_whatever_the_duplicates(book: ledger.Ledger)
     record = book.get(RUN) or {}
     assert record["published"] == [published.id]
     assert [e["id"] for e in record["events"]].count(published.id) == 1
+
+
+def test_a_recovery_that_fails_releases_the_claim(book: ledger.Ledger) -> None:
+    # Found by the chaos session: Gate down while a redelivery asked it for the webhook's execution; the claim
+    # kept the takeover's lease, so every other delivery was told "busy" for 90 s and ran out of attempts.
+    from datetime import timedelta
+
+    ref: Any = book._db.collection("runs").document(RUN).collection("effects").document("canary-webhook")
+    ref.create({"state": "claimed", "lease_until": "2000-01-01T00:00:00.000Z", "attempts": 1})
+
+    def gate_down() -> dict[str, Any] | None:
+        raise RuntimeError("Spinnaker Gate unreachable (HTTP 503)")
+
+    with pytest.raises(RuntimeError):
+        book.once(RUN, "canary-webhook", lambda: {"execution": "new"}, gate_down, lease=timedelta(seconds=90))
+    result, acted = book.once(RUN, "canary-webhook", lambda: {"execution": "new"}, lambda: None)
+    assert (result, acted) == ({"execution": "new"}, True)  # taken over at once, not 90 s later
