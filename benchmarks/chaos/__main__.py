@@ -210,14 +210,15 @@ def _outage(
     pipeline: Pipeline,
     chaos: Path,
     service: str,
-    milestone: str,
+    milestone: str | None,
     run_ids: list[str],
     hold: float | None,
     timeout: float,
 ) -> dict[str, Any]:
-    """Take ``service`` down when a run reaches ``milestone``; up after ``hold`` s (None: when the runs ended)."""
+    """Take ``service`` down when a run reaches ``milestone`` (None: now); up after ``hold`` s (None: when the runs
+    ended)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while milestone is not None and time.monotonic() < deadline:
         if any(milestone in [e["type"] for e in r.get("events", [])] for r in pipeline.records(run_ids).values()):
             break
         time.sleep(0.2)
@@ -267,10 +268,13 @@ def outages(pipeline: Pipeline, options: argparse.Namespace, chaos: Path, report
             + ", ".join(f"{r['service']} {'recovered' if r['recovered'] else 'NOT recovered'}" for r in results)
         )
     if "long" not in options.skip:
-        for service, milestone, stage in _services(options):
+        for service, _, stage in _services(options):
+            # Down before the run is requested: no stage before ``stage`` needs the service, and a milestone
+            # races the stage (submit_training had created its job within the millisecond data.fetched was seen).
+            faults.set_down(chaos, service, True)
             run = _request_twice(pipeline, GOOD)
             started = time.monotonic()
-            found = _outage(pipeline, chaos, service, milestone, [run], None, 900)
+            found = _outage(pipeline, chaos, service, None, [run], None, 900)
             error = found["runs"][run]["error"] or {}
             found.update(
                 kind="long",
