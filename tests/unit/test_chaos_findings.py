@@ -483,3 +483,34 @@ def test_the_dead_letters_source_stage_is_known_from_either_subscription() -> No
     assert source_stage(ours) == "trigger_canary"
     twin = _dead_letter("", CloudPubSubDeadLetterSourceSubscription="projects/p/subscriptions/cd4ml-promote-twin2")
     assert source_stage(twin) == "promote"
+
+
+def test_a_training_job_vertex_cannot_report_on_ends_its_run_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the chaos session: a job created just before a long Vertex outage was watched forever (the stale
+    # sweep leaves runs with a job in flight alone, trusting Vertex's own timeout).
+    import logging
+    from datetime import timedelta
+
+    from cd4ml.events import format_time
+    from cd4ml.stages import training
+
+    notes: dict[str, Any] = {}
+    recorded: list[dict[str, Any]] = []
+    ledger = SimpleNamespace(
+        note=lambda run_id, fields: notes.update(fields),
+        record=lambda run_id, **change: recorded.append(change),
+    )
+    ctx = SimpleNamespace(ledger=ledger, settings=SimpleNamespace(stage="watch_training"), log=logging.getLogger("t"))
+    doc: dict[str, Any] = {"run_id": "digits-20300101t030000z", "training": {"job": "jobs/1", "active": True}}
+    down = RetryableError("Vertex AI unavailable")
+    training.unreadable(ctx, doc, down)  # type: ignore[arg-type]  # first failure: noted, nothing ended
+    assert recorded == [] and notes["training.unreadable_since"]
+    doc["training"]["unreadable_since"] = format_time(now() - timedelta(seconds=60))
+    training.unreadable(ctx, doc, down)  # type: ignore[arg-type]  # a minute of outage: the job may be fine
+    assert recorded == []
+    doc["training"]["unreadable_since"] = format_time(now() - timedelta(hours=3))
+    training.unreadable(ctx, doc, down)  # type: ignore[arg-type]
+    [change] = recorded
+    assert change["status"] == "failed" and change["error"]["stage"] == "watch_training"
+    assert "could not read training job jobs/1 for 7200 s: Vertex AI unavailable" in change["error"]["message"]
+    assert notes["training.active"] is False

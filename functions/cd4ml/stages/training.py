@@ -6,12 +6,14 @@ watch_training: per in-flight run, read the job (and the model it left) → deci
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from cd4ml import cache, catalog, events
+from cd4ml.bus import bounded
 from cd4ml.errors import PermanentError, RetryableError
-from cd4ml.events import Event, PubSubMessage, format_time, now
+from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.gcs import GcsPath, digest, list_objects
 from cd4ml.manifest import Manifest, parse, resolve_gcs
 from cd4ml.outcome import Outcome
@@ -214,10 +216,34 @@ def watch_training(message: PubSubMessage, ctx: Context) -> None:
                 f"could not read training job; next tick retries: {trouble}",
                 extra={"stage": ctx.settings.stage, "run_id": doc.get("run_id")},
             )
+            unreadable(ctx, doc, trouble)
+            continue
+        if (doc.get("training") or {}).get("unreadable_since"):
+            ctx.ledger.note(doc["run_id"], {"training.unreadable_since": ""})
     end_stale_runs(ctx)
     from cd4ml.stages.dead_letters import end_dead_lettered_runs
 
     end_dead_lettered_runs(ctx)
+
+
+def unreadable(ctx: Context, doc: Mapping[str, Any], trouble: Exception) -> None:
+    """A job whose state cannot be read (Vertex unreachable) ends its run failed once that lasted
+    ``run.stale_after_seconds``: Vertex's own timeout bounds a job only while Vertex answers, and the stale sweep
+    leaves runs with a job in flight alone. (Found by the chaos session: a run whose job was created just before a
+    long Vertex outage was watched forever.)"""
+    training = doc.get("training") or {}
+    since = str(training.get("unreadable_since") or "")
+    moment = now()
+    if not since:
+        ctx.ledger.note(doc["run_id"], {"training.unreadable_since": format_time(moment)})
+        return
+    limit = catalog.load().stale_after_seconds
+    if (moment - parse_time(since)).total_seconds() < limit:
+        return
+    message = bounded(f"could not read training job {training.get('job', '')} for {limit} s: {trouble}", 1024)
+    ctx.ledger.record(doc["run_id"], status="failed", error={"stage": ctx.settings.stage, "message": message})
+    ctx.ledger.note(doc["run_id"], {"training.active": False})
+    ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": doc["run_id"]})
 
 
 def stale_reason(run: Run, limit_seconds: int) -> str:
