@@ -149,12 +149,17 @@ class Ledger:
         *,
         error: Mapping[str, Any] | None = None,
         status: str | None = None,
+        outbox: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Apply a stage's change (``transition.apply``: status rules, de-duplication by event id, champion)
         in one optimistic read-apply-write (the champion commits with it); returns the record after it."""
         ref = self._run(run_id)
         change = Change(
-            event=event.summary() if event is not None else None, fields=dict(fields or {}), error=error, status=status
+            event=event.summary() if event is not None else None,
+            fields=dict(fields or {}),
+            error=error,
+            status=status,
+            outbox=outbox,
         )
 
         def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Any]:
@@ -332,10 +337,20 @@ class Ledger:
         )
 
     def note_published(self, run_id: str, event_id: str) -> None:
-        """Note that the event ``event_id`` was published for the run (no read; adding it twice changes nothing)."""
-        from google.cloud import firestore
+        """Note that the event ``event_id`` was published for the run: out of the outbox, into ``published``."""
 
-        self._run(run_id).update({PUBLISHED: firestore.ArrayUnion([event_id])})
+        def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            if doc is None:
+                return None, None
+            left = [e for e in doc.get("outbox") or [] if e.get("id") != event_id]
+            published = list(doc.get(PUBLISHED) or [])
+            return {
+                "outbox": left,
+                "outbox_pending": bool(left),
+                PUBLISHED: published if event_id in published else [*published, event_id],
+            }, None
+
+        self._swap(self._run(run_id), compute)
 
     def note(self, run_id: str, fields: Mapping[str, Any]) -> None:
         """Set fields (dotted paths) without reading the run: for facts no decision depends on.

@@ -12,13 +12,14 @@ import functools
 import json
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cd4ml import catalog, clients, logs
 from cd4ml.bus import Bus, bounded
 from cd4ml.errors import Busy, InvalidSettings, PermanentError
-from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
+from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time, plain
 from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
 from cd4ml.run import Run, is_run_id
@@ -92,7 +93,8 @@ class Context:
             return None
         type_, data = outcome.emit
         event = Event.new(type_, run_id, data, source=self.source)
-        record = self.ledger.record(run_id, event, outcome.record, error=error)
+        outbox = {**event.summary(), "data": plain(event.data)}
+        record = self.ledger.record(run_id, event, outcome.record, error=error, outbox=outbox)
         if event.id in (record.get(PUBLISHED) or ()):
             self.info(f"{type_} already published", run_id, event_id=event.id, event_type=type_)
             return event
@@ -110,6 +112,32 @@ class Context:
         self.ledger.note_published(run_id, event.id)
         self.info(f"emitted {type_}", run_id, event_id=event.id, event_type=type_)
         return event
+
+    def flush_outbox(self, older_than_seconds: float = 30.0) -> int:
+        """Publish this stage's events that were recorded but never published (the delivery died in between) and
+        are older than ``older_than_seconds``; returns how many. Called on each tick by the stages a tick drives:
+        nothing redelivers their input (the chaos session found canary.succeeded and training.completed recorded,
+        the run no longer "in flight", and never published). Message-driven stages republish on redelivery."""
+        mine = set(catalog.load().stage(self.settings.stage).emits)
+        cutoff = format_time(now() - timedelta(seconds=older_than_seconds))
+        flushed = 0
+        for doc in self.ledger.marked("outbox_pending"):
+            for entry in doc.get("outbox") or []:
+                if entry.get("type") not in mine or str(entry.get("time", "")) > cutoff:
+                    continue
+                event = Event(
+                    type=str(entry["type"]),
+                    subject=str(doc["run_id"]),
+                    data=entry.get("data") or {},
+                    id=str(entry["id"]),
+                    source=str(entry.get("source") or self.source),
+                    time=parse_time(str(entry["time"])),
+                )
+                self.bus.publish(event)
+                self.ledger.note_published(event.subject, event.id)
+                self.info(f"published {event.type} from the outbox", event.subject, event_id=event.id)
+                flushed += 1
+        return flushed
 
     def reject(self, message: PubSubMessage, error: PermanentError) -> None:
         """Log once, note it on the run it names (the run goes on), and dead-letter the message.

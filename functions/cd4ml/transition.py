@@ -23,6 +23,8 @@ class Change:
     fields: Mapping[str, Any] = field(default_factory=dict)
     error: Mapping[str, Any] | None = None
     status: str | None = None
+    #: The whole event (summary + data), kept in the run's ``outbox`` until it is published (``Ledger.published``).
+    outbox: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def apply(current: Mapping[str, Any], change: Change, stamp: str) -> Applied:
     - An ended run keeps its status and its first error; later facts are still recorded.
     - The event's type moves the status (catalog ``run.succeeded_on`` / ``failed_on``), or ``status`` forces one.
     - The run that succeeds becomes its model's champion, with the metrics and model it was judged on.
+    - A new event with ``outbox`` joins the run's outbox (and ``outbox_pending``) until it is published.
     """
     status = str(current.get("status", "running"))
     updates: dict[str, Any] = dict(change.fields)
@@ -75,6 +78,9 @@ def apply(current: Mapping[str, Any], change: Change, stamp: str) -> Applied:
             return Applied(updates={}, record=current)
         updates["events"] = [*events, dict(change.event)]
         new_status = status_after(status, str(change.event["type"]))
+        if change.outbox is not None:
+            updates["outbox"] = [*(current.get("outbox") or []), dict(change.outbox)]
+            updates["outbox_pending"] = True
     if status in TERMINAL:
         new_status = status
     elif change.error is not None:

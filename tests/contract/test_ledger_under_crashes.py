@@ -198,3 +198,30 @@ def test_a_recovery_that_fails_releases_the_claim(book: ledger.Ledger) -> None:
         book.once(RUN, "canary-webhook", lambda: {"execution": "new"}, gate_down, lease=timedelta(seconds=90))
     result, acted = book.once(RUN, "canary-webhook", lambda: {"execution": "new"}, lambda: None)
     assert (result, acted) == ({"execution": "new"}, True)  # taken over at once, not 90 s later
+
+
+def test_an_event_recorded_by_a_dead_delivery_is_published_from_the_outbox(book: ledger.Ledger) -> None:
+    # Found by the chaos session: watch_canary recorded canary.succeeded (the run no longer "in flight") and died
+    # before publishing it; no tick looked at the run again, so promote never ran. The tick now flushes the
+    # stage's outbox: events recorded and never published.
+    from cd4ml.outcome import Outcome
+
+    skipped = Outcome.event(
+        events.RUN_SKIPPED,
+        {"model": "digits", "champion_run_id": RUN, "model_sha256": "0" * 64, "reason": "same model"},
+    )
+    bus = _Bus()
+    bus.fail = True
+    with pytest.raises(RuntimeError):
+        _context(book, bus).conclude(RUN, skipped)
+    record = book.get(RUN) or {}
+    [waiting] = record["outbox"]
+    assert record["outbox_pending"] is True and waiting["type"] == events.RUN_SKIPPED
+    bus.fail = False
+    assert _context(book, bus).flush_outbox(older_than_seconds=3600) == 0  # too recent: its delivery may live
+    assert _context(book, bus).flush_outbox(older_than_seconds=-1) == 1
+    assert _context(book, bus).flush_outbox(older_than_seconds=-1) == 0
+    [published] = bus.published
+    assert (published.id, published.type, dict(published.data)) == (waiting["id"], events.RUN_SKIPPED, waiting["data"])
+    record = book.get(RUN) or {}
+    assert record["outbox"] == [] and record["outbox_pending"] is False and record["published"] == [published.id]

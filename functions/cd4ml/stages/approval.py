@@ -155,6 +155,7 @@ def watch_approvals(message: PubSubMessage, ctx: Context) -> None:
     from google.api_core.exceptions import GoogleAPICallError
 
     Event.from_message(message, [events.WATCH_TICKED])
+    ctx.flush_outbox()  # events recorded by an instance that died before publishing them
     at = now()
     for doc in ctx.ledger.awaiting_approval():
         run = Run.from_document(doc)

@@ -109,6 +109,7 @@ def watch_canary(message: PubSubMessage, ctx: Context) -> None:
     from cd4ml import spinnaker
 
     Event.from_message(message, [events.WATCH_TICKED])
+    ctx.flush_outbox()  # events recorded by an instance that died before publishing them
     gate = spinnaker.GateClient(ctx.settings.gate_url)
     for doc in ctx.ledger.in_flight_canaries():
         run = Run.from_document(doc)

@@ -400,7 +400,9 @@ def on_build(message: PubSubMessage, ctx: Context) -> None:
         return
     outcome = build_reported(notice, run)
     ctx.conclude(run.run_id, outcome)
-    if outcome.type == events.IMAGE_BUILT:
+    # A redelivered SUCCESS releases the push again: the delivery that recorded the build may have died before
+    # its release (found by the chaos session: the canary then waited for an image.pushed that never came).
+    if outcome.type == events.IMAGE_BUILT or (notice.status == "SUCCESS" and run.image.status == "SUCCESS"):
         _release_pushed(ctx, run.run_id)
 
 

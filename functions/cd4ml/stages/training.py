@@ -208,6 +208,7 @@ def watch_training(message: PubSubMessage, ctx: Context) -> None:
     from google.api_core.exceptions import GoogleAPICallError
 
     Event.from_message(message, [events.WATCH_TICKED])
+    ctx.flush_outbox()  # events recorded by an instance that died before publishing them
     for doc in ctx.ledger.in_flight_training():
         try:
             _check(ctx, Run.from_document(doc))
