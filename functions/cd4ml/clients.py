@@ -73,3 +73,22 @@ def cloud_build_client(settings: Settings) -> Any:
     if settings.cloudbuild_endpoint:
         return cloudbuild_v1.CloudBuildClient(client_options={"api_endpoint": settings.cloudbuild_endpoint})
     return cloudbuild_v1.CloudBuildClient()
+
+
+#: Seconds a call to Vertex AI or Cloud Build may take, its retries included. The clients' defaults retry an
+#: unavailable service for up to 600 s, longer than the functions' timeouts (60-120 s): the instance was cut off
+#: mid-call and its delivery never answered, so the run ended without the reason (found by the chaos session's
+#: Cloud Build outage). Bounded, the call fails with the service's error, and the stage retries or gives up.
+CALL_SECONDS = 30.0
+
+
+def bounded_call() -> dict[str, Any]:
+    """``retry`` and ``timeout`` for one API call: transient errors retried with backoff for ``CALL_SECONDS``."""
+    from google.api_core import retry
+
+    return {
+        "retry": retry.Retry(
+            initial=1.0, maximum=8.0, multiplier=2.0, timeout=CALL_SECONDS, predicate=retry.if_transient_error
+        ),
+        "timeout": CALL_SECONDS,
+    }

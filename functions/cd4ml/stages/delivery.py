@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cd4ml import cache, events, smoke
+from cd4ml import cache, clients, events, smoke
 from cd4ml.errors import PermanentError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, list_objects
@@ -220,12 +220,18 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         except ModelChanged as changed:
             return {"build_id": "", "context": "", "refused": changed.message}
         operation = ctx.builds.create_build(
-            project_id=ctx.settings.project, build=build_request(ctx, manifest, run_id, source, artifact.sha256)
+            project_id=ctx.settings.project,
+            build=build_request(ctx, manifest, run_id, source, artifact.sha256),
+            timeout=clients.CALL_SECONDS,
         )
         return {"build_id": operation.metadata.build.id, "context": source.uri}
 
     def find() -> dict[str, Any] | None:
-        found = list(ctx.builds.list_builds(project_id=ctx.settings.project, filter=f'tags="{RUN_TAG}{run_id}"'))
+        found = list(
+            ctx.builds.list_builds(
+                project_id=ctx.settings.project, filter=f'tags="{RUN_TAG}{run_id}"', **clients.bounded_call()
+            )
+        )
         return {"build_id": found[0].id, "context": ""} if found else None
 
     result, _ = ctx.ledger.once(run_id, "image-build", submit, recover=find)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from cd4ml import cache, catalog, events
+from cd4ml import cache, catalog, clients, events
 from cd4ml.bus import bounded
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
@@ -180,7 +180,9 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
             return {"refused": "", **decided, **twin}
         try:
             job = ctx.jobs.create_custom_job(
-                parent=ctx.settings.location, custom_job=custom_job(ctx, run_id, manifest, dataset)
+                parent=ctx.settings.location,
+                custom_job=custom_job(ctx, run_id, manifest, dataset),
+                timeout=clients.CALL_SECONDS,
             )
         except (
             exceptions.InvalidArgument,
@@ -194,7 +196,8 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     def find() -> dict[str, Any] | None:
         found = list(
             ctx.jobs.list_custom_jobs(
-                request={"parent": ctx.settings.location, "filter": f'labels.{RUN_LABEL}="{run_id}"'}
+                request={"parent": ctx.settings.location, "filter": f'labels.{RUN_LABEL}="{run_id}"'},
+                **clients.bounded_call(),
             )
         )
         return {"job": found[0].name, "refused": ""} if found else None
@@ -264,7 +267,7 @@ def end_stale_runs(ctx: Context) -> None:
 
 
 def _check(ctx: Context, run: Run) -> None:
-    job = ctx.jobs.get_custom_job(name=(run.training or Training()).job)
+    job = ctx.jobs.get_custom_job(name=(run.training or Training()).job, **clients.bounded_call())
     state = job.state.name
     artifact, problem = None, ""
     if state == "JOB_STATE_SUCCEEDED":
