@@ -259,7 +259,7 @@ def outages(pipeline: Pipeline, options: argparse.Namespace, chaos: Path, report
                 )
                 results.append(found)
 
-            threads.append(threading.Thread(target=one))
+            threads.append(threading.Thread(target=one, daemon=True))
             threads[-1].start()
         for thread in threads:
             thread.join()
