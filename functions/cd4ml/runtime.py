@@ -8,6 +8,7 @@ dead-letter topic before it is acknowledged: bad input is never retried forever 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -172,16 +173,21 @@ class Context:
             )
         self.bus.dead_letter(self.settings.dead_letter_topic, message, stage=self.settings.stage, error=error.message)
 
-    def last_delivery(self, message: PubSubMessage) -> bool:
+    def last_delivery(self, message: PubSubMessage, error: Exception | None = None) -> bool:
         """True when this failed delivery is the subscription's last (``max_delivery_attempts``).
 
         Pub/Sub says which attempt this is (``deliveryAttempt``); where it does not (the emulator), the
         failures are counted on the run, per subscription and message. Messages naming no run are left to
-        Pub/Sub's dead-letter policy.
+        Pub/Sub's dead-letter policy. The error is noted on the run (``last_failure``), so a run that
+        ``on_dead_letter`` ends later still names the cause (an outage) and not only the missing answer.
         """
         run_id = message.attributes.get("ce-subject", "")
         if not is_run_id(run_id):
             return False
+        if error is not None:
+            failure = {"stage": self.settings.stage, "error": bounded(f"{type(error).__name__}: {error}", 1024)}
+            with contextlib.suppress(Exception):  # best effort: the retry matters more than the note
+                self.ledger.note(run_id, {"last_failure": {**failure, "at": format_time(now())}})
         limit = catalog.load().delivery.max_delivery_attempts
         if message.delivery_attempt:
             return message.delivery_attempt >= limit
@@ -238,7 +244,7 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
     except PermanentError as error:
         ctx.reject(message, error)
     except Exception as error:  # retryable: raised again (HTTP 500, redelivery) unless this was the last delivery
-        if ctx.observer or isinstance(error, Busy) or not ctx.last_delivery(message):
+        if ctx.observer or isinstance(error, Busy) or not ctx.last_delivery(message, error):
             raise
         ctx.give_up(message, error)
 

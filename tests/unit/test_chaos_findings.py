@@ -452,7 +452,9 @@ def test_a_busy_claim_never_gives_the_run_up(monkeypatch: pytest.MonkeyPatch) ->
     from cd4ml.errors import Busy
 
     gave_up: list[Exception] = []
-    ctx = SimpleNamespace(observer=False, last_delivery=lambda message: True, give_up=lambda m, e: gave_up.append(e))
+    ctx = SimpleNamespace(
+        observer=False, last_delivery=lambda message, error: True, give_up=lambda m, e: gave_up.append(e)
+    )
     monkeypatch.setattr(runtime, "context", lambda: ctx)
     body, attributes = Event.new(
         events.CANARY_SUCCEEDED, "digits-20300101t030000z", {"model": "digits", "execution_id": "x"}, source="//t"
@@ -474,6 +476,28 @@ def test_a_busy_claim_never_gives_the_run_up(monkeypatch: pytest.MonkeyPatch) ->
 
     runtime.dispatch(cloud_event, down)  # type: ignore[arg-type]
     assert [str(e) for e in gave_up] == ["registry unavailable"]
+
+
+def test_a_dead_lettered_run_is_ended_with_the_last_error_its_stage_saw(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the chaos session's long Vertex outage: some attempts were never counted (pushes answered 503 while
+    # every instance was busy), Pub/Sub dead-lettered the message first, and the run ended without the outage.
+    from cd4ml.stages import dead_letters
+
+    monkeypatch.setattr(dead_letters, "GRACE_SECONDS", -1)
+    doc = {
+        **_waiting_run(events.RUN_REQUESTED, events.DATA_FETCHED).to_document(),
+        "last_failure": {"stage": "submit_training", "error": "ServiceUnavailable: 503 Vertex AI unavailable"},
+    }
+    runs = _Runs(Run.from_document(doc))
+    ctx = _dead_letter_context(runs)
+    dead_letters.on_dead_letter(_dead_letter("projects/p/subscriptions/cd4ml-submit-training"), ctx)
+    dead_letters.end_dead_lettered_runs(ctx)
+    [change] = runs.recorded
+    assert change["error"]["stage"] == "submit_training"
+    assert (
+        "Last error seen by submit_training: ServiceUnavailable: 503 Vertex AI unavailable"
+        in (change["error"]["message"])
+    )
 
 
 def test_the_dead_letters_source_stage_is_known_from_either_subscription() -> None:
