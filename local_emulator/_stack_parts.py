@@ -144,7 +144,8 @@ def _start_iam(stack: Stack, attempts: int = 3) -> None:
     """The IAM proxy, serving every identity on ports chosen here; ready when all are open.
 
     Its ~30 ports are picked before the proxy binds them, so another process may take one meanwhile: then the
-    proxy exits ("Address already in use") and is started again on fresh ports.
+    proxy exits ("Address already in use" from its HTTP listeners, "Failed to bind to address" from gRPC's) and is
+    started again on fresh ports.
     """
     for attempt in range(1, attempts + 1):
         argv, stack.endpoints["identities"] = iam_proxy.command(
@@ -155,7 +156,8 @@ def _start_iam(stack: Stack, attempts: int = 3) -> None:
             stack.wait("iam", lambda: iam_proxy.ready(stack.endpoints["identities"]))
             return
         except RuntimeError as exited:
-            if attempt == attempts or "Address already in use" not in str(exited):
+            taken = any(m in str(exited) for m in ("Address already in use", "Failed to bind to address"))
+            if attempt == attempts or not taken:
                 raise
             processes.stop(stack.pids.pop("iam"))
 
