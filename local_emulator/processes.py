@@ -4,19 +4,63 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
+# Ports the stack picks for its servers come from below the kernel's ephemeral range, so no outgoing connection
+# (the functions make thousands) and no bind to port 0 can take one between its pick and its server's bind; a pick
+# is reserved for a while (a file per port, shared by every stack on the machine) so two stacks never pick alike.
+_PICKS = Path(tempfile.gettempdir()) / "cd4ml-ports"
+_RESERVED_SECONDS = 300.0
+_LOWEST = 20000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now, outside the ephemeral range, reserved for this caller."""
+    _PICKS.mkdir(parents=True, exist_ok=True)
+    top = _ephemeral_start() - 1
+    for _ in range(2000):
+        port = random.randint(_LOWEST, top) if top > _LOWEST else random.randint(1024, 65535)
+        if not _reserve(port):
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free TCP port between {_LOWEST} and {top}")
+
+
+def _reserve(port: int) -> bool:
+    """True when this caller now holds ``port``'s pick: nobody picked it in the last _RESERVED_SECONDS."""
+    mark = _PICKS / str(port)
+    try:
+        fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            if time.time() - mark.stat().st_mtime < _RESERVED_SECONDS:
+                return False
+            os.utime(mark)  # an old pick: take it over (two callers may both do so; the bind check still holds)
+            return True
+        except FileNotFoundError:
+            return False
+    os.close(fd)
+    return True
 
 
 def start(name: str, argv: Sequence[str], *, env: Mapping[str, str], log_dir: Path, cwd: Path | None = None) -> int:

@@ -538,3 +538,17 @@ def test_a_training_job_vertex_cannot_report_on_ends_its_run_in_time(monkeypatch
     assert change["status"] == "failed" and change["error"]["stage"] == "watch_training"
     assert "could not read training job jobs/1 for 7200 s: Vertex AI unavailable" in change["error"]["message"]
     assert notes["training.active"] is False
+
+
+def test_picked_ports_avoid_the_ephemeral_range_and_are_never_picked_twice() -> None:
+    """CI failed at start-up when a port picked for a stand-in was taken, before the stand-in bound it, by one of
+    the thousands of outgoing connections (ephemeral ports) or by another pick: picks now come from below the
+    kernel's ephemeral range and are reserved machine-wide for a while."""
+    from local_emulator import processes
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    picks = [processes.free_port() for _ in range(200)]
+    assert len(set(picks)) == len(picks)
+    assert all(processes._LOWEST <= p < low for p in picks)
+    with socket.socket() as s:  # a picked port can be bound by the caller
+        s.bind(("127.0.0.1", picks[0]))

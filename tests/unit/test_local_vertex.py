@@ -91,10 +91,9 @@ if __name__ == "__main__":
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    from local_emulator import processes
+
+    return processes.free_port()
 
 
 def _client(address: str) -> aiplatform_v1.JobServiceClient:
