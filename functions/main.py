@@ -8,7 +8,10 @@ from __future__ import annotations
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from cd4ml.runtime import dispatch
+from cd4ml.runtime import dispatch, refuse_undecodable
+
+# A body of bytes no UTF decodes makes functions-framework crash (500) before any handler: answer 400 instead.
+functions_framework.errorhandler(UnicodeDecodeError)(refuse_undecodable)
 
 
 @functions_framework.cloud_event

@@ -218,6 +218,19 @@ class Context:
         )
 
 
+def refuse_undecodable(error: UnicodeDecodeError) -> tuple[str, int]:
+    """HTTP 400 naming the problem for a request body that is not JSON text at all (bytes no UTF encoding decodes).
+
+    functions-framework hands the body to the cloudevents SDK before any handler runs; its ``json.loads`` raises
+    UnicodeDecodeError on such bytes and the framework answered 500, a crash, instead of the 400 it gives any other
+    body it cannot read. Nothing reached a stage, so there is no message to dead-letter: the log is the record.
+    """
+    logs.configure()
+    reason = f"the request body is not JSON text (no UTF-8/16/32 decoding): {error}"
+    logs.get("http").error(reason, extra={"details": {"error_type": type(error).__name__}})
+    return reason, 400
+
+
 @functools.cache
 def context() -> Context:
     """The context of this process, built on first use."""

@@ -552,3 +552,18 @@ def test_picked_ports_avoid_the_ephemeral_range_and_are_never_picked_twice() -> 
     assert all(processes._LOWEST <= p < low for p in picks)
     with socket.socket() as s:  # a picked port can be bound by the caller
         s.bind(("127.0.0.1", picks[0]))
+
+
+def test_a_body_that_is_not_json_text_gets_400_naming_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chaos session posted bytes that are not JSON text straight to a function: functions-framework crashed
+    (500, which Pub/Sub and callers read as "retry") where every other unreadable body gets 400."""
+    from functions_framework import create_app
+
+    monkeypatch.setenv("CD4ML_STAGE", "evaluate")
+    main = Path(__file__).resolve().parents[2] / "functions" / "main.py"
+    client = create_app("evaluate", str(main), "cloudevent").test_client()  # type: ignore[no-untyped-call]
+    answer = client.post("/projects/p/topics/t", data=b"\x00\x01garbage", headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert "not JSON text" in answer.get_data(as_text=True)
+    not_json = client.post("/projects/p/topics/t", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400  # as before
