@@ -8,6 +8,8 @@ never in a log line, an event, the run record or an exception message.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -102,9 +104,16 @@ class GateClient:
 
     def find_execution(self, application: str, run_id: str) -> WebhookResult | None:
         """An execution already started for ``run_id`` (after a crash between the webhook and the record)."""
+        # Orca returns `size` (default 10) executions, newest first: with more runs of the application since, an
+        # unfiltered search missed the run's own and the webhook was called again (chaos: 2 executions for a run).
+        # `trigger` narrows the search to executions whose trigger contains this (base64 JSON; strings compare
+        # ignoring case or as a full regex match, and a run id has no regex metacharacters).
+        wanted = base64.b64encode(json.dumps({"payload": {"run_id": run_id}}).encode()).decode()
         try:
             executions = self._call(
-                "GET", f"/applications/{application}/executions/search", params={"triggerTypes": "webhook"}
+                "GET",
+                f"/applications/{application}/executions/search",
+                params={"triggerTypes": "webhook", "trigger": wanted},
             )
         except _Unreachable as down:  # unknown is not "none": acting now could start a second execution
             raise RetryableError(f"could not ask Gate for the executions of run {run_id}: {down}") from down

@@ -386,3 +386,19 @@ def test_an_execution_told_to_keep_running_never_ends() -> None:
 
     forever = render_execution(_canary_record("RUNNING"), 10**9)
     assert forever["status"] == "RUNNING" and forever["endTime"] is None
+
+
+def test_the_client_finds_a_runs_execution_behind_ten_newer_ones(gate_url: str) -> None:
+    """Orca answers 10 executions by default, newest first: a crash after the webhook, found after ten more runs of
+    the model had started canaries, must still find the run's execution (the chaos storm's second Gate execution)."""
+    from cd4ml import spinnaker
+
+    for n in range(12):
+        run_id = f"digits-20260101t0000{n:02d}z"
+        _request(f"{gate_url}/webhooks/webhook/cd4ml", json.dumps(_payload(run_id=run_id)).encode())
+    gate = spinnaker.GateClient(gate_url)
+    found = gate.find_execution("digits", "digits-20260101t000000z")
+    assert found is not None and found.execution_id
+    code, _, execution = _request(f"{gate_url}/pipelines/{found.execution_id}")
+    assert execution["trigger"]["payload"]["run_id"] == "digits-20260101t000000z"
+    assert gate.find_execution("digits", "digits-20260101t000099z") is None
