@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-
 # Ports the stack picks for its servers come from below the kernel's ephemeral range, so no outgoing connection
 # (the functions make thousands) and no bind to port 0 can take one between its pick and its server's bind; a pick
 # is reserved for a while (a file per port, shared by every stack on the machine) so two stacks never pick alike.

@@ -208,6 +208,11 @@ class Ledger:
         ref.set({"failures": firestore.Increment(1), "delivery": delivery[:300], "at": format_time(now())}, merge=True)
         return int((ref.get().to_dict() or {}).get("failures", 1))
 
+    def claim(self, run_id: str, name: str) -> dict[str, Any] | None:
+        """The claim of the run's effect ``name`` (state, claimed_at, lease_until, attempts, result), if any."""
+        snap = self._run(run_id).collection(EFFECTS).document(name).get()
+        return dict(snap.to_dict() or {}) if snap.exists else None
+
     def champion(self, model: str) -> dict[str, Any] | None:
         """The model's current champion: the last run that succeeded."""
         snap = self._db.collection(MODELS).document(model).get()

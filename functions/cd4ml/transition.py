@@ -89,8 +89,8 @@ def apply(current: Mapping[str, Any], change: Change, stamp: str) -> Applied:
     updates["updated_at"] = stamp
     record = merge(current, nested(updates))
     champion = None
-    if new_status == "succeeded" and status != "succeeded":
-        promotion = record.get("promotion") or {}
+    promotion = record.get("promotion") or {}
+    if new_status == "succeeded" and status != "succeeded" and not promotion.get("superseded_by"):
         champion = {
             "run_id": record["run_id"],
             "metrics": (record.get("evaluation") or {}).get("metrics", {}),

@@ -169,14 +169,18 @@ class _RegistryHandler(BaseHTTPRequestHandler):
 class _ExpiredClaimLedger:
     """A ledger whose promotion claim a crashed delivery left behind: ``once`` asks ``recover`` before acting."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, champion: dict[str, Any] | None = None) -> None:
         self._run = run
+        self._champion = champion
 
     def run(self, run_id: str) -> Run:
         return self._run
 
     def champion(self, model: str) -> dict[str, Any] | None:
-        return None
+        return self._champion
+
+    def claim(self, run_id: str, name: str) -> dict[str, Any] | None:
+        return {"state": "claimed", "claimed_at": "2030-01-01T03:10:00.000Z", "attempts": 1}
 
     def once(
         self, run_id: str, name: str, act: Callable[[], dict[str, Any]], recover: Callable[[], Any]
@@ -185,14 +189,22 @@ class _ExpiredClaimLedger:
         return (found, False) if found is not None else (act(), True)
 
 
-@pytest.mark.parametrize("moved_before_the_crash", [True, False])
-def test_a_promotion_redelivered_after_a_crash_moves_the_alias_once(moved_before_the_crash: bool) -> None:
+@pytest.mark.parametrize(
+    ("moved_before_the_crash", "newer_since"), [(True, None), (False, None), (True, "2030-01-01T03:11:00.000Z")]
+)
+def test_a_promotion_redelivered_after_a_crash_moves_the_alias_once(
+    moved_before_the_crash: bool, newer_since: str | None
+) -> None:
     # Found by the chaos session's crash after the alias PUT, before its record: the redelivery moved it again.
+    # With ``newer_since``, another run of the model was promoted after the crashed one had claimed its move (the
+    # storm: 51 runs of one model): the redelivery saw the alias elsewhere and moved it back to its older image.
     digest = "sha256:" + "2" * 64
+    newer = "sha256:" + "3" * 64
     registry = _Registry(digest)
     threading.Thread(target=registry.serve_forever, daemon=True).start()
     if moved_before_the_crash:
-        registry.tags["champion"] = digest
+        registry.tags["champion"] = newer if newer_since else digest
+    champion = {"run_id": "digits-20300101t040000z", "digest": newer, "since": newer_since} if newer_since else None
     host = f"127.0.0.1:{registry.server_address[1]}"
     manifest = models.read(Path(__file__).resolve().parents[2] / "examples" / "digits")
     run = Run.from_document(
@@ -210,7 +222,7 @@ def test_a_promotion_redelivered_after_a_crash_moves_the_alias_once(moved_before
     concluded: list[Outcome] = []
     ctx = SimpleNamespace(
         settings=SimpleNamespace(registry_api=f"http://{host}"),
-        ledger=_ExpiredClaimLedger(run),
+        ledger=_ExpiredClaimLedger(run, champion),
         conclude=lambda run_id, outcome: concluded.append(outcome),
         info=lambda *args, **kwargs: None,
     )
@@ -224,9 +236,12 @@ def test_a_promotion_redelivered_after_a_crash_moves_the_alias_once(moved_before
         registry.shutdown()
         registry.server_close()
     assert registry.puts == ([] if moved_before_the_crash else ["champion"])
-    assert registry.tags["champion"] == digest
+    assert registry.tags["champion"] == (newer if newer_since else digest)
     [outcome] = concluded
     assert outcome.type == events.MODEL_PROMOTED and outcome.data["digest"] == digest
+    if newer_since:
+        assert outcome.data["superseded_by"] == "digits-20300101t040000z"
+        assert events.data_problems(events.MODEL_PROMOTED, outcome.data) == []
 
 
 def test_a_push_reaches_the_function_with_its_subscription(tmp_path: Path) -> None:

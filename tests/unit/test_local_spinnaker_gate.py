@@ -400,5 +400,5 @@ def test_the_client_finds_a_runs_execution_behind_ten_newer_ones(gate_url: str) 
     found = gate.find_execution("digits", "digits-20260101t000000z")
     assert found is not None and found.execution_id
     code, _, execution = _request(f"{gate_url}/pipelines/{found.execution_id}")
-    assert execution["trigger"]["payload"]["run_id"] == "digits-20260101t000000z"
+    assert code == 200 and execution["trigger"]["payload"]["run_id"] == "digits-20260101t000000z"
     assert gate.find_execution("digits", "digits-20260101t000099z") is None

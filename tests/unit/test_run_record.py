@@ -134,6 +134,16 @@ def test_the_run_that_succeeds_becomes_champion_with_what_it_was_judged_on() -> 
     }
     again = apply(applied.record, Change(fields={"canary.pipeline": "p"}), STAMP)
     assert again.champion is None  # promoted once
+    superseded = apply(
+        triggered.record,
+        Change(
+            event=_event(events.MODEL_PROMOTED, PROMOTED).summary(),
+            fields={"promotion": {**promotion, "superseded_by": "digits-20300101t010000z"}},
+        ),
+        STAMP,
+    )
+    # An interrupted promotion overtaken by a newer run's: the run succeeded, the newer run stays champion.
+    assert superseded.record["status"] == "succeeded" and superseded.champion is None
 
 
 def test_merge_is_deep_like_firestore_dotted_updates() -> None:

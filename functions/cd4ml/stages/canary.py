@@ -134,17 +134,24 @@ def watch_canary(message: PubSubMessage, ctx: Context) -> None:
             )
 
 
-def promotion(run: Run, alias: str, champion: Mapping[str, Any] | None, moved_at: str) -> Outcome:
-    """model.promoted: the alias points at the run's image; the record keeps the champion it replaced."""
+def promotion(
+    run: Run, alias: str, champion: Mapping[str, Any] | None, moved_at: str, superseded_by: str = ""
+) -> Outcome:
+    """model.promoted: the alias points at the run's image; the record keeps the champion it replaced.
+
+    ``superseded_by``: the run's promotion was interrupted and a newer run was promoted meanwhile; the alias stays
+    at that run's image (moving it back would regress the model) and the champion stays that run.
+    """
     reference, digest = run.image.reference, run.image.digest
     previous = {
         "previous_run_id": str((champion or {}).get("run_id") or ""),
         "previous_digest": str((champion or {}).get("digest") or ""),
     }
-    record = {"alias": alias, "reference": reference, "digest": digest, **previous, "at": moved_at}
+    later = {"superseded_by": superseded_by} if superseded_by else {}
+    record = {"alias": alias, "reference": reference, "digest": digest, **previous, **later, "at": moved_at}
     return Outcome.event(
         events.MODEL_PROMOTED,
-        {"model": run.model, "alias": alias, "reference": reference, "digest": digest, **previous},
+        {"model": run.model, "alias": alias, "reference": reference, "digest": digest, **previous, **later},
         {"promotion": record},
     )
 
@@ -180,7 +187,16 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
     def moved() -> dict[str, Any] | None:
         # A crash after the move, before its record: ask the registry first, as jobs and builds are asked, so the
         # alias is moved once (the chaos session found a second move per such crash).
-        return move_result() if client.digest(repo, alias) == run.image.digest else None
+        if client.digest(repo, alias) == run.image.digest:
+            return move_result()
+        # The alias is elsewhere: this run's move never happened, or another run's promotion came after it. A
+        # champion recorded after this run's claim began is newer than any move this run made: moving the alias
+        # now would move it twice and back to an older model (the chaos storm: 51 runs of one model).
+        began = str((ctx.ledger.claim(run.run_id, "promotion") or {}).get("claimed_at") or "")
+        latest = ctx.ledger.champion(run.model) or {}
+        if began and latest.get("run_id") not in (None, run.run_id) and str(latest.get("since") or "") > began:
+            return {**move_result(), "at": began, "superseded_by": str(latest["run_id"])}
+        return None
 
     result, _ = ctx.ledger.once(run.run_id, "promotion", move, recover=moved)
     before = (
@@ -188,4 +204,9 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
         if result["previous_run_id"]
         else None
     )
-    ctx.conclude(run.run_id, promotion(run, alias, before, result["at"]))
+    superseded_by = str(result.get("superseded_by") or "")
+    if superseded_by:
+        ctx.info(
+            f"promotion interrupted, and run {superseded_by} was promoted since: {alias} stays at its image", run.run_id
+        )
+    ctx.conclude(run.run_id, promotion(run, alias, before, result["at"], superseded_by))

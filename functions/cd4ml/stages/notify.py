@@ -104,6 +104,8 @@ def notice(event: Event, run: Run) -> Notice | None:
     if event.type == events.MODEL_PROMOTED:
         data = event.data
         was = f" (was {data.get('previous_run_id')})" if data.get("previous_run_id") else ""
+        if data.get("superseded_by"):
+            was += f"; superseded by run {data['superseded_by']}, {data['alias']} stays at its image"
         return Notice(
             kind="promoted",
             what=f"promoted: {data['alias']} → {data['digest']}{was}",
