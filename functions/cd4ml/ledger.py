@@ -14,9 +14,12 @@ every other writer of that run; the emulator answers them ``ABORTED: Transaction
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,9 @@ DELIVERIES = "deliveries"
 PUBLISHED = "published"
 #: How many rejected messages a run record keeps (the dead-letter hold keeps them all).
 KEEP_REJECTIONS = 20
+#: An effect claim's lease, renewed every quarter of it while its holder acts (``Ledger.once``): a holder that died
+#: frees the claim this long after its last renewal, well inside a message's retry budget.
+LEASE = timedelta(seconds=20)
 
 
 def run_id(model: str, scheduled_time: datetime) -> str:
@@ -307,7 +313,7 @@ class Ledger:
             r for r in runs if not (r.get("training") or {}).get("active") and not (r.get("canary") or {}).get("active")
         ]
 
-    def _reclaim(self, ref: Any, lease: timedelta, wait: float) -> tuple[str, dict[str, Any] | None]:
+    def _reclaim(self, ref: Any, lease: timedelta, wait: float, holder: str) -> tuple[str, dict[str, Any] | None]:
         """Someone claimed first: their result, a takeover of their expired lease, or "busy" after ``wait``."""
 
         def take_over(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[str, Any]]:
@@ -316,7 +322,8 @@ class Ledger:
             state = _claim_state(doc, moment)
             if state != "expired":
                 return None, (state, doc.get("result"))
-            return {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}, (state, None)
+            taken = {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}
+            return {**taken, "holder": holder}, (state, None)
 
         deadline = time.monotonic() + wait
         while True:
@@ -370,24 +377,26 @@ class Ledger:
         name: str,
         act: Callable[[], dict[str, Any]],
         recover: Callable[[], dict[str, Any] | None] | None = None,
-        lease: timedelta = timedelta(seconds=60),
+        lease: timedelta = LEASE,
         wait: float = 3.0,
     ) -> tuple[dict[str, Any], bool]:
         """Run the side effect ``act`` at most once per (run, name); returns (result, acted_now).
 
-        ``lease`` bounds how long ``act`` may take; it must stay well inside the subscription's retry budget
-        (5 deliveries, backoff from 10 s): the chaos session found that a 5-minute lease outlived every
-        redelivery after a crash between the act and its record, so the message was dead-lettered and the run lost.
+        The claim holds a short ``lease`` that a heartbeat renews while ``recover`` or ``act`` runs, so a slow act
+        keeps its claim however long it takes (under load the chaos storm saw acts outlive a fixed 60-90 s lease,
+        and a takeover acted a second time), and a holder that died frees it within one lease (a fixed long lease
+        outlived the emulator's whole retry budget of ~1 minute: every copy met "busy" and was dead-lettered).
 
         The claim is a plain create (one write) when nobody claimed before, the common case. A duplicate
-        delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises
-        RetryableError (the redelivery comes back later). Short, because a push that waits holds one of the few
-        pushes a subscription has in flight (the emulator's: 2) and an instance that serves one request at a time.
+        delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises Busy (the
+        redelivery comes back later). Short, because a push that waits holds one of the few pushes a subscription
+        has in flight (the emulator's: 2) and an instance that serves one request at a time.
         """
         from google.api_core.exceptions import AlreadyExists
 
         ref = self._run(run_id).collection(EFFECTS).document(name)
         moment = now()
+        holder = uuid.uuid4().hex
         try:
             ref.create(
                 {
@@ -395,18 +404,20 @@ class Ledger:
                     "lease_until": format_time(moment + lease),
                     "claimed_at": format_time(moment),
                     "attempts": 1,
+                    "holder": holder,
                 }
             )
             state, result = "claimed", None
         except AlreadyExists:
-            state, result = self._reclaim(ref, lease, wait)
+            state, result = self._reclaim(ref, lease, wait, holder)
         if state == "done":
             return dict(result or {}), False
         if state == "busy":
             raise Busy(f"effect {name} of run {run_id} is being carried out by another delivery")
         try:
-            found = recover() if (state == "expired" and recover is not None) else None
-            result = found if found is not None else act()
+            with self._heartbeat(ref, holder, lease):
+                found = recover() if (state == "expired" and recover is not None) else None
+                result = found if found is not None else act()
         except BaseException:
             # Unknown whether the effect happened: release the claim now, so the next delivery asks the external
             # system first. (A failed ``recover`` kept the claim for a whole lease: the chaos session's Gate outage
@@ -416,6 +427,32 @@ class Ledger:
         acted = found is None
         ref.update({"state": "done", "result": result, "done_at": format_time(now())})
         return result, acted
+
+    @contextlib.contextmanager
+    def _heartbeat(self, ref: Any, holder: str, lease: timedelta) -> Iterator[None]:
+        """Renew the claim's lease every quarter lease while the body runs, as long as ``holder`` still holds it."""
+        stop = threading.Event()
+
+        def renew(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+            if not doc or doc.get("holder") != holder or doc.get("state") == "done":
+                return None, False
+            return {"lease_until": format_time(now() + lease)}, True
+
+        def beat() -> None:
+            while not stop.wait(lease.total_seconds() / 4):
+                try:
+                    if not self._swap(ref, renew, attempts=3):
+                        return
+                except Exception:  # a missed beat is retried; the lease lasts three more
+                    continue
+
+        thread = threading.Thread(target=beat, name=f"lease-{ref.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
 
 def _claim_state(doc: Mapping[str, Any], moment: datetime) -> str:

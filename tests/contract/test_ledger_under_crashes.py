@@ -225,3 +225,43 @@ def test_an_event_recorded_by_a_dead_delivery_is_published_from_the_outbox(book:
     assert (published.id, published.type, dict(published.data)) == (waiting["id"], events.RUN_SKIPPED, waiting["data"])
     record = book.get(RUN) or {}
     assert record["outbox"] == [] and record["outbox_pending"] is False and record["published"] == [published.id]
+
+
+def test_a_slow_act_keeps_its_claim_and_a_dead_holder_frees_it_within_a_lease(book: ledger.Ledger) -> None:
+    # Found by the chaos storm under load: an act that outlived its fixed lease was taken over and done twice; a
+    # long fixed lease outlived the emulator's retry budget after a crash. The lease is short and renewed.
+    from datetime import timedelta
+
+    from cd4ml.errors import Busy
+
+    lease = timedelta(seconds=2)
+    started, done = threading.Event(), threading.Event()
+    acts: list[str] = []
+
+    def slow() -> dict[str, Any]:
+        acts.append("slow")
+        started.set()
+        time.sleep(5)  # 2.5 leases
+        return {"job": "slow"}
+
+    def hold() -> None:
+        book.once(RUN, "slow", slow, lease=lease)
+        done.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert started.wait(30)
+    time.sleep(3)  # past the first lease: renewed
+    with pytest.raises(Busy):
+        book.once(RUN, "slow", lambda: {"job": "twice"}, lease=lease, wait=0.5)
+    holder.join()
+    assert done.is_set() and acts == ["slow"]
+    assert book.once(RUN, "slow", lambda: {"job": "twice"}, lease=lease) == ({"job": "slow"}, False)
+
+    # A holder that died: its claim (no heartbeat any more) is taken over once its lease is over.
+    ref: Any = book._db.collection("runs").document(RUN).collection("effects").document("dead")
+    ref.create({"state": "claimed", "lease_until": events.format_time(now() + lease), "attempts": 1, "holder": "x"})
+    with pytest.raises(Busy):
+        book.once(RUN, "dead", lambda: {"job": "new"}, lease=lease, wait=0.1)
+    time.sleep(2.5)
+    assert book.once(RUN, "dead", lambda: {"job": "new"}, lambda: None, lease=lease) == ({"job": "new"}, True)

@@ -33,7 +33,7 @@ SOURCE_SUBSCRIPTION = "CloudPubSubDeadLetterSourceSubscription"
 DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 HANDLED_BY = ("cd4ml-rejected-by", "cd4ml-exhausted-by")
 #: How long a dead-lettered message's run may still make progress (a duplicate of the message being retried, a
-#: claim's lease running out) before the watch tick ends it: longer than every effect's lease (90 s at most).
+#: claim's lease running out) before the watch tick ends it: longer than an effect claim's lease (ledger.LEASE).
 GRACE_SECONDS = 120
 #: The run record's mark (``dead_letter``): pending, stage, event_id, at, reason.
 MARK = "dead_letter"

@@ -559,8 +559,9 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
         found = gate.find_execution(manifest.canary_application, run_id)
         return found.to_dict() if found else None
 
-    # The webhook's retries and confirmation can take a minute (spinnaker.ATTEMPTS × TIMEOUT): a longer lease.
-    result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover, lease=timedelta(seconds=90))
+    # The webhook's retries and confirmation can take a minute (spinnaker.ATTEMPTS × TIMEOUT): the claim's lease is
+    # renewed while it runs.
+    result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover)
     ctx.conclude(
         run_id,
         canary_started(manifest.name, manifest.canary_application, result, now(), manifest.canary_deadline_minutes),
