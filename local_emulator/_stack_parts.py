@@ -30,6 +30,7 @@ from local_emulator.stack import (
     _emulator_env,
     _gate_key_file,
     _http_ok,
+    push_routes,
     stage_env,
     stop,
 )
@@ -340,7 +341,13 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
     for name, port in ports.items():
         stack.wait("fn-supervisor" if supervised else f"fn-{name}", lambda p=port: processes.port_open(p))  # type: ignore[misc]
     stack.endpoints["functions"] = urls
-    subscribe(PROJECT, plan(cat), urls)
+    routes = push_routes(stack)
+    stack.start(
+        "pubsub-push",
+        [sys.executable, "-m", "local_emulator.pubsub_push", "--routes", str(routes)],
+        _child_env(stack, path=(REPO,)),
+    )
+    subscribe(PROJECT, plan(cat), urls, routes)
     stack.save()
 
 

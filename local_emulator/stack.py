@@ -170,6 +170,11 @@ def _emulator_env(stack: Stack) -> dict[str, str]:
     }
 
 
+def push_routes(stack: Stack) -> Path:
+    """The route file of the stack's Pub/Sub push relay (local_emulator/pubsub_push.py)."""
+    return stack.root / "pubsub-push.json"
+
+
 def client_env(stack: Stack) -> dict[str, str]:
     """What a shell (or the CLI) needs to talk to the running stack."""
     return {**_emulator_env(stack), **_settings(stack)}

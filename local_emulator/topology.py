@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cd4ml.catalog import Catalog, dead_letter_hold, dead_letter_topic
@@ -86,31 +87,43 @@ def create_topics(project: str, topology: Topology) -> None:
         publisher.create_topic(name=publisher.topic_path(project, topic))
 
 
-def subscribe(project: str, topology: Topology, functions: Mapping[str, str]) -> None:
-    """Create the subscriptions: push to each stage's ``functions`` URL with the catalog's retry and dead-letter
-    policies (the path /projects/P/topics/T makes functions-framework unwrap the push), and the holds."""
+def subscribe(project: str, topology: Topology, functions: Mapping[str, str], routes: Path) -> None:
+    """Create the subscriptions: each stage's with the catalog's dead-letter policy, pushed to its ``functions``
+    URL with the catalog's retry policy by ``local_emulator.pubsub_push`` (the route is added to ``routes``; the
+    emulator's own push parks failed messages for good, see there), and the holds of dead-lettered messages.
+
+    The path /projects/P/topics/T makes functions-framework unwrap the push."""
     from google.cloud import pubsub_v1
     from google.protobuf import duration_pb2
 
+    from local_emulator import pubsub_push
+
     subscriber = pubsub_v1.SubscriberClient()
     publisher = pubsub_v1.PublisherClient()
+    pushed: list[pubsub_push.Route] = []
     for sub in topology.subscriptions:
+        name = subscriber.subscription_path(project, sub.name)
         request: dict[str, Any] = {
-            "name": subscriber.subscription_path(project, sub.name),
+            "name": name,
             "topic": publisher.topic_path(project, sub.topic),
             "ack_deadline_seconds": sub.ack_deadline_seconds,
         }
         if sub.stage is not None:
-            request["push_config"] = {"push_endpoint": f"{functions[sub.stage]}/projects/{project}/topics/{sub.topic}"}
             request["dead_letter_policy"] = {
                 "dead_letter_topic": publisher.topic_path(project, str(sub.dead_letter_topic)),
                 "max_delivery_attempts": sub.max_delivery_attempts,
             }
-            request["retry_policy"] = {
-                "minimum_backoff": duration_pb2.Duration(seconds=sub.minimum_backoff_seconds),
-                "maximum_backoff": duration_pb2.Duration(seconds=sub.maximum_backoff_seconds),
-            }
+            pushed.append(
+                pubsub_push.Route(
+                    subscription=name,
+                    endpoint=f"{functions[sub.stage]}/projects/{project}/topics/{sub.topic}",
+                    minimum_backoff_seconds=float(sub.minimum_backoff_seconds or 10),
+                    maximum_backoff_seconds=float(sub.maximum_backoff_seconds or 600),
+                    ack_deadline_seconds=sub.ack_deadline_seconds,
+                )
+            )
         else:
             request["message_retention_duration"] = duration_pb2.Duration(seconds=sub.retention_seconds)
             request["retain_acked_messages"] = True  # looking at a dead letter must not lose it
         subscriber.create_subscription(request=request)
+    pubsub_push.add_routes(routes, pushed)

@@ -89,7 +89,10 @@ def _twin_subscriptions(pipeline: Pipeline) -> None:
         if s.stage and s.topic != tick
     ]
     subscribe(
-        local.PROJECT, dataclasses.replace(topology, subscriptions=tuple(twins)), pipeline.stack.endpoints["functions"]
+        local.PROJECT,
+        dataclasses.replace(topology, subscriptions=tuple(twins)),
+        pipeline.stack.endpoints["functions"],
+        local.push_routes(pipeline.stack),
     )
 
 

@@ -176,8 +176,8 @@ class Context:
     def last_delivery(self, message: PubSubMessage, error: Exception | None = None) -> bool:
         """True when this failed delivery is the subscription's last (``max_delivery_attempts``).
 
-        Pub/Sub says which attempt this is (``deliveryAttempt``); where it does not (the emulator), the
-        failures are counted on the run, per subscription and message. Messages naming no run are left to
+        Pub/Sub says which attempt this is (``deliveryAttempt``, also on the local stack's push relay); where it
+        does not, the failures are counted on the run, per subscription and message. Messages naming no run are left to
         Pub/Sub's dead-letter policy. The error is noted on the run (``last_failure``), so a run that
         ``on_dead_letter`` ends later still names the cause (an outage) and not only the missing answer.
         """

@@ -582,3 +582,12 @@ def test_a_body_that_is_not_json_text_gets_400_naming_the_problem(monkeypatch: p
     assert "not JSON text" in answer.get_data(as_text=True)
     not_json = client.post("/projects/p/topics/t", data=b"{not json", headers={"Content-Type": "application/json"})
     assert not_json.status_code == 400  # as before
+
+
+def test_the_push_relay_backs_off_as_the_retry_policy_says() -> None:
+    """Pub/Sub's retry policy: exponential backoff from the minimum, capped at the maximum (the emulator's own push
+    retried after 1 s, then ~15-25 s, and parked messages for good once several failed together)."""
+    from local_emulator import pubsub_push
+
+    route = pubsub_push.Route("projects/p/subscriptions/s", "http://x", 10, 600, 600)
+    assert [pubsub_push.backoff_seconds(route, n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 320, 600, 600]
