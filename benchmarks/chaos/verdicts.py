@@ -104,7 +104,11 @@ def judge(
         return answer.startswith(case.reason), answer
     lines = log_lines(logs, case.stage)
     if case.expect == "ignored":
-        said = [str(line.get("message", "")) for line in lines if case.reason in str(line.get("message", ""))]
+        said = [
+            str(line.get("message", ""))
+            for line in lines
+            if line.get("message_id") == key and case.reason in str(line.get("message", ""))
+        ]
         copies = letters.get(key, [])
         return bool(said) and not copies, (said[0][:300] if said else "no log line") + (
             f"; but {len(copies)} dead letters" if copies else ""

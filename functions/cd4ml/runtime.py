@@ -9,6 +9,7 @@ dead-letter topic before it is acknowledged: bad input is never retried forever 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -75,6 +76,11 @@ class Context:
         return clients.cloud_build_client(self.settings)
 
     def info(self, message: str, run_id: str = "", **details: Any) -> None:
+        """An INFO line; it names the Pub/Sub message being handled (``message_id``), so what a stage rightly
+        ignored can be traced to the message it ignored."""
+        handling = _HANDLING.get()
+        if handling:
+            details.setdefault("message_id", handling)
         self.log.info(message, extra={"stage": self.settings.stage, "run_id": run_id or None, "details": details})
 
     def conclude(self, run_id: str, outcome: Outcome) -> Event | None:
@@ -231,6 +237,10 @@ def refuse_undecodable(error: UnicodeDecodeError) -> tuple[str, int]:
     return reason, 400
 
 
+#: The id of the Pub/Sub message this thread is handling (dispatch), for the log lines about it.
+_HANDLING: contextvars.ContextVar[str] = contextvars.ContextVar("cd4ml_handling", default="")
+
+
 @functools.cache
 def context() -> Context:
     """The context of this process, built on first use."""
@@ -252,6 +262,7 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
         message = PubSubMessage(message_id=str(cloud_event["id"]), publish_time=now(), attributes={}, data=raw)
         ctx.reject(message, error)
         return
+    token = _HANDLING.set(message.message_id)
     try:
         handler(message, ctx)
     except PermanentError as error:
@@ -260,6 +271,8 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
         if ctx.observer or isinstance(error, Busy) or not ctx.last_delivery(message, error):
             raise
         ctx.give_up(message, error)
+    finally:
+        _HANDLING.reset(token)
 
 
 def require_run(ctx: Context, event: Event) -> Run:

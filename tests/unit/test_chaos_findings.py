@@ -591,3 +591,29 @@ def test_the_push_relay_backs_off_as_the_retry_policy_says() -> None:
 
     route = pubsub_push.Route("projects/p/subscriptions/s", "http://x", 10, 600, 600)
     assert [pubsub_push.backoff_seconds(route, n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 320, 600, 600]
+
+
+def test_what_a_stage_ignores_is_logged_with_the_message_it_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    """The chaos verdict matched a rightly-ignored input by its words alone: two inputs ignored with the same words
+    both passed on one log line. Every INFO line written while a message is handled names the message."""
+    from cd4ml import runtime
+
+    ctx = runtime.Context.__new__(runtime.Context)
+    ctx.__dict__.update(settings=SimpleNamespace(stage="on_push"), log=_ListLog())
+    token = runtime._HANDLING.set("4242")
+    try:
+        ctx.info("registry DELETE of r/x:y is not a push of a cd4ml run's image; ignored")
+    finally:
+        runtime._HANDLING.reset(token)
+    ctx.info("outside a delivery")
+    first, second = ctx.log.records  # type: ignore[attr-defined]
+    assert first["details"]["message_id"] == "4242"
+    assert "message_id" not in second["details"]
+
+
+class _ListLog:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def info(self, message: str, extra: dict[str, Any]) -> None:
+        self.records.append({"message": message, **extra})
