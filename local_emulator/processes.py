@@ -10,7 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 # Ports the stack picks for its servers come from below the kernel's ephemeral range, so no outgoing connection
@@ -76,6 +76,19 @@ def start(name: str, argv: Sequence[str], *, env: Mapping[str, str], log_dir: Pa
             start_new_session=True,
         )
     return proc.pid
+
+
+@contextlib.contextmanager
+def serving(name: str, argv: Callable[[int], Sequence[str]], log_dir: Path, timeout: float = 60.0) -> Iterator[str]:
+    """A server started on a picked port (``argv(port)``); yields ``127.0.0.1:PORT`` once it listens, and stops
+    it by pid afterwards."""
+    port = free_port()
+    pid = start(name, argv(port), env=dict(os.environ), log_dir=log_dir)
+    try:
+        wait_until(lambda: port_open(port), what=name, timeout=timeout, pid=pid, log=log_dir / f"{name}.log")
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(pid)
 
 
 def alive(pid: int) -> bool:

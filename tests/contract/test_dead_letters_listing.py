@@ -19,24 +19,17 @@ pytestmark = pytest.mark.skipif(not PUBSUB_EMULATOR.exists(), reason="needs the 
 
 @pytest.fixture(scope="module")
 def pubsub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = processes.free_port()
-    pid = processes.start(
-        "pubsub",
-        [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={port}"],
-        env=dict(os.environ),
-        log_dir=tmp_path_factory.mktemp("pubsub-logs"),
-    )
+    argv = lambda port: [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={port}"]  # noqa: E731
     saved = os.environ.get("PUBSUB_EMULATOR_HOST")
-    try:
-        processes.wait_until(lambda: processes.port_open(port), what="pubsub emulator", timeout=60)
-        os.environ["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{port}"
-        yield f"127.0.0.1:{port}"
-    finally:
-        processes.stop(pid)
-        if saved is None:
-            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-        else:
-            os.environ["PUBSUB_EMULATOR_HOST"] = saved
+    with processes.serving("pubsub", argv, tmp_path_factory.mktemp("pubsub-logs")) as host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+        try:
+            yield host
+        finally:
+            if saved is None:
+                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+            else:
+                os.environ["PUBSUB_EMULATOR_HOST"] = saved
 
 
 def test_every_held_message_is_listed_and_stays_held_even_a_large_one(pubsub: str) -> None:

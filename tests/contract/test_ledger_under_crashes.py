@@ -31,18 +31,9 @@ RUN = "digits-20300101t030000z"
 
 @pytest.fixture(scope="module")
 def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = processes.free_port()
-    pid = processes.start(
-        "firestore",
-        [str(FIRESTORE_EMULATOR), "start", "--host=127.0.0.1", f"--port={port}"],
-        env=dict(os.environ),
-        log_dir=tmp_path_factory.mktemp("firestore-logs"),
-    )
-    try:
-        processes.wait_until(lambda: processes.port_open(port), what="Firestore emulator", timeout=60)
-        yield f"127.0.0.1:{port}"
-    finally:
-        processes.stop(pid)
+    argv = lambda port: [str(FIRESTORE_EMULATOR), "start", "--host=127.0.0.1", f"--port={port}"]  # noqa: E731
+    with processes.serving("firestore", argv, tmp_path_factory.mktemp("firestore-logs")) as host:
+        yield host
 
 
 @pytest.fixture

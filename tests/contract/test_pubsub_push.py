@@ -7,7 +7,6 @@ chaos storm's runs waited forever. These tests hold the relay to what Pub/Sub do
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -26,18 +25,9 @@ PROJECT = "push-test"
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = processes.free_port()
-    pid = processes.start(
-        "pubsub",
-        [str(EMULATOR), "--host=127.0.0.1", f"--port={port}"],
-        env=dict(os.environ),
-        log_dir=tmp_path_factory.mktemp("pubsub-logs"),
-    )
-    try:
-        processes.wait_until(lambda: processes.port_open(port), what="Pub/Sub emulator", timeout=60)
-        yield f"127.0.0.1:{port}"
-    finally:
-        processes.stop(pid)
+    argv = lambda port: [str(EMULATOR), "--host=127.0.0.1", f"--port={port}"]  # noqa: E731
+    with processes.serving("pubsub", argv, tmp_path_factory.mktemp("pubsub-logs")) as host:
+        yield host
 
 
 class _Endpoint(ThreadingHTTPServer):
