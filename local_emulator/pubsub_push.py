@@ -133,10 +133,8 @@ class Relay:
             self.stopping.wait(0.5)
 
     def _client(self) -> Any:
-        from google.cloud import pubsub_v1
-
         if not self.clients or len(self.served) > PER_CHANNEL * len(self.clients):
-            self.clients.append(pubsub_v1.SubscriberClient())
+            self.clients.append(subscriber_client())
         return self.clients[-1]
 
     def _pull_loop(self, route: Route) -> None:
@@ -159,6 +157,10 @@ class Relay:
             except exceptions.NotFound:
                 _log("subscription gone; no longer pushed", route.subscription)
                 return
+            except Exception as trouble:
+                _log(f"pull failed, pulling again in 1 s: {type(trouble).__name__}: {trouble}", route.subscription)
+                self.stopping.wait(1.0)
+                received = []
             for message in received:
                 self.pool.submit(self._push, subscriber, route, message, slots)
             for _ in range(free - len(received)):
@@ -187,6 +189,19 @@ class Relay:
             _log(f"push of message {received.message.message_id}: {type(trouble).__name__}: {trouble}", "")
         finally:
             slots.release()
+
+
+def subscriber_client() -> Any:
+    """A SubscriberClient of the emulator (PUBSUB_EMULATOR_HOST) that receives what Pub/Sub accepts: messages up
+    to 10 MB (gRPC's default 4 MB limit made the chaos session's 9 MB message kill the pulls of its subscription).
+    """
+    import grpc
+    from google.cloud import pubsub_v1
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    channel = grpc.insecure_channel(os.environ["PUBSUB_EMULATOR_HOST"], options=unlimited)
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
 def _post(route: Route, body: bytes) -> tuple[int, str]:

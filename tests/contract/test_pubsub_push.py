@@ -126,3 +126,21 @@ def test_many_messages_failing_together_are_all_dead_lettered(
     assert len(held) == len(ids) and set(held.values()) == {"5"}
     per_message = {m: sum(1 for s, _, _ in endpoint.seen if s == m) for m in {s for s, _, _ in endpoint.seen}}
     assert len(per_message) == len(ids) and set(per_message.values()) == {5}
+
+
+def test_a_message_near_pubsubs_size_limit_is_pushed(
+    emulator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos session: a 9 MB message (Pub/Sub takes up to 10 MB) exceeded gRPC's default 4 MB receive
+    # limit and killed the relay's pulls of its subscription; later runs were never requested.
+    publisher, _, endpoint, relay = _relay(emulator, tmp_path, monkeypatch, fail=0, name="large")
+    try:
+        message_id = publisher.publish(publisher.topic_path(PROJECT, "large"), b"x" * 9_000_000).result()
+        small_id = publisher.publish(publisher.topic_path(PROJECT, "large"), b"{}").result()
+        deadline = time.monotonic() + 60
+        while len(endpoint.seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        relay.stopping.set()
+        endpoint.shutdown()
+    assert sorted(m for m, _, _ in endpoint.seen) == sorted([message_id, small_id])
