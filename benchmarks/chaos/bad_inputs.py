@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -82,11 +83,16 @@ class Sender:
         request = urllib.request.Request(
             url, data=body if method == "POST" else None, method=method, headers={"Content-Type": "application/json"}
         )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                self.answers[key] = f"HTTP {response.status} {response.read()[:300]!r}"
-        except urllib.error.HTTPError as refused:
-            self.answers[key] = f"HTTP {refused.code} {refused.read()[:300]!r}"
+        for _ in range(5):  # a caller retries a 503 (the storm's crashes kill the instance now and then)
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    self.answers[key] = f"HTTP {response.status} {response.read()[:300]!r}"
+            except urllib.error.HTTPError as refused:
+                self.answers[key] = f"HTTP {refused.code} {refused.read()[:300]!r}"
+                if refused.code == 503:
+                    time.sleep(1)
+                    continue
+            break
         return key
 
     def push_body(self, data: bytes, attributes: Mapping[str, str], message_id: str) -> bytes:

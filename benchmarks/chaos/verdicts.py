@@ -67,7 +67,9 @@ def duplicate_effects(pipeline: Pipeline, records: Mapping[str, dict[str, Any]],
             problems.append(f"{run_id}: {executions[run_id]} executions at Gate")
         digest = str(((records.get(run_id) or {}).get("image") or {}).get("digest") or "")
         moved = moves[digest] if digest else 0
-        if moved > 1 or (succeeded and moved != 1):
+        # A promotion interrupted and overtaken by a newer run's is not redone (superseded_by): 0 or 1 move.
+        superseded = bool(((records.get(run_id) or {}).get("promotion") or {}).get("superseded_by"))
+        if moved > 1 or (succeeded and not superseded and moved != 1):
             problems.append(f"{run_id}: alias {ALIAS} moved to its image {moved} times at the registry")
     return problems
 

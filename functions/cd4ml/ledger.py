@@ -36,6 +36,7 @@ MODELS = "models"
 CACHE = "cache"
 ARRIVALS = "arrivals"
 EFFECTS = "effects"
+LOCKS = "locks"
 DELIVERIES = "deliveries"
 #: Field of a run record: ids of the events published for it (``Ledger.note_published``).
 PUBLISHED = "published"
@@ -427,6 +428,43 @@ class Ledger:
         acted = found is None
         ref.update({"state": "done", "result": result, "done_at": format_time(now())})
         return result, acted
+
+    @contextlib.contextmanager
+    def model_lock(self, model: str, name: str, lease: timedelta = LEASE, wait: float = 10.0) -> Iterator[None]:
+        """Hold the model's lock ``name`` while the body runs (one holder at a time, its lease renewed while it
+        runs, freed on exit or within a lease after a crash); Busy after ``wait`` seconds of another's hold.
+
+        Promotions of one model take it: with the alias move and the champion's record inside, the next
+        promotion sees the champion the last one recorded. Without it, the chaos storm's 51 runs of one model
+        interleaved a crashed move, another run's move, and the recovery of the first, which moved the alias
+        a second time and back to an older model.
+        """
+        ref = self._db.collection(MODELS).document(model).collection(LOCKS).document(name)
+        holder = uuid.uuid4().hex
+
+        def take(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+            moment = now()
+            if doc and doc.get("holder") and str(doc.get("lease_until", "")) > format_time(moment):
+                return None, False
+            return {"holder": holder, "lease_until": format_time(moment + lease)}, True
+
+        deadline = time.monotonic() + wait
+        while not self._swap(ref, take):
+            if time.monotonic() >= deadline:
+                raise Busy(f"the {name} of model {model} is being carried out for another run")
+            time.sleep(0.2)
+
+        def release(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            if not doc or doc.get("holder") != holder:
+                return None, None
+            return {"holder": "", "lease_until": format_time(now())}, None
+
+        try:
+            with self._heartbeat(ref, holder, lease):
+                yield
+        finally:
+            with contextlib.suppress(Exception):  # not released: free again within one lease
+                self._swap(ref, release)
 
     @contextlib.contextmanager
     def _heartbeat(self, ref: Any, holder: str, lease: timedelta) -> Iterator[None]:

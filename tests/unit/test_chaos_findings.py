@@ -4,6 +4,7 @@ promotion redelivered after a crash asks the registry before moving the alias ag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -181,6 +182,9 @@ class _ExpiredClaimLedger:
 
     def claim(self, run_id: str, name: str) -> dict[str, Any] | None:
         return {"state": "claimed", "claimed_at": "2030-01-01T03:10:00.000Z", "attempts": 1}
+
+    def model_lock(self, model: str, name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def once(
         self, run_id: str, name: str, act: Callable[[], dict[str, Any]], recover: Callable[[], Any]

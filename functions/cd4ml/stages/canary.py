@@ -171,7 +171,13 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
     client = registry.RegistryClient(
         token=None if ctx.settings.registry_api.startswith("http://") else registry.adc_token
     )
-    champion = ctx.ledger.champion(run.model)  # read before this run replaces it
+    # One promotion of a model at a time, from the champion's read to its record (Ledger.model_lock).
+    with ctx.ledger.model_lock(run.model, "promotion"):
+        _promote(ctx, run, alias, repo, client)
+
+
+def _promote(ctx: Context, run: Run, alias: str, repo: Any, client: Any) -> None:
+    champion = ctx.ledger.champion(run.model)  # read before this run replaces it, under the model's lock
 
     def move_result() -> dict[str, Any]:
         return {
