@@ -119,7 +119,7 @@ def bench(session: nox.Session) -> None:
 def chaos(session: nox.Session) -> None:
     """Runs under crashes, triple delivery, outages and bad inputs on a private local stack; fails on a loss,
     a duplicate effect or an unhandled fault; writes benchmarks/results/chaos.json, prints a table and ends with
-    the `chaos: R runs, …` line (not in the default sessions: 40 min or more, see README)."""
+    the `chaos: R runs, …` line (not in the default sessions: ~25 min, see README)."""
     _debian(session)
     _emulators(session)
     _install(session)
