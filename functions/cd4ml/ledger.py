@@ -391,7 +391,7 @@ class Ledger:
         The claim is a plain create (one write) when nobody claimed before, the common case. A duplicate
         delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises Busy (the
         redelivery comes back later). Short, because a push that waits holds one of the few pushes a subscription
-        has in flight (the emulator's: 2) and an instance that serves one request at a time.
+        has in flight (the local relay's: 4) and an instance that serves one request at a time.
         """
         from google.api_core.exceptions import AlreadyExists
 
