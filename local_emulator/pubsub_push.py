@@ -129,18 +129,19 @@ class Relay:
                     route = Route.of(entry)
                     if route.subscription not in self.served:
                         self.served.add(route.subscription)
-                        threading.Thread(target=self._pull_loop, args=(route,), daemon=True).start()
+                        args = (route, self._client())
+                        threading.Thread(target=self._pull_loop, args=args, daemon=True).start()
             self.stopping.wait(0.5)
 
     def _client(self) -> Any:
+        """A client for one more subscription (called by ``serve`` alone): a new channel every PER_CHANNEL."""
         if not self.clients or len(self.served) > PER_CHANNEL * len(self.clients):
             self.clients.append(subscriber_client())
         return self.clients[-1]
 
-    def _pull_loop(self, route: Route) -> None:
+    def _pull_loop(self, route: Route, subscriber: Any) -> None:
         from google.api_core import exceptions
 
-        subscriber = self._client()
         slots = threading.BoundedSemaphore(IN_FLIGHT)
         while not self.stopping.is_set():
             slots.acquire()
