@@ -9,9 +9,9 @@ output "dead_letter_topics" {
 }
 
 output "subscriptions" {
-  description = "Per stage: the push subscription that feeds it and the pull subscription holding what it dead-lettered."
+  description = "Per stage: the push subscriptions that feed it (one per trigger) and the pull subscription holding what it dead-lettered."
   value = { for s in keys(local.stages) : s => {
-    push             = google_pubsub_subscription.stage[s].name
+    push             = [for k, sub in google_pubsub_subscription.stage : sub.name if local.stage_subscriptions[k].stage == s]
     dead_letter_hold = google_pubsub_subscription.dead_letter_hold[s].name
   } }
 }
