@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> int:
     from cd4ml_cli.timeline import event_line
 
-    book = ledger.Ledger(clients.firestore_client(settings))
+    book = ledger.Ledger.firestore(clients.firestore_client(settings))
     out = sys.stderr if as_json else sys.stdout
     shown: set[str] = set()
     deadline = time.monotonic() + timeout
@@ -152,7 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cd4ml_cli.timeline import render
 
     settings = _settings()
-    book = ledger.Ledger(clients.firestore_client(settings))
+    book = ledger.Ledger.firestore(clients.firestore_client(settings))
     if args.run:
         record = book.get(args.run)
         if record is None:

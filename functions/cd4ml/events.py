@@ -43,6 +43,7 @@ APPROVAL_REQUESTED = "cd4ml.approval.requested.v1"
 APPROVAL_DECIDED = "cd4ml.approval.decided.v1"
 DELIVERY_CLEARED = "cd4ml.delivery.cleared.v1"
 RUN_REJECTED = "cd4ml.run.rejected.v1"
+RUN_FAILED = "cd4ml.run.failed.v1"
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"

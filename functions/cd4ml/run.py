@@ -80,6 +80,8 @@ class Image:
     log_url: str = ""
     error: str = ""
     progress: Mapping[str, str] = field(default_factory=dict)
+    #: Registry pushes noticed before the build reported (on_push), by ``d<digest hex>``: digest_ref, tag, at.
+    pushes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def build_ended(self) -> bool:

@@ -13,7 +13,7 @@ import contextvars
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from cd4ml import catalog, clients, logs
 from cd4ml.bus import Bus, bounded
 from cd4ml.errors import Busy, InvalidSettings, PermanentError
-from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time, plain
+from cd4ml.events import RUN_FAILED, Event, PubSubMessage, format_time, now, parse_time, plain
 from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
-from cd4ml.run import Run, is_run_id
+from cd4ml.run import TERMINAL, Run, RunId, is_run_id
 from cd4ml.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Context:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(clients.firestore_client(self.settings))
+        return Ledger.firestore(clients.firestore_client(self.settings))
 
     @cached_property
     def bus(self) -> Bus:
@@ -92,7 +92,8 @@ class Context:
         (the chaos session's triple delivery turned one request into hundreds of deliveries downstream). One
         whose earlier attempt died between the record and the note publishes again, with the recorded time.
         """
-        error = {"stage": self.settings.stage, "message": outcome.error} if outcome.error else None
+        stage = outcome.error_stage or self.settings.stage
+        error = {"stage": stage, "message": outcome.error} if outcome.error else None
         if outcome.emit is None:
             if outcome.record:
                 self.ledger.note(run_id, outcome.record)
@@ -101,7 +102,12 @@ class Context:
         type_, data = outcome.emit
         event = Event.new(type_, run_id, data, source=self.source)
         outbox = {**event.summary(), "data": plain(event.data)}
-        record = self.ledger.record(run_id, event, outcome.record, error=error, outbox=outbox)
+        check = _not_ended(event.id) if type_ == RUN_FAILED else None
+        try:
+            record = self.ledger.record(run_id, event, outcome.record, error=error, outbox=outbox, check=check)
+        except _Ended as ended:
+            self.info(f"run already ended {ended.status}; {type_} not announced", run_id)
+            return None
         if event.id in (record.get(PUBLISHED) or ()):
             self.info(f"{type_} already published", run_id, event_id=event.id, event_type=type_)
             return event
@@ -218,10 +224,30 @@ class Context:
                 "details": {"dead_letter_topic": self.settings.dead_letter_topic},
             },
         )
-        self.ledger.record(run_id, status="failed", error={"stage": self.settings.stage, "message": reason})
+        model = RunId.parse(run_id).model
+        self.conclude(run_id, Outcome.run_failed(model, self.settings.stage, "gave_up", reason))
         self.bus.dead_letter(
             self.settings.dead_letter_topic, message, stage=self.settings.stage, error=reason, exhausted=True
         )
+
+
+class _Ended(Exception):
+    """The run ended before this ending could be recorded: the first ending stands, and is the one announced."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _not_ended(event_id: str) -> Callable[[Mapping[str, Any]], None]:
+    """A record check refusing a second ending: a run already ended (by another event) announces no run.failed."""
+
+    def check(record: Mapping[str, Any]) -> None:
+        status = str(record.get("status", ""))
+        if status in TERMINAL and all(e.get("id") != event_id for e in record.get("events") or ()):
+            raise _Ended(status)
+
+    return check
 
 
 def refuse_undecodable(error: UnicodeDecodeError) -> tuple[str, int]:
@@ -299,6 +325,17 @@ def active_run(ctx: Context, event: Event) -> Run | None:
     if run.ended:
         ctx.info(f"run already ended {run.status}; {event.type} ignored", event.subject)
         return None
+    return run
+
+
+def checked_run(ctx: Context, event: Event) -> Run | None:
+    """The event's running run once it holds what this stage requires of it (``requirements.REQUIRES``);
+    RecordDisagrees (a PermanentError: dead letter, reason, run unchanged) when the record says otherwise."""
+    from cd4ml import requirements
+
+    run = active_run(ctx, event)
+    if run is not None:
+        requirements.check(ctx.settings.stage, run, event)
     return run
 
 

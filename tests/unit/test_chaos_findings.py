@@ -347,123 +347,6 @@ def test_the_supervisor_leaves_no_instance_behind(tmp_path: Path) -> None:
     assert all(s.acquire(timeout=0.1) is None for s in supervisor.services.values())
 
 
-class _Runs:
-    """The ledger part on_dead_letter uses: one run, and what was recorded on it."""
-
-    def __init__(self, run: Run, claims: tuple[str, ...] = ()) -> None:
-        self._run = run
-        self.claims = list(claims)
-        self.recorded: list[dict[str, Any]] = []
-        self.notes: dict[str, Any] = {}
-
-    def note(self, run_id: str, fields: dict[str, Any]) -> None:
-        self.notes.update(fields)
-
-    def marked(self, field: str) -> list[dict[str, Any]]:
-        mark = self.notes.get("dead_letter") or {}
-        pending = self.notes.get("dead_letter.pending", mark.get("pending"))
-        return [{**self._run.to_document(), "dead_letter": mark}] if pending else []
-
-    def live_claims(self, run_id: str) -> list[str]:
-        return self.claims
-
-    def run(self, run_id: str) -> Run | None:
-        return self._run if run_id == self._run.run_id else None
-
-    def record(self, run_id: str, **change: Any) -> None:
-        self.recorded.append({"run_id": run_id, **change})
-
-
-def _waiting_run(*types: str) -> Run:
-    return Run.from_document(
-        {
-            "run_id": "digits-20300101t030000z",
-            "model": "digits",
-            "status": "running",
-            "created_at": "2030-01-01T03:00:00.000Z",
-            "updated_at": "2030-01-01T03:00:00.000Z",
-            "events": [{"id": f"e{n}", "type": t, "time": "2030-01-01T03:00:00.000Z"} for n, t in enumerate(types)],
-        }
-    )
-
-
-def _dead_letter(subscription: str, **extra: str) -> PubSubMessage:
-    attributes = {
-        "ce-id": "e1",
-        "ce-type": events.DATA_FETCHED,
-        "ce-subject": "digits-20300101t030000z",
-        "CloudPubSubDeadLetterSourceSubscription": "projects/p/subscriptions/cd4ml-submit-training",
-        "CloudPubSubDeadLetterSourceDeliveryCount": "5",
-        **extra,
-    }
-    return PubSubMessage(
-        message_id="m9", publish_time=now(), attributes=attributes, data=b"{}", subscription=subscription
-    )
-
-
-def _dead_letter_context(runs: _Runs) -> Any:
-    import logging
-
-    return SimpleNamespace(
-        ledger=runs,
-        settings=SimpleNamespace(stage="on_dead_letter"),
-        info=lambda *args, **kwargs: None,
-        log=logging.getLogger("t"),
-    )
-
-
-@pytest.mark.parametrize(
-    ("recorded", "extra", "ends"),
-    [
-        ((events.RUN_REQUESTED, events.DATA_FETCHED), {}, True),  # the last attempt died: nobody ended the run
-        ((events.RUN_REQUESTED, events.DATA_FETCHED, events.TRAINING_SUBMITTED), {}, False),  # died after its work
-        ((events.RUN_REQUESTED, events.DATA_FETCHED), {"cd4ml-rejected-by": "submit_training"}, False),
-        ((events.RUN_REQUESTED, events.DATA_FETCHED), {"cd4ml-exhausted-by": "submit_training"}, False),
-    ],
-)
-def test_a_message_pub_sub_dead_lettered_ends_its_run_after_a_grace(
-    recorded: tuple[str, ...], extra: dict[str, str], ends: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Found by the chaos session: a fifth delivery killed with its instance was dead-lettered by Pub/Sub (which
-    # counts the attempt) while the run, which never heard of it, waited for the stale sweep (2 h).
-    from cd4ml.stages import dead_letters
-
-    runs = _Runs(_waiting_run(*recorded))
-    ctx = _dead_letter_context(runs)
-    message = _dead_letter("projects/p/subscriptions/cd4ml-on-dead-letter-submit-training-dead-letter", **extra)
-    dead_letters.on_dead_letter(message, ctx)
-    dead_letters.end_dead_lettered_runs(ctx)  # within the grace: a duplicate may still do the work
-    assert runs.recorded == []
-    assert bool(runs.notes) == ends
-    monkeypatch.setattr(dead_letters, "GRACE_SECONDS", -1)
-    dead_letters.end_dead_lettered_runs(ctx)
-    if not ends:
-        assert runs.recorded == []
-        return
-    [change] = runs.recorded
-    assert change["status"] == "failed"
-    assert change["error"]["stage"] == "submit_training"
-    assert "after 5 delivery attempts on cd4ml-submit-training" in change["error"]["message"]
-    assert "cd4ml dead-letters replay" in change["error"]["message"]
-    assert runs.notes["dead_letter.pending"] is False
-
-
-def test_a_dead_letter_whose_work_is_in_progress_or_done_ends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Found by the chaos session: a twin copy took the claim over after the dead letter arrived and succeeded.
-    from cd4ml.stages import dead_letters
-
-    monkeypatch.setattr(dead_letters, "GRACE_SECONDS", -1)
-    runs = _Runs(_waiting_run(events.RUN_REQUESTED, events.DATA_FETCHED), claims=("training-job",))
-    ctx = _dead_letter_context(runs)
-    dead_letters.on_dead_letter(_dead_letter("projects/p/subscriptions/cd4ml-submit-training"), ctx)
-    dead_letters.end_dead_lettered_runs(ctx)  # a delivery is carrying the work out: not now
-    assert runs.recorded == [] and runs.notes["dead_letter"]["pending"] is True
-    runs.claims = []
-    runs._run = _waiting_run(events.RUN_REQUESTED, events.DATA_FETCHED, events.TRAINING_SUBMITTED)
-    dead_letters.end_dead_lettered_runs(ctx)  # done meanwhile: the mark is cleared, the run goes on
-    assert runs.recorded == [] and runs.notes["dead_letter.pending"] is False
-
-
 def test_a_busy_claim_never_gives_the_run_up(monkeypatch: pytest.MonkeyPatch) -> None:
     # Found by the chaos session: five "being carried out by another delivery" answers on one subscription ended a
     # run failed while the claim's holder was still at work.
@@ -497,25 +380,17 @@ def test_a_busy_claim_never_gives_the_run_up(monkeypatch: pytest.MonkeyPatch) ->
     assert [str(e) for e in gave_up] == ["registry unavailable"]
 
 
-def test_a_dead_lettered_run_is_ended_with_the_last_error_its_stage_saw(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Found by the chaos session's long Vertex outage: some attempts were never counted (pushes answered 503 while
-    # every instance was busy), Pub/Sub dead-lettered the message first, and the run ended without the outage.
-    from cd4ml.stages import dead_letters
-
-    monkeypatch.setattr(dead_letters, "GRACE_SECONDS", -1)
-    doc = {
-        **_waiting_run(events.RUN_REQUESTED, events.DATA_FETCHED).to_document(),
-        "last_failure": {"stage": "submit_training", "error": "ServiceUnavailable: 503 Vertex AI unavailable"},
+def _dead_letter(subscription: str, **extra: str) -> PubSubMessage:
+    attributes = {
+        "ce-id": "e1",
+        "ce-type": events.DATA_FETCHED,
+        "ce-subject": "digits-20300101t030000z",
+        "CloudPubSubDeadLetterSourceSubscription": "projects/p/subscriptions/cd4ml-submit-training",
+        "CloudPubSubDeadLetterSourceDeliveryCount": "5",
+        **extra,
     }
-    runs = _Runs(Run.from_document(doc))
-    ctx = _dead_letter_context(runs)
-    dead_letters.on_dead_letter(_dead_letter("projects/p/subscriptions/cd4ml-submit-training"), ctx)
-    dead_letters.end_dead_lettered_runs(ctx)
-    [change] = runs.recorded
-    assert change["error"]["stage"] == "submit_training"
-    assert (
-        "Last error seen by submit_training: ServiceUnavailable: 503 Vertex AI unavailable"
-        in (change["error"]["message"])
+    return PubSubMessage(
+        message_id="m9", publish_time=now(), attributes=attributes, data=b"{}", subscription=subscription
     )
 
 
@@ -526,37 +401,6 @@ def test_the_dead_letters_source_stage_is_known_from_either_subscription() -> No
     assert source_stage(ours) == "trigger_canary"
     twin = _dead_letter("", CloudPubSubDeadLetterSourceSubscription="projects/p/subscriptions/cd4ml-promote-twin2")
     assert source_stage(twin) == "promote"
-
-
-def test_a_training_job_vertex_cannot_report_on_ends_its_run_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Found by the chaos session: a job created just before a long Vertex outage was watched forever (the stale
-    # sweep leaves runs with a job in flight alone, trusting Vertex's own timeout).
-    import logging
-    from datetime import timedelta
-
-    from cd4ml.events import format_time
-    from cd4ml.stages import training
-
-    notes: dict[str, Any] = {}
-    recorded: list[dict[str, Any]] = []
-    ledger = SimpleNamespace(
-        note=lambda run_id, fields: notes.update(fields),
-        record=lambda run_id, **change: recorded.append(change),
-    )
-    ctx = SimpleNamespace(ledger=ledger, settings=SimpleNamespace(stage="watch_training"), log=logging.getLogger("t"))
-    doc: dict[str, Any] = {"run_id": "digits-20300101t030000z", "training": {"job": "jobs/1", "active": True}}
-    down = RetryableError("Vertex AI unavailable")
-    training.unreadable(ctx, doc, down)  # type: ignore[arg-type]  # first failure: noted, nothing ended
-    assert recorded == [] and notes["training.unreadable_since"]
-    doc["training"]["unreadable_since"] = format_time(now() - timedelta(seconds=60))
-    training.unreadable(ctx, doc, down)  # type: ignore[arg-type]  # a minute of outage: the job may be fine
-    assert recorded == []
-    doc["training"]["unreadable_since"] = format_time(now() - timedelta(hours=3))
-    training.unreadable(ctx, doc, down)  # type: ignore[arg-type]
-    [change] = recorded
-    assert change["status"] == "failed" and change["error"]["stage"] == "watch_training"
-    assert "could not read training job jobs/1 for 7200 s: Vertex AI unavailable" in change["error"]["message"]
-    assert notes["training.active"] is False
 
 
 def test_picked_ports_avoid_the_ephemeral_range_and_are_never_picked_twice() -> None:
