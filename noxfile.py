@@ -1,4 +1,4 @@
-"""Sessions: tests (the README's test command), unit and contract (its fast tiers), demo, lint, terraform, bench.
+"""Sessions: tests (the README's test command), unit, standins and contract (its tiers), demo, lint, terraform, bench.
 
 Every option is declared here once; Debian tools the local stack needs are installed when run as root
 (as CI does), otherwise the exact apt-get line is printed.
@@ -64,9 +64,17 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def unit(session: nox.Session) -> None:
-    """The fast tier: every stage's decisions, the ledger rules, the stand-ins' rules; no emulator, seconds."""
+    """The fast tier: every stage handler on the in-memory ledger, the ledger rules; no process spawned, < 60 s."""
     _install(session)
-    session.run("pytest", "tests/unit", "-m", "not emulator", "-q", *session.posargs)
+    session.run("pytest", "tests/unit", "-q", *session.posargs)
+
+
+@nox.session
+def standins(session: nox.Session) -> None:
+    """The stand-ins' own tests (Vertex, Cloud Build, registry, Gate, IAM, supervisor), with the tools they run."""
+    _debian(session)
+    _install(session)
+    session.run("pytest", "tests/standins", "-q", *session.posargs)
 
 
 @nox.session

@@ -4,15 +4,10 @@ promotion redelivered after a crash asks the registry before moving the alias ag
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import sys
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,9 +20,8 @@ from local_emulator import faults
 from cd4ml import events, spinnaker
 from cd4ml.errors import RetryableError
 from cd4ml.events import Event, PubSubMessage, now
-from cd4ml.outcome import Outcome
-from cd4ml.run import Run
 from cd4ml.stages import canary
+from tests.stagekit import Kit
 
 
 def _closed_port() -> int:
@@ -81,35 +75,6 @@ def test_a_planned_crash_fires_once(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     faults.effect_done("vertex.create", ["other", "run-1"])
     faults.effect_done("vertex.create", ["run-1"])
     assert faults.fired(tmp_path) == ["vertex.create run-1 submit_training (caller not found)"]
-
-
-def test_the_worst_moment_kills_the_calling_instance_and_nothing_else() -> None:
-    # With several instances per function (concurrency 1, as Cloud Run's), the stand-in must kill the instance
-    # that called it: the one owning the caller's end of the connection, and only a functions-framework server.
-    import subprocess
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    code = f"import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)"
-    callers = [
-        subprocess.Popen([sys.executable, "-c", code, *argv], start_new_session=True)
-        for argv in (["functions_framework", "--target", "promote"], ["not-a-function", "promote"])
-    ]
-    try:
-        peers = [listener.accept()[0].getpeername()[1] for _ in callers]
-        by_pid = {faults.owner_of(p, faults.listening_ports()): p for p in peers}
-        function, other = (by_pid[c.pid] for c in callers)
-        assert not faults.kill_caller(function, "evaluate")  # another stage's instance
-        assert not faults.kill_caller(other, "promote")  # not a function instance
-        assert faults.kill_caller(function, "promote")
-        callers[0].wait(timeout=10)
-        time.sleep(0.2)
-        assert callers[1].poll() is None
-    finally:
-        for caller in callers:
-            caller.kill()
-            caller.wait()
-        listener.close()
 
 
 class _Registry(ThreadingHTTPServer):
@@ -167,32 +132,6 @@ class _RegistryHandler(BaseHTTPRequestHandler):
         return
 
 
-class _ExpiredClaimLedger:
-    """A ledger whose promotion claim a crashed delivery left behind: ``once`` asks ``recover`` before acting."""
-
-    def __init__(self, run: Run, champion: dict[str, Any] | None = None) -> None:
-        self._run = run
-        self._champion = champion
-
-    def run(self, run_id: str) -> Run:
-        return self._run
-
-    def champion(self, model: str) -> dict[str, Any] | None:
-        return self._champion
-
-    def claim(self, run_id: str, name: str) -> dict[str, Any] | None:
-        return {"state": "claimed", "claimed_at": "2030-01-01T03:10:00.000Z", "attempts": 1}
-
-    def model_lock(self, model: str, name: str) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def once(
-        self, run_id: str, name: str, act: Callable[[], dict[str, Any]], recover: Callable[[], Any]
-    ) -> tuple[dict[str, Any], bool]:
-        found = recover()
-        return (found, False) if found is not None else (act(), True)
-
-
 @pytest.mark.parametrize(
     ("moved_before_the_crash", "newer_since"), [(True, None), (False, None), (True, "2030-01-01T03:11:00.000Z")]
 )
@@ -211,41 +150,36 @@ def test_a_promotion_redelivered_after_a_crash_moves_the_alias_once(
     champion = {"run_id": "digits-20300101t040000z", "digest": newer, "since": newer_since} if newer_since else None
     host = f"127.0.0.1:{registry.server_address[1]}"
     manifest = models.read(Path(__file__).resolve().parents[2] / "examples" / "digits")
-    run = Run.from_document(
-        {
-            "run_id": "digits-20300101t030000z",
-            "model": "digits",
-            "status": "running",
-            "created_at": "2030-01-01T03:00:00.000Z",
-            "updated_at": "2030-01-01T03:00:00.000Z",
-            "events": [],
-            "manifest": manifest.raw,
-            "image": {"status": "SUCCESS", "reference": f"{host}/cd4ml/digits@{digest}", "digest": digest},
-        }
+    kit = Kit("promote", registry=f"{host}/cd4ml", registry_api=f"http://{host}")
+    kit.seed(
+        "digits-20300101t030000z",
+        manifest=manifest.raw,
+        model_artifact={"uri": "gs://a/m.joblib", "sha256": "a" * 64},
+        evaluation={"passed": True, "metrics": {"accuracy": 0.9}, "gate": {}},
+        image={"build_id": "b1", "status": "SUCCESS", "reference": f"{host}/cd4ml/digits@{digest}", "digest": digest},
+        canary={"execution_id": "x", "verdict": "succeeded"},
     )
-    concluded: list[Outcome] = []
-    ctx = SimpleNamespace(
-        settings=SimpleNamespace(registry_api=f"http://{host}"),
-        ledger=_ExpiredClaimLedger(run, champion),
-        conclude=lambda run_id, outcome: concluded.append(outcome),
-        info=lambda *args, **kwargs: None,
+    # The claim a crashed delivery left: its lease is over, so ``once`` asks ``recover`` before acting.
+    claim = {"state": "claimed", "claimed_at": "2030-01-01T03:10:00.000Z", "lease_until": "2000-01-01T00:00:00.000Z"}
+    assert kit.ledger.store.create("runs/digits-20300101t030000z/effects/promotion", {**claim, "holder": "dead"})
+    if champion:
+        kit.ledger.store.create("models/digits", {"champion": champion})
+    succeeded = Event.new(
+        events.CANARY_SUCCEEDED, "digits-20300101t030000z", {"model": "digits", "execution_id": "x"}, source="//test"
     )
-    body, attributes = Event.new(
-        events.CANARY_SUCCEEDED, run.run_id, {"model": "digits", "execution_id": "x"}, source="//test"
-    ).to_message()
-    message = PubSubMessage(message_id="m1", publish_time=now(), attributes=attributes, data=body)
     try:
-        canary.promote(message, ctx)  # type: ignore[arg-type]
+        kit.deliver(canary.promote, succeeded)
     finally:
         registry.shutdown()
         registry.server_close()
+    concluded = [e for e in kit.bus.published]
     assert registry.puts == ([] if moved_before_the_crash else ["champion"])
     assert registry.tags["champion"] == (newer if newer_since else digest)
     [outcome] = concluded
     assert outcome.type == events.MODEL_PROMOTED and outcome.data["digest"] == digest
     if newer_since:
         assert outcome.data["superseded_by"] == "digits-20300101t040000z"
-        assert events.data_problems(events.MODEL_PROMOTED, outcome.data) == []
+        assert events.data_problems(events.MODEL_PROMOTED, events.plain(outcome.data)) == []
 
 
 def test_a_push_reaches_the_function_with_its_subscription(tmp_path: Path) -> None:
@@ -293,58 +227,6 @@ def test_a_registry_that_is_down_is_retried_and_named() -> None:
     finally:
         server.shutdown()
         server.server_close()
-
-
-_STUBBORN_SERVER = (
-    "import http.server, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[-1])), http.server.BaseHTTPRequestHandler).serve_forever()"
-)
-
-
-def test_an_instance_serves_one_request_at_a_time_and_a_crash_takes_only_its_own(tmp_path: Path) -> None:
-    # Found by the chaos session: one multi-threaded instance per function made every crash kill all requests in
-    # flight; Cloud Run functions serve one request per instance (default concurrency 1) and start more.
-    from local_emulator.supervisor import Service
-
-    service = Service("stage", [sys.executable, "-c", _STUBBORN_SERVER], dict(os.environ), tmp_path / "log", 2)
-    first, second = service.acquire(), service.acquire()
-    assert first is not None and second is not None and first is not second
-    assert service.acquire(timeout=0.5) is None  # both busy, no third instance
-    first.kill()
-    first.wait(time.monotonic() + 5)
-    assert second.alive()
-    service.release(first)
-    third = service.acquire()
-    assert third is not None and third is not first and third.alive()
-    assert service.started == 3
-    for instance in service.stop_all(signal.SIGKILL):
-        instance.wait(time.monotonic() + 5)
-
-
-def test_the_supervisor_leaves_no_instance_behind(tmp_path: Path) -> None:
-    # Found by the chaos session: instances stopped one by one (3 s grace each) outlasted the stack's 10 s for the
-    # supervisor, which was SIGKILLed midway and left the rest running. Now all at once; even instances that
-    # ignore SIGTERM are gone within the grace period, and a stopped function starts no instance.
-    from local_emulator import processes
-    from local_emulator.supervisor import Supervisor
-
-    spec = {
-        "log_dir": str(tmp_path),
-        "functions": {
-            f"stage{n}": {"port": processes.free_port(), "argv": [sys.executable, "-c", _STUBBORN_SERVER], "env": {}}
-            for n in range(6)
-        },
-    }
-    supervisor = Supervisor(spec, None, 0.0, 0)
-    for service in supervisor.services.values():
-        service.warm()
-    pids = [i.proc.pid for s in supervisor.services.values() for i in s.instances if i.proc is not None]
-    assert len(pids) == 6
-    started = time.monotonic()
-    supervisor.stop(grace=3.0)
-    assert time.monotonic() - started < 12  # one by one, 6 × 3 s: the stack's 10 s were over before the end
-    assert not any(processes.alive(p) for p in pids)
-    assert all(s.acquire(timeout=0.1) is None for s in supervisor.services.values())
 
 
 def test_a_busy_claim_never_gives_the_run_up(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,7 +103,9 @@ def test_on_build_refuses_a_build_that_is_not_the_runs_recorded_build() -> None:
 
 def _push_message(digest: str, model: str = "digits") -> PubSubMessage:
     note = {"action": "INSERT", "digest": f"{REGISTRY}/{model}@{digest}", "tag": f"{REGISTRY}/{model}:{RUN}"}
-    return PubSubMessage(message_id=f"p-{digest[-4:]}", publish_time=now(), attributes={}, data=json.dumps(note).encode())
+    return PubSubMessage(
+        message_id=f"p-{digest[-4:]}", publish_time=now(), attributes={}, data=json.dumps(note).encode()
+    )
 
 
 def test_on_push_refuses_a_digest_the_build_did_not_report() -> None:
