@@ -230,8 +230,17 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
     )
 
 
+#: A manifest's largest size: the run record keeps it whole (Firestore's document limit is 1 MiB).
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
 def loads(text: str, origin: str = "manifest") -> Manifest:
-    """Parse and validate a manifest's YAML text."""
+    """Parse and validate a manifest's YAML text (at most ``MAX_MANIFEST_BYTES``)."""
+    size = len(text.encode())
+    if size > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(
+            f"invalid {origin}", [f"{size} bytes: a manifest is at most {MAX_MANIFEST_BYTES} bytes (64 KiB)"]
+        )
     try:
         document = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:

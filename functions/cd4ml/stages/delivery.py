@@ -38,6 +38,8 @@ SMOKE_SCRIPT = "cd4ml_smoke.py"
 SMOKE_RESULT = "cd4ml_smoke_result.json"
 SMOKE_STEP = "cd4ml-smoke"
 VERDICT_STEP = "cd4ml-smoke-verdict"
+#: A build's whole time budget (Build.timeout): image build, smoke test and push.
+BUILD_TIMEOUT = timedelta(minutes=20)
 
 
 def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
@@ -48,8 +50,10 @@ def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
 # --- build_image -------------------------------------------------------------------------------------------
 
 
-def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> GcsPath:
-    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp.
+def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> tuple[GcsPath, int]:
+    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp; returns
+    where, and the generation written, which the build then fetches (an object replaced after the model's hash was
+    checked is not the one built).
 
     With a smoke test, the checker (cd4ml/smoke.py) goes in as ``cd4ml_smoke.py``; the golden file is already
     in the serving folder.
@@ -84,8 +88,9 @@ def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: 
                     f"the model at {artifact.uri} has sha256 {found}, not the {artifact.sha256} "
                     "that watch_training recorded and evaluate passed; it was not built"
                 )
-        bucket.blob(target.name).upload_from_filename(archive, content_type="application/gzip")
-    return target
+        uploaded = bucket.blob(target.name)
+        uploaded.upload_from_filename(archive, content_type="application/gzip")
+    return target, int(uploaded.generation or 0)
 
 
 class ModelChanged(PermanentError):
@@ -105,9 +110,12 @@ def _add(tar: tarfile.TarFile, blob: Any, arcname: str, tmp: str) -> str:
     return hasher.hexdigest()
 
 
-def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str) -> Any:
+def build_request(
+    ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str, generation: int = 0
+) -> Any:
     """The Cloud Build build: docker build with the manifest's base image, labelled; the smoke test when the
-    manifest has one; the image pushed as REGISTRY/MODEL:RUN only when every step succeeded."""
+    manifest has one; the image pushed as REGISTRY/MODEL:RUN only when every step succeeded; the context fetched at
+    ``generation``; at most ``BUILD_TIMEOUT`` long."""
     from google.cloud.devtools import cloudbuild_v1 as cb
 
     image = image_name(ctx, manifest, run_id)
@@ -126,7 +134,12 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
         ".",
     ]
     build = cb.Build(
-        source=cb.Source(storage_source=cb.StorageSource(bucket=source.bucket, object_=source.name)),
+        source=cb.Source(
+            storage_source=cb.StorageSource(bucket=source.bucket, object_=source.name, generation=generation or None)
+        ),
+        # Explicit: Cloud Build's default is 60 minutes (Build.timeout); a serving image and its smoke test need far
+        # less, and a stuck build must end the run in a recorded state soon.
+        timeout=BUILD_TIMEOUT,
         steps=[cb.BuildStep(name=DOCKER_BUILDER, args=args), *smoke_steps(manifest, image, model_sha256)],
         # Artifacts.images (cloudbuild.proto): "pushed upon the successful completion of all build steps", so an
         # image whose smoke test failed never reaches the registry (no gcr message, no canary).
@@ -218,12 +231,12 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         if reused is not None:
             return reused
         try:
-            source = build_context(ctx, manifest, artifact, run_id)
+            source, generation = build_context(ctx, manifest, artifact, run_id)
         except ModelChanged as changed:
             return {"build_id": "", "context": "", "refused": changed.message}
         operation = ctx.builds.create_build(
             project_id=ctx.settings.project,
-            build=build_request(ctx, manifest, run_id, source, artifact.sha256),
+            build=build_request(ctx, manifest, run_id, source, artifact.sha256, generation),
             timeout=clients.CALL_SECONDS,
         )
         return {"build_id": operation.metadata.build.id, "context": source.uri}
