@@ -154,7 +154,7 @@ class Kit:
         self.ctx.ledger = self.ledger  # cached_property: an instance attribute wins
         self.ctx.bus = self.bus  # type: ignore[assignment]
         self.storage = MemoryStorage()
-        self.ctx.storage = self.storage  # type: ignore[assignment]
+        self.ctx.storage = self.storage
 
     def seed(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Create the run record ``run_id`` (running, created now) with ``fields``; returns it."""

@@ -124,14 +124,16 @@ def test_a_snapshot_copies_the_generation_it_hashed_or_nothing(monkeypatch: pyte
 
     kit = Kit("fetch_data")
     kit.storage.put("data", "sources/digits/a.csv", b"x,label\n1,0\n")
-    hashed = snapshot.digest
+    from cd4ml import gcs
+
+    hashed = gcs.digest
 
     def then_replaced(client: object, path: GcsPath, generation: int | None = None) -> object:
-        found = hashed(client, path, generation)  # type: ignore[arg-type]
+        found = hashed(client, path, generation)
         kit.storage.put("data", path.name, b"x,label\n9,9\n")  # an upload lands between the hash and the copy
         return found
 
     monkeypatch.setattr(snapshot, "digest", then_replaced)
     with pytest.raises(NotFound):  # retryable: the next delivery hashes and copies the new data together
-        snapshot.take(kit.storage, "gs://data/sources/digits/", "data", "digits")  # type: ignore[arg-type]
+        snapshot.take(kit.storage, "gs://data/sources/digits/", "data", "digits")
     assert not [name for (_, name) in kit.storage.objects if name.startswith("datasets/")]
