@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING
 
 from cd4ml import catalog, clients
 from cd4ml.events import Event, PubSubMessage
+from cd4ml.limits import MAX_ATTRIBUTES, MAX_VALUE_BYTES, bounded
+
+__all__ = ["MAX_ATTRIBUTES", "MAX_ATTRIBUTE_VALUE_BYTES", "PUBLISH_TIMEOUT_SECONDS", "Bus", "bounded"]
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
 
 PUBLISH_TIMEOUT_SECONDS = 30.0
-#: Pub/Sub resource limits: attributes per message, bytes per attribute value.
-MAX_ATTRIBUTES = 100
-MAX_ATTRIBUTE_VALUE_BYTES = 1024
+MAX_ATTRIBUTE_VALUE_BYTES = MAX_VALUE_BYTES
 
 
 class Bus:
@@ -62,11 +63,3 @@ class Bus:
             ours["cd4ml-dropped-attributes"] = str(len(originals) - room)
         future = self.publisher.publish(self.topic_path(topic), message.data, **kept, **ours)
         return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))
-
-
-def bounded(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked when cut."""
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return raw[: limit - 3].decode(errors="ignore") + "…"

@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from cd4ml import catalog
 from cd4ml.errors import InvalidEvent
+from cd4ml.limits import bounded
 
 RUN_REQUESTED = "cd4ml.run.requested.v1"
 WATCH_TICKED = "cd4ml.watch.ticked.v1"
@@ -47,6 +48,8 @@ RUN_REJECTED = "cd4ml.run.rejected.v1"
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
 _NAMESPACE = uuid.UUID("6f1c0c9e-2f4e-4d59-9a57-0c1d4d6b2f10")
+#: Bytes of one problem's text: several fit in a dead letter's 1024-byte reason.
+PROBLEM_BYTES = 300
 
 
 def now() -> datetime:
@@ -95,8 +98,11 @@ def data_problems(type_: str, data: Any) -> list[str]:
     problems = []
     for error in sorted(_validator(type_).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         where = "/".join(str(p) for p in error.absolute_path) or "(data)"
-        message = error.message if len(error.message) <= 300 else error.message[:300] + "…"  # the value may be huge
-        problems.append(f"{where[:200]}: {message}")
+        message = error.message
+        if error.validator == "format" and error.cause is not None:
+            message += f" ({error.cause})"  # why: e.g. the instant is outside the years accepted
+        # The value may be huge: it is cut, jsonschema's own words ("is too long", "does not match") are kept.
+        problems.append(bounded(f"{bounded(where, 200)}: {message}", PROBLEM_BYTES))
     return problems
 
 
