@@ -63,12 +63,30 @@ def format_time(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+#: The instants accepted on input: what a run id can name (4-digit years), less a year at the top, so arithmetic on
+#: an accepted time (a window, a deadline, a quiet period) never leaves what ``datetime`` holds.
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def parse_time(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp (with Z or an offset); ValueError when it is not one."""
+    """Parse an RFC 3339 timestamp (with Z or an offset) in [EARLIEST, LATEST); ValueError naming why otherwise.
+
+    ``9999-12-31T23:59:59-01:00`` is year 10000 in UTC: ``astimezone`` raised OverflowError, which no caller
+    expected, so the message was retried until Pub/Sub dead-lettered it without a reason.
+    """
     t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
-    return t.astimezone(UTC)
+    try:
+        utc = t.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(
+            f"{text!r} is outside the instants accepted ({format_time(EARLIEST)} to {format_time(LATEST)})"
+        )
+    return utc
 
 
 def event_id(run_id: str, type_: str, key: str = "") -> str:
@@ -80,8 +98,8 @@ _FORMATS = FormatChecker(formats=())
 
 
 def _is_date_time(value: object) -> bool:
-    """RFC 3339 with a time zone, in the range a run id can name (years 1000-9999)."""
-    return not isinstance(value, str) or 1000 <= parse_time(value).year <= 9999
+    """RFC 3339 with a time zone, in the range ``parse_time`` accepts (ValueError saying why not)."""
+    return not isinstance(value, str) or bool(parse_time(value))
 
 
 _FORMATS.checks("date-time", raises=ValueError)(_is_date_time)

@@ -62,3 +62,31 @@ def test_a_name_of_emoji_keeps_does_not_match_for_every_field_it_breaks() -> Non
     assert "requested_by" in reason and "is too long" in reason
     assert "trigger" in reason and "is not one of" in reason
     assert len(reason.encode()) <= 1024
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "9999-06-01T00:00:00Z", "0999-12-31T23:59:59Z"],
+)
+def test_a_time_at_the_edge_of_the_calendar_is_a_permanent_error_naming_its_field(when: str) -> None:
+    """Such a scheduled_time raised OverflowError: retried 5 times, then dead-lettered by Pub/Sub with no reason."""
+    with pytest.raises(InvalidEvent) as caught:
+        Event.from_message(_message({"model": "digits", "scheduled_time": when}), [events.RUN_REQUESTED])
+    assert any(p.startswith("scheduled_time:") and "outside the instants" in p for p in caught.value.problems)
+    with pytest.raises(InvalidEvent) as caught:
+        Event.from_message(_message({"model": "digits"}, **{"ce-time": when}), [events.RUN_REQUESTED])
+    assert any(p.startswith("ce-time") for p in caught.value.problems)
+
+
+def test_a_request_at_the_end_of_year_9999_is_refused_before_any_window_arithmetic() -> None:
+    """fetch_data's window (24 hours after the request) overflowed on a ce-time late in year 9999."""
+    from cd4ml.payloads import RunRequested
+    from cd4ml.stages.fetch import run_for
+
+    late = _message(
+        {"model": "digits", "scheduled_time": "9999-12-31T22:00:00Z"}, **{"ce-time": "9999-12-31T23:00:00Z"}
+    )
+    with pytest.raises(InvalidEvent) as caught:
+        event = Event.from_message(late, [events.RUN_REQUESTED])
+        run_for(event, RunRequested.of(event), manifest=None)  # type: ignore[arg-type]  # scheduled: no manifest read
+    assert {p.split(" ")[0].rstrip(":") for p in caught.value.problems} == {"scheduled_time", "ce-time"}
