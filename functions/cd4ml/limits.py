@@ -18,8 +18,9 @@ MAX_VALUE_BYTES = 1024
 REQUEST_OVERHEAD_BYTES = 4096
 
 #: A quoted value as ``repr`` and jsonschema write it ('…' or "…", escapes inside); an apostrophe inside a word
-#: ("Pub/Sub's") opens nothing.
-_QUOTED = re.compile(r"""(?<![\w'"])('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")(?!\w)""")
+#: ("Pub/Sub's") opens nothing. Written as
+#: an unrolled loop: one alternative per character took 20 s over an 11 MB value.
+_QUOTED = re.compile(r"""(?<![\w'"])('[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*")(?!\w)""")
 #: Bytes of a quoted value kept before the cut.
 _KEPT = 32
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,15 +21,26 @@ _ATTRIBUTES = {"ce-specversion": "1.0", "ce-type": events.RUN_REQUESTED, "ce-sou
 
 
 class _Publisher:
-    """Records what would be published (the Pub/Sub client's ``publish`` signature)."""
+    """Records what is published (the Pub/Sub client's ``publish`` signature), refusing what Pub/Sub refuses as the
+    local stack's Pub/Sub does (``local_emulator._pubsub_limits``), or everything when ``refuse`` says so."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: str = "") -> None:
         self.published: list[tuple[str, bytes, dict[str, str]]] = []
+        self.refuse = refuse
 
     def publish(self, topic: str, data: bytes, **attributes: str) -> Future[str]:
-        self.published.append((topic, data, attributes))
+        from google.api_core.exceptions import InvalidArgument
+        from google.pubsub_v1 import PublishRequest, PubsubMessage
+        from local_emulator._pubsub_limits import publish_problem
+
+        request = PublishRequest(topic=topic, messages=[PubsubMessage(data=data, attributes=attributes)])
+        problem = self.refuse or publish_problem(request, PublishRequest.pb(request).ByteSize())
         done: Future[str] = Future()
-        done.set_result("1")
+        if problem:
+            done.set_exception(InvalidArgument(problem))  # type: ignore[no-untyped-call]
+        else:
+            self.published.append((topic, data, attributes))
+            done.set_result(str(len(self.published)))
         return done
 
 
@@ -90,3 +104,105 @@ def test_a_request_at_the_end_of_year_9999_is_refused_before_any_window_arithmet
         event = Event.from_message(late, [events.RUN_REQUESTED])
         run_for(event, RunRequested.of(event), manifest=None)  # type: ignore[arg-type]  # scheduled: no manifest read
     assert {p.split(" ")[0].rstrip(":") for p in caught.value.problems} == {"scheduled_time", "ce-time"}
+
+
+@pytest.fixture
+def fetch_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, _Publisher]]:
+    """The fetch_data function as functions-framework serves it (no Google client: its bus publishes to a recorder)."""
+    from functions_framework import create_app
+
+    from cd4ml import catalog, runtime
+
+    for name, value in {
+        "CD4ML_PROJECT": "p",
+        "CD4ML_STAGE": "fetch_data",
+        "CD4ML_DEAD_LETTER_TOPIC": catalog.dead_letter_topic("fetch_data"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    runtime.context.cache_clear()
+    publisher = _Publisher()
+    runtime.context().__dict__["bus"] = Bus("p", publisher)
+    main = Path(__file__).resolve().parents[2] / "functions" / "main.py"
+    yield create_app("fetch_data", str(main), "cloudevent").test_client(), publisher  # type: ignore[no-untyped-call]
+    runtime.context.cache_clear()
+
+
+_PATH = "/projects/p/topics/cd4ml-run-requested-v1"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b'{"message": {"data": "e30=", "messageId": "1"', "not JSON: Expecting ',' delimiter at line 1 column 46"),
+        (b"", "the request body is empty"),
+        (b"[1, 2]", "a JSON array, not an object"),
+        (b'"push"', "a JSON string, not an object"),
+        (b'{"foo": 1}', "no 'message' object, no 'subscription'"),
+        (b'{"message": {"messageId": "1"}, "subscription": "s"}', "no 'message.data'"),
+    ],
+)
+def test_a_body_that_is_no_push_gets_400_naming_the_problem(
+    fetch_data: tuple[Any, _Publisher], body: bytes, named: str
+) -> None:
+    """functions-framework answered these with a 400 naming nothing, one echoing every header, or a 500."""
+    client, publisher = fetch_data
+    answer = client.post(_PATH, data=body, headers={"Content-Type": "application/json", "Authorization": "Bearer t0k"})
+    text = answer.get_data(as_text=True)
+    assert answer.status_code == 400 and named in text, text
+    assert "expected a Pub/Sub push body" in text and "t0k" not in text and "\n" not in text
+    assert publisher.published == []  # nothing reached a stage
+
+
+def _push(data: bytes, **attributes: str) -> dict[str, Any]:
+    return {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": {**_ATTRIBUTES, **attributes},
+            "messageId": "9",
+            "publishTime": "2030-01-01T00:00:00Z",
+        },
+        "subscription": "projects/p/subscriptions/cd4ml-fetch-data",
+        "deliveryAttempt": 1,
+    }
+
+
+def test_a_body_over_pubsubs_limit_gets_413_naming_it_and_one_dead_letter_that_fits(
+    fetch_data: tuple[Any, _Publisher],
+) -> None:
+    """It got a 500: the event was rejected, then its dead-letter copy was refused (over 10 MB)."""
+    client, publisher = fetch_data
+    data = json.dumps({"model": "digits", "requested_by": "x" * 11_000_000}).encode()
+    answer = client.post(_PATH, json=_push(data))
+    assert answer.status_code == 413
+    assert "10485760 bytes" in answer.get_data(as_text=True)
+    [(topic, copy, attributes)] = publisher.published
+    assert topic.endswith(catalog_dead_letter("fetch_data")) and data.startswith(copy)
+    assert f"cut from {len(data)} to {len(copy)} bytes" in attributes["cd4ml-data-truncated"]
+    assert "10485760 bytes" in attributes["cd4ml-error"]
+
+
+def test_a_dead_letter_copy_near_the_limit_is_cut_to_fit() -> None:
+    publisher = _Publisher()
+    long = {f"x-{n}": "v" * 1000 for n in range(120)}
+    near = PubSubMessage("5", datetime(2030, 1, 1, tzinfo=UTC), {**_ATTRIBUTES, **long}, b"d" * (10 * 1024 * 1024 - 50))
+    Bus("p", publisher).dead_letter("dead", near, stage="fetch_data", error="invalid event: " + "'" + "y" * 5000 + "'")
+    [(_, copy, attributes)] = publisher.published
+    assert len(attributes) == 100 and attributes["cd4ml-dropped-attributes"] == str(len(near.attributes) - 95)
+    assert near.data.startswith(copy) and "cd4ml-data-truncated" in attributes
+
+
+def test_a_dead_letter_copy_pubsub_refuses_gets_4xx_with_pubsubs_words(fetch_data: tuple[Any, _Publisher]) -> None:
+    """It got a 500 (retried, then dead-lettered by Pub/Sub alone with no reason)."""
+    client, publisher = fetch_data
+    publisher.refuse = "Request payload size exceeds the limit: 10485760 bytes."
+    answer = client.post(_PATH, json=_push(b'{"model": 7}'))
+    assert answer.status_code == 400
+    assert "refused by Pub/Sub: Request payload size exceeds the limit: 10485760 bytes." in answer.get_data(
+        as_text=True
+    )
+
+
+def catalog_dead_letter(stage: str) -> str:
+    from cd4ml import catalog
+
+    return catalog.dead_letter_topic(stage)
