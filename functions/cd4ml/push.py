@@ -39,11 +39,13 @@ ANSWER_BYTES = 1024
 
 
 class Refused(HTTPException):
-    """A request answered with a 4xx naming why (``description``); Pub/Sub treats any 4xx as a failed push."""
+    """A request answered with a 4xx naming why (``description``); Pub/Sub treats any 4xx as a failed push.
+    ``logged`` when the stage already logged the problem (its rejection), so the answer is not logged twice."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, *, logged: bool = False) -> None:
         super().__init__(description=reason)
         self.code = code
+        self.logged = logged
 
 
 def envelope() -> Mapping[str, Any] | None:
@@ -124,8 +126,9 @@ def install(errorhandler: Callable[[Any], Callable[[Any], Any]]) -> None:
 def _answer(error: Refused) -> tuple[str, int, dict[str, str]]:
     """The refusal's one line, logged once (nothing reached a stage, or the stage already logged and dead-lettered)."""
     reason = bounded(str(error.description), ANSWER_BYTES)
-    logs.configure()
-    logs.get("http").error(reason, extra={"details": {"status": error.code, "path": flask.request.path[:200]}})
+    if not error.logged:
+        logs.configure()
+        logs.get("http").error(reason, extra={"details": {"status": error.code, "path": flask.request.path[:200]}})
     return reason, int(error.code or 400), {"Content-Type": "text/plain; charset=utf-8"}
 
 

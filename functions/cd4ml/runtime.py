@@ -252,7 +252,7 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
     beyond = push.limit_problem(message)
     if beyond:  # not from Pub/Sub: one dead letter (cut to fit), and the sender hears why
         ctx.reject(message, InvalidEvent("not a Pub/Sub message", [beyond]))
-        raise push.Refused(413, beyond)
+        raise push.Refused(413, beyond, logged=True)
     token = _HANDLING.set(message.message_id)
     try:
         handler(message, ctx)
