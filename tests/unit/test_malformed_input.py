@@ -206,3 +206,17 @@ def catalog_dead_letter(stage: str) -> str:
     from cd4ml import catalog
 
     return catalog.dead_letter_topic(stage)
+
+
+def test_a_stages_own_type_error_on_a_readable_push_is_still_a_500(tmp_path: Path) -> None:
+    """The 400 for bodies functions-framework cannot convert must not swallow a stage's bug: that is retried."""
+    import functions_framework
+
+    source = tmp_path / "main.py"
+    source.write_text(
+        "import functions_framework\nfrom cd4ml import push\npush.install(functions_framework.errorhandler)\n\n"
+        "@functions_framework.cloud_event\ndef handler(event):\n    raise TypeError('a bug')\n"
+    )
+    app = functions_framework.create_app("handler", str(source), "cloudevent")  # type: ignore[no-untyped-call]
+    answer = app.test_client().post(_PATH, json=_push(b"{}"))
+    assert answer.status_code == 500
