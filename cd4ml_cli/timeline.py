@@ -28,7 +28,7 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
         case "evaluation.passed" | "evaluation.failed":
             gate = ev.get("gate") or {}
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in (ev.get("metrics") or {}).items())
-            verdict = f"threshold {gate.get('metric')} ≥ {gate.get('threshold')}"
+            verdict = gate_rules(gate)
             reasons = "; ".join(ev.get("reasons") or [])
             return f"{metrics or 'no metrics'} ({verdict})" + (f": {reasons}" if reasons else "")
         case "image.built":
@@ -71,6 +71,17 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
             was = promotion.get("previous_run_id") or "no champion before"
             return f"{promotion.get('alias', '?')} → {str(promotion.get('digest', '?'))[:19]}… (was {was})"
     return ""
+
+
+def gate_rules(gate: dict[str, Any]) -> str:
+    """The gate's rules as people read them: ``threshold rmse ≤ 60, r2 ≥ 0.4``."""
+    rules = gate.get("metrics") or [gate]
+    parts = [
+        f"{r.get('metric')} {'≤' if r.get('direction') == 'minimize' else '≥'} {r.get('threshold')}"
+        + (f", champion {r['champion_value']:.4f}" if isinstance(r.get("champion_value"), int | float) else "")
+        for r in rules
+    ]
+    return "threshold " + "; ".join(parts)
 
 
 def event_line(run: dict[str, Any], event: dict[str, Any]) -> str:
