@@ -31,7 +31,8 @@ def test_an_unchanged_trainer_packs_to_the_same_bytes_whenever_and_wherever_it_i
     (copy / "trainer.egg-info" / "PKG-INFO").write_text("Name: trainer\n")
     second = models.sdist(copy, "trainer-0.1.0.tar.gz")
     assert hashlib.md5(first).hexdigest() == hashlib.md5(second).hexdigest()
-    names = tarfile.open(fileobj=io.BytesIO(second)).getnames()
+    with tarfile.open(fileobj=io.BytesIO(second)) as tar:
+        names = tar.getnames()
     assert names == sorted(names) and "trainer-0.1.0/setup.py" in names and "trainer-0.1.0/trainer/task.py" in names
     assert not any("serving" in n or "manifest.yaml" in n or "egg-info" in n for n in names)
 
