@@ -143,6 +143,8 @@ class Smoke:
     port: int = 8080
     health_path: str = "/health"
     startup_seconds: float = 60.0
+    abs_tolerance: float = 1e-12
+    rel_tolerance: float = 1e-9
 
     def in_context(self, dockerfile: str) -> str:
         """The golden file's path in the build context (the Dockerfile's folder is the context's root)."""
@@ -204,6 +206,8 @@ def _smoke(serving: Mapping[str, Any]) -> Smoke | None:
         port=int(smoke.get("port", 8080)),
         health_path=str(smoke.get("health_path", "/health")),
         startup_seconds=float(smoke.get("startup_seconds", 60)),
+        abs_tolerance=float(smoke.get("abs_tolerance", 1e-12)),
+        rel_tolerance=float(smoke.get("rel_tolerance", 1e-9)),
     )
 
 
