@@ -93,11 +93,29 @@ def event_line(run: dict[str, Any], event: dict[str, Any]) -> str:
     return f"  +{(at - start).total_seconds():7.2f}s  {at:%H:%M:%S}  {name:<20} {_detail(event['type'], run)}"
 
 
+def rejection_line(rejected: dict[str, Any]) -> str:
+    """A message a stage rejected for the run (dead-lettered; the run's status unchanged), with the reason."""
+    at = str(rejected.get("at", ""))
+    clock = at[11:19] if len(at) >= 19 else at
+    return (
+        f"  rejected  {clock}  {rejected.get('stage', '?')} dead-lettered message {rejected.get('message_id', '?')}: "
+        f"{rejected.get('reason', '')}"
+    )
+
+
 def render(run: dict[str, Any]) -> str:
-    """The whole timeline of a run, with its status and error."""
+    """The whole timeline of a run, with its status and error, and the messages rejected for it."""
     lines = [f"run {run.get('run_id')}  model {run.get('model')}  status {str(run.get('status', '?')).upper()}"]
     for event in sorted(run.get("events") or [], key=lambda e: e["time"]):
         lines.append(event_line(run, event))
+    rejected = run.get("rejected_messages") or []
+    for entry in rejected:
+        lines.append(rejection_line(entry))
+    if int(run.get("rejected_count") or 0) > len(rejected):
+        lines.append(f"  … {int(run['rejected_count']) - len(rejected)} earlier rejected messages not kept")
+    dead = run.get("dead_letter") or {}
+    if dead:
+        lines.append(f"  dead letter ({dead.get('stage', '?')}): {dead.get('reason', '')}")
     for refused in (run.get("approval") or {}).get("refused") or []:
         lines.append(
             f"  refused {refused.get('decision')} by {refused.get('by')} at {refused.get('at')}: {refused.get('why')}"
