@@ -16,7 +16,7 @@ MODEL_PATH = os.environ.get("MODEL_PATH", "/opt/model/model.json")
 
 
 class Handler(BaseHTTPRequestHandler):
-    coef: list[float] = []
+    coef: tuple[float, ...] = ()
     intercept = 0.0
     model_sha256 = ""
 
@@ -43,7 +43,9 @@ class Handler(BaseHTTPRequestHandler):
             rows = body["instances"]
             if any(len(row) != len(Handler.coef) for row in rows):
                 raise ValueError(f"each instance needs {len(Handler.coef)} numbers")
-            predictions = [Handler.intercept + sum(c * float(x) for c, x in zip(Handler.coef, row)) for row in rows]
+            predictions = [
+                Handler.intercept + sum(c * float(x) for c, x in zip(Handler.coef, row, strict=True)) for row in rows
+            ]
         except (ValueError, KeyError, TypeError) as error:
             self._reply(400, {"error": f'expected {{"instances": [[{len(Handler.coef)} numbers], ...]}}: {error}'})
             return
@@ -55,5 +57,5 @@ if __name__ == "__main__":
         raw = f.read()
     model = json.loads(raw)
     Handler.model_sha256 = hashlib.sha256(raw).hexdigest()
-    Handler.coef, Handler.intercept = [float(c) for c in model["coef"]], float(model["intercept"])
+    Handler.coef, Handler.intercept = tuple(float(c) for c in model["coef"]), float(model["intercept"])
     ThreadingHTTPServer(("", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()

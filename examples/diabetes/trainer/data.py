@@ -48,5 +48,7 @@ def client() -> Any:
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=os.environ.get("CLOUD_ML_PROJECT_ID", "local"), credentials=AnonymousCredentials())
+        return storage.Client(
+            project=os.environ.get("CLOUD_ML_PROJECT_ID", "local"), credentials=AnonymousCredentials()
+        )
     return storage.Client()
