@@ -154,6 +154,15 @@ def build_request(
     return build
 
 
+def _tolerances(test: Any) -> list[str]:
+    """The manifest's numeric tolerances, only when not the defaults (builds of unchanged manifests stay the same)."""
+    given = (
+        ("--abs-tolerance", test.abs_tolerance, smoke.ABS_TOLERANCE),
+        ("--rel-tolerance", test.rel_tolerance, smoke.REL_TOLERANCE),
+    )
+    return [arg for flag, value, default in given if value != default for arg in (flag, f"{value!r}")]
+
+
 def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
     """The smoke test's two steps, run in the image just built (BuildStep.name: "If you built an image in a previous
     build step, it ... is available to use as the name for a later build step"), from /workspace.
@@ -185,6 +194,7 @@ def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
         test.health_path,
         "--startup-seconds",
         f"{test.startup_seconds:g}",
+        *_tolerances(test),
         "--result",
         SMOKE_RESULT,
         "--",
