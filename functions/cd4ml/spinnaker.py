@@ -29,6 +29,17 @@ import requests
 
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.gate_credentials import GateCredentials
+from cd4ml.manifest import webhook_source
+
+__all__ = [
+    "GateClient",
+    "WebhookResult",
+    "budget",
+    "confirm_window",
+    "key_reference",
+    "webhook_payload",
+    "webhook_source",
+]
 
 KEY_FIELD = "cd4ml_key"
 TIMEOUT = (3.05, 10.0)  # connect, read (each capped by what is left of the client's budget)
@@ -40,11 +51,6 @@ CONFIRM_INTERVAL_MAX_SECONDS = 4.0
 #: The share of a function's timeout (catalog.yaml) its Gate calls may spend: the rest is left for Firestore, the
 #: secret and the publish, and the act ends long before the platform could stop the function (and its heartbeat).
 BUDGET_SHARE = 0.4
-
-
-def webhook_source(model: str) -> str:
-    """The webhook source of ``model``'s canary pipeline: derived from the name, never read from its manifest."""
-    return f"cd4ml-{model}"
 
 
 def budget(timeout_seconds: float) -> float:
