@@ -114,6 +114,7 @@ locals {
     "bucket:data"              = "bucket"
     "bucket:artifact"          = "bucket"
     "secret:gate_key"          = "secret"
+    "secret:gate_client_cert"  = "secret"
     "repository"               = "repository"
     "approval_decisions_topic" = "topic"
     "data_arrivals_topic"      = "topic"
@@ -126,6 +127,7 @@ locals {
           rule.scope == "emits_topics" ? [for t in local.stages[stage].emits : "topic:${t}"] :
           rule.scope == "subscription" ? [for k, sub in local.stage_subscriptions : "subscription:${k}" if sub.stage == stage] :
           rule.scope == "secret:notify" ? [for c in local.notify_channels : "secret:notify:${c}"] :
+          rule.scope == "secret:gate_key" ? [for m in keys(local.manifests) : "secret:gate_key:${m}"] :
           contains(local.iam_per_stage_scopes, rule.scope) ? ["${rule.scope}:${stage}"] : [rule.scope]
           ) : [
           # `approvers`: one grant per approver the manifests name (its key ends with the principal).

@@ -25,6 +25,7 @@ locals {
     { for k, sub in local.stage_subscriptions : "subscription:${k}" => sub.name },
     { for s in keys(local.stages) : "run_service:${s}" => google_cloudfunctions2_function.stage[s].name },
     { for c in local.notify_channels : "secret:notify:${c}" => google_secret_manager_secret.notify[c].secret_id },
+    { for m in keys(local.manifests) : "secret:gate_key:${m}" => google_secret_manager_secret.gate_key[m].secret_id },
     { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
     {
       "project"                  = var.project_id
@@ -32,7 +33,7 @@ locals {
       "service_account:build"    = google_service_account.build.name
       "bucket:data"              = google_storage_bucket.bucket["data"].name
       "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
-      "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
+      "secret:gate_client_cert"  = google_secret_manager_secret.gate_client_certificate.secret_id
       "repository"               = google_artifact_registry_repository.images.name
       "approval_decisions_topic" = google_pubsub_topic.event["cd4ml.approval.decided.v1"].name
       "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name

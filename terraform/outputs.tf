@@ -36,9 +36,14 @@ output "registry" {
   value       = local.registry
 }
 
-output "gate_key_secret" {
-  description = "Secret to add the Spinnaker webhook key to: gcloud secrets versions add NAME --data-file=-"
-  value       = google_secret_manager_secret.gate_key.id
+output "gate_key_secrets" {
+  description = "Per model, the secret to add its Spinnaker webhook key to: gcloud secrets versions add NAME --data-file=-"
+  value       = { for m, secret in google_secret_manager_secret.gate_key : m => secret.secret_id }
+}
+
+output "gate_client_certificate_secret" {
+  description = "Secret to add the functions' Gate client certificate and key to (PEM), when spinnaker_gate_auth is x509."
+  value       = google_secret_manager_secret.gate_client_certificate.secret_id
 }
 
 output "service_accounts" {

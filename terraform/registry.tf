@@ -1,4 +1,4 @@
-# Where serving images go, and the key that lets trigger_canary call Spinnaker.
+# Where serving images go.
 
 resource "google_artifact_registry_repository" "images" {
   #checkov:skip=CKV_GCP_84:Serving images hold a model already kept in the artifact bucket; Google-managed encryption at rest is the chosen default, CMEK would add a KMS key and service-agent grants.
@@ -8,16 +8,4 @@ resource "google_artifact_registry_repository" "images" {
   format        = "DOCKER"
   description   = "cd4ml serving images, tagged with the run id; pushes are announced on the gcr topic."
   labels        = local.labels
-}
-
-# Only the secret: its versions (the key Spinnaker's webhook payload constraint expects) are added out of band,
-# so the key never passes through Terraform state.
-resource "google_secret_manager_secret" "gate_key" {
-  project   = var.project_id
-  secret_id = var.gate_key_secret_id
-  labels    = local.labels
-
-  replication {
-    auto {}
-  }
 }

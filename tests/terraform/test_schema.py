@@ -171,7 +171,7 @@ def test_a_missing_required_argument_is_caught(copy: Path, schema: provider_sche
 
 
 def test_a_missing_required_block_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
-    _plant(copy, "registry.tf", "  replication {\n    auto {}\n  }\n", "")
+    _plant(copy, "spinnaker.tf", "  replication {\n    auto {}\n  }\n", "", first=True)
     message = _only(check_module(copy, schema))
     assert "google_secret_manager_secret gate_key" in message and "missing required block 'replication'" in message
 

@@ -106,11 +106,15 @@ def watch_canary(message: PubSubMessage, ctx: Context) -> None:
     """On a tick, follow every active canary; one execution's trouble does not stop the others."""
     from google.api_core.exceptions import GoogleAPICallError
 
-    from cd4ml import spinnaker
+    from cd4ml import catalog, gate_credentials, spinnaker
 
     Event.from_message(message, [events.WATCH_TICKED])
     ctx.flush_outbox()  # events recorded by an instance that died before publishing them
-    gate = spinnaker.GateClient(ctx.settings.gate_url)
+    gate = spinnaker.GateClient(  # one budget for the tick: a slow Gate leaves the rest to the next tick
+        ctx.settings.gate_url,
+        credentials=gate_credentials.load(ctx.settings.gate_auth),
+        budget_seconds=spinnaker.budget(catalog.load().stage("watch_canary").timeout_seconds),
+    )
     for doc in ctx.ledger.where(("canary.active", "==", True)):
         run = Run.from_document(doc)
         if run.ended:

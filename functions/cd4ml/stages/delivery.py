@@ -600,7 +600,7 @@ def canary_started(
 
 def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     """image.pushed → Spinnaker webhook, once; then canary.triggered (execution confirmed) or canary.failed."""
-    from cd4ml import secrets, spinnaker
+    from cd4ml import catalog, gate_credentials, secrets, spinnaker
 
     event = Event.from_message(message, [events.IMAGE_PUSHED])
     run = checked_run(ctx, event)  # the image Cloud Build reported for the run's build, pushed
@@ -608,9 +608,21 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
         return
     run_id = event.subject
     manifest = parse(run.manifest)
-    gate = spinnaker.GateClient(ctx.settings.gate_url)
+    if manifest.name != run.model:  # the source and the key are the run's model's, whatever its manifest says
+        raise PermanentError(
+            f"run {run_id} is of model {run.model} but its manifest names {manifest.name}", run_id=run_id
+        )
+    # The model's own key (a key opens only its model's pipeline), read before the claim: a missing one is permanent.
+    key = secrets.read(spinnaker.key_reference(ctx.settings.gate_key_secret, run.model))
+    budget = spinnaker.budget(catalog.load().stage("trigger_canary").timeout_seconds)
+    gate = spinnaker.GateClient(
+        ctx.settings.gate_url,
+        credentials=gate_credentials.load(ctx.settings.gate_auth),
+        budget_seconds=budget,
+        confirm_seconds=spinnaker.confirm_window(ctx.settings.gate_confirm_seconds, budget),
+    )
     payload = spinnaker.webhook_payload(
-        model=manifest.name,
+        model=run.model,
         run_id=run_id,
         reference=run.image.reference,  # the record's, never the event's
         metrics=dict(run.evaluation.metrics) if run.evaluation else {},
@@ -619,18 +631,15 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
 
     def call() -> dict[str, Any]:
         return gate.trigger(
-            manifest.webhook_source,
-            manifest.canary_application,
-            payload,
-            key=secrets.read(ctx.settings.gate_key_secret),
+            spinnaker.webhook_source(run.model), manifest.canary_application, payload, key=key
         ).to_dict()
 
     def recover() -> dict[str, Any] | None:
         found = gate.find_execution(manifest.canary_application, run_id)
         return found.to_dict() if found else None
 
-    # The webhook's retries and confirmation can take a minute (spinnaker.ATTEMPTS × TIMEOUT): the claim's lease is
-    # renewed while it runs.
+    # The claim's lease is renewed while the act runs; the act (recover, webhook, confirmation) spends at most the
+    # client's budget, well under the function's timeout, so the platform never stops it mid-act.
     result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover)
     ctx.conclude(
         run_id,
