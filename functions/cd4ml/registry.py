@@ -184,10 +184,15 @@ class RegistryClient:
 
 
 def adc_token() -> str:
-    """An OAuth access token of Application Default Credentials (the function's service account)."""
+    """An OAuth access token of Application Default Credentials (the function's service account, from the
+    metadata server); no credentials or a failed refresh is retryable, named as such."""
     import google.auth
+    import google.auth.exceptions
     import google.auth.transport.requests
 
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+    try:
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+    except google.auth.exceptions.GoogleAuthError as error:
+        raise RetryableError(f"no access token for the registry's token exchange: {error}") from error
     return str(credentials.token)
