@@ -75,6 +75,18 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     ),
 }
 
+#: Docker Registry actions each Artifact Registry role allows on a repository's images (pull =
+#: artifactregistry.repositories.downloadArtifacts, push = uploadArtifacts and tag writes, delete = deleteArtifacts;
+#: https://cloud.google.com/artifact-registry/docs/access-control#roles).
+IMAGE_ACTIONS: Mapping[str, frozenset[str]] = {
+    "roles/artifactregistry.reader": frozenset({"pull"}),
+    "roles/artifactregistry.writer": frozenset({"pull", "push"}),
+    "roles/artifactregistry.repoAdmin": frozenset({"pull", "push", "delete"}),
+}
+#: The path of the serving images in the local registry (``CD4ML_REGISTRY`` = ``HOST:PORT/cd4ml``): ``cd4ml/MODEL``.
+IMAGES_PATH = "cd4ml"
+EVERY_MODEL = "*"
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -83,8 +95,8 @@ class Grant:
     rule: str
     identity: str
     role: str
-    kind: str  # "topic" | "bucket"
-    target: str  # topic id | bucket name
+    kind: str  # "topic" | "bucket" | "repository"
+    target: str  # topic id | bucket name | the model whose images (EVERY_MODEL: every model's)
     prefixes: tuple[str, ...] = ()
 
     @property
@@ -133,6 +145,21 @@ class Policy:
 
     def allows_topic(self, identity: str, permission: str, topic: str) -> bool:
         return identity == ADMIN or topic in self.topics(identity, permission)
+
+    def allows_image(self, identity: str, action: str, repository: str) -> bool:
+        """Docker Registry ``action`` (pull, push, delete) on the local registry's repository ``cd4ml/MODEL``."""
+        if identity == ADMIN:
+            return True
+        prefix, _, model = repository.rpartition("/")
+        if prefix != IMAGES_PATH or not model:
+            return False
+        return any(
+            g.identity == identity
+            and g.kind == "repository"
+            and g.target in (EVERY_MODEL, model)
+            and action in IMAGE_ACTIONS.get(g.role, frozenset())
+            for g in self.grants
+        )
 
     def allows_object(
         self, identity: str, permission: str, bucket: str, *, name: str | None = None, list_prefix: str | None = None
@@ -191,7 +218,9 @@ def _targets(scope: str, stage: str, cat: Catalog, buckets: Mapping[str, str]) -
         return [("bucket", buckets[scope])]
     if scope == "data_arrivals_topic":
         return [("topic", name) for name, _, _ in cat.notification_topics]
-    return []  # project, secrets, services, repositories: not behind a local proxy
+    if scope == "repository":
+        return [("repository", EVERY_MODEL)]  # enforced by the local registry's token service
+    return []  # project, secrets, services: not behind a local proxy
 
 
 @functools.cache

@@ -170,9 +170,7 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
         return
     alias = parse(run.manifest).alias
     repo = registry.Repository.of(run.image.reference, ctx.settings.registry_api)
-    client = registry.RegistryClient(
-        token=None if ctx.settings.registry_api.startswith("http://") else registry.adc_token
-    )
+    client = registry.RegistryClient(token=registry.adc_token)  # asked only when the registry challenges
     # One promotion of a model at a time, from the champion's read to its record (Ledger.model_lock).
     with ctx.ledger.model_lock(run.model, "promotion"):
         _promote(ctx, run, alias, repo, client)
