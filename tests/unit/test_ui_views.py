@@ -320,3 +320,19 @@ def test_pages_have_a_skip_link_landmarks_and_text_status(path: str) -> None:
     assert '<a class="skip" href="#main">' in page and '<main id="main"' in page and "<nav" in page
     if path == "/runs":
         assert "✓ succeeded" in _text(page) and "✗ failed" in _text(page)  # readable without colour
+
+
+def test_cd4ml_ui_is_a_command_and_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cd4ml_cli.main import main, parser
+
+    from cd4ml_ui import cli
+
+    assert parser().parse_args(["ui", "--port", "8781"]).func is cli.command
+    monkeypatch.delenv("CD4ML_PROJECT", raising=False)
+    monkeypatch.setenv("CD4ML_STATE_DIR", str(tmp_path))  # no local stack running there
+    assert main(["ui", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cd4ml: no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`"
+    )
