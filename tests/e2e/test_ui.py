@@ -71,4 +71,4 @@ def test_the_runs_the_stack_made_are_shown_as_they_happen(pipeline: Pipeline, tm
         assert sorted(points) == sorted(r["run_id"] for r in evaluated)
         champion = page.locator("svg.plot a.point.champion").get_attribute("data-run")
         assert champion == run["run_id"]
-        assert re.search(r"threshold 0\.9\b", page.locator("svg.plot").inner_text())
+        assert re.search(r"threshold 0\.9\b", page.locator("svg.plot").text_content() or "")
