@@ -413,6 +413,16 @@ def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> 
     stack.start("scheduler", argv, env)
 
 
+def _start_ui(stack: Stack) -> str:
+    """The read-only web view of the ledger (``cd4ml ui``, package cd4ml_ui) on the stack's Firestore; its address."""
+    port = processes.free_port()
+    stack.endpoints["ui"] = f"http://127.0.0.1:{port}/"
+    env = {**_child_env(stack), "CD4ML_PROJECT": PROJECT}
+    stack.start("ui", [sys.executable, "-m", "cd4ml_ui", "--host", "127.0.0.1", "--port", str(port)], env)
+    stack.wait("ui", _http_ok(f"http://127.0.0.1:{port}/healthz"))
+    return str(stack.endpoints["ui"])
+
+
 def push_model(stack: Stack, folder: Path) -> str:
     """Push a model folder to the stack and seed its source data (``seed_data.py``, local convention)."""
     from cd4ml_cli import models

@@ -219,6 +219,7 @@ def up(
         _start_functions,
         _start_scheduler,
         _start_services,
+        _start_ui,
     )
 
     try:
@@ -233,6 +234,7 @@ def up(
             say(f"model {pushed} pushed")
         if scheduler:
             _start_scheduler(stack, tick_seconds, models if models is not None else default_models())
+        say(f"web view (cd4ml ui): {_start_ui(stack)}")
     except BaseException:
         down(stack)
         raise

@@ -119,10 +119,13 @@ locals {
     "approval_decisions_topic" = "topic"
     "data_arrivals_topic"      = "topic"
     "secret:notify"            = "secret"
+    "ui_service"               = "run_service"
   }
+  # The web view's rules (members ui, ui_viewers) apply only when it is deployed (var.ui_image, ui.tf).
+  iam_ui_members = ["ui", "ui_viewers"]
   iam_plan = { for g in flatten([
     for rule_name, rule in local.iam_rules : [
-      for stage in(contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""])) : [
+      for stage in(var.ui_image == null && contains(local.iam_ui_members, rule.member) ? [] : (contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""]))) : [
         for target in(
           rule.scope == "emits_topics" ? [for t in local.stages[stage].emits : "topic:${t}"] :
           rule.scope == "subscription" ? [for k, sub in local.stage_subscriptions : "subscription:${k}" if sub.stage == stage] :
@@ -131,10 +134,11 @@ locals {
           contains(local.iam_per_stage_scopes, rule.scope) ? ["${rule.scope}:${stage}"] : [rule.scope]
           ) : [
           # `approvers`: one grant per approver the manifests name (its key ends with the principal).
-          for member in(rule.member == "approvers" ? [for a in local.approvers : "approver:${a}"] : [
-            contains(local.iam_per_stage_roles, rule.member) ? "${rule.member}:${stage}" : rule.member
+          for member in(rule.member == "approvers" ? [for a in local.approvers : "approver:${a}"] :
+            rule.member == "ui_viewers" ? [for v in var.ui_viewers : "ui_viewer:${v}"] : [
+              contains(local.iam_per_stage_roles, rule.member) ? "${rule.member}:${stage}" : rule.member
             ]) : {
-            key    = rule.member == "approvers" ? "${rule_name}/${stage}/${target}/${member}" : "${rule_name}/${stage}/${target}"
+            key    = contains(["approvers", "ui_viewers"], rule.member) ? "${rule_name}/${stage}/${target}/${member}" : "${rule_name}/${stage}/${target}"
             rule   = rule_name
             kind   = local.iam_kinds[rule.scope]
             role   = rule.role

@@ -14,6 +14,8 @@ locals {
       build         = "serviceAccount:${google_service_account.build.email}"
     },
     { for a in local.approvers : "approver:${a}" => a },
+    { for sa in google_service_account.ui : "ui" => "serviceAccount:${sa.email}" },
+    { for v in var.ui_viewers : "ui_viewer:${v}" => v },
   )
 
   # Symbolic target -> the resource the binding is on, as its *_iam_member resource names it. A subscription is
@@ -27,6 +29,7 @@ locals {
     { for c in local.notify_channels : "secret:notify:${c}" => google_secret_manager_secret.notify[c].secret_id },
     { for m in keys(local.manifests) : "secret:gate_key:${m}" => google_secret_manager_secret.gate_key[m].secret_id },
     { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
+    { for service in google_cloud_run_v2_service.ui : "ui_service" => service.name },
     {
       "project"                  = var.project_id
       "service_account:training" = google_service_account.training.name

@@ -60,3 +60,8 @@ output "scheduler_jobs" {
   description = "Cloud Scheduler job of every model, and of the watch tick."
   value       = { for k, j in google_cloud_scheduler_job.job : k => j.name }
 }
+
+output "ui_service" {
+  description = "The web view's Cloud Run service (null without var.ui_image); open it with `gcloud run services proxy NAME --region REGION`."
+  value       = local.ui_enabled ? google_cloud_run_v2_service.ui[0].name : null
+}

@@ -23,13 +23,14 @@ from . import hcl
 from .evaluate import evaluate
 
 PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
-MEMBERS = {"function", "invoker", "pubsub_agent", "storage_agent", "training", "build", "approvers"}
+MEMBERS = {"function", "invoker", "pubsub_agent", "storage_agent", "training", "build", "approvers", "ui", "ui_viewers"}
 PER_STAGE_MEMBERS = {"function", "invoker"}
 PER_STAGE_SCOPES = {"emits_topics", "dead_letter_topic", "subscription", "run_service", "service_account:invoker"}
 RULE_KEYS = {"role", "member", "stages", "scope", "prefixes", "condition", "why"}
 #: Roles at project level: each is there because its service has no narrower resource (see iam_bindings.yaml).
 PROJECT_ROLES = {
     "roles/datastore.user",
+    "roles/datastore.viewer",
     "roles/aiplatform.user",
     "roles/aiplatform.viewer",
     "roles/cloudbuild.builds.editor",
@@ -109,7 +110,7 @@ def test_no_project_wide_pubsub_role(grants: list[dict[str, Any]]) -> None:
 def test_project_level_roles_are_the_justified_few(grants: list[dict[str, Any]]) -> None:
     assert {g["role"] for g in grants if g["kind"] == "project"} == PROJECT_ROLES
     for g in grants:
-        if g["role"] == "roles/datastore.user":
+        if g["role"] in ("roles/datastore.user", "roles/datastore.viewer"):
             assert g["condition"] and "/databases/" in g["condition"]["expression"], g["key"]
 
 
