@@ -32,7 +32,7 @@ GCLOUD_EMULATORS = Path("/usr/lib/google-cloud-sdk/platform")
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[local,dev]")
+    session.install("-e", ".[local,dev,ui]")
 
 
 def _debian(session: nox.Session, extra: dict[str, str] | None = None) -> None:
