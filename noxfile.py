@@ -122,7 +122,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measure the DESIGN.md targets on a private local stack (~5 min); fails when one is missed."""
+    """Measure the targets in docs/architecture.md on a private local stack (~5 min); fails when one is missed."""
     _debian(session)
     _emulators(session)
     _install(session)

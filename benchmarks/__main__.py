@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: measure the DESIGN.md targets on a private local stack; exit 1 when one is missed.
+"""``python -m benchmarks``: measure the targets in docs/architecture.md on a private local stack; exit 1 when one is missed.
 
 The readable table goes to stdout, progress to stderr, every figure to ``benchmarks/results/latest.json``.
 """
