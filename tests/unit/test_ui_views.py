@@ -326,7 +326,6 @@ def test_cd4ml_ui_is_a_command_and_says_what_is_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cd4ml_cli.main import main, parser
-
     from cd4ml_ui import cli
 
     assert parser().parse_args(["ui", "--port", "8781"]).func is cli.command

@@ -100,7 +100,7 @@ def evaluate(message: PubSubMessage, ctx: Context) -> None:
     manifest = parse(run.manifest)
     artifact = TrainingCompleted.of(event).model_artifact
     champion = ctx.ledger.champion(manifest.name)
-    skip = skipped(manifest.name, artifact, champion, cache.enabled(run.extra))
+    skip = skipped(manifest.name, artifact, champion, cache.enabled(run.cache))
     if skip is not None:
         ctx.conclude(event.subject, skip)
         return

@@ -166,7 +166,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     run_id = event.subject
     manifest = parse(run.manifest)
     dataset = DataFetched.of(event).dataset
-    on = cache.enabled(run.extra)
+    on = cache.enabled(run.cache)
 
     def create() -> dict[str, Any]:
         # The cache is read inside the claim: a redelivery finds this decision recorded and makes no second job.
@@ -281,7 +281,7 @@ def _check(ctx: Context, run: Run) -> None:
     elif state in FINISHED:
         problem = job.error.message
     outcome = finished(run, state, artifact, problem)
-    key = str(((run.extra.get("cache") or {}).get("training") or {}).get("key", ""))
+    key = str((run.cache.get("training") or {}).get("key", ""))
     if outcome.type == events.TRAINING_COMPLETED and key and artifact is not None:
         # Indexed before training.completed is published: the next run with this key finds it.
         ctx.ledger.remember(
