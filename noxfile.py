@@ -142,7 +142,7 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session
 def terraform(session: nox.Session) -> None:
-    """Check terraform/ offline: fmt, provider schema, checkov, parity and IAM tests (needs terraform on PATH)."""
+    """Check terraform/ offline: fmt, terraform validate + plan (stand-in providers), checkov, parity and IAM tests."""
     from tests.terraform.session import terraform as check
 
     check(session)
