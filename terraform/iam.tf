@@ -10,9 +10,9 @@ locals {
     {
       pubsub_agent  = google_project_service_identity.pubsub_agent.member
       storage_agent = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-      training      = "serviceAccount:${google_service_account.training.email}"
-      build         = "serviceAccount:${google_service_account.build.email}"
     },
+    { for m in local.models : "model_training:${m}" => "serviceAccount:${google_service_account.model_training[m].email}" },
+    { for m in local.models : "model_build:${m}" => "serviceAccount:${google_service_account.model_build[m].email}" },
     { for a in local.approvers : "approver:${a}" => a },
   )
 
@@ -26,14 +26,14 @@ locals {
     { for s in keys(local.stages) : "run_service:${s}" => google_cloudfunctions2_function.stage[s].name },
     { for c in local.notify_channels : "secret:notify:${c}" => google_secret_manager_secret.notify[c].secret_id },
     { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
+    { for m in local.models : "service_account:model_training:${m}" => google_service_account.model_training[m].name },
+    { for m in local.models : "service_account:model_build:${m}" => google_service_account.model_build[m].name },
+    { for m in local.models : "model_repository:${m}" => google_artifact_registry_repository.model[m].name },
     {
       "project"                  = var.project_id
-      "service_account:training" = google_service_account.training.name
-      "service_account:build"    = google_service_account.build.name
       "bucket:data"              = google_storage_bucket.bucket["data"].name
       "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
       "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
-      "repository"               = google_artifact_registry_repository.images.name
       "approval_decisions_topic" = google_pubsub_topic.event["cd4ml.approval.decided.v1"].name
       "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
     },

@@ -166,7 +166,7 @@ def test_a_typo_in_a_nested_block_is_caught(copy: Path, schema: provider_schema.
 def test_a_missing_required_argument_is_caught(copy: Path, schema: provider_schema.ProviderSchema) -> None:
     _plant(copy, "registry.tf", '  format        = "DOCKER"\n', "")
     message = _only(check_module(copy, schema))
-    assert "registry.tf:" in message and "google_artifact_registry_repository images" in message
+    assert "registry.tf:" in message and "google_artifact_registry_repository model" in message
     assert "missing required argument 'format'" in message
 
 
