@@ -88,7 +88,14 @@ def push_credentials(project: str, token_key: Path) -> Callable[[str], str | Non
     identities = {policy.principal(identity): identity for identity in policy.identities()}
 
     def credentials(service_account: str) -> str | None:
-        identity = identities.get(service_account.rsplit("/", 1)[-1]) if service_account else None
+        email = service_account.rsplit("/", 1)[-1]
+        identity = identities.get(email)
+        if (
+            identity is None
+            and email.startswith("cd4ml-build-")
+            and email.endswith(f"@{project}.iam.gserviceaccount.com")
+        ):
+            identity = f"build:{email.split('@', 1)[0]}"  # a model's own build account (iam_policy.MODEL_BUILD)
         if identity is None or identity == iam_policy.ADMIN:
             return None
         return f"oauth2accesstoken:{minter.mint(identity)}"

@@ -34,6 +34,9 @@ LOCALS = (
     "iam_rules",
     "iam_kinds",
     "iam_plan",
+    "models",
+    "model_accounts",
+    "model_name_clashes",
 )
 
 

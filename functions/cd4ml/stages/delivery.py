@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cd4ml import cache, clients, events, smoke
+from cd4ml import cache, clients, events, identities, smoke
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, list_objects
@@ -28,7 +28,7 @@ from cd4ml.manifest import Manifest, parse
 from cd4ml.outcome import Outcome
 from cd4ml.payloads import Artifact
 from cd4ml.requirements import RecordDisagrees
-from cd4ml.run import BUILD_ENDED, Run, is_run_id
+from cd4ml.run import BUILD_ENDED, Run, RunId, is_run_id
 from cd4ml.runtime import Context, checked_run
 
 RUN_TAG = "cd4ml-run-"
@@ -43,8 +43,8 @@ BUILD_TIMEOUT = timedelta(minutes=20)
 
 
 def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
-    """``REGISTRY/MODEL:RUN_ID``."""
-    return f"{ctx.settings.registry.rstrip('/')}/{manifest.name}:{run_id}"
+    """``REGISTRY/MODEL:RUN_ID`` (``{model}`` in REGISTRY: the model's own repository)."""
+    return f"{identities.image_repository(ctx.settings.registry, manifest.name)}:{run_id}"
 
 
 # --- build_image -------------------------------------------------------------------------------------------
@@ -148,8 +148,9 @@ def build_request(
         # No substitutions: Cloud Build's default MUST_MATCH refuses any that no step uses (cloudbuild.proto,
         # BuildOptions.SubstitutionOption); the run id and model hash are already literal labels above.
     )
-    if ctx.settings.build_service_account:
-        build.service_account = f"projects/{ctx.settings.project}/serviceAccounts/{ctx.settings.build_service_account}"
+    if ctx.settings.build_service_account:  # the model's own build account: it may push REGISTRY/MODEL only
+        account = identities.service_account(ctx.settings.build_service_account, "build", manifest.name)
+        build.service_account = f"projects/{ctx.settings.project}/serviceAccounts/{account}"
         build.options = cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY)
     return build
 
@@ -491,17 +492,17 @@ class PushNotice:
 
     def run_id(self, registry: str) -> str | None:
         """The run of a push of ``REGISTRY/MODEL:RUN_ID`` by digest; None for anything else."""
-        prefix = registry.rstrip("/") + "/"
         _, _, tag = self.tag.rpartition(":")
-        if self.action != "INSERT" or not self.tag.startswith(prefix) or "@sha256:" not in self.digest_ref:
+        if self.action != "INSERT" or "@sha256:" not in self.digest_ref or not is_run_id(tag):
             return None
-        return tag if is_run_id(tag) else None
+        model = RunId.parse(tag).model
+        return tag if self.tag == f"{identities.image_repository(registry, model)}:{tag}" else None
 
 
 def pushed(notice: PushNotice, run: Run, registry: str) -> Outcome:
     """image.pushed with the image by digest, when the pushed repository is the run's model's."""
     repository = notice.tag.rpartition(":")[0]
-    if repository != registry.rstrip("/") + "/" + run.model:
+    if repository != identities.image_repository(registry, run.model):
         return Outcome.nothing(f"push of {notice.tag} matches no run; ignored")
     reference = f"{repository}@{notice.digest_ref.rsplit('@', 1)[1]}"
     return Outcome.event(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from cd4ml import cache, catalog, clients, events
+from cd4ml import cache, catalog, clients, events, identities
 from cd4ml.bus import bounded
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
@@ -66,8 +66,8 @@ def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: Dataset) 
         base_output_directory=types.GcsDestination(output_uri_prefix=model_dir(ctx, run_id).removesuffix("model/")),
         scheduling=types.Scheduling(timeout=duration_pb2.Duration(seconds=t.timeout_seconds)),
     )
-    if ctx.settings.training_service_account:
-        spec.service_account = ctx.settings.training_service_account
+    if ctx.settings.training_service_account:  # the model's own training account: its datasets and runs only
+        spec.service_account = identities.service_account(ctx.settings.training_service_account, "train", manifest.name)
     return types.CustomJob(
         display_name=f"cd4ml-{run_id}", job_spec=spec, labels={RUN_LABEL: run_id, "cd4ml_model": manifest.name}
     )
