@@ -46,7 +46,19 @@ locals {
   iam_grants = { for k, g in local.iam_plan : k => merge(g, {
     member = local.iam_members[g.member]
     target = local.iam_targets[g.target]
+    # `custom/ID`: the project's custom role made below, where a predefined role holds more than the calls need.
+    role = startswith(g.role, "custom/") ? google_project_iam_custom_role.cd4ml[trimprefix(g.role, "custom/")].name : g.role
   }) }
+}
+
+resource "google_project_iam_custom_role" "cd4ml" {
+  for_each = yamldecode(file("${path.module}/iam_bindings.yaml")).custom_roles
+
+  project     = var.project_id
+  role_id     = each.key
+  title       = each.value.title
+  description = each.value.why
+  permissions = each.value.permissions
 }
 
 resource "google_project_iam_member" "grant" {

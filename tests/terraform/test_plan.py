@@ -81,9 +81,7 @@ def test_an_unsupported_argument_fails_validate(copy: Path) -> None:
 
 
 def test_a_reference_to_an_unsupported_attribute_fails_validate(copy: Path) -> None:
-    (copy / "probe.tf").write_text(
-        'output "probe" {\n  value = google_artifact_registry_repository.images.registry_url\n}\n'
-    )
+    (copy / "probe.tf").write_text('output "probe" {\n  value = google_storage_bucket.bucket["data"].registry_url\n}\n')
     output = _fails(copy, "validate")
     assert "Error: Unsupported attribute" in output and "registry_url" in output, output
 
