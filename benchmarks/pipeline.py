@@ -131,7 +131,7 @@ class Pipeline:
         os.environ.update({k: v for k, v in self.env.items() if not k.startswith("CD4ML_")})
         self.settings = Settings.from_env(self.env)
         self.db = clients.firestore_client(self.settings)
-        self.ledger = ledger.Ledger(self.db)
+        self.ledger = ledger.Ledger.firestore(self.db)
         self.bus = Bus(self.settings.project)
         self.ticker = Ticker(self.bus, self.settings.project, tick_seconds)
         self._next_slot = now().replace(microsecond=0)

@@ -86,10 +86,12 @@ def _start_services(stack: Stack) -> None:
         env,
     )
     _start_iam(stack)
-    # Trainers (and their package downloads) act as the training service account.
+    # Trainers (and their package downloads) act as the training service account; images are pulled as Vertex's
+    # service agent (_vertex_container.service_agent_creds).
     vertex_env = {
         **_child_env(stack),
         "STORAGE_EMULATOR_HOST": stack.endpoints["identities"]["training"]["STORAGE_EMULATOR_HOST"],
+        "LOCAL_TOKEN_KEY": str(token_key(stack)),
     }
     stack.start(
         "vertex",
@@ -168,6 +170,14 @@ def write_gate_key(stack: Stack, model: str) -> str:
     return key_file.read_text().strip()
 
 
+def token_key(stack: Stack) -> Path:
+    """The key of the stack's access tokens (``local_emulator.access_tokens``), made on first use."""
+    from local_emulator import access_tokens
+
+    path = stack.root / "iam" / "token.key"
+    return path if path.exists() else access_tokens.new_key(path)
+
+
 def _start_iam(stack: Stack, attempts: int = 3) -> None:
     """The IAM proxy, serving every identity on ports chosen here; ready when all are open.
 
@@ -177,7 +187,12 @@ def _start_iam(stack: Stack, attempts: int = 3) -> None:
     """
     for attempt in range(1, attempts + 1):
         argv, stack.endpoints["identities"] = iam_proxy.command(
-            PROJECT, DATA_BUCKET, ARTIFACT_BUCKET, stack.endpoints["pubsub"], stack.endpoints["storage"]
+            PROJECT,
+            DATA_BUCKET,
+            ARTIFACT_BUCKET,
+            stack.endpoints["pubsub"],
+            stack.endpoints["storage"],
+            token_key(stack),
         )
         stack.start("iam", argv, _child_env(stack, emulators=False))
         try:
@@ -196,7 +211,7 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     from cd4ml_cli import models
 
     env = _child_env(stack)
-    ports = {name: processes.free_port() for name in ("cloudbuild", "gate")}
+    ports = {name: processes.free_port() for name in ("cloudbuild", "gate", "registry_tokens")}
     ports["registry"] = (
         int(stack.endpoints["registry"].rsplit(":", 1)[1]) if "registry" in stack.endpoints else processes.free_port()
     )
@@ -205,6 +220,7 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
             "registry": f"127.0.0.1:{ports['registry']}",
             "cloudbuild": f"127.0.0.1:{ports['cloudbuild']}",
             "gate": f"https://127.0.0.1:{ports['gate']}",
+            "registry_tokens": f"http://127.0.0.1:{ports['registry_tokens']}/v2/token",
         }
     )
     manifests = [models.read(f) for f in folders]
@@ -219,14 +235,18 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
         ports["registry_api"] = processes.free_port()
         stack.endpoints["registry_api"] = f"127.0.0.1:{ports['registry_api']}"
         front = ["--api-port", str(ports["registry_api"])]
+    # Distribution's token auth: the registry's own process serves the realm, granting from iam_bindings.yaml.
+    tokens = ["--token-port", str(ports["registry_tokens"]), "--token-key", str(token_key(stack))]
     for name, env_for, more in (
-        ("registry", env, front),
-        ("cloudbuild", {**env, "STORAGE_EMULATOR_HOST": build_storage}, []),
+        ("registry", env, [*front, *tokens]),
+        ("cloudbuild", {**env, "STORAGE_EMULATOR_HOST": build_storage}, ["--token-key", str(token_key(stack))]),
     ):
         stack.start(name, [*_stand_in(f"local_emulator.{name}", ports[name], stack.root / name), *more], env_for)
     start_gate(stack)
     _start_receiver(stack, [models.read(f) for f in folders])
-    stack.wait("registry", _http_ok(f"http://127.0.0.1:{ports['registry']}/v2/"))
+    stack.wait(
+        "registry", lambda: processes.port_open(ports["registry"]) and processes.port_open(ports["registry_tokens"])
+    )
     # The Cloud Build stand-in opens its port once its base image is ready: minutes on a cold cache.
     stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]), timeout=300)
 
@@ -391,6 +411,16 @@ def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> 
     for folder in folders:
         argv += ["--manifest", str(folder / "manifest.yaml")]
     stack.start("scheduler", argv, env)
+
+
+def _start_ui(stack: Stack) -> str:
+    """The read-only web view of the ledger (``cd4ml ui``, package cd4ml_ui) on the stack's Firestore; its address."""
+    port = processes.free_port()
+    stack.endpoints["ui"] = f"http://127.0.0.1:{port}/"
+    env = {**_child_env(stack), "CD4ML_PROJECT": PROJECT}
+    stack.start("ui", [sys.executable, "-m", "cd4ml_ui", "--host", "127.0.0.1", "--port", str(port)], env)
+    stack.wait("ui", _http_ok(f"http://127.0.0.1:{port}/healthz"))
+    return str(stack.endpoints["ui"])
 
 
 def push_model(stack: Stack, folder: Path) -> str:

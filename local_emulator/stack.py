@@ -105,7 +105,7 @@ def _base_env() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("CD4ML_", "PUBSUB_EMULATOR", "FIRESTORE_EMULATOR", "STORAGE_EMULATOR"))
+        if not k.startswith(("CD4ML_", "PUBSUB_EMULATOR", "FIRESTORE_EMULATOR", "STORAGE_EMULATOR", "GCE_METADATA"))
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -143,9 +143,10 @@ def _settings(stack: Stack) -> dict[str, str]:
         "CD4ML_DATA_BUCKET": DATA_BUCKET,
         "CD4ML_ARTIFACT_BUCKET": ARTIFACT_BUCKET,
         "CD4ML_VERTEX_ENDPOINT": f"http://{stack.endpoints['vertex']}",
-        "CD4ML_TRAINING_SERVICE_ACCOUNT": f"cd4ml-training@{PROJECT}.iam.gserviceaccount.com",
-        "CD4ML_BUILD_SERVICE_ACCOUNT": f"cd4ml-build@{PROJECT}.iam.gserviceaccount.com",
-        "CD4ML_REGISTRY": f"{stack.endpoints['registry']}/cd4ml",
+        # Each model's own accounts and repository, as Terraform sets them (terraform/main.tf, cd4ml.identities).
+        "CD4ML_TRAINING_SERVICE_ACCOUNT": f"{{account}}@{PROJECT}.iam.gserviceaccount.com",
+        "CD4ML_BUILD_SERVICE_ACCOUNT": f"{{account}}@{PROJECT}.iam.gserviceaccount.com",
+        "CD4ML_REGISTRY": f"{stack.endpoints['registry']}/cd4ml-{{model}}",
         # Distribution speaks plain HTTP here; under the chaos session through its API front (_registry_front)
         "CD4ML_REGISTRY_API": f"http://{stack.endpoints.get('registry_api', stack.endpoints['registry'])}",
         "CD4ML_CLOUDBUILD_ENDPOINT": f"http://{stack.endpoints['cloudbuild']}",
@@ -219,6 +220,7 @@ def up(
         _start_functions,
         _start_scheduler,
         _start_services,
+        _start_ui,
     )
 
     try:
@@ -233,6 +235,7 @@ def up(
             say(f"model {pushed} pushed")
         if scheduler:
             _start_scheduler(stack, tick_seconds, models if models is not None else default_models())
+        say(f"web view (cd4ml ui): {_start_ui(stack)}")
     except BaseException:
         down(stack)
         raise

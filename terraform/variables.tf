@@ -111,3 +111,20 @@ variable "labels" {
   description = "Labels added to every labelled resource."
   default     = {}
 }
+
+variable "ui_image" {
+  type        = string
+  description = "Container image of the web view (cd4ml_ui/Dockerfile), e.g. REGION-docker.pkg.dev/PROJECT/cd4ml/cd4ml-ui@sha256:...; null deploys no web view."
+  default     = null
+}
+
+variable "ui_viewers" {
+  type        = list(string)
+  description = "Principals that may open the web view through `gcloud run services proxy` (run.invoker on it), e.g. group:ml-team@example.com."
+  default     = []
+
+  validation {
+    condition     = alltrue([for v in var.ui_viewers : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):.+", v))])
+    error_message = "ui_viewers must be IAM principals (user:, group:, serviceAccount:, domain:, principal:, principalSet:); allUsers and allAuthenticatedUsers would make the ledger public."
+  }
+}
