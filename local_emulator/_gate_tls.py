@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +106,10 @@ def make(directory: Path, client_file: Path) -> GateTls:
         path.chmod(0o600)
     tls.trust.write_bytes(Path(certifi.where()).read_bytes() + b"\n" + ca_pem)
     return tls
+
+
+def client_context(stack_root: Path) -> ssl.SSLContext:
+    """A TLS context that trusts the stack's Gate and presents the functions' client certificate (for tests, tools)."""
+    context = ssl.create_default_context(cafile=str(stack_root / "gate" / "tls" / "ca.pem"))
+    context.load_cert_chain(stack_root / "secrets" / "gate-client.pem")
+    return context

@@ -258,6 +258,13 @@ class GateClient:
                         f"{response.headers.get('Location', '?')}: a login redirect, not Gate's JSON; check "
                         "CD4ML_GATE_AUTH (the credentials cd4ml sends) and Gate's authentication"
                     )
+                if response.status_code in (401, 403):
+                    # Unknown is not "none": the execution may exist, and acting on "none" would call the webhook again.
+                    raise _Unauthorized(
+                        f"Gate refused {method} {self.url + path}: HTTP {response.status_code} "
+                        f"{response.text[:200]}; check CD4ML_GATE_AUTH (the credentials cd4ml sends) and that its "
+                        "Spinnaker user may READ the application"
+                    )
                 if response.status_code != 429 and response.status_code < 500:
                     raise _Refused(f"Gate refused {method} {path}: HTTP {response.status_code} {response.text[:200]}")
                 last = f"HTTP {response.status_code}"
@@ -291,6 +298,10 @@ class _Unreachable(Exception):
 
 class _NotJson(_Unreachable):
     """A 2xx/3xx answer that is not Gate's JSON: retryable (not the run's fault), never retried within the call."""
+
+
+class _Unauthorized(_Unreachable):
+    """401/403: retryable (credentials are configuration, not the run's fault), never retried within the call."""
 
 
 class _Refused(Exception):
