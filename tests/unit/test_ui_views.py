@@ -341,3 +341,11 @@ def test_cd4ml_ui_is_a_command_and_says_what_is_missing(
     assert capsys.readouterr().err.strip() == (
         "cd4ml: no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`"
     )
+
+
+def test_a_run_whose_gate_names_no_champion_still_renders() -> None:
+    record = run_record()
+    record["evaluation"]["gate"] = {"metric": "accuracy", "threshold": 0.9}
+    answer = _client([record]).get(f"/runs/{record['run_id']}")
+    assert answer.status_code == 200
+    assert "accuracy (gate) 0.9778 —" in _text(answer.get_data(as_text=True))
