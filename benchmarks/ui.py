@@ -92,18 +92,19 @@ def record(i: int, start: datetime, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def seed(db: Any, count: int) -> list[str]:
-    """Write ``count`` finished runs to ``runs/`` in batches of 500 (Firestore's limit per commit); their ids."""
+def seed(db: Any, count: int, batch_size: int = 100) -> list[str]:
+    """Write ``count`` finished runs to ``runs/`` in batches (Firestore takes up to 500 writes per commit; the
+    emulator under load timed out on 300 large documents at once); their ids."""
     rng = random.Random(21)
     start = datetime(2025, 1, 1, tzinfo=UTC)
     ids: list[str] = []
-    for first in range(0, count, 500):
+    for first in range(0, count, batch_size):
         batch = db.batch()
-        for i in range(first, min(first + 500, count)):
+        for i in range(first, min(first + batch_size, count)):
             run = record(i, start, rng)
             batch.set(db.collection("runs").document(run["run_id"]), run)
             ids.append(run["run_id"])
-        batch.commit()
+        batch.commit(timeout=300)
     return ids
 
 
