@@ -207,8 +207,8 @@ def test_an_unknown_resource_type_is_caught(copy: Path, schema: provider_schema.
     _plant(
         copy,
         "registry.tf",
-        'resource "google_artifact_registry_repository" "images"',
-        'resource "google_artifact_registry_repo" "images"',
+        'resource "google_artifact_registry_repository" "model"',
+        'resource "google_artifact_registry_repo" "model"',
     )
     problems = check_module(copy, schema)
     assert any("unknown resource type 'google_artifact_registry_repo'" in str(p) for p in problems)
