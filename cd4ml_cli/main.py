@@ -316,8 +316,12 @@ def cmd_model_push(args: argparse.Namespace) -> int:
 def cmd_model_check(args: argparse.Namespace) -> int:
     from cd4ml_cli import models
 
-    manifest = models.read(Path(args.folder))
-    print(f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone})")
+    manifest = models.check(Path(args.folder))
+    print(
+        f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone}); "
+        + ("executor image, trainer module and " if manifest.training.executor_image else "")
+        + ("smoke requests found" if manifest.smoke else "no smoke test")
+    )
     return 0
 
 
@@ -372,7 +376,11 @@ def parser() -> argparse.ArgumentParser:
     push = model_sub.add_parser("push", help="validate and upload the manifest and trainer package")
     push.add_argument("folder")
     push.set_defaults(func=cmd_model_push)
-    check = model_sub.add_parser("check", help="validate the manifest only")
+    check = model_sub.add_parser(
+        "check",
+        help="validate the manifest and what can be known before a run: the executor image is Vertex AI's, the "
+        "trainer module is in the package, the serving and smoke files exist",
+    )
     check.add_argument("folder")
     check.set_defaults(func=cmd_model_check)
     for plugin in _plugins():
