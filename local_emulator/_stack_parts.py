@@ -352,12 +352,16 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
 
 
 def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> None:
-    """What Terraform's Cloud Scheduler jobs publish, for exactly the models this stack was started with."""
+    """What Terraform's Cloud Scheduler jobs publish: for each model pushed to the stack (push_model writes its
+    manifest to the jobs folder, read again on change), and the watch tick."""
     env = _child_env(stack)
     argv = [sys.executable, "-m", "local_emulator.scheduler", "--project", PROJECT, "--tick-seconds", str(tick_seconds)]
-    for folder in folders:
-        argv += ["--manifest", str(folder / "manifest.yaml")]
-    stack.start("scheduler", argv, env)
+    stack.start("scheduler", [*argv, "--jobs-dir", str(_jobs_dir(stack))], env)
+
+
+def _jobs_dir(stack: Stack) -> Path:
+    """The local scheduler's jobs: one manifest per pushed model (what terraform apply makes a job of)."""
+    return stack.root / "scheduler"
 
 
 def push_model(stack: Stack, folder: Path) -> str:
@@ -370,6 +374,9 @@ def push_model(stack: Stack, folder: Path) -> str:
     _set_client_env(stack)
     storage = clients.storage_client(_cli_settings())
     pushed = models.push(storage, folder, ARTIFACT_BUCKET)
+    jobs = _jobs_dir(stack)
+    jobs.mkdir(parents=True, exist_ok=True)
+    (jobs / f"{pushed.manifest.name}.yaml").write_text((folder / models.MANIFEST).read_text())
     if "notify" in stack.endpoints:
         write_notify_secrets(stack, pushed.manifest)
     if "gate" in stack.endpoints:

@@ -244,6 +244,7 @@ _STACK_STATE = (
     "notify",
     "vertex",
     "registry",
+    "scheduler",
 )
 #: Cloud Build's image storage is kept: it holds base images only (the stand-in clears leftover containers at start).
 _BUILD_KEPT = "containers"
