@@ -313,8 +313,12 @@ def cmd_model_push(args: argparse.Namespace) -> int:
                 seeded = "source data seeded from seed_data.py" if (folder / "seed_data.py").is_file() else "no data"
                 print(
                     f"model {name} pushed to the local stack: manifest, trainer package and serving files; {seeded}; "
-                    f"canary pipeline {manifest.canary_pipeline or name + '-canary'} on the local Gate; "
-                    f"scheduled {manifest.schedule!r} ({manifest.time_zone}). `cd4ml run {name} --wait` runs it now"
+                    + (
+                        f"canary pipeline {manifest.canary_pipeline or name + '-canary'} on the local Gate; "
+                        if manifest.canary_application
+                        else "no canary (promoted once the smoke test passes); "
+                    )
+                    + f"scheduled {manifest.schedule!r} ({manifest.time_zone}). `cd4ml run {name} --wait` runs it now"
                 )
                 return 0
     settings = _settings()

@@ -137,6 +137,7 @@ def gate_config(manifests: list[Any], key: str) -> dict[str, Any]:
                 ],
             }
             for m in manifests
+            if m.canary_application  # a model without a canary has no pipeline
         ]
     }
 

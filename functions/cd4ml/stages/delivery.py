@@ -15,6 +15,7 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -535,6 +536,19 @@ def canary_started(
     )
 
 
+def without_canary(model: str, smoke_result: Mapping[str, Any] | None) -> Outcome:
+    """A manifest without a canary: the image is proven by its smoke test alone, and canary.succeeded says so."""
+    tested = (
+        f"its smoke test passed ({smoke_result.get('agreed')}/{smoke_result.get('requests')} golden requests agreed)"
+        if smoke_result and smoke_result.get("passed")
+        else "it has no smoke test either"
+    )
+    why = f"no canary in the manifest: promoted on the build alone; {tested}"
+    return Outcome.event(
+        events.CANARY_SUCCEEDED, {"model": model, "without_canary": why}, {"canary": {"without_canary": why}}
+    )
+
+
 def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     """image.pushed → Spinnaker webhook, once; then canary.triggered (execution confirmed) or canary.failed."""
     from cd4ml import secrets, spinnaker
@@ -548,6 +562,9 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
         ctx.info("image pushed before its build ended; the canary waits for the build to succeed", run_id)
         return
     manifest = parse(run.manifest)
+    if not manifest.canary_application:
+        ctx.conclude(run_id, without_canary(manifest.name, run.extra.get("smoke")))
+        return
     gate = spinnaker.GateClient(ctx.settings.gate_url)
     payload = spinnaker.webhook_payload(
         model=manifest.name,
