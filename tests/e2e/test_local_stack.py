@@ -63,7 +63,9 @@ def test_up_run_down_three_times_in_one_checkout_each_run_succeeds_and_nothing_s
             routes = json.loads((state / "pubsub-push.json").read_text())
             assert len(routes) == len({r["subscription"] for r in routes})  # one route per subscription
             assert {r["endpoint"].split("/projects/")[0] for r in routes} <= set(endpoints["functions"].values())
-            run = _cd4ml("run", "digits", "--wait", "--timeout", "600", state=state)
+            # diabetes: its image needs no pip install, so each cycle's full run (nothing is cached across a restart)
+            # costs seconds of build instead of digits' ~20
+            run = _cd4ml("run", "diabetes", "--wait", "--timeout", "600", state=state)
             assert run.returncode == 0, f"cycle {cycle + 1}: {run.stdout[-2000:]} {run.stderr[-2000:]}"
             assert "model.promoted" in run.stdout
         finally:
