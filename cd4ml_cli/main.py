@@ -406,7 +406,19 @@ def cmd_model_check(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="cd4ml", description="Continuous training and delivery of ML models on Google Cloud."
+        prog="cd4ml",
+        description="Continuous training and delivery of ML models on Google Cloud.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "a first model, on the local stack:\n"
+            "  cd4ml local up                          start the emulators, stand-ins and functions\n"
+            "  cd4ml model init NAME                   a model folder from a template (--template ...)\n"
+            "  cd4ml model train NAME --local          its trainer as Vertex AI runs it: metrics\n"
+            "  cd4ml model push NAME                   register it (data, canary pipeline, schedule)\n"
+            "  cd4ml run NAME --wait                   a run, followed live\n"
+            "  cd4ml status RUN | logs RUN | dead-letters   what happened, and why\n"
+            "Without CD4ML_PROJECT the command talks to the running local stack; with it, to that project."
+        ),
     )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="request a run of a model now")
