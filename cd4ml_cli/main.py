@@ -281,9 +281,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from cd4ml_cli import run_logs
 
     settings = _settings()
-    folders = [f for f in (getattr(p, "log_dir", lambda: None)() for p in _plugins()) if f is not None]
-    if folders and os.environ.get("CD4ML_PROJECT") == settings.project:
-        entries = run_logs.local_lines(Path(folders[0]), args.run, args.stage)
+    local = [
+        Path(folder)
+        for plugin in _plugins()
+        if (folder := getattr(plugin, "log_dir", lambda: None)())
+        and (getattr(plugin, "environment", lambda: None)() or {}).get("CD4ML_PROJECT") == settings.project
+    ]
+    if local:  # the project is the running local stack's: its functions' log files
+        entries = run_logs.local_lines(local[0], args.run, args.stage)
     else:
         entries = run_logs.cloud_lines(settings.project, args.run, args.stage)
     for line in run_logs.render(entries):
