@@ -66,7 +66,8 @@ def train(folder: Path, work: Path, data: Path | None = None) -> Trained:
     """Train the folder's model in ``work`` as Vertex would; Cd4mlError naming why it could not or did not."""
     from local_emulator._vertex_envs import InstallFailed, default_cache_dir, trainer_env
     from local_emulator._vertex_images import executor_image
-    from local_emulator._vertex_runner import JobContext, trainer_environment
+    from local_emulator._vertex_job import JobContext
+    from local_emulator._vertex_runner import trainer_environment
 
     from cd4ml.stages.training import custom_job
 

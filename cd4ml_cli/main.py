@@ -18,13 +18,21 @@ from cd4ml_cli.deadletters import held_by_stage, held_messages
 from cd4ml_cli.deadletters import subscriber as _subscriber
 
 PLUGIN_GROUP = "cd4ml.cli"
+#: Plugins that ship with the command itself (same shape as the entry points): ``cd4ml ui``.
+BUILT_IN_PLUGINS = ("cd4ml_ui.cli",)
 
 
 def _plugins() -> list[Any]:
     """Modules registered under the ``cd4ml.cli`` entry point group: ``register(subparsers)``, ``environment()``."""
+    from importlib import import_module
     from importlib.metadata import entry_points
 
     found = []
+    for name in BUILT_IN_PLUGINS:
+        try:
+            found.append(import_module(name))
+        except ImportError:  # its web framework is not installed here
+            continue
     for entry in entry_points(group=PLUGIN_GROUP):
         try:
             found.append(entry.load())
@@ -151,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cd4ml_cli.timeline import render
 
     settings = _settings()
-    book = ledger.Ledger(clients.firestore_client(settings))
+    book = ledger.Ledger.firestore(clients.firestore_client(settings))
     if args.run:
         if args.follow:
             return follow(settings, args.run, args.timeout, args.json)

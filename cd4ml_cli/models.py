@@ -40,6 +40,9 @@ def read(folder: Path) -> Manifest:
     if not file.is_file():
         raise InvalidManifest(f"no {MANIFEST} in {folder}")
     manifest = loads(file.read_text(), origin=str(file))
+    outside = _outside(folder, manifest)
+    if outside:
+        raise InvalidManifest(f"invalid {folder}: a push uploads only what is inside the model folder", outside)
     if not (folder / manifest.dockerfile).is_file():
         raise InvalidManifest(
             f"invalid {file}", [f"serving.dockerfile: {manifest.dockerfile} does not exist in {folder}"]
@@ -93,6 +96,23 @@ def _module_problems(folder: Path, manifest: Manifest) -> list[str]:
         f"training.python_package.python_module: {module} is not in the trainer package (no {relative}.py under "
         f"{folder}, beside setup.py); Vertex AI runs `python -m {module}`"
     ]
+
+
+def _outside(folder: Path, manifest: Manifest) -> list[str]:
+    """What a push would take from outside ``folder``: a serving path leading out of it (``../``, an absolute path)
+    or a symlink resolving out of it (a push must never upload a home directory or a key)."""
+    root = folder.resolve()
+    problems = []
+    named = {"serving.dockerfile": manifest.dockerfile}
+    if manifest.smoke is not None:
+        named["serving.smoke.requests"] = manifest.smoke.requests
+    for field, relative in named.items():
+        if not (folder / relative).resolve().is_relative_to(root):
+            problems.append(f"{field}: {relative} leads outside {folder}")
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            problems.append(f"{path.relative_to(folder)} is a symlink to {path.resolve()}, outside {folder}")
+    return problems
 
 
 def _packaged(folder: Path) -> list[Path]:

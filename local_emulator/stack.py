@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -87,10 +88,12 @@ class Stack:
         processes.wait_until(check, what=name, timeout=timeout, pid=self.pids[name], log=self.logs / f"{name}.log")
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def _http_ok(url: str, ca: Path | None = None) -> Callable[[], bool]:
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 return bool(response.status < 500)
         except OSError:
             return False
@@ -102,7 +105,7 @@ def _base_env() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("CD4ML_", "PUBSUB_EMULATOR", "FIRESTORE_EMULATOR", "STORAGE_EMULATOR"))
+        if not k.startswith(("CD4ML_", "PUBSUB_EMULATOR", "FIRESTORE_EMULATOR", "STORAGE_EMULATOR", "GCE_METADATA"))
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -122,8 +125,14 @@ def _child_env(
     return env
 
 
-def _gate_key_file(stack: Stack) -> Path:
-    return stack.root / "secrets" / "spinnaker-webhook-key"
+def _gate_key_file(stack: Stack, model: str = "{model}") -> Path:
+    """The file of ``model``'s Spinnaker webhook key (the ``{model}`` template by default, as the setting names it)."""
+    return stack.root / "secrets" / f"spinnaker-key-{model}"
+
+
+def _gate_client_certificate(stack: Stack) -> Path:
+    """The functions' X.509 client certificate for Gate (local_emulator/_gate_tls.py)."""
+    return stack.root / "secrets" / "gate-client.pem"
 
 
 def _settings(stack: Stack) -> dict[str, str]:
@@ -134,14 +143,17 @@ def _settings(stack: Stack) -> dict[str, str]:
         "CD4ML_DATA_BUCKET": DATA_BUCKET,
         "CD4ML_ARTIFACT_BUCKET": ARTIFACT_BUCKET,
         "CD4ML_VERTEX_ENDPOINT": f"http://{stack.endpoints['vertex']}",
-        "CD4ML_TRAINING_SERVICE_ACCOUNT": f"cd4ml-training@{PROJECT}.iam.gserviceaccount.com",
-        "CD4ML_BUILD_SERVICE_ACCOUNT": f"cd4ml-build@{PROJECT}.iam.gserviceaccount.com",
-        "CD4ML_REGISTRY": f"{stack.endpoints['registry']}/cd4ml",
+        # Each model's own accounts and repository, as Terraform sets them (terraform/main.tf, cd4ml.identities).
+        "CD4ML_TRAINING_SERVICE_ACCOUNT": f"{{account}}@{PROJECT}.iam.gserviceaccount.com",
+        "CD4ML_BUILD_SERVICE_ACCOUNT": f"{{account}}@{PROJECT}.iam.gserviceaccount.com",
+        "CD4ML_REGISTRY": f"{stack.endpoints['registry']}/cd4ml-{{model}}",
         # Distribution speaks plain HTTP here; under the chaos session through its API front (_registry_front)
         "CD4ML_REGISTRY_API": f"http://{stack.endpoints.get('registry_api', stack.endpoints['registry'])}",
         "CD4ML_CLOUDBUILD_ENDPOINT": f"http://{stack.endpoints['cloudbuild']}",
         "CD4ML_GATE_URL": stack.endpoints["gate"],
+        "CD4ML_GATE_AUTH": f"x509:file:{_gate_client_certificate(stack)}",  # the Gate stand-in requires it
         "CD4ML_GATE_KEY_SECRET": f"file:{_gate_key_file(stack)}",
+        "CD4ML_GATE_CONFIRM_SECONDS": "30",
         # Each notification channel's webhook URL (the receiver stand-in's), one file per channel (_stack_parts)
         "CD4ML_NOTIFY_SECRETS": f"file:{stack.root / 'secrets'}/notify-{{channel}}",
     }
@@ -154,6 +166,8 @@ def stage_env(stack: Stack, stage: str) -> dict[str, str]:
     # Pub/Sub and GCS through its identity's IAM proxy ports; only functions/ importable, as in the archive.
     env = _child_env(stack, f"function:{stage}", path=(FUNCTIONS_DIR,))
     env.update({k: v for k, v in values.items() if k in names})
+    if "CD4ML_GATE_URL" in names:  # Gate's certificate is signed by the stack's CA (production: a public one)
+        env["REQUESTS_CA_BUNDLE"] = str(stack.root / "gate" / "tls" / "trust.pem")
     return env
 
 
@@ -205,6 +219,7 @@ def up(
         _start_functions,
         _start_scheduler,
         _start_services,
+        _start_ui,
     )
 
     folders = usable_models(models if models is not None else default_models(), say)
@@ -220,6 +235,7 @@ def up(
             say(f"model {pushed} pushed")
         if scheduler:
             _start_scheduler(stack, tick_seconds, folders)
+        say(f"web view (cd4ml ui): {_start_ui(stack)}")
     except BaseException:
         down(stack)
         raise
@@ -232,19 +248,21 @@ def up(
 #: What a stopped stack leaves in its state dir that the next ``up`` must not inherit: it all belonged to emulators
 #: whose data died with them (Pub/Sub, Firestore and Cloud Storage keep theirs in memory). The relay's routes named
 #: the old functions' ports (the relay would push there forever); job, build and execution records, registry blobs
-#: and aliases, received notices and secrets would answer a new run's recovery queries with an old stack's facts.
+#: and aliases, received notices and the token key would answer a new run's recovery queries (or sign its tokens)
+#: with an old stack's facts. secrets/ stays: the per-model webhook keys are kept across restarts, as Secret Manager
+#: keeps them; each channel's URL there is written again by every push.
 _STACK_STATE = (
     STATE_FILE,
     "logs",
     "pubsub-push.json",
     "pubsub-push.tmp",
     "supervisor.json",
-    "secrets",
     "gate",
     "notify",
     "vertex",
     "registry",
     "scheduler",
+    "iam",
 )
 #: Cloud Build's image storage is kept: it holds base images only (the stand-in clears leftover containers at start).
 _BUILD_KEPT = "containers"

@@ -242,6 +242,11 @@ class Manifest:
         return fire.astimezone(UTC)
 
 
+def webhook_source(model: str) -> str:
+    """The webhook source of ``model``'s canary pipeline: derived from its name, never free text of a manifest."""
+    return f"cd4ml-{model}"
+
+
 # libyaml's loader when PyYAML has it (its wheels do): ten times faster than the pure-Python one.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -278,6 +283,12 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
                 f"serving.smoke.requests: {smoke['requests']} is not inside the serving folder (the "
                 "Dockerfile's), which is what `cd4ml model push` uploads and the build receives"
             )
+        source = (document.get("canary") or {}).get("webhook_source")
+        if source is not None and source != webhook_source(document["name"]):
+            problems.append(
+                f"canary.webhook_source: {source!r} is not {webhook_source(document['name'])!r}; the webhook source is "
+                "derived from the model's name (drop the field), so a manifest cannot start another model's pipeline"
+            )
         if "bigquery" in document["data"]["source"]:
             problems.append("data.source.bigquery: BigQuery sources are not supported yet; use gcs_prefix")
     if isinstance(document, dict) and isinstance(document.get("evaluation"), dict):
@@ -311,7 +322,7 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
         dockerfile=document["serving"]["dockerfile"],
         base_image=document["serving"]["base_image"],
         canary_application=canary.get("application", ""),
-        webhook_source=canary.get("webhook_source", ""),
+        webhook_source=webhook_source(document["name"]) if canary else "",
         canary_pipeline=canary.get("pipeline", ""),
         canary_deadline_minutes=float(canary.get("deadline_minutes", 60)),
         alias=str(document["serving"].get("alias", "champion")),
@@ -322,8 +333,17 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
     )
 
 
+#: A manifest's largest size: the run record keeps it whole (Firestore's document limit is 1 MiB).
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
 def loads(text: str, origin: str = "manifest") -> Manifest:
-    """Parse and validate a manifest's YAML text."""
+    """Parse and validate a manifest's YAML text (at most ``MAX_MANIFEST_BYTES``)."""
+    size = len(text.encode())
+    if size > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(
+            f"invalid {origin}", [f"{size} bytes: a manifest is at most {MAX_MANIFEST_BYTES} bytes (64 KiB)"]
+        )
     try:
         document = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:

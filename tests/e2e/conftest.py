@@ -31,12 +31,19 @@ class Pipeline:
         self.env = local.client_env(stack)
         self.settings = Settings.from_env(self.env)
         os.environ.update({k: v for k, v in self.env.items() if not k.startswith("CD4ML_")})
-        self.ledger = ledger.Ledger(clients.firestore_client(self.settings))
+        self.ledger = ledger.Ledger.firestore(clients.firestore_client(self.settings))
         self.bus = Bus(self.settings.project)
 
     @property
     def storage(self) -> Any:
         return clients.storage_client(self.settings)
+
+    def registry_creds(self, identity: str = "admin") -> str:
+        """``oauth2accesstoken:TOKEN`` of a stack identity: the registry has token auth (admin: the project owner)."""
+        from local_emulator._stack_parts import token_key
+        from local_emulator.access_tokens import Minter
+
+        return f"oauth2accesstoken:{Minter.from_file(token_key(self.stack)).mint(identity)}"
 
     def next_run_id(self, model: str) -> str:
         """The id of a run requested a moment from now: known before the request (to prepare the stand-ins)."""
