@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cd4ml import catalog
+from cd4ml import catalog, identities
 from local_emulator import _gate_tls, faults, iam_proxy, processes
 from local_emulator.stack import (
     ARTIFACT_BUCKET,
@@ -142,7 +142,10 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
                 "expectedArtifacts": [
                     {
                         "id": f"{m.name}-image",
-                        "matchArtifact": {"type": "docker/image", "name": f"^{re.escape(f'{registry}/{m.name}')}$"},
+                        "matchArtifact": {
+                            "type": "docker/image",
+                            "name": f"^{re.escape(identities.image_repository(registry, m.name))}$",
+                        },
                     }
                 ],
                 "triggers": [
@@ -159,6 +162,11 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
             if m.canary_application  # a model without a canary has no pipeline
         ]
     }
+
+
+def _registry(stack: Stack) -> str:
+    """The stack's CD4ML_REGISTRY: a repository per model (``cd4ml-{model}``), as the builds push to."""
+    return f"{stack.endpoints['registry']}/cd4ml-{{model}}"
 
 
 def write_gate_key(stack: Stack, model: str) -> str:
@@ -228,7 +236,7 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     keys = {m.name: write_gate_key(stack, m.name) for m in manifests}
     config = stack.root / "gate" / "pipelines.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(gate_config(manifests, keys, f"{stack.endpoints['registry']}/cd4ml"), indent=2))
+    config.write_text(json.dumps(gate_config(manifests, keys, _registry(stack)), indent=2))
     _gate_tls.make(stack.root / "gate" / "tls", _gate_client_certificate(stack))
     build_storage = stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]  # builds act as the build account
     front: list[str] = []
@@ -282,9 +290,9 @@ def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
     known = {(p["application"], p["name"]) for p in current["pipelines"]}
     new = [
         p
-        for p in gate_config(
-            [manifest], {manifest.name: write_gate_key(stack, manifest.name)}, f"{stack.endpoints['registry']}/cd4ml"
-        )["pipelines"]
+        for p in gate_config([manifest], {manifest.name: write_gate_key(stack, manifest.name)}, _registry(stack))[
+            "pipelines"
+        ]
         if (p["application"], p["name"]) not in known
     ]
     if new:

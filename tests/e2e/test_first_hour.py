@@ -63,3 +63,23 @@ def test_a_typo_in_the_model_name_is_refused_at_once_naming_the_model_meant(
     assert (
         "no model 'digts' in gs://cd4ml-local-artifacts/manifests/: did you mean 'digits'?" in capsys.readouterr().err
     )
+
+
+def test_data_upload_puts_a_folder_where_the_models_manifest_reads_its_data(pipeline: Any, tmp_path: Path) -> None:
+    data = tmp_path / "fresh"
+    (data / "2026").mkdir(parents=True)
+    (data / "2026" / "more.csv").write_text("a,target\n1,2\n")
+    (data / "notes.csv").write_text("a,target\n3,4\n")
+    bucket = pipeline.storage.bucket(pipeline.settings.data_bucket)
+    try:
+        uploaded = _cd4ml(pipeline, "data", "upload", "diabetes", str(data), cwd=tmp_path)
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert "2 file(s) uploaded to gs://cd4ml-local-data/sources/diabetes/" in uploaded.stderr
+        assert bucket.blob("sources/diabetes/2026/more.csv").download_as_text() == "a,target\n1,2\n"
+        unknown = _cd4ml(pipeline, "data", "upload", "diabets", str(data), cwd=tmp_path)
+        assert unknown.returncode == 2 and "did you mean 'diabetes'?" in unknown.stderr
+    finally:
+        for name in ("sources/diabetes/2026/more.csv", "sources/diabetes/notes.csv"):
+            blob = bucket.blob(name)
+            if blob.exists():
+                blob.delete()  # the diabetes example's runs read this prefix
