@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cd4ml import catalog
+from cd4ml import catalog, identities
 from local_emulator import _gate_tls, faults, iam_proxy, processes
 from local_emulator.stack import (
     ARTIFACT_BUCKET,
@@ -142,7 +142,10 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
                 "expectedArtifacts": [
                     {
                         "id": f"{m.name}-image",
-                        "matchArtifact": {"type": "docker/image", "name": f"^{re.escape(f'{registry}/{m.name}')}$"},
+                        "matchArtifact": {
+                            "type": "docker/image",
+                            "name": f"^{re.escape(identities.image_repository(registry, m.name))}$",
+                        },
                     }
                 ],
                 "triggers": [
@@ -156,8 +159,14 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
                 ],
             }
             for m in manifests
+            if m.canary_application  # a model without a canary has no pipeline
         ]
     }
+
+
+def _registry(stack: Stack) -> str:
+    """The stack's CD4ML_REGISTRY: a repository per model (``cd4ml-{model}``), as the builds push to."""
+    return f"{stack.endpoints['registry']}/cd4ml-{{model}}"
 
 
 def write_gate_key(stack: Stack, model: str) -> str:
@@ -227,7 +236,7 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     keys = {m.name: write_gate_key(stack, m.name) for m in manifests}
     config = stack.root / "gate" / "pipelines.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(gate_config(manifests, keys, f"{stack.endpoints['registry']}/cd4ml"), indent=2))
+    config.write_text(json.dumps(gate_config(manifests, keys, _registry(stack)), indent=2))
     _gate_tls.make(stack.root / "gate" / "tls", _gate_client_certificate(stack))
     build_storage = stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]  # builds act as the build account
     front: list[str] = []
@@ -281,9 +290,9 @@ def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
     known = {(p["application"], p["name"]) for p in current["pipelines"]}
     new = [
         p
-        for p in gate_config(
-            [manifest], {manifest.name: write_gate_key(stack, manifest.name)}, f"{stack.endpoints['registry']}/cd4ml"
-        )["pipelines"]
+        for p in gate_config([manifest], {manifest.name: write_gate_key(stack, manifest.name)}, _registry(stack))[
+            "pipelines"
+        ]
         if (p["application"], p["name"]) not in known
     ]
     if new:
@@ -405,12 +414,16 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
 
 
 def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> None:
-    """What Terraform's Cloud Scheduler jobs publish, for exactly the models this stack was started with."""
+    """What Terraform's Cloud Scheduler jobs publish: for each model pushed to the stack (push_model writes its
+    manifest to the jobs folder, read again on change), and the watch tick."""
     env = _child_env(stack)
     argv = [sys.executable, "-m", "local_emulator.scheduler", "--project", PROJECT, "--tick-seconds", str(tick_seconds)]
-    for folder in folders:
-        argv += ["--manifest", str(folder / "manifest.yaml")]
-    stack.start("scheduler", argv, env)
+    stack.start("scheduler", [*argv, "--jobs-dir", str(_jobs_dir(stack))], env)
+
+
+def _jobs_dir(stack: Stack) -> Path:
+    """The local scheduler's jobs: one manifest per pushed model (what terraform apply makes a job of)."""
+    return stack.root / "scheduler"
 
 
 def _start_ui(stack: Stack) -> str:
@@ -433,6 +446,9 @@ def push_model(stack: Stack, folder: Path) -> str:
     _set_client_env(stack)
     storage = clients.storage_client(_cli_settings())
     pushed = models.push(storage, folder, ARTIFACT_BUCKET)
+    jobs = _jobs_dir(stack)
+    jobs.mkdir(parents=True, exist_ok=True)
+    (jobs / f"{pushed.manifest.name}.yaml").write_text((folder / models.MANIFEST).read_text())
     if "notify" in stack.endpoints:
         write_notify_secrets(stack, pushed.manifest)
     if "gate" in stack.endpoints:

@@ -210,8 +210,7 @@ def up(
     existing = Stack.load(root)
     if existing is not None and existing.running():
         raise AlreadyRunning(f"the local stack is already running (state in {root}); `cd4ml local down` stops it")
-    if existing is not None:
-        shutil.rmtree(root / "logs", ignore_errors=True)
+    reset(root)
     stack = Stack(root=root)
     started = time.monotonic()
     from local_emulator._stack_parts import (
@@ -223,18 +222,19 @@ def up(
         _start_ui,
     )
 
+    folders = usable_models(models if models is not None else default_models(), say)
     try:
         _start_services(stack)
         _apply_topology(stack, plan(catalog.load()))
-        _start_delivery(stack, models if models is not None else default_models())
+        _start_delivery(stack, folders)
         say(f"emulators and stand-ins ready in {time.monotonic() - started:.1f} s")
         _start_functions(stack, supervised)
         say(f"functions ready in {time.monotonic() - started:.1f} s")
-        for folder in models if models is not None else default_models():
+        for folder in folders:
             pushed = push_model(stack, folder)
             say(f"model {pushed} pushed")
         if scheduler:
-            _start_scheduler(stack, tick_seconds, models if models is not None else default_models())
+            _start_scheduler(stack, tick_seconds, folders)
         say(f"web view (cd4ml ui): {_start_ui(stack)}")
     except BaseException:
         down(stack)
@@ -243,6 +243,64 @@ def up(
     stack.save()
     say(f"local stack up in {time.monotonic() - started:.1f} s; state in {root}")
     return stack
+
+
+#: What a stopped stack leaves in its state dir that the next ``up`` must not inherit: it all belonged to emulators
+#: whose data died with them (Pub/Sub, Firestore and Cloud Storage keep theirs in memory). The relay's routes named
+#: the old functions' ports (the relay would push there forever); job, build and execution records, registry blobs
+#: and aliases, received notices and the token key would answer a new run's recovery queries (or sign its tokens)
+#: with an old stack's facts. secrets/ stays: the per-model webhook keys are kept across restarts, as Secret Manager
+#: keeps them; each channel's URL there is written again by every push.
+_STACK_STATE = (
+    STATE_FILE,
+    "logs",
+    "pubsub-push.json",
+    "pubsub-push.tmp",
+    "supervisor.json",
+    "gate",
+    "notify",
+    "vertex",
+    "registry",
+    "scheduler",
+    "iam",
+)
+#: Cloud Build's image storage is kept: it holds base images only (the stand-in clears leftover containers at start).
+_BUILD_KEPT = "containers"
+
+
+def reset(root: Path) -> None:
+    """Clear the state a stopped stack left in ``root`` (never called while one runs); caches are kept."""
+    for name in _STACK_STATE:
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    builds = root / "cloudbuild"
+    if builds.is_dir():
+        for entry in builds.iterdir():
+            if entry.name == _BUILD_KEPT:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def usable_models(folders: Sequence[Path], say: Callable[[str], None]) -> list[Path]:
+    """The model folders whose manifest is valid; each other one is reported (every problem, and the fix) and
+    skipped, so one bad manifest under examples/ costs its own model only, not the stack."""
+    from cd4ml_cli import models
+
+    usable = []
+    for folder in folders:
+        try:
+            models.read(folder)
+        except Cd4mlError as bad:
+            say(f"model folder {folder} skipped: {bad}; fix it and run `cd4ml model push {folder}`")
+        else:
+            usable.append(folder)
+    return usable
 
 
 def default_models() -> list[Path]:
