@@ -340,7 +340,17 @@ def cmd_model_push(args: argparse.Namespace) -> int:
         f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
         + (f", trainer package {pushed.package_uri}" if pushed.package_uri else "")
     )
+    _policy_note(pushed.manifest)
     return 0
+
+
+def _policy_note(manifest: Any) -> None:
+    """Say (one line) when the manifest's approval block is not what the deployed approval policy enforces."""
+    from cd4ml_cli.approvals import policy_note
+
+    note = policy_note(manifest)
+    if note:
+        print(note)
 
 
 def cmd_model_check(args: argparse.Namespace) -> int:
@@ -348,6 +358,7 @@ def cmd_model_check(args: argparse.Namespace) -> int:
 
     manifest = models.read(Path(args.folder))
     print(f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone})")
+    _policy_note(manifest)
     return 0
 
 

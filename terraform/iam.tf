@@ -34,7 +34,6 @@ locals {
       "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
       "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
       "repository"               = google_artifact_registry_repository.images.name
-      "approval_decisions_topic" = google_pubsub_topic.event["cd4ml.approval.decided.v1"].name
       "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
     },
   )

@@ -21,7 +21,16 @@ locals {
     CD4ML_GATE_URL                 = var.spinnaker_gate_url
     CD4ML_GATE_KEY_SECRET          = "${google_secret_manager_secret.gate_key.id}/versions/latest"
     CD4ML_NOTIFY_SECRETS           = "projects/${var.project_id}/secrets/cd4ml-notify-{channel}/versions/latest"
+    CD4ML_APPROVAL_POLICY          = jsonencode(local.approval_policy)
+    CD4ML_DECISION_AUDIENCES       = join(",", concat([local.decision_url], var.decision_user_audiences))
+    CD4ML_TOKEN_CERTS_URL          = "https://www.googleapis.com/oauth2/v1/certs"
+    CD4ML_DECISION_URL             = local.decision_url
   }
+
+  # The decision endpoint's URL, known before the function exists (a function's own `url` would be a cycle in its
+  # environment): Cloud Functions' https://REGION-PROJECT.cloudfunctions.net/NAME, the audience its callers' ID
+  # tokens carry (https://cloud.google.com/functions/docs/securing/authenticating).
+  decision_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.function_names["decide_approval"]}"
 
   labels = merge(var.labels, { app = "cd4ml" })
 }

@@ -55,3 +55,13 @@ output "scheduler_jobs" {
   description = "Cloud Scheduler job of every model, and of the watch tick."
   value       = { for k, j in google_cloud_scheduler_job.job : k => j.name }
 }
+
+output "decision_url" {
+  description = "The decision endpoint `cd4ml approve|reject` calls (CD4ML_DECISION_URL)."
+  value       = local.decision_url
+}
+
+output "approval_policy" {
+  description = "The deployed approval policy (CD4ML_APPROVAL_POLICY), for `cd4ml model check|push` to compare manifests with."
+  value       = jsonencode(local.approval_policy)
+}

@@ -100,3 +100,9 @@ variable "labels" {
   description = "Labels added to every labelled resource."
   default     = {}
 }
+
+variable "decision_user_audiences" {
+  description = "ID-token audiences the decision endpoint also accepts besides its URL: gcloud's OAuth client id, the audience of a user's `gcloud auth print-identity-token` (such a token is accepted by any Cloud Run service the user calls; [] to admit only tokens minted for the endpoint, i.e. service accounts)."
+  type        = list(string)
+  default     = ["32555940559.apps.googleusercontent.com"]
+}
