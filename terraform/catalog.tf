@@ -95,6 +95,11 @@ locals {
 
   approvers = toset(flatten([for name, m in local.manifests : try(m.approval.required, false) ? m.approval.approvers : []]))
 
+  # The decision endpoint's URL, known before the function exists (a function's own `url` would be a cycle in its
+  # environment): Cloud Functions' https://REGION-PROJECT.cloudfunctions.net/NAME, the audience its callers' ID
+  # tokens carry (https://cloud.google.com/functions/docs/securing/authenticating).
+  decision_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.function_names["decide_approval"]}"
+
   # The deployed approval policy (CD4ML_APPROVAL_POLICY): the repository's manifests decide which models wait for whom,
   # never the manifest a model team pushes to the bucket (cd4ml.approval_policy reads this JSON).
   approval_policy = { for name, m in local.manifests : name => {

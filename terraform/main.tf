@@ -27,10 +27,5 @@ locals {
     CD4ML_DECISION_URL             = local.decision_url
   }
 
-  # The decision endpoint's URL, known before the function exists (a function's own `url` would be a cycle in its
-  # environment): Cloud Functions' https://REGION-PROJECT.cloudfunctions.net/NAME, the audience its callers' ID
-  # tokens carry (https://cloud.google.com/functions/docs/securing/authenticating).
-  decision_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.function_names["decide_approval"]}"
-
   labels = merge(var.labels, { app = "cd4ml" })
 }
