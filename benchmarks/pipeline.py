@@ -83,7 +83,7 @@ def make_model(workdir: Path, name: str = MODEL, threshold: float = 0.8, cache: 
         # serve.py loads model.joblib and the centroid trainer writes model.json: the smoke test cannot pass, and
         # the cache bench needs a full run that delivers (the other bench models still carry it).
         manifest["serving"].pop("smoke", None)
-    manifest["canary"] = {"application": name, "webhook_source": f"cd4ml-{name}", "pipeline": f"{name}-canary"}
+    manifest["canary"] = {"application": name, "pipeline": f"{name}-canary"}
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
 

@@ -73,8 +73,11 @@ class ImageStorage:
             argv += ["--tag", tag]
         return [*argv, *options, str(context)]
 
-    def copy(self, source: str, destination: str, *, digest_file: Path | None = None) -> list[str]:
-        """argv for `skopeo copy` between any two references; registries are plain HTTP locally."""
+    def copy(
+        self, source: str, destination: str, *, digest_file: Path | None = None, dest_creds: str | None = None
+    ) -> list[str]:
+        """argv for `skopeo copy` between any two references; registries are plain HTTP locally; ``dest_creds``
+        (USER:PASSWORD) answers the destination registry's token challenge."""
         argv = [
             "skopeo",
             "--policy",
@@ -86,6 +89,8 @@ class ImageStorage:
         ]
         if digest_file is not None:
             argv += ["--digestfile", str(digest_file)]
+        if dest_creds is not None:
+            argv += ["--dest-creds", dest_creds]
         return [*argv, source, destination]
 
     def tag(self, image: str, *names: str) -> list[str]:

@@ -99,8 +99,12 @@ class BuildRunner:
         storage: ImageStorage,
         children: ChildGroups,
         notify: Callable[[cloudbuild.Build], None],
+        credentials: Callable[[str], str | None] | None = None,
     ) -> None:
         self._store = store
+        # The build's service account (Build.service_account) → USER:PASSWORD for its pushes (Cloud Build pushes
+        # `images` and docker-push steps as that account); None: no credentials.
+        self._credentials = credentials or (lambda account: None)
         self._storage = storage
         self._children = children
         self._notify = notify
@@ -251,7 +255,7 @@ class BuildRunner:
         pushed = now()
         for image in images:
             started = now()
-            digest, result = self._push(built[qualified(image)], image, build.id, deadline, log_file)
+            digest, result = self._push(built[qualified(image)], image, build, deadline, log_file)
             if digest is None:
                 return Outcome(FAILURE, f"failed to push {image}: {result.tail(3)}", PUSH_FAILED)
             build.results.images.append(cloudbuild.BuiltImage(name=image, digest=digest, push_timing=span(started)))
@@ -322,7 +326,7 @@ class BuildRunner:
                 return Outcome(
                     FAILURE, f"{prefix}: An image does not exist locally with the tag: {command.image}", USER_BUILD_STEP
                 )
-            digest, result = self._push(source, command.image, build.id, deadline, log_file)
+            digest, result = self._push(source, command.image, build, deadline, log_file)
             if digest is None:
                 return Outcome(FAILURE, f"{prefix}: push of {command.image} failed: {result.tail(3)}", USER_BUILD_STEP)
         return None
@@ -373,13 +377,21 @@ class BuildRunner:
         return None
 
     def _push(
-        self, source: str, image: str, build_id: str, deadline: float, log_file: IO[str]
+        self, source: str, image: str, build: cloudbuild.Build, deadline: float, log_file: IO[str]
     ) -> tuple[str | None, CommandResult]:
-        """Push an image from storage to its registry; return the manifest digest the registry stored."""
+        """Push an image from storage to its registry as the build's service account; return the manifest digest
+        the registry stored."""
+        build_id = build.id
         digest_file = self._work / f"{build_id}.{uuid.uuid4().hex}.digest"
         try:
+            argv = self._storage.copy(
+                self._storage.reference(source),
+                f"docker://{image}",
+                digest_file=digest_file,
+                dest_creds=self._credentials(build.service_account),
+            )
             result = self._command(
-                self._storage.copy(self._storage.reference(source), f"docker://{image}", digest_file=digest_file),
+                argv,
                 build_id,
                 deadline,
                 log_file,

@@ -10,20 +10,37 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from google.cloud import aiplatform_v1
 from google.rpc import code_pb2
 
-from local_emulator._vertex_runner import JobContext, Outcome, cancelled, seconds, stderr_tail
+from local_emulator._vertex_job import JobContext, Outcome, cancelled, seconds, stderr_tail
 
 _log = logging.getLogger("local_emulator.vertex")
 _POLL_S = 0.2
 JobState = aiplatform_v1.JobState
+#: The stack's access-token key (``local_emulator.access_tokens``), set by ``cd4ml local up`` for this stand-in.
+TOKEN_KEY_ENV = "LOCAL_TOKEN_KEY"
+
+
+def service_agent_creds() -> str | None:
+    """Vertex AI pulls a job's image as its service agent, not as the job's account (the Custom Code Service Agent
+    reads the project's repositories); locally: an unrestricted token when the registry has token auth
+    (``LOCAL_TOKEN_KEY``, the stack's access-token key)."""
+    key = os.environ.get(TOKEN_KEY_ENV)
+    if not key:
+        return None
+    from local_emulator import iam_policy
+    from local_emulator.access_tokens import Minter
+
+    return f"oauth2accesstoken:{Minter.from_file(Path(key)).mint(iam_policy.ADMIN)}"
 
 
 def run_container(
@@ -55,7 +72,9 @@ def run_container(
     try:
         # The stand-in's state dir, so pulled images are kept for the next job (STATE_DIR/containers).
         state_dir = ctx.job_dir.parent.parent
-        container = containers.start(spec.image_uri, argv, dict(env), state_dir=state_dir, log=log)
+        container = containers.start(
+            spec.image_uri, argv, dict(env), state_dir=state_dir, log=log, creds=service_agent_creds()
+        )
     except Exception as exc:  # a pull or start failure is the job's failure, as on Vertex
         _log.warning("container did not start", extra={"job_id": ctx.job_id, "error": str(exc)})
         return Outcome(

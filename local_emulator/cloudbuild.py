@@ -29,7 +29,7 @@ import argparse
 import logging
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +72,35 @@ class Settings:
     base_packages: tuple[str, ...] = baseimage.BaseImageSpec.packages
     workers: int = 2
     storage_driver: str = "auto"
+    token_key: Path | None = None  # the stack's access-token key: pushes then authenticate as the build's account
+
+
+def push_credentials(project: str, token_key: Path) -> Callable[[str], str | None]:
+    """``oauth2accesstoken:TOKEN`` of a build's service account, as Cloud Build's pusher uses its access token
+    (https://cloud.google.com/artifact-registry/docs/docker/authentication#token); None for an account the IAM
+    bindings do not know (Cloud Build's legacy default account among them): the push then goes unauthenticated
+    and a registry with token auth refuses it."""
+    from local_emulator import iam_policy
+    from local_emulator.access_tokens import Minter
+
+    minter = Minter.from_file(token_key)
+    policy = iam_policy.load(project, "", "")
+    identities = {policy.principal(identity): identity for identity in policy.identities()}
+
+    def credentials(service_account: str) -> str | None:
+        email = service_account.rsplit("/", 1)[-1]
+        identity = identities.get(email)
+        if (
+            identity is None
+            and email.startswith("cd4ml-build-")
+            and email.endswith(f"@{project}.iam.gserviceaccount.com")
+        ):
+            identity = f"build:{email.split('@', 1)[0]}"  # a model's own build account (iam_policy.MODEL_BUILD)
+        if identity is None or identity == iam_policy.ADMIN:
+            return None
+        return f"oauth2accesstoken:{minter.mint(identity)}"
+
+    return credentials
 
 
 def serve(settings: Settings, stop: threading.Event) -> int:
@@ -98,7 +127,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         publisher.submit(build_json(build).encode(), {"buildId": build.id, "status": build.status.name})
 
     store = BuildStore(settings.state_dir / "builds")
-    runner = BuildRunner(settings.state_dir, store, storage, children, notify)
+    credentials = push_credentials(settings.project, settings.token_key) if settings.token_key else None
+    runner = BuildRunner(settings.state_dir, store, storage, children, notify, credentials)
     for build in store.load():
         build.status = INTERNAL_ERROR
         build.status_detail = "local Cloud Build restarted while the build was queued or running"
@@ -185,6 +215,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         default="auto",
         help="containers-storage driver; auto = overlay if a probe build works here, else vfs",
     )
+    parser.add_argument(
+        "--token-key", type=Path, default=None, help="the stack's access-token key (pushes authenticate)"
+    )
     args = parser.parse_args(argv)
     return Settings(
         host=args.host,
@@ -197,6 +230,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         base_packages=tuple(args.base_packages) if args.base_packages else baseimage.BaseImageSpec.packages,
         workers=args.workers,
         storage_driver=args.storage_driver,
+        token_key=args.token_key,
     )
 
 

@@ -3,7 +3,7 @@
 What the local stack uses where production runs a container (the serving image in a smoke test, a Vertex
 container_spec job): the image is pulled from the local Distribution registry over plain HTTP, a working
 container is made from it, and its command runs with ``buildah run --isolation chroot`` (crun isolation
-fails on this machine, DESIGN.md) in a process group of its own, so that ``stop`` ends all of it.
+fails on this machine) in a process group of its own, so that ``stop`` ends all of it.
 
 As `docker run IMAGE [ARGV]` would: with no argv the image's Entrypoint followed by its Cmd runs; the
 environment is the image's Env with ``env`` on top; the image's WorkingDir and User apply. Unlike a
@@ -125,8 +125,11 @@ class Container:
             self._removed = True
 
 
-def _pull_and_create(reference: str, name: str, state_dir: Path, children: ChildGroups) -> ImageStorage:
-    """`buildah from` the reference (pulling it over plain HTTP if absent) with the first driver that works."""
+def _pull_and_create(
+    reference: str, name: str, state_dir: Path, children: ChildGroups, creds: str | None = None
+) -> ImageStorage:
+    """`buildah from` the reference (pulling it over plain HTTP if absent, with ``creds`` USER:PASSWORD for a
+    registry that asks for a token) with the first driver that works."""
     with _drivers_lock:
         known = _drivers.get(state_dir)
     failures: list[str] = []
@@ -141,6 +144,7 @@ def _pull_and_create(reference: str, name: str, state_dir: Path, children: Child
             "--signature-policy",
             str(storage.policy),
             "--quiet",
+            *(["--creds", creds] if creds else []),
             f"docker://{reference}",
         )
         created = children.run(argv, owner="containers", timeout=_PULL_TIMEOUT_S)
@@ -168,15 +172,17 @@ def start(
     *,
     state_dir: Path,
     log: Path,
+    creds: str | None = None,
 ) -> Container:
     """Pull reference from the local registry and run it (argv, or the image's Entrypoint + Cmd) in the background.
 
+    ``creds`` (``oauth2accesstoken:TOKEN``) answers the registry's token challenge when it has token auth.
     The container's stdout and stderr are appended to log. Images are kept in storage under
     ``state_dir/containers`` for the next start; the working container is removed by ``stop``.
     """
     children = ChildGroups()
     name = f"cd4ml-run-{uuid.uuid4().hex[:12]}"
-    storage = _pull_and_create(reference, name, state_dir, children)
+    storage = _pull_and_create(reference, name, state_dir, children, creds)
     try:
         config = _config(storage, name, children)
         command = config.command(argv)

@@ -3,11 +3,15 @@
 The local stack's authorizing proxies (``local_emulator.iam_proxy``) ask this policy before forwarding a call to
 the Pub/Sub or GCS emulator, so a grant Terraform does not make is refused locally too. The expansion mirrors
 ``local.iam_plan`` in terraform/catalog.tf (stages ``["*"]`` = every stage, ``emits_topics`` = one topic per
-emitted type, ``prefixes`` = the IAM condition on object names and list prefixes); tests/unit/test_local_iam.py
+emitted type, ``prefixes`` = the IAM condition on object names and list prefixes); tests/standins/test_local_iam.py
 compares the two views rule by rule.
 
 Identities: ``function:STAGE`` (each function's service account), ``training`` (Vertex AI jobs), ``build``
 (Cloud Build builds) and ``admin`` (the CLI, ``cd4ml local up``, tests: unrestricted, as the project owner is).
+Terraform makes one training and one build account per model (``model_training``, ``model_build``): at the local
+registry each model's build account is its own identity, ``build:ACCOUNT_ID`` (``cd4ml.identities``), which may push
+only its own model's repository; in front of Cloud Storage the stand-ins still act through one ``training`` and one
+``build`` port, which hold the union of the per-model prefixes (``{model}`` left out).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import yaml
 
 from cd4ml import catalog as cd4ml_catalog
 from cd4ml.catalog import Catalog
+from cd4ml.identities import account_id, image_repository
 
 BINDINGS_FILE = Path(__file__).resolve().parent.parent / "terraform" / "iam_bindings.yaml"
 ADMIN = "admin"
@@ -75,6 +80,21 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     ),
 }
 
+#: Docker Registry actions each Artifact Registry role allows on a repository's images (pull =
+#: artifactregistry.repositories.downloadArtifacts, push = uploadArtifacts and tag writes, delete = deleteArtifacts;
+#: https://cloud.google.com/artifact-registry/docs/access-control#roles).
+IMAGE_ACTIONS: Mapping[str, frozenset[str]] = {
+    "roles/artifactregistry.reader": frozenset({"pull"}),
+    "roles/artifactregistry.writer": frozenset({"pull", "push"}),
+    "roles/artifactregistry.repoAdmin": frozenset({"pull", "push", "delete"}),
+}
+#: The serving images in the local registry (``CD4ML_REGISTRY`` = ``HOST:PORT/cd4ml-{model}``, a repository per model
+#: as on Artifact Registry): ``cd4ml-MODEL/MODEL``.
+IMAGES_PATH = "cd4ml-{model}"
+EVERY_MODEL = "*"
+#: The identity of a model's build account at the registry: ``build:`` and its account id.
+MODEL_BUILD = "build:{model}"
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -83,8 +103,8 @@ class Grant:
     rule: str
     identity: str
     role: str
-    kind: str  # "topic" | "bucket"
-    target: str  # topic id | bucket name
+    kind: str  # "topic" | "bucket" | "repository"
+    target: str  # topic id | bucket name | the model whose images (EVERY_MODEL: every model's)
     prefixes: tuple[str, ...] = ()
 
     @property
@@ -111,8 +131,8 @@ class Policy:
     grants: tuple[Grant, ...]
 
     def identities(self) -> list[str]:
-        """Every identity that holds a grant, plus the unrestricted admin."""
-        return sorted({g.identity for g in self.grants} | {ADMIN})
+        """Every identity that holds a grant (a per-model one stands for each model's), plus the unrestricted admin."""
+        return sorted({g.identity for g in self.grants if g.identity != MODEL_BUILD} | {ADMIN})
 
     def principal(self, identity: str) -> str:
         """The service account email of an identity, as terraform/service_accounts.tf names it."""
@@ -133,6 +153,22 @@ class Policy:
 
     def allows_topic(self, identity: str, permission: str, topic: str) -> bool:
         return identity == ADMIN or topic in self.topics(identity, permission)
+
+    def allows_image(self, identity: str, action: str, repository: str) -> bool:
+        """Docker Registry ``action`` (pull, push, delete) on the local registry's repository ``cd4ml/MODEL``."""
+        if identity == ADMIN:
+            return True
+        model = repository.rpartition("/")[2]
+        if not model or repository != image_repository(IMAGES_PATH, model):
+            return False
+        own_build = f"build:{account_id('build', model)}"
+        return any(
+            (g.identity == identity or (g.identity == MODEL_BUILD and identity == own_build))
+            and g.kind == "repository"
+            and g.target in (EVERY_MODEL, model, "{model}")
+            and action in IMAGE_ACTIONS.get(g.role, frozenset())
+            for g in self.grants
+        )
 
     def allows_object(
         self, identity: str, permission: str, bucket: str, *, name: str | None = None, list_prefix: str | None = None
@@ -157,10 +193,13 @@ def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mappin
     for name, rule in rules.items():
         listed = rule.get("stages") or [""]
         for stage in stage_names if "*" in listed else listed:
-            identity = _identity(str(rule["member"]), stage)
+            member, scope = str(rule["member"]), str(rule["scope"])
+            identity = _identity(member, stage)
             if identity is None:
                 continue  # the invoker and Pub/Sub's service agent act inside the emulator, not through a proxy
-            for kind, target in _targets(str(rule["scope"]), stage, cat, buckets):
+            if member == "model_build" and scope == "model_repository":
+                identity = MODEL_BUILD  # each model's own build account, on its own repository only
+            for kind, target in _targets(scope, stage, cat, buckets, own_model=member.startswith("model_")):
                 grants.append(
                     Grant(
                         rule=name,
@@ -168,7 +207,8 @@ def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mappin
                         role=str(rule["role"]),
                         kind=kind,
                         target=target,
-                        prefixes=tuple(rule.get("prefixes") or ()),
+                        # The shared local ports of per-model identities: every model's prefixes (cut at {model}).
+                        prefixes=tuple(str(p).split("{model}")[0] for p in rule.get("prefixes") or ()),
                     )
                 )
     return Policy(project=project, grants=tuple(grants))
@@ -177,12 +217,16 @@ def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mappin
 def _identity(member: str, stage: str) -> str | None:
     if member == "function":
         return f"function:{stage}"
-    if member in ("training", "build", "storage_agent"):
-        return member  # storage_agent: the storage proxy's notification bridge publishes as it
+    if member in ("model_training", "model_build"):
+        return member.removeprefix("model_")  # the stand-ins' shared ports
+    if member == "storage_agent":
+        return member  # the storage proxy's notification bridge publishes as it
     return None
 
 
-def _targets(scope: str, stage: str, cat: Catalog, buckets: Mapping[str, str]) -> Iterable[tuple[str, str]]:
+def _targets(
+    scope: str, stage: str, cat: Catalog, buckets: Mapping[str, str], *, own_model: bool = False
+) -> Iterable[tuple[str, str]]:
     if scope == "emits_topics":
         return [("topic", cd4ml_catalog.topic_id(t)) for t in cat.stage(stage).emits]
     if scope == "dead_letter_topic":
@@ -191,7 +235,9 @@ def _targets(scope: str, stage: str, cat: Catalog, buckets: Mapping[str, str]) -
         return [("bucket", buckets[scope])]
     if scope == "data_arrivals_topic":
         return [("topic", name) for name, _, _ in cat.notification_topics]
-    return []  # project, secrets, services, repositories: not behind a local proxy
+    if scope == "model_repository":  # enforced by the local registry's token service
+        return [("repository", "{model}" if own_model else EVERY_MODEL)]
+    return []  # project, secrets, services: not behind a local proxy
 
 
 @functools.cache

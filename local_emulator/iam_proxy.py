@@ -6,8 +6,10 @@ terraform/iam_bindings.yaml over the catalog). One process serves every identity
 
     python -m local_emulator.iam_proxy --project P --data-bucket D --artifact-bucket A \\
         --pubsub-upstream 127.0.0.1:PORT --storage-upstream http://127.0.0.1:PORT \\
-        --identity function:fetch_data=PUBSUB_PORT,STORAGE_PORT [--identity ...]
+        --token-key FILE --identity function:fetch_data=PUBSUB_PORT,STORAGE_PORT,METADATA_PORT [--identity ...]
 
+Each identity also gets a metadata server (``_metadata_server``: ``GCE_METADATA_HOST``), whose access tokens name it
+(``access_tokens``, signed with ``--token-key``): what the local registry's token service takes as its credential.
 An open port means ready. Identities: ``function:STAGE``, ``training``, ``build``, ``admin`` (unrestricted,
 but still held to Pub/Sub's publish limits).
 """
@@ -19,14 +21,17 @@ import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from local_emulator import iam_policy, processes
+from local_emulator._metadata_server import MetadataServer
 from local_emulator._pubsub_proxy import CHANNEL_OPTIONS, PubSubProxy
 from local_emulator._service import configure_logging, stop_event_on_signals
 from local_emulator._storage_notifications import Notifications
 from local_emulator._storage_proxy import StorageProxy
+from local_emulator.access_tokens import Minter
 from local_emulator.iam_policy import Policy
 
 
@@ -35,20 +40,30 @@ class Listener:
     identity: str
     pubsub_port: int
     storage_port: int
+    metadata_port: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Listener:
-        """``IDENTITY=PUBSUB_PORT,STORAGE_PORT``."""
+        """``IDENTITY=PUBSUB_PORT,STORAGE_PORT[,METADATA_PORT]``."""
         identity, _, ports = text.rpartition("=")
-        pubsub, _, storage = ports.partition(",")
-        return cls(identity, int(pubsub), int(storage))
+        pubsub, storage, *metadata = ports.split(",")
+        return cls(identity, int(pubsub), int(storage), int(metadata[0]) if metadata else 0)
 
 
 class Proxies:
     """Every identity's servers, started together and stopped together."""
 
-    def __init__(self, policy: Policy, pubsub_upstream: str, storage_upstream: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        pubsub_upstream: str,
+        storage_upstream: str,
+        host: str = "127.0.0.1",
+        minter: Minter | None = None,
+    ) -> None:
         self._policy = policy
+        self._minter = minter
+        self._metadata: list[MetadataServer] = []
         self._pubsub_upstream = pubsub_upstream
         self._storage_upstream = storage_upstream
         self._host = host
@@ -79,19 +94,35 @@ class Proxies:
         )
         threading.Thread(target=http.serve_forever, name=f"storage-{listener.identity}", daemon=True).start()
         self._http.append(http)
+        if listener.metadata_port and self._minter is not None:
+            metadata = MetadataServer(
+                (self._host, listener.metadata_port),
+                listener.identity,
+                self._policy.principal(listener.identity),
+                self._policy.project,
+                self._minter,
+            )
+            metadata.serve_in_background()
+            self._metadata.append(metadata)
 
     def stop(self) -> None:
         for server in self._grpc:
             server.stop(grace=0)
-        for http in self._http:
+        for http in [*self._http, *self._metadata]:
             http.shutdown()
             http.server_close()
 
 
 def command(
-    project: str, data_bucket: str, artifact_bucket: str, pubsub_upstream: str, storage_upstream: str
+    project: str,
+    data_bucket: str,
+    artifact_bucket: str,
+    pubsub_upstream: str,
+    storage_upstream: str,
+    token_key: Path | None = None,
 ) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """The argv that serves every identity on free ports, and each identity's two endpoints (the env values)."""
+    """The argv that serves every identity on free ports, and each identity's endpoints (the env values): Pub/Sub,
+    Cloud Storage and, with ``token_key``, its metadata server."""
     argv = [
         sys.executable,
         "-m",
@@ -107,13 +138,24 @@ def command(
         "--storage-upstream",
         storage_upstream,
     ]
+    if token_key is not None:
+        argv += ["--token-key", str(token_key)]
     endpoints: dict[str, dict[str, str]] = {}
     for identity in iam_policy.load(project, data_bucket, artifact_bucket).identities():
         pubsub, storage = processes.free_port(), processes.free_port()
-        argv += ["--identity", f"{identity}={pubsub},{storage}"]
         endpoints[identity] = {
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub}",
             "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{storage}",
+        }
+        if token_key is None:
+            argv += ["--identity", f"{identity}={pubsub},{storage}"]
+            continue
+        metadata = processes.free_port()
+        argv += ["--identity", f"{identity}={pubsub},{storage},{metadata}"]
+        # google-auth: GCE_METADATA_HOST serves computeMetadata/v1/, GCE_METADATA_IP answers the ping.
+        endpoints[identity] |= {
+            "GCE_METADATA_HOST": f"127.0.0.1:{metadata}",
+            "GCE_METADATA_IP": f"127.0.0.1:{metadata}",
         }
     return argv, endpoints
 
@@ -132,17 +174,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pubsub-upstream", required=True, help="HOST:PORT of the Pub/Sub emulator")
     parser.add_argument("--storage-upstream", required=True, help="http://HOST:PORT of the GCS emulator")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--token-key", type=Path, default=None, help="signs the metadata servers' access tokens")
     parser.add_argument(
         "--identity",
         action="append",
         type=Listener.parse,
         default=[],
-        help="IDENTITY=PUBSUB_PORT,STORAGE_PORT (repeat)",
+        help="IDENTITY=PUBSUB_PORT,STORAGE_PORT[,METADATA_PORT] (repeat)",
     )
     args = parser.parse_args(argv)
     log = configure_logging("iam_proxy")
     policy = iam_policy.load(args.project, args.data_bucket, args.artifact_bucket)
-    proxies = Proxies(policy, args.pubsub_upstream, args.storage_upstream, args.host)
+    minter = Minter.from_file(args.token_key) if args.token_key else None
+    proxies = Proxies(policy, args.pubsub_upstream, args.storage_upstream, args.host, minter)
     for listener in args.identity:
         proxies.add(listener)
     log.info("IAM proxies listening", extra={"identities": [listener.identity for listener in args.identity]})

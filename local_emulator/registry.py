@@ -7,9 +7,13 @@ Pub/Sub emulator (PUBSUB_EMULATOR_HOST), data
 `{"action":"INSERT","digest":"HOST/REPO@sha256:…","tag":"HOST/REPO:TAG"}`; a delete becomes
 `{"action":"DELETE",...}` with whichever of digest or tag the registry reported.
 
-    python -m local_emulator.registry --host 127.0.0.1 --port P --state-dir DIR --project PROJECT [--topic gcr]
+    python -m local_emulator.registry --host 127.0.0.1 --port P --state-dir DIR --project PROJECT [--topic gcr] \
+        [--token-port T --token-key FILE]
 
-Ready when `GET http://HOST:P/v2/` answers 200 (the process logs "ready" then).
+With ``--token-port`` the registry runs with Distribution's ``auth: token`` and this process serves the realm
+(``_registry_tokens``): every API call needs a token, issued to an identity of the local stack (its access token,
+``--token-key``) for the actions its Artifact Registry roles in terraform/iam_bindings.yaml grant on that repository.
+Ready when `GET http://HOST:P/v2/` answers (200, or 401 with token auth; the process logs "ready" then).
 """
 
 from __future__ import annotations
@@ -98,9 +102,31 @@ def gcr_messages(envelope: Mapping[str, Any], registry_host: str) -> list[GcrMes
     return messages
 
 
-def registry_config(*, address: str, data_dir: Path, notify_url: str) -> dict[str, Any]:
-    """A Distribution 2.8 config: filesystem storage, deletes allowed, one notification endpoint per manifest push."""
+@dataclass(frozen=True)
+class TokenAuth:
+    """Distribution's ``auth.token`` options (registry/auth/token/accesscontroller.go: all four are required)."""
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "token": {
+                "realm": self.realm,
+                "service": self.service,
+                "issuer": self.issuer,
+                "rootcertbundle": str(self.rootcertbundle),
+            }
+        }
+
+
+def registry_config(*, address: str, data_dir: Path, notify_url: str, auth: TokenAuth | None = None) -> dict[str, Any]:
+    """A Distribution 2.8 config: filesystem storage, deletes allowed, one notification endpoint per manifest push;
+    with ``auth``, token authentication."""
     return {
+        **({"auth": auth.config()} if auth is not None else {}),
         "version": 0.1,
         "log": {"level": "warn", "formatter": "json", "accesslog": {"disabled": True}},
         "storage": {"filesystem": {"rootdirectory": str(data_dir)}, "delete": {"enabled": True}},
@@ -131,6 +157,8 @@ class Settings:
     topic: str = "gcr"
     registry_binary: str = "/usr/bin/docker-registry"
     api_port: int = 0  # the chaos session's API front (_registry_front), 0 for none
+    token_port: int = 0  # the token service (Distribution's auth: token realm), 0 for no authentication
+    token_key: Path | None = None  # the key of the stack's access tokens (local_emulator.access_tokens)
 
     @property
     def registry_host(self) -> str:
@@ -198,9 +226,36 @@ def _registry_ready(url: str, child: subprocess.Popen[bytes], timeout: float) ->
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return True
+        except urllib.error.HTTPError as answer:
+            if answer.code == 401:  # token auth: the API base answers with its challenge
+                return True
+            time.sleep(0.05)
         except (urllib.error.URLError, OSError):
             time.sleep(0.05)
     return False
+
+
+def _start_tokens(settings: Settings) -> tuple[Any, TokenAuth]:
+    """The token service on ``settings.token_port`` and the auth config that makes the registry trust it."""
+    from local_emulator import iam_policy
+    from local_emulator._registry_tokens import ISSUER, Signer, TokenService
+    from local_emulator.access_tokens import Minter
+
+    if settings.token_key is None:
+        raise ValueError("--token-port needs --token-key (the key of the stack's access tokens)")
+    signer = Signer()
+    # Only the repository grants matter here; the buckets are named as the stack names them.
+    policy = iam_policy.load(settings.project, "", "")
+    service = TokenService(
+        (settings.host, settings.token_port),
+        signer,
+        Minter.from_file(settings.token_key),
+        policy,
+        service=settings.registry_host,
+    )
+    service.serve_in_background()
+    bundle = signer.write_bundle(settings.state_dir / "token-root.pem")
+    return service, TokenAuth(service.realm, settings.registry_host, ISSUER, bundle)
 
 
 def serve(settings: Settings, stop: threading.Event) -> int:
@@ -213,7 +268,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
     bridge_thread.start()
     notify_url = f"http://127.0.0.1:{bridge.server_address[1]}{EVENTS_PATH}"
     config_path = state_dir / "config.yml"  # JSON is YAML
-    config = registry_config(address=registry_host, data_dir=state_dir / "data", notify_url=notify_url)
+    tokens, auth = _start_tokens(settings) if settings.token_port else (None, None)
+    config = registry_config(address=registry_host, data_dir=state_dir / "data", notify_url=notify_url, auth=auth)
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     with (state_dir / "docker-registry.log").open("ab") as registry_log:
         child = subprocess.Popen(
@@ -239,6 +295,7 @@ def serve(settings: Settings, stop: threading.Event) -> int:
                 "notifications": notify_url,
                 "topic": bridge.publisher.topic_path,
                 "pid": child.pid,
+                "token_realm": auth.realm if auth else None,
             },
         )
         if settings.api_port:
@@ -257,6 +314,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         kill_process_group(child)
         if front is not None:
             front.shutdown()
+        if tokens is not None:
+            tokens.shutdown()
         bridge.shutdown()
         bridge.server_close()
         bridge.publisher.close()
@@ -274,6 +333,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--project", required=True, help="project whose gcr topic receives push messages")
     parser.add_argument("--topic", default="gcr")
     parser.add_argument("--api-port", type=int, default=0, help="serve the chaos session's API front on this port")
+    parser.add_argument(
+        "--token-port", type=int, default=0, help="serve the token realm here; the registry needs tokens"
+    )
+    parser.add_argument("--token-key", type=Path, default=None, help="the key of the stack's access tokens")
     parser.add_argument("--registry-binary", default=shutil.which("docker-registry") or "/usr/bin/docker-registry")
     args = parser.parse_args(argv)
     return Settings(
@@ -284,6 +347,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         topic=args.topic,
         registry_binary=args.registry_binary,
         api_port=args.api_port,
+        token_port=args.token_port,
+        token_key=args.token_key,
     )
 
 

@@ -107,6 +107,17 @@ locals {
     expires_after = try(m.approval.expires_after, "72h")
   } if try(m.approval.required, false) }
 
+  # One build and one training account per model (cd4ml.identities.account_id, the same rule): cd4ml-KIND-MODEL when
+  # it fits in 30 characters, else 11 characters of the model (trailing dashes dropped), a dash, 6 hex of sha256.
+  models = toset(keys(local.manifests))
+  model_accounts = { for name in local.models : name => { for kind in ["build", "train"] : kind => (
+    length("cd4ml-${kind}-${name}") <= 30 ? "cd4ml-${kind}-${name}" :
+    "cd4ml-${kind}-${replace(substr(name, 0, 11), "/-+$/", "")}-${substr(sha256(name), 0, 6)}"
+  ) } }
+  # A model's objects are runs/MODEL-… and builds/MODEL-… (a run id is MODEL-YYYYMMDDtHHMMSSz): a model named like
+  # another model and a dash would share them, so such a pair is refused (terraform_data.model_names).
+  model_name_clashes = [for pair in setproduct(local.models, local.models) : "${pair[1]} starts with ${pair[0]}-" if startswith(pair[1], "${pair[0]}-")]
+
   data_bucket     = coalesce(var.data_bucket_name, "${var.project_id}-cd4ml-data")
   artifact_bucket = coalesce(var.artifact_bucket_name, "${var.project_id}-cd4ml-artifacts")
   bucket_names    = { "bucket:data" = local.data_bucket, "bucket:artifact" = local.artifact_bucket }
@@ -116,36 +127,53 @@ locals {
   iam_rules            = yamldecode(file("${path.module}/iam_bindings.yaml")).bindings
   iam_per_stage_scopes = ["dead_letter_topic", "subscription", "run_service", "service_account:invoker"]
   iam_per_stage_roles  = ["function", "invoker"]
+  # Members with one account per model: a rule for them is expanded per model (its `stage` is the model).
+  iam_per_model_roles  = ["model_build", "model_training"]
+  iam_per_model_scopes = ["model_repository", "service_account:model_build", "service_account:model_training"]
   iam_kinds = {
-    "project"                  = "project"
-    "emits_topics"             = "topic"
-    "dead_letter_topic"        = "topic"
-    "subscription"             = "subscription"
-    "run_service"              = "run_service"
-    "service_account:training" = "service_account"
-    "service_account:build"    = "service_account"
-    "service_account:invoker"  = "service_account"
-    "bucket:data"              = "bucket"
-    "bucket:artifact"          = "bucket"
-    "secret:gate_key"          = "secret"
-    "repository"               = "repository"
-    "data_arrivals_topic"      = "topic"
-    "secret:notify"            = "secret"
+    "project"                        = "project"
+    "emits_topics"                   = "topic"
+    "dead_letter_topic"              = "topic"
+    "subscription"                   = "subscription"
+    "run_service"                    = "run_service"
+    "service_account:model_training" = "service_account"
+    "service_account:model_build"    = "service_account"
+    "service_account:invoker"        = "service_account"
+    "bucket:data"                    = "bucket"
+    "bucket:artifact"                = "bucket"
+    "secret:gate_key"                = "secret"
+    "secret:gate_client_cert"        = "secret"
+    "model_repository"               = "repository"
+    "data_arrivals_topic"            = "topic"
+    "secret:notify"                  = "secret"
+    "ui_service"                     = "run_service"
   }
+  # The web view's rules (members ui, ui_viewers) apply only when it is deployed (var.ui_image, ui.tf).
+  iam_ui_members = ["ui", "ui_viewers"]
   iam_plan = { for g in flatten([
     for rule_name, rule in local.iam_rules : [
-      for stage in(contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""])) : [
+      for stage in(
+        var.ui_image == null && contains(local.iam_ui_members, rule.member) ? [] :
+        contains(local.iam_per_model_roles, rule.member) ? sort(local.models) :
+        contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""])
+        ) : [
         for target in(
           rule.scope == "emits_topics" ? [for t in local.stages[stage].emits : "topic:${t}"] :
           rule.scope == "subscription" ? [for k, sub in local.stage_subscriptions : "subscription:${k}" if sub.stage == stage] :
           rule.scope == "secret:notify" ? [for c in local.notify_channels : "secret:notify:${c}"] :
+          rule.scope == "secret:gate_key" ? [for m in keys(local.manifests) : "secret:gate_key:${m}"] :
+          # A model's member gets its own model's repository or account; any other member each model's.
+          contains(local.iam_per_model_scopes, rule.scope) ? (
+            contains(local.iam_per_model_roles, rule.member) ? ["${rule.scope}:${stage}"] : [for m in sort(local.models) : "${rule.scope}:${m}"]
+          ) :
           contains(local.iam_per_stage_scopes, rule.scope) ? ["${rule.scope}:${stage}"] : [rule.scope]
           ) : [
           # `approvers`: one grant per approver the manifests name (its key ends with the principal).
-          for member in(rule.member == "approvers" ? [for a in local.approvers : "approver:${a}"] : [
-            contains(local.iam_per_stage_roles, rule.member) ? "${rule.member}:${stage}" : rule.member
+          for member in(rule.member == "approvers" ? [for a in local.approvers : "approver:${a}"] :
+            rule.member == "ui_viewers" ? [for v in var.ui_viewers : "ui_viewer:${v}"] : [
+              contains(concat(local.iam_per_stage_roles, local.iam_per_model_roles), rule.member) ? "${rule.member}:${stage}" : rule.member
             ]) : {
-            key    = rule.member == "approvers" ? "${rule_name}/${stage}/${target}/${member}" : "${rule_name}/${stage}/${target}"
+            key    = contains(["approvers", "ui_viewers"], rule.member) ? "${rule_name}/${stage}/${target}/${member}" : "${rule_name}/${stage}/${target}"
             rule   = rule_name
             kind   = local.iam_kinds[rule.scope]
             role   = rule.role
@@ -153,11 +181,11 @@ locals {
             target = target
             condition = (
               length(try(rule.prefixes, [])) > 0 ? {
-                title       = "only ${join(" ", rule.prefixes)}"
-                description = "Objects under, and listings of, ${join(", ", rule.prefixes)}."
+                title       = "only ${join(" ", [for p in rule.prefixes : replace(p, "{model}", stage)])}"
+                description = "Objects under, and listings of, ${join(", ", [for p in rule.prefixes : replace(p, "{model}", stage)])}."
                 expression = join(" || ", flatten([for p in rule.prefixes : [
-                  "resource.name.startsWith(\"projects/_/buckets/${local.bucket_names[rule.scope]}/objects/${p}\")",
-                  "api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${p}\")",
+                  "resource.name.startsWith(\"projects/_/buckets/${local.bucket_names[rule.scope]}/objects/${replace(p, "{model}", stage)}\")",
+                  "api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"${replace(p, "{model}", stage)}\")",
                 ]]))
               } :
               try(rule.condition, "") == "firestore_database" ? {

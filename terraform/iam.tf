@@ -10,10 +10,12 @@ locals {
     {
       pubsub_agent  = google_project_service_identity.pubsub_agent.member
       storage_agent = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-      training      = "serviceAccount:${google_service_account.training.email}"
-      build         = "serviceAccount:${google_service_account.build.email}"
     },
+    { for m in local.models : "model_training:${m}" => "serviceAccount:${google_service_account.model_training[m].email}" },
+    { for m in local.models : "model_build:${m}" => "serviceAccount:${google_service_account.model_build[m].email}" },
     { for a in local.approvers : "approver:${a}" => a },
+    { for sa in google_service_account.ui : "ui" => "serviceAccount:${sa.email}" },
+    { for v in var.ui_viewers : "ui_viewer:${v}" => v },
   )
 
   # Symbolic target -> the resource the binding is on, as its *_iam_member resource names it. A subscription is
@@ -25,16 +27,18 @@ locals {
     { for k, sub in local.stage_subscriptions : "subscription:${k}" => sub.name },
     { for s in keys(local.stages) : "run_service:${s}" => google_cloudfunctions2_function.stage[s].name },
     { for c in local.notify_channels : "secret:notify:${c}" => google_secret_manager_secret.notify[c].secret_id },
+    { for m in keys(local.manifests) : "secret:gate_key:${m}" => google_secret_manager_secret.gate_key[m].secret_id },
     { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
+    { for service in google_cloud_run_v2_service.ui : "ui_service" => service.name },
+    { for m in local.models : "service_account:model_training:${m}" => google_service_account.model_training[m].name },
+    { for m in local.models : "service_account:model_build:${m}" => google_service_account.model_build[m].name },
+    { for m in local.models : "model_repository:${m}" => google_artifact_registry_repository.model[m].name },
     {
-      "project"                  = var.project_id
-      "service_account:training" = google_service_account.training.name
-      "service_account:build"    = google_service_account.build.name
-      "bucket:data"              = google_storage_bucket.bucket["data"].name
-      "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
-      "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
-      "repository"               = google_artifact_registry_repository.images.name
-      "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
+      "project"                 = var.project_id
+      "bucket:data"             = google_storage_bucket.bucket["data"].name
+      "bucket:artifact"         = google_storage_bucket.bucket["artifacts"].name
+      "secret:gate_client_cert" = google_secret_manager_secret.gate_client_certificate.secret_id
+      "data_arrivals_topic"     = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
     },
   )
 

@@ -32,13 +32,18 @@ output "artifact_bucket" {
 }
 
 output "registry" {
-  description = "Image registry prefix (CD4ML_REGISTRY): images are REGISTRY/MODEL:RUN_ID."
+  description = "Image registry prefix (CD4ML_REGISTRY): images are REGISTRY/MODEL:RUN_ID, {model} in REGISTRY standing for the model (a repository per model)."
   value       = local.registry
 }
 
-output "gate_key_secret" {
-  description = "Secret to add the Spinnaker webhook key to: gcloud secrets versions add NAME --data-file=-"
-  value       = google_secret_manager_secret.gate_key.id
+output "gate_key_secrets" {
+  description = "Per model, the secret to add its Spinnaker webhook key to: gcloud secrets versions add NAME --data-file=-"
+  value       = { for m, secret in google_secret_manager_secret.gate_key : m => secret.secret_id }
+}
+
+output "gate_client_certificate_secret" {
+  description = "Secret to add the functions' Gate client certificate and key to (PEM), when spinnaker_gate_auth is x509."
+  value       = google_secret_manager_secret.gate_client_certificate.secret_id
 }
 
 output "service_accounts" {
@@ -46,8 +51,8 @@ output "service_accounts" {
   value = {
     functions = { for s, a in google_service_account.function : s => a.email }
     push      = { for s, a in google_service_account.invoker : s => a.email }
-    training  = google_service_account.training.email
-    build     = google_service_account.build.email
+    training  = { for m, a in google_service_account.model_training : m => a.email }
+    build     = { for m, a in google_service_account.model_build : m => a.email }
   }
 }
 
@@ -64,4 +69,9 @@ output "decision_url" {
 output "approval_policy" {
   description = "The deployed approval policy (CD4ML_APPROVAL_POLICY), for `cd4ml model check|push` to compare manifests with."
   value       = jsonencode(local.approval_policy)
+}
+
+output "ui_service" {
+  description = "The web view's Cloud Run service (null without var.ui_image); open it with `gcloud run services proxy NAME --region REGION`."
+  value       = local.ui_enabled ? google_cloud_run_v2_service.ui[0].name : null
 }

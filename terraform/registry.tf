@@ -1,23 +1,16 @@
-# Where serving images go, and the key that lets trigger_canary call Spinnaker.
+# Where serving images go.
 
-resource "google_artifact_registry_repository" "images" {
+# A repository per model: Artifact Registry's IAM stops at the repository, and a model's build account may write its
+# own model's images only (iam_bindings.yaml build_pushes_images). Images are REGION-docker.pkg.dev/PROJECT/
+# <registry_repository_id>-MODEL/MODEL:RUN_ID (CD4ML_REGISTRY with {model}).
+resource "google_artifact_registry_repository" "model" {
   #checkov:skip=CKV_GCP_84:Serving images hold a model already kept in the artifact bucket; Google-managed encryption at rest is the chosen default, CMEK would add a KMS key and service-agent grants.
+  for_each = local.models
+
   project       = var.project_id
   location      = var.region
-  repository_id = var.registry_repository_id
+  repository_id = "${var.registry_repository_id}-${each.key}"
   format        = "DOCKER"
-  description   = "cd4ml serving images, tagged with the run id; pushes are announced on the gcr topic."
+  description   = "cd4ml serving images of ${each.key}, tagged with the run id; pushes are announced on the gcr topic."
   labels        = local.labels
-}
-
-# Only the secret: its versions (the key Spinnaker's webhook payload constraint expects) are added out of band,
-# so the key never passes through Terraform state.
-resource "google_secret_manager_secret" "gate_key" {
-  project   = var.project_id
-  secret_id = var.gate_key_secret_id
-  labels    = local.labels
-
-  replication {
-    auto {}
-  }
 }

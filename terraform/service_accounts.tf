@@ -30,16 +30,29 @@ resource "google_service_account" "invoker" {
   description  = "OIDC identity of the push subscription that feeds the cd4ml ${each.key} function."
 }
 
-resource "google_service_account" "training" {
+# One training and one build identity per model (catalog.tf model_accounts): a model's trainer and its build (which
+# runs the model's own serving code in the smoke test) can touch that model's objects and image repository only.
+resource "google_service_account" "model_training" {
+  for_each = local.model_accounts
+
   project      = var.project_id
-  account_id   = "cd4ml-training"
-  display_name = "cd4ml training jobs"
-  description  = "Vertex AI CustomJobs submitted by cd4ml run as this account."
+  account_id   = each.value.train
+  display_name = "cd4ml training of ${each.key}"
+  description  = "Vertex AI CustomJobs of the cd4ml model ${each.key} run as this account."
 }
 
-resource "google_service_account" "build" {
+resource "google_service_account" "model_build" {
+  for_each = local.model_accounts
+
   project      = var.project_id
-  account_id   = "cd4ml-build"
-  display_name = "cd4ml image builds"
-  description  = "Cloud Build builds submitted by cd4ml run as this account."
+  account_id   = each.value.build
+  display_name = "cd4ml builds of ${each.key}"
+  description  = "Cloud Build builds of the cd4ml model ${each.key} run as this account."
+
+  lifecycle {
+    precondition {
+      condition     = length(local.model_name_clashes) == 0
+      error_message = "Model names must not start with another model's name and a dash (their runs/ and builds/ prefixes would overlap): ${join("; ", local.model_name_clashes)}."
+    }
+  }
 }

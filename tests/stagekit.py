@@ -70,6 +70,80 @@ def settings(stage: str, **overrides: str) -> Settings:
     return Settings.from_env(env)
 
 
+class MemoryBlob:
+    """The part of google.cloud.storage.Blob the stages use, over a dict of (bytes, generation)."""
+
+    def __init__(self, storage: MemoryStorage, bucket: str, name: str, generation: int | None = None) -> None:
+        self._storage, self.bucket_name, self.name, self._wanted = storage, bucket, name, generation
+
+    def _key(self) -> tuple[str, str]:
+        return (self.bucket_name, self.name)
+
+    @property
+    def generation(self) -> int | None:
+        found = self._storage.objects.get(self._key())
+        return self._wanted or (found[1] if found else None)
+
+    def download_as_bytes(self) -> bytes:
+        from google.api_core.exceptions import NotFound
+
+        found = self._storage.objects.get(self._key())
+        if found is None or (self._wanted and found[1] != self._wanted):
+            raise NotFound(f"gs://{self.bucket_name}/{self.name}")  # type: ignore[no-untyped-call]
+        return found[0]
+
+    def download_as_text(self) -> str:
+        return self.download_as_bytes().decode()
+
+    def download_to_file(self, sink: Any) -> None:
+        sink.write(self.download_as_bytes())
+
+    def exists(self) -> bool:
+        return self._key() in self._storage.objects
+
+    def upload_from_string(self, data: str | bytes, content_type: str = "") -> None:
+        self._storage.put(self.bucket_name, self.name, data.encode() if isinstance(data, str) else data)
+
+
+class MemoryBucket:
+    def __init__(self, storage: MemoryStorage, name: str) -> None:
+        self._storage, self.name = storage, name
+
+    def blob(self, name: str, chunk_size: int | None = None, generation: int | None = None) -> MemoryBlob:
+        return MemoryBlob(self._storage, self.name, name, generation)
+
+    def copy_blob(
+        self, blob: MemoryBlob, destination: MemoryBucket, new_name: str, source_generation: int | None = None
+    ) -> MemoryBlob:
+        """Copy ``blob`` (at ``source_generation``: NotFound once replaced, as without object versioning)."""
+        data = MemoryBlob(self._storage, self.name, blob.name, source_generation).download_as_bytes()
+        self._storage.put(destination.name, new_name, data)
+        return MemoryBlob(self._storage, destination.name, new_name)
+
+
+class MemoryStorage:
+    """Cloud Storage in a dict, with generations (the stages' reads and writes; unit tests)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], tuple[bytes, int]] = {}
+        self._generation = 1000
+
+    def put(self, bucket: str, name: str, data: bytes) -> int:
+        self._generation += 1
+        self.objects[(bucket, name)] = (data, self._generation)
+        return self._generation
+
+    def bucket(self, name: str) -> MemoryBucket:
+        return MemoryBucket(self, name)
+
+    def list_blobs(self, bucket: str, prefix: str = "") -> list[MemoryBlob]:
+        return [  # as listed: each at the generation it had then
+            MemoryBlob(self, b, n, self.objects[(b, n)][1])
+            for (b, n) in sorted(self.objects)
+            if b == bucket and n.startswith(prefix)
+        ]
+
+
 class Kit:
     """A stage's Context on the in-memory ledger and bus, and helpers to seed runs and deliver events."""
 
@@ -79,6 +153,8 @@ class Kit:
         self.bus = MemoryBus()
         self.ctx.ledger = self.ledger  # cached_property: an instance attribute wins
         self.ctx.bus = self.bus  # type: ignore[assignment]
+        self.storage = MemoryStorage()
+        self.ctx.storage = self.storage
 
     def seed(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Create the run record ``run_id`` (running, created now) with ``fields``; returns it."""

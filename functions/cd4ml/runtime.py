@@ -18,9 +18,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from cd4ml import catalog, clients, logs
+from cd4ml import catalog, clients, logs, push
 from cd4ml.bus import Bus, bounded
-from cd4ml.errors import Busy, InvalidSettings, PermanentError
+from cd4ml.errors import Busy, InvalidEvent, InvalidSettings, PermanentError
 from cd4ml.events import RUN_FAILED, Event, PubSubMessage, format_time, now, parse_time, plain
 from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
@@ -256,19 +256,6 @@ def _not_ended(event_id: str) -> Callable[[Mapping[str, Any]], None]:
     return check
 
 
-def refuse_undecodable(error: UnicodeDecodeError) -> tuple[str, int]:
-    """HTTP 400 naming the problem for a request body that is not JSON text at all (bytes no UTF encoding decodes).
-
-    functions-framework hands the body to the cloudevents SDK before any handler runs; its ``json.loads`` raises
-    UnicodeDecodeError on such bytes and the framework answered 500, a crash, instead of the 400 it gives any other
-    body it cannot read. Nothing reached a stage, so there is no message to dead-letter: the log is the record.
-    """
-    logs.configure()
-    reason = f"the request body is not JSON text (no UTF-8/16/32 decoding): {error}"
-    logs.get("http").error(reason, extra={"details": {"error_type": type(error).__name__}})
-    return reason, 400
-
-
 #: The id of the Pub/Sub message this thread is handling (dispatch), for the log lines about it.
 _HANDLING: contextvars.ContextVar[str] = contextvars.ContextVar("cd4ml_handling", default="")
 
@@ -285,15 +272,19 @@ def context() -> Context:
 
 
 def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
-    """Unwrap the Pub/Sub message from Eventarc's messagePublished event and run ``handler`` on it."""
+    """Run ``handler`` on the Pub/Sub message pushed (read from the request Pub/Sub sent, ``push.message``)."""
     ctx = context()
     try:
-        message = PubSubMessage.from_push(cloud_event.data)
+        message = push.message(cloud_event.data)
     except PermanentError as error:
         raw = json.dumps(cloud_event.data, default=str).encode() if cloud_event.data is not None else b""
         message = PubSubMessage(message_id=str(cloud_event["id"]), publish_time=now(), attributes={}, data=raw)
         ctx.reject(message, error)
         return
+    beyond = push.limit_problem(message)
+    if beyond:  # not from Pub/Sub: one dead letter (cut to fit), and the sender hears why
+        ctx.reject(message, InvalidEvent("not a Pub/Sub message", [beyond]))
+        raise push.Refused(413, beyond, logged=True)
     token = _HANDLING.set(message.message_id)
     try:
         handler(message, ctx)

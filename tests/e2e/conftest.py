@@ -38,6 +38,13 @@ class Pipeline:
     def storage(self) -> Any:
         return clients.storage_client(self.settings)
 
+    def registry_creds(self, identity: str = "admin") -> str:
+        """``oauth2accesstoken:TOKEN`` of a stack identity: the registry has token auth (admin: the project owner)."""
+        from local_emulator._stack_parts import token_key
+        from local_emulator.access_tokens import Minter
+
+        return f"oauth2accesstoken:{Minter.from_file(token_key(self.stack)).mint(identity)}"
+
     def next_run_id(self, model: str) -> str:
         """The id of a run requested a moment from now: known before the request (to prepare the stand-ins)."""
         time.sleep(1.0)  # a fresh second: two runs of one model never share a slot

@@ -26,11 +26,19 @@ def _gate(pipeline: Pipeline, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _file_in_image(reference: str, path: str, workdir: Path) -> bytes:
-    """Pull the image by digest from the registry and read one file out of its layers."""
+def _file_in_image(reference: str, path: str, workdir: Path, creds: str) -> bytes:
+    """Pull the image by digest from the registry (``creds``: it has token auth) and read one file out of its layers."""
     layout = workdir / "image"
     subprocess.run(
-        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{reference}", f"oci:{layout}:pulled"],
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            "--src-creds",
+            creds,
+            f"docker://{reference}",
+            f"oci:{layout}:pulled",
+        ],
         check=True,
         capture_output=True,
         timeout=120,
@@ -83,20 +91,12 @@ def test_a_run_ends_when_its_canary_succeeded_and_its_model_is_promoted(
 
 
 def _alias_digest(pipeline: Pipeline, model: str, alias: str) -> str | None:
-    request = urllib.request.Request(
-        f"http://{pipeline.stack.endpoints['registry']}/v2/cd4ml/{model}/manifests/{alias}",
-        method="HEAD",
-        headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return str(response.headers["Docker-Content-Digest"])
-    except urllib.error.HTTPError as missing:
-        if missing.code == 404:
-            return None
-        raise
+    """Where the alias points, read through the Docker Registry HTTP API v2 as the project's owner."""
+    from cd4ml import registry
+
+    host = pipeline.stack.endpoints["registry"]
+    client = registry.RegistryClient(token=lambda: pipeline.registry_creds().split(":", 1)[1])
+    return client.digest(registry.Repository.of(f"{host}/cd4ml/{model}", f"http://{host}"), alias)
 
 
 def _set_outcome(pipeline: Pipeline, run_id: str, status: str, stage: str = "") -> None:
@@ -143,8 +143,12 @@ def test_a_canary_that_never_ends_fails_at_its_deadline(
     assert _alias_digest(pipeline, "digits", "champion") == delivered["image"]["digest"]
 
 
-def test_the_image_in_the_registry_holds_the_trained_model(delivered: dict[str, Any], tmp_path: Path) -> None:
-    model = _file_in_image(delivered["image"]["reference"], "/opt/model/model.joblib", tmp_path)
+def test_the_image_in_the_registry_holds_the_trained_model(
+    pipeline: Pipeline, delivered: dict[str, Any], tmp_path: Path
+) -> None:
+    model = _file_in_image(
+        delivered["image"]["reference"], "/opt/model/model.joblib", tmp_path, pipeline.registry_creds()
+    )
     assert hashlib.sha256(model).hexdigest() == delivered["model_artifact"]["sha256"]
 
 

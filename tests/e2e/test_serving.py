@@ -97,13 +97,17 @@ def delivered(pipeline: Pipeline) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def serving(delivered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The pushed image running on a free port (its CMD, PORT set as Cloud Run would); stopped by pid afterwards."""
+def serving(delivered: dict[str, Any], pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The pushed image running on a free port (its CMD, PORT set as Cloud Run would); stopped by pid afterwards.
+    Pulled as the project's owner would (the registry has token auth)."""
+    creds = pipeline.registry_creds()
     tmp = tmp_path_factory.mktemp("serving")
     port = processes.free_port()
     log = tmp / "serve.log"
     started = time.monotonic()
-    container = containers.start(delivered["image"]["reference"], None, {"PORT": str(port)}, state_dir=tmp, log=log)
+    container = containers.start(
+        delivered["image"]["reference"], None, {"PORT": str(port)}, state_dir=tmp, log=log, creds=creds
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         processes.wait_until(

@@ -34,7 +34,17 @@ LOCALS = (
     "iam_rules",
     "iam_kinds",
     "iam_plan",
+    "models",
+    "model_accounts",
+    "model_name_clashes",
 )
+
+
+#: The web view deployed (ui.tf), so the IAM checks see its grants too.
+WITH_UI = {
+    "ui_image": "us-central1-docker.pkg.dev/cd4ml-example/cd4ml/cd4ml-ui@sha256:" + "a" * 64,
+    "ui_viewers": '["group:ml-team@example.com"]',
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,5 +67,5 @@ def module() -> Path:
 
 @pytest.fixture(scope="session")
 def tf_locals() -> dict[str, Any]:
-    """catalog.tf's locals as Terraform evaluates them (project cd4ml-example, region us-central1)."""
-    return evaluate({name: f"local.{name}" for name in LOCALS})
+    """catalog.tf's locals as Terraform evaluates them (project cd4ml-example, region us-central1, the web view on)."""
+    return evaluate({name: f"local.{name}" for name in LOCALS}, variables=WITH_UI)

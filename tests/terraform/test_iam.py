@@ -23,13 +23,24 @@ from . import hcl
 from .evaluate import evaluate
 
 PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
-MEMBERS = {"function", "invoker", "pubsub_agent", "storage_agent", "training", "build", "approvers"}
+MEMBERS = {
+    "function",
+    "invoker",
+    "pubsub_agent",
+    "storage_agent",
+    "model_training",
+    "model_build",
+    "approvers",
+    "ui",
+    "ui_viewers",
+}
 PER_STAGE_MEMBERS = {"function", "invoker"}
 PER_STAGE_SCOPES = {"emits_topics", "dead_letter_topic", "subscription", "run_service", "service_account:invoker"}
 RULE_KEYS = {"role", "member", "stages", "scope", "prefixes", "condition", "why"}
 #: Roles at project level: each is there because its service has no narrower resource (see iam_bindings.yaml).
 PROJECT_ROLES = {
     "roles/datastore.user",
+    "roles/datastore.viewer",
     "roles/aiplatform.user",
     "roles/aiplatform.viewer",
     "roles/cloudbuild.builds.editor",
@@ -109,7 +120,7 @@ def test_no_project_wide_pubsub_role(grants: list[dict[str, Any]]) -> None:
 def test_project_level_roles_are_the_justified_few(grants: list[dict[str, Any]]) -> None:
     assert {g["role"] for g in grants if g["kind"] == "project"} == PROJECT_ROLES
     for g in grants:
-        if g["role"] == "roles/datastore.user":
+        if g["role"] in ("roles/datastore.user", "roles/datastore.viewer"):
             assert g["condition"] and "/databases/" in g["condition"]["expression"], g["key"]
 
 
@@ -220,18 +231,23 @@ def test_service_access_follows_the_catalog_uses(grants: list[dict[str, Any]], c
         assert granted == {s.name for s in cat.stages if service in s.uses}, service
 
 
-def test_only_the_submitters_may_act_as_the_job_accounts(grants: list[dict[str, Any]], cat: Catalog) -> None:
+def test_only_the_submitters_may_act_as_the_job_accounts(
+    grants: list[dict[str, Any]], cat: Catalog, tf_locals: dict[str, Any]
+) -> None:
+    models = sorted(tf_locals["models"])
     act_as = {(g["member"], g["target"]) for g in grants if g["role"] == "roles/iam.serviceAccountUser"}
     assert act_as == {
         *(
-            (f"function:{s.name}", "service_account:training")
+            (f"function:{s.name}", f"service_account:model_training:{m}")
             for s in cat.stages
             if "CD4ML_TRAINING_SERVICE_ACCOUNT" in s.env
+            for m in models
         ),
         *(
-            (f"function:{s.name}", "service_account:build")
+            (f"function:{s.name}", f"service_account:model_build:{m}")
             for s in cat.stages
             if "CD4ML_BUILD_SERVICE_ACCOUNT" in s.env
+            for m in models
         ),
     }
 
@@ -259,11 +275,11 @@ def test_the_trainer_may_create_models_but_not_replace_or_delete_any(grants: lis
     digits trainer (examples/digits/trainer/task.py) writes model.joblib and metrics.json once each.
     """
     writes = {
-        (g["role"], g["target"], g["condition"]["title"] if g["condition"] else None)
+        (g["member"], g["role"], g["target"], g["condition"]["title"] if g["condition"] else None)
         for g in grants
-        if g["member"] == "training" and g["role"] != "roles/storage.objectViewer"
+        if g["member"].startswith("model_training:") and g["role"] != "roles/storage.objectViewer"
     }
-    assert writes == {("roles/storage.objectCreator", "bucket:artifact", "only runs/")}
+    assert writes == {("model_training:digits", "roles/storage.objectCreator", "bucket:artifact", "only runs/digits-")}
 
 
 def test_the_pubsub_agent_is_made_before_anything_is_granted_to_it(module: Path) -> None:
@@ -276,3 +292,68 @@ def test_the_pubsub_agent_is_made_before_anything_is_granted_to_it(module: Path)
     assert str(identity.body.get("provider")).removeprefix("${").removesuffix("}") == "google-beta"
     members = hcl.locals_map(module)["iam_members"]
     assert "pubsub_agent = google_project_service_identity.pubsub_agent.member" in " ".join(str(members).split())
+
+
+def _model_grants(grants: list[dict[str, Any]], member: str) -> set[tuple[str, str, str | None]]:
+    return {
+        (g["role"], g["target"], g["condition"]["expression"] if g["condition"] else None)
+        for g in grants
+        if g["member"] == member
+    }
+
+
+def test_each_model_has_its_own_build_and_training_identity(tf_locals: dict[str, Any]) -> None:
+    """One account per model and kind, named by cd4ml.identities' rule (what build_image and submit_training name)."""
+    from cd4ml import identities
+
+    assert set(tf_locals["model_accounts"]) == set(tf_locals["models"]) == {"digits"}
+    for model, accounts in tf_locals["model_accounts"].items():
+        assert accounts == {
+            "build": identities.account_id("build", model),
+            "train": identities.account_id("train", model),
+        }
+
+
+def test_a_models_build_touches_only_its_own_repository_and_build_contexts(
+    grants: list[dict[str, Any]], tf_locals: dict[str, Any]
+) -> None:
+    artifacts = tf_locals["bucket_names"]["bucket:artifact"]
+    assert _model_grants(grants, "model_build:digits") == {
+        ("roles/artifactregistry.writer", "model_repository:digits", None),
+        ("roles/logging.logWriter", "project", None),
+        (
+            "roles/storage.objectViewer",
+            "bucket:artifact",
+            f'resource.name.startsWith("projects/_/buckets/{artifacts}/objects/builds/digits-") || '
+            'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("builds/digits-")',
+        ),
+    }
+
+
+def test_a_models_trainer_reads_its_own_datasets_and_creates_under_its_own_runs(
+    grants: list[dict[str, Any]], tf_locals: dict[str, Any]
+) -> None:
+    data, artifacts = tf_locals["bucket_names"]["bucket:data"], tf_locals["bucket_names"]["bucket:artifact"]
+    expressions = {
+        (role, target): expression for role, target, expression in _model_grants(grants, "model_training:digits")
+    }
+    assert set(expressions) == {
+        ("roles/storage.objectViewer", "bucket:data"),
+        ("roles/storage.objectViewer", "bucket:artifact"),
+        ("roles/storage.objectCreator", "bucket:artifact"),
+    }
+    assert f"/buckets/{data}/objects/datasets/digits/" in str(expressions["roles/storage.objectViewer", "bucket:data"])
+    assert f"/buckets/{artifacts}/objects/packages/" in str(
+        expressions["roles/storage.objectViewer", "bucket:artifact"]
+    )
+    assert f"/buckets/{artifacts}/objects/runs/digits-" in str(
+        expressions["roles/storage.objectCreator", "bucket:artifact"]
+    )
+
+
+def test_only_promote_and_the_models_own_build_write_a_models_images(grants: list[dict[str, Any]]) -> None:
+    writers = {(g["member"], g["target"]) for g in grants if g["role"].startswith("roles/artifactregistry.")}
+    assert writers == {
+        ("function:promote", "model_repository:digits"),
+        ("model_build:digits", "model_repository:digits"),
+    }

@@ -238,3 +238,32 @@ def test_the_announcement_survives_a_publish_that_failed() -> None:
     assert kit.ctx.flush_outbox(older_than_seconds=-1) == 1
     assert kit.bus.types() == [events.RUN_FAILED]
     assert as_message(kit.bus.published[0]).attributes["ce-subject"] == RUN
+
+
+def test_the_run_record_has_one_vocabulary() -> None:
+    """Every property of schemas/run.schema.json is a typed field of Run, and a document round-trips."""
+    import dataclasses
+
+    from cd4ml.catalog import SCHEMA_DIR
+    from cd4ml.run import Run
+
+    schema = json.loads((SCHEMA_DIR / "run.schema.json").read_text())
+    typed = {f.name for f in dataclasses.fields(Run)} - {"extra"}
+    assert set(schema["properties"]) - typed == set()
+    doc = {
+        "run_id": RUN,
+        "model": "digits",
+        "status": "running",
+        "created_at": "t",
+        "updated_at": "t",
+        "events": [],
+        "cache": {"enabled": True},
+        "published": ["e1"],
+        "rejected_messages": [{"stage": "evaluate", "reason": "r"}],
+        "rejected_count": 1,
+        "newer_field": {"kept": True},
+    }
+    run = Run.from_document(doc)
+    assert run.cache == {"enabled": True} and run.published == ("e1",) and run.rejected_count == 1
+    assert run.extra == {"newer_field": {"kept": True}}
+    assert run.to_document() == doc

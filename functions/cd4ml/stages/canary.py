@@ -106,11 +106,15 @@ def watch_canary(message: PubSubMessage, ctx: Context) -> None:
     """On a tick, follow every active canary; one execution's trouble does not stop the others."""
     from google.api_core.exceptions import GoogleAPICallError
 
-    from cd4ml import spinnaker
+    from cd4ml import catalog, gate_credentials, spinnaker
 
     Event.from_message(message, [events.WATCH_TICKED])
     ctx.flush_outbox()  # events recorded by an instance that died before publishing them
-    gate = spinnaker.GateClient(ctx.settings.gate_url)
+    gate = spinnaker.GateClient(  # one budget for the tick: a slow Gate leaves the rest to the next tick
+        ctx.settings.gate_url,
+        credentials=gate_credentials.load(ctx.settings.gate_auth),
+        budget_seconds=spinnaker.budget(catalog.load().stage("watch_canary").timeout_seconds),
+    )
     for doc in ctx.ledger.where(("canary.active", "==", True)):
         run = Run.from_document(doc)
         if run.ended:
@@ -166,9 +170,7 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
         return
     alias = parse(run.manifest).alias
     repo = registry.Repository.of(run.image.reference, ctx.settings.registry_api)
-    client = registry.RegistryClient(
-        token=None if ctx.settings.registry_api.startswith("http://") else registry.adc_token
-    )
+    client = registry.RegistryClient(token=registry.adc_token)  # asked only when the registry challenges
     # One promotion of a model at a time, from the champion's read to its record (Ledger.model_lock).
     with ctx.ledger.model_lock(run.model, "promotion"):
         _promote(ctx, run, alias, repo, client)

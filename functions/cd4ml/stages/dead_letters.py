@@ -98,7 +98,7 @@ def on_dead_letter(message: PubSubMessage, ctx: Context) -> None:
         ctx.info(f"dead letter from {stage}: its work was done meanwhile; the run goes on", run_id)
         return
     why = reason(message, stage)
-    last = dict(run.extra.get("last_failure") or {})
+    last = dict(run.last_failure)
     if last.get("stage") == stage and last.get("error"):
         why = bounded(f"{why}. Last error seen by {stage}: {last['error']}", 1024)
     mark = {"pending": True, "stage": stage, "event_id": message.attributes.get("ce-id", ""), "at": format_time(now())}

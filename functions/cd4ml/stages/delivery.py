@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cd4ml import cache, clients, events, smoke
+from cd4ml import cache, clients, events, identities, smoke
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, list_objects
@@ -28,7 +28,7 @@ from cd4ml.manifest import Manifest, parse
 from cd4ml.outcome import Outcome
 from cd4ml.payloads import Artifact
 from cd4ml.requirements import RecordDisagrees
-from cd4ml.run import BUILD_ENDED, Run, is_run_id
+from cd4ml.run import BUILD_ENDED, Run, RunId, is_run_id
 from cd4ml.runtime import Context, checked_run
 
 RUN_TAG = "cd4ml-run-"
@@ -38,18 +38,22 @@ SMOKE_SCRIPT = "cd4ml_smoke.py"
 SMOKE_RESULT = "cd4ml_smoke_result.json"
 SMOKE_STEP = "cd4ml-smoke"
 VERDICT_STEP = "cd4ml-smoke-verdict"
+#: A build's whole time budget (Build.timeout): image build, smoke test and push.
+BUILD_TIMEOUT = timedelta(minutes=20)
 
 
 def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
-    """``REGISTRY/MODEL:RUN_ID``."""
-    return f"{ctx.settings.registry.rstrip('/')}/{manifest.name}:{run_id}"
+    """``REGISTRY/MODEL:RUN_ID`` (``{model}`` in REGISTRY: the model's own repository)."""
+    return f"{identities.image_repository(ctx.settings.registry, manifest.name)}:{run_id}"
 
 
 # --- build_image -------------------------------------------------------------------------------------------
 
 
-def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> GcsPath:
-    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp.
+def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> tuple[GcsPath, int]:
+    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp; returns
+    where, and the generation written, which the build then fetches (an object replaced after the model's hash was
+    checked is not the one built).
 
     With a smoke test, the checker (cd4ml/smoke.py) goes in as ``cd4ml_smoke.py``; the golden file is already
     in the serving folder.
@@ -84,8 +88,9 @@ def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: 
                     f"the model at {artifact.uri} has sha256 {found}, not the {artifact.sha256} "
                     "that watch_training recorded and evaluate passed; it was not built"
                 )
-        bucket.blob(target.name).upload_from_filename(archive, content_type="application/gzip")
-    return target
+        uploaded = bucket.blob(target.name)
+        uploaded.upload_from_filename(archive, content_type="application/gzip")
+    return target, int(uploaded.generation or 0)
 
 
 class ModelChanged(PermanentError):
@@ -105,9 +110,12 @@ def _add(tar: tarfile.TarFile, blob: Any, arcname: str, tmp: str) -> str:
     return hasher.hexdigest()
 
 
-def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str) -> Any:
+def build_request(
+    ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str, generation: int = 0
+) -> Any:
     """The Cloud Build build: docker build with the manifest's base image, labelled; the smoke test when the
-    manifest has one; the image pushed as REGISTRY/MODEL:RUN only when every step succeeded."""
+    manifest has one; the image pushed as REGISTRY/MODEL:RUN only when every step succeeded; the context fetched at
+    ``generation``; at most ``BUILD_TIMEOUT`` long."""
     from google.cloud.devtools import cloudbuild_v1 as cb
 
     image = image_name(ctx, manifest, run_id)
@@ -126,7 +134,12 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
         ".",
     ]
     build = cb.Build(
-        source=cb.Source(storage_source=cb.StorageSource(bucket=source.bucket, object_=source.name)),
+        source=cb.Source(
+            storage_source=cb.StorageSource(bucket=source.bucket, object_=source.name, generation=generation or None)
+        ),
+        # Explicit: Cloud Build's default is 60 minutes (Build.timeout); a serving image and its smoke test need far
+        # less, and a stuck build must end the run in a recorded state soon.
+        timeout=BUILD_TIMEOUT,
         steps=[cb.BuildStep(name=DOCKER_BUILDER, args=args), *smoke_steps(manifest, image, model_sha256)],
         # Artifacts.images (cloudbuild.proto): "pushed upon the successful completion of all build steps", so an
         # image whose smoke test failed never reaches the registry (no gcr message, no canary).
@@ -135,10 +148,20 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
         # No substitutions: Cloud Build's default MUST_MATCH refuses any that no step uses (cloudbuild.proto,
         # BuildOptions.SubstitutionOption); the run id and model hash are already literal labels above.
     )
-    if ctx.settings.build_service_account:
-        build.service_account = f"projects/{ctx.settings.project}/serviceAccounts/{ctx.settings.build_service_account}"
+    if ctx.settings.build_service_account:  # the model's own build account: it may push REGISTRY/MODEL only
+        account = identities.service_account(ctx.settings.build_service_account, "build", manifest.name)
+        build.service_account = f"projects/{ctx.settings.project}/serviceAccounts/{account}"
         build.options = cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY)
     return build
+
+
+def _tolerances(test: Any) -> list[str]:
+    """The manifest's numeric tolerances, only when not the defaults (builds of unchanged manifests stay the same)."""
+    given = (
+        ("--abs-tolerance", test.abs_tolerance, smoke.ABS_TOLERANCE),
+        ("--rel-tolerance", test.rel_tolerance, smoke.REL_TOLERANCE),
+    )
+    return [arg for flag, value, default in given if value != default for arg in (flag, f"{value!r}")]
 
 
 def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
@@ -172,6 +195,7 @@ def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
         test.health_path,
         "--startup-seconds",
         f"{test.startup_seconds:g}",
+        *_tolerances(test),
         "--result",
         SMOKE_RESULT,
         "--",
@@ -218,12 +242,12 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         if reused is not None:
             return reused
         try:
-            source = build_context(ctx, manifest, artifact, run_id)
+            source, generation = build_context(ctx, manifest, artifact, run_id)
         except ModelChanged as changed:
             return {"build_id": "", "context": "", "refused": changed.message}
         operation = ctx.builds.create_build(
             project_id=ctx.settings.project,
-            build=build_request(ctx, manifest, run_id, source, artifact.sha256),
+            build=build_request(ctx, manifest, run_id, source, artifact.sha256, generation),
             timeout=clients.CALL_SECONDS,
         )
         return {"build_id": operation.metadata.build.id, "context": source.uri}
@@ -468,17 +492,17 @@ class PushNotice:
 
     def run_id(self, registry: str) -> str | None:
         """The run of a push of ``REGISTRY/MODEL:RUN_ID`` by digest; None for anything else."""
-        prefix = registry.rstrip("/") + "/"
         _, _, tag = self.tag.rpartition(":")
-        if self.action != "INSERT" or not self.tag.startswith(prefix) or "@sha256:" not in self.digest_ref:
+        if self.action != "INSERT" or "@sha256:" not in self.digest_ref or not is_run_id(tag):
             return None
-        return tag if is_run_id(tag) else None
+        model = RunId.parse(tag).model
+        return tag if self.tag == f"{identities.image_repository(registry, model)}:{tag}" else None
 
 
 def pushed(notice: PushNotice, run: Run, registry: str) -> Outcome:
     """image.pushed with the image by digest, when the pushed repository is the run's model's."""
     repository = notice.tag.rpartition(":")[0]
-    if repository != registry.rstrip("/") + "/" + run.model:
+    if repository != identities.image_repository(registry, run.model):
         return Outcome.nothing(f"push of {notice.tag} matches no run; ignored")
     reference = f"{repository}@{notice.digest_ref.rsplit('@', 1)[1]}"
     return Outcome.event(
@@ -577,7 +601,7 @@ def canary_started(
 
 def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     """image.pushed → Spinnaker webhook, once; then canary.triggered (execution confirmed) or canary.failed."""
-    from cd4ml import secrets, spinnaker
+    from cd4ml import catalog, gate_credentials, secrets, spinnaker
 
     event = Event.from_message(message, [events.IMAGE_PUSHED])
     run = checked_run(ctx, event)  # the image Cloud Build reported for the run's build, pushed
@@ -585,9 +609,21 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
         return
     run_id = event.subject
     manifest = parse(run.manifest)
-    gate = spinnaker.GateClient(ctx.settings.gate_url)
+    if manifest.name != run.model:  # the source and the key are the run's model's, whatever its manifest says
+        raise PermanentError(
+            f"run {run_id} is of model {run.model} but its manifest names {manifest.name}", run_id=run_id
+        )
+    # The model's own key (a key opens only its model's pipeline), read before the claim: a missing one is permanent.
+    key = secrets.read(spinnaker.key_reference(ctx.settings.gate_key_secret, run.model))
+    budget = spinnaker.budget(catalog.load().stage("trigger_canary").timeout_seconds)
+    gate = spinnaker.GateClient(
+        ctx.settings.gate_url,
+        credentials=gate_credentials.load(ctx.settings.gate_auth),
+        budget_seconds=budget,
+        confirm_seconds=spinnaker.confirm_window(ctx.settings.gate_confirm_seconds, budget),
+    )
     payload = spinnaker.webhook_payload(
-        model=manifest.name,
+        model=run.model,
         run_id=run_id,
         reference=run.image.reference,  # the record's, never the event's
         metrics=dict(run.evaluation.metrics) if run.evaluation else {},
@@ -596,18 +632,15 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
 
     def call() -> dict[str, Any]:
         return gate.trigger(
-            manifest.webhook_source,
-            manifest.canary_application,
-            payload,
-            key=secrets.read(ctx.settings.gate_key_secret),
+            spinnaker.webhook_source(run.model), manifest.canary_application, payload, key=key
         ).to_dict()
 
     def recover() -> dict[str, Any] | None:
         found = gate.find_execution(manifest.canary_application, run_id)
         return found.to_dict() if found else None
 
-    # The webhook's retries and confirmation can take a minute (spinnaker.ATTEMPTS × TIMEOUT): the claim's lease is
-    # renewed while it runs.
+    # The claim's lease is renewed while the act runs; the act (recover, webhook, confirmation) spends at most the
+    # client's budget, well under the function's timeout, so the platform never stops it mid-act.
     result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover)
     ctx.conclude(
         run_id,

@@ -174,7 +174,7 @@ def webhook_url(template: str, channel: str) -> str:
             "CD4ML_NOTIFY_SECRETS must contain {channel} (projects/P/secrets/cd4ml-notify-{channel}/…)"
         )
     try:
-        url = secrets.read(template.replace("{channel}", channel))
+        url = secrets.read(template.replace("{channel}", channel), setting="CD4ML_NOTIFY_SECRETS")
     except PermanentError as missing:
         raise PermanentError(f"no webhook URL for notification channel {channel}", run_id=None) from missing
     if not url.startswith(("https://", "http://")):

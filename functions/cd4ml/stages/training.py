@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from cd4ml import cache, catalog, clients, events
+from cd4ml import cache, catalog, clients, events, identities
 from cd4ml.bus import bounded
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
@@ -66,8 +66,8 @@ def custom_job(ctx: Context, run_id: str, manifest: Manifest, dataset: Dataset) 
         base_output_directory=types.GcsDestination(output_uri_prefix=model_dir(ctx, run_id).removesuffix("model/")),
         scheduling=types.Scheduling(timeout=duration_pb2.Duration(seconds=t.timeout_seconds)),
     )
-    if ctx.settings.training_service_account:
-        spec.service_account = ctx.settings.training_service_account
+    if ctx.settings.training_service_account:  # the model's own training account: its datasets and runs only
+        spec.service_account = identities.service_account(ctx.settings.training_service_account, "train", manifest.name)
     return types.CustomJob(
         display_name=f"cd4ml-{run_id}", job_spec=spec, labels={RUN_LABEL: run_id, "cd4ml_model": manifest.name}
     )
@@ -166,7 +166,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     run_id = event.subject
     manifest = parse(run.manifest)
     dataset = DataFetched.of(event).dataset
-    on = cache.enabled(run.extra)
+    on = cache.enabled(run.cache)
 
     def create() -> dict[str, Any]:
         # The cache is read inside the claim: a redelivery finds this decision recorded and makes no second job.
@@ -281,7 +281,7 @@ def _check(ctx: Context, run: Run) -> None:
     elif state in FINISHED:
         problem = job.error.message
     outcome = finished(run, state, artifact, problem)
-    key = str(((run.extra.get("cache") or {}).get("training") or {}).get("key", ""))
+    key = str((run.cache.get("training") or {}).get("key", ""))
     if outcome.type == events.TRAINING_COMPLETED and key and artifact is not None:
         # Indexed before training.completed is published: the next run with this key finds it.
         ctx.ledger.remember(
