@@ -264,3 +264,21 @@ def test_the_approval_policy_setting_is_read_from_json_or_a_file(tmp_path: Path)
     assert line.startswith(
         f"model gated: the manifest asks no approval but the deployed policy requires approval by user:{ALICE} within 3d"
     )
+
+
+def test_model_check_says_in_one_line_when_the_manifest_differs_from_the_deployed_policy(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cd4ml_cli import main as cli
+
+    folder = str(REPO / "examples" / "digits")  # its manifest asks no approval
+    monkeypatch.setenv("CD4ML_APPROVAL_POLICY", json.dumps({"digits": POLICY["gated"]}))
+    assert cli.main(["model", "check", folder]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[1] == (
+        f"model digits: the manifest asks no approval but the deployed policy requires approval by user:{ALICE} "
+        "within 3d; runs follow the deployed policy (the platform team changes it with `terraform apply`)"
+    )
+    monkeypatch.setenv("CD4ML_APPROVAL_POLICY", "{}")
+    assert cli.main(["model", "check", folder]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1, "an agreeing manifest gets no note"
