@@ -228,7 +228,9 @@ def test_a_malformed_decision_is_refused_naming_each_problem(kit: Kit, issuers: 
 
 def test_clear_delivery_follows_the_deployed_policy_not_the_buckets_manifest(issuers: Issuers) -> None:
     """A manifest pushed without its approval block still waits for approval; one naming itself is not asked."""
-    passed = {"model": "gated", "model_artifact": ARTIFACT, "metrics": {"accuracy": 0.97}, "gate": {}}
+    # the evaluation's gate as evaluate emits it: one entry per metric (nested, frozen in the event's data)
+    gate = {"metric": "accuracy", "passed": True, "gates": [{"metric": "accuracy", "value": 0.97, "reasons": []}]}
+    passed = {"model": "gated", "model_artifact": ARTIFACT, "metrics": {"accuracy": 0.97}, "gate": gate}
     for policy, expected in ((POLICY, events.APPROVAL_REQUESTED), ({}, events.DELIVERY_CLEARED)):
         kit = Kit("clear_delivery", approval_policy=json.dumps(policy))
         bucket_manifest = manifest(name="gated")
@@ -240,6 +242,7 @@ def test_clear_delivery_follows_the_deployed_policy_not_the_buckets_manifest(iss
         assert kit.bus.types() == [expected]
         if expected == events.APPROVAL_REQUESTED:
             assert kit.run(RUN)["approval"]["approvers"] == [f"user:{ALICE}"]
+            assert json.loads(json.dumps(kit.run(RUN)["approval"]["gate"])) == gate, "stored as plain JSON values"
 
 
 def test_the_approval_policy_setting_is_read_from_json_or_a_file(tmp_path: Path) -> None:

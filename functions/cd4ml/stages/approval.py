@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cd4ml import events
 from cd4ml.approval_policy import Policy
 from cd4ml.errors import RetryableError
-from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
+from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time, plain
 from cd4ml.id_tokens import Unverified, bearer, verify
 from cd4ml.manifest import Approval
 from cd4ml.outcome import Outcome
@@ -58,20 +58,21 @@ def policy(ctx: Context) -> Policy:
 
 def clearance(passed: EvaluationPassed, gate: Mapping[str, Any], rule: Approval | None, at: datetime) -> Outcome:
     """delivery.cleared at once when no approval is required; else approval.requested with what approvers see."""
+    gate = plain(gate)  # an event's data is frozen all the way down; Firestore takes plain dicts and lists only
     candidate = {"model": passed.model, "model_artifact": passed.model_artifact.to_dict(), "metrics": passed.metrics}
     if rule is None:
         return Outcome.event(events.DELIVERY_CLEARED, candidate)
     expires_at = format_time(at + rule.expires_after)
     return Outcome.event(
         events.APPROVAL_REQUESTED,
-        {**candidate, "gate": dict(gate), "approvers": list(rule.approvers), "expires_at": expires_at},
+        {**candidate, "gate": gate, "approvers": list(rule.approvers), "expires_at": expires_at},
         {
             "approval": {
                 "approvers": list(rule.approvers),
                 "requested_at": format_time(at),
                 "expires_at": expires_at,
                 "metrics": dict(passed.metrics),
-                "gate": dict(gate),
+                "gate": gate,
             }
         },
     )
