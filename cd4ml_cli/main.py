@@ -340,6 +340,7 @@ def cmd_model_push(args: argparse.Namespace) -> int:
         f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
         + (f", trainer package {pushed.package_uri}" if pushed.package_uri else "")
     )
+    _policy_note(pushed.manifest)
     return 0
 
 
@@ -405,6 +406,15 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_note(manifest: Any) -> None:
+    """Say (one line) when the manifest's approval block is not what the deployed approval policy enforces."""
+    from cd4ml_cli.approvals import policy_note
+
+    note = policy_note(manifest)
+    if note:
+        print(note)
+
+
 def cmd_model_check(args: argparse.Namespace) -> int:
     from cd4ml_cli import models
 
@@ -414,6 +424,7 @@ def cmd_model_check(args: argparse.Namespace) -> int:
         + ("executor image, trainer module and " if manifest.training.executor_image else "")
         + ("smoke requests found" if manifest.smoke else "no smoke test")
     )
+    _policy_note(manifest)
     return 0
 
 

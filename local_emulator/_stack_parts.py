@@ -33,6 +33,7 @@ from local_emulator.stack import (
     _gate_client_certificate,
     _gate_key_file,
     _http_ok,
+    approval_policy_file,
     push_routes,
     stage_env,
     stop,
@@ -253,11 +254,35 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
         stack.start(name, [*_stand_in(f"local_emulator.{name}", ports[name], stack.root / name), *more], env_for)
     start_gate(stack)
     _start_receiver(stack, [models.read(f) for f in folders])
+    _start_token_issuer(stack)
     stack.wait(
         "registry", lambda: processes.port_open(ports["registry"]) and processes.port_open(ports["registry_tokens"])
     )
     # The Cloud Build stand-in opens its port once its base image is ready: minutes on a cold cache.
     stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]), timeout=300)
+
+
+def _start_token_issuer(stack: Stack) -> None:
+    """The ID-token issuer stand-in (local_emulator/token_issuer.py): its certificates verify `cd4ml approve`'s tokens."""
+    port = processes.free_port()
+    stack.endpoints["token_issuer"] = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "local_emulator.token_issuer", "--host", "127.0.0.1", "--port", str(port)]
+    stack.start(
+        "token-issuer", [*argv, "--state-dir", str(stack.root / "token-issuer")], _child_env(stack, emulators=False)
+    )
+    stack.wait("token-issuer", _http_ok(f"http://127.0.0.1:{port}/health"))
+
+
+def deploy_approval_policy(stack: Stack, manifest: Any) -> None:
+    """What `terraform apply` does with a manifest of the repository: its approval block into the deployed policy."""
+    from cd4ml.approval_policy import Policy
+
+    file = approval_policy_file(stack)
+    rules = dict(Policy.of(f"file:{file}").rules)
+    rules.pop(manifest.name, None)
+    if manifest.approval is not None:
+        rules[manifest.name] = manifest.approval
+    file.write_text(Policy(rules=rules).to_json())
 
 
 def _start_receiver(stack: Stack, manifests: list[Any]) -> None:
@@ -364,6 +389,7 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
     cat = catalog.load()
     ports = {stage.name: processes.free_port() for stage in cat.stages}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    stack.endpoints["functions"] = urls  # before their environments: the decision endpoint's URL is a setting
     argv = {
         stage.name: [
             sys.executable,
@@ -374,7 +400,7 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
             "--source",
             str(FUNCTIONS_DIR / "main.py"),
             "--signature-type",
-            "cloudevent",
+            "http" if stage.http else "cloudevent",
             "--host",
             "127.0.0.1",
         ]
@@ -449,6 +475,7 @@ def push_model(stack: Stack, folder: Path) -> str:
     jobs = _jobs_dir(stack)
     jobs.mkdir(parents=True, exist_ok=True)
     (jobs / f"{pushed.manifest.name}.yaml").write_text((folder / models.MANIFEST).read_text())
+    deploy_approval_policy(stack, pushed.manifest)
     if "notify" in stack.endpoints:
         write_notify_secrets(stack, pushed.manifest)
     if "gate" in stack.endpoints:

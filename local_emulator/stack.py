@@ -137,6 +137,7 @@ def _gate_client_certificate(stack: Stack) -> Path:
 
 def _settings(stack: Stack) -> dict[str, str]:
     """Every CD4ML_* setting of the stack's deployment, but the per-stage ones."""
+    decision_url = (stack.endpoints.get("functions") or {}).get("decide_approval", "")
     return {
         "CD4ML_PROJECT": PROJECT,
         "CD4ML_REGION": REGION,
@@ -156,6 +157,13 @@ def _settings(stack: Stack) -> dict[str, str]:
         "CD4ML_GATE_CONFIRM_SECONDS": "30",
         # Each notification channel's webhook URL (the receiver stand-in's), one file per channel (_stack_parts)
         "CD4ML_NOTIFY_SECRETS": f"file:{stack.root / 'secrets'}/notify-{{channel}}",
+        # The deployed approval policy: written when the stack deploys a model (push_model), as Terraform derives it
+        # from the repository's manifests; never from the bucket a model team pushes to.
+        "CD4ML_APPROVAL_POLICY": f"file:{approval_policy_file(stack)}",
+        # ID tokens: the token issuer stand-in's certificates, the decision endpoint's URL as their audience.
+        "CD4ML_TOKEN_CERTS_URL": f"{stack.endpoints.get('token_issuer', '')}/oauth2/v1/certs",
+        "CD4ML_DECISION_URL": decision_url,
+        "CD4ML_DECISION_AUDIENCES": decision_url,
     }
 
 
@@ -189,9 +197,18 @@ def push_routes(stack: Stack) -> Path:
     return stack.root / "pubsub-push.json"
 
 
+def approval_policy_file(stack: Stack) -> Path:
+    """The stack's deployed approval policy (CD4ML_APPROVAL_POLICY's file)."""
+    return stack.root / "approval-policy.json"
+
+
+#: Where `cd4ml approve|reject` gets an ID token on the local stack (the token issuer stand-in; not a function setting).
+LOCAL_TOKEN_ISSUER = "CD4ML_LOCAL_TOKEN_ISSUER"
+
+
 def client_env(stack: Stack) -> dict[str, str]:
     """What a shell (or the CLI) needs to talk to the running stack."""
-    return {**_emulator_env(stack), **_settings(stack)}
+    return {**_emulator_env(stack), **_settings(stack), LOCAL_TOKEN_ISSUER: stack.endpoints.get("token_issuer", "")}
 
 
 def up(
