@@ -23,8 +23,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from cd4ml_models import folder as models
+
 from cd4ml.errors import Cd4mlError
-from cd4ml_cli import models
 
 
 @dataclass(frozen=True)

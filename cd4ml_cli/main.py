@@ -315,7 +315,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_model_push(args: argparse.Namespace) -> int:
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     folder = Path(args.folder)
     if not os.environ.get("CD4ML_PROJECT"):  # no project named: the running local stack, if a plugin has one
@@ -416,7 +416,7 @@ def _policy_note(manifest: Any) -> None:
 
 
 def cmd_model_check(args: argparse.Namespace) -> int:
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     manifest = models.check(Path(args.folder))
     print(

@@ -19,7 +19,7 @@ from typing import Any
 
 from cd4ml import catalog, identities
 from local_emulator import _gate_tls, faults, iam_proxy, processes
-from local_emulator.stack import (
+from local_emulator.stack_state import (
     ARTIFACT_BUCKET,
     DATA_BUCKET,
     FUNCTIONS_DIR,
@@ -218,7 +218,7 @@ def _start_iam(stack: Stack, attempts: int = 3) -> None:
 def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     """The OCI registry (and its gcr bridge), the Cloud Build stand-in and the Spinnaker Gate stand-in."""
 
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     env = _child_env(stack)
     ports = {name: processes.free_port() for name in ("cloudbuild", "gate", "registry_tokens")}
@@ -464,7 +464,7 @@ def _start_ui(stack: Stack) -> str:
 
 def push_model(stack: Stack, folder: Path) -> str:
     """Push a model folder to the stack and seed its source data (``seed_data.py``, local convention)."""
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     from cd4ml import clients
     from cd4ml.manifest import resolve_gcs

@@ -59,7 +59,7 @@ def evaluated(run_id: str, uri: str, sha256: str) -> None:
 
 
 def _open_run(contract: Contract, run_id: str) -> None:
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
     from local_emulator.stack import REPO
 
     manifest = models.read(REPO / "examples" / "digits")

@@ -10,7 +10,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
