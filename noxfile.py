@@ -1,4 +1,4 @@
-"""Sessions: tests (the README's test command), unit and contract (its fast tiers), demo, lint, terraform, bench.
+"""Sessions: tests (the README's test command), unit, standins and contract (its tiers), demo, lint, terraform, bench.
 
 Every option is declared here once; Debian tools the local stack needs are installed when run as root
 (as CI does), otherwise the exact apt-get line is printed.
@@ -6,6 +6,7 @@ Every option is declared here once; Debian tools the local stack needs are insta
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -25,16 +26,18 @@ ROOT = Path(__file__).parent
 #: The Debian packages the local stack runs (the delivery stand-ins build and push real OCI images), each with
 #: the command that proves it is installed.
 DEBIAN_COMMANDS = {package: package for package in _STACK_PACKAGES}
+#: The browser the web view's end-to-end tests and the demo's screenshots drive (cd4ml_ui.screenshots).
+BROWSER = {"chromium": "chromium"}
 GCLOUD_EMULATORS = Path("/usr/lib/google-cloud-sdk/platform")
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[local,dev]")
+    session.install("-e", ".[local,dev,ui]")
 
 
-def _debian(session: nox.Session) -> None:
-    """Install the Debian tools the local stack needs, or say exactly how to."""
-    missing = [pkg for pkg, cmd in DEBIAN_COMMANDS.items() if shutil.which(cmd) is None]
+def _debian(session: nox.Session, extra: dict[str, str] | None = None) -> None:
+    """Install the Debian tools the local stack needs (and ``extra``: package → command), or say exactly how to."""
+    missing = [pkg for pkg, cmd in {**DEBIAN_COMMANDS, **(extra or {})}.items() if shutil.which(cmd) is None]
     if not missing:
         return
     line = "apt-get install -y --no-install-recommends " + " ".join(missing)
@@ -56,7 +59,7 @@ def _emulators(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit, contract and end-to-end tests on the local stack (pytest args pass through)."""
-    _debian(session)
+    _debian(session, BROWSER)
     _emulators(session)
     _install(session)
     session.run("pytest", *(session.posargs or ["tests", "--ignore=tests/terraform"]))
@@ -64,9 +67,17 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def unit(session: nox.Session) -> None:
-    """The fast tier: every stage's decisions, the ledger rules, the stand-ins' rules; no emulator, seconds."""
+    """The fast tier: every stage handler on the in-memory ledger, the ledger rules; no process spawned, < 60 s."""
     _install(session)
-    session.run("pytest", "tests/unit", "-m", "not emulator", "-q", *session.posargs)
+    session.run("pytest", "tests/unit", "-q", *session.posargs)
+
+
+@nox.session
+def standins(session: nox.Session) -> None:
+    """The stand-ins' own tests (Vertex, Cloud Build, registry, Gate, IAM, supervisor), with the tools they run."""
+    _debian(session)
+    _install(session)
+    session.run("pytest", "tests/standins", "-q", *session.posargs)
 
 
 @nox.session
@@ -80,8 +91,9 @@ def contract(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Start the local stack, run the example model live with its timeline, stop the stack."""
-    _debian(session)
+    """Start the local stack, run the example model live with its timeline, take screenshots of the web view
+    (.cd4ml/screenshots/), stop the stack."""
+    _debian(session, BROWSER)
     _emulators(session)
     _install(session)
     env = {"CD4ML_STATE_DIR": str(ROOT / ".cd4ml")}
@@ -89,12 +101,14 @@ def demo(session: nox.Session) -> None:
     try:
         session.run("cd4ml", "run", "digits", "--wait", "--timeout", "300", env=env)
         session.run("cd4ml", "status", env=env)
+        ui = json.loads((ROOT / ".cd4ml" / "stack.json").read_text())["endpoints"]["ui"]
+        session.run("python", "-m", "cd4ml_ui.screenshots", ui, str(ROOT / ".cd4ml" / "screenshots"), env=env)
     finally:
         session.run("cd4ml", "local", "down", env=env)
 
 
 #: What lint checks: every Python file of the project.
-LINTED = ("functions", "cd4ml_cli", "local_emulator", "tests", "benchmarks", "noxfile.py")
+LINTED = ("functions", "cd4ml_cli", "cd4ml_ui", "local_emulator", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
@@ -103,12 +117,12 @@ def lint(session: nox.Session) -> None:
     _install(session)
     session.run("ruff", "format", "--check", *LINTED)
     session.run("ruff", "check", *LINTED)
-    session.run("mypy", "functions", "cd4ml_cli", "local_emulator", "tests", "benchmarks")
+    session.run("mypy", "functions", "cd4ml_cli", "cd4ml_ui", "local_emulator", "tests", "benchmarks")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measure the DESIGN.md targets on a private local stack (~5 min); fails when one is missed."""
+    """Measure the targets in docs/architecture.md on a private local stack (~5 min); fails when one is missed."""
     _debian(session)
     _emulators(session)
     _install(session)
@@ -128,7 +142,7 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session
 def terraform(session: nox.Session) -> None:
-    """Check terraform/ offline: fmt, provider schema, checkov, parity and IAM tests (needs terraform on PATH)."""
+    """Check terraform/ offline: fmt, terraform validate + plan (stand-in providers), checkov, parity and IAM tests."""
     from tests.terraform.session import terraform as check
 
     check(session)

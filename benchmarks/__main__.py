@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: measure the DESIGN.md targets on a private local stack; exit 1 when one is missed.
+"""``python -m benchmarks``: measure the targets in docs/architecture.md on a private local stack; exit 1 when one is missed.
 
 The readable table goes to stdout, progress to stderr, every figure to ``benchmarks/results/latest.json``.
 """
@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import cache, coldstart, concurrency, hops
+from benchmarks import cache, coldstart, concurrency, hops, ui
 from benchmarks.pipeline import exit_on_sigterm, running, say
 from benchmarks.report import Report, Section
 
 RESULTS = Path(__file__).with_name("results") / "latest.json"
-TARGETS = ("coldstart", "hops", "runs", "cache")
+TARGETS = ("coldstart", "hops", "runs", "cache", "ui")
 
 
 def _options(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,6 +54,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1.0,
         help="watch tick period (production: 60; the local stack's tests: 1; default 1)",
     )
+    parser.add_argument(
+        "--ui-runs", type=int, default=10_000, help="runs in the ledger for the web view (default 10000)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (stack state and logs)")
     return parser.parse_args(argv)
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if "cache" in wanted:
                 sections.append(cache.measure(pipeline, options.batch_timeout))
+            if "ui" in wanted:  # last: it adds 10,000 finished runs to the ledger
+                sections.append(ui.measure(pipeline, options.ui_runs))
     finally:
         if options.keep:
             say(f"work directory kept: {workdir}")

@@ -1,4 +1,4 @@
-"""A run served from the caches against a full run of the same model, data and code (DESIGN.md: < 0.5×).
+"""A run served from the caches against a full run of the same model, data and code (target: < 0.5×).
 
 The full run trains (Vertex), builds (Cloud Build), runs its canary and is promoted; the next run on the same data
 reuses that training (no job) and, its model being the champion's, ends ``skipped`` (no build, no canary). Each run's

@@ -83,7 +83,7 @@ def make_model(workdir: Path, name: str = MODEL, threshold: float = 0.8, cache: 
         # serve.py loads model.joblib and the centroid trainer writes model.json: the smoke test cannot pass, and
         # the cache bench needs a full run that delivers (the other bench models still carry it).
         manifest["serving"].pop("smoke", None)
-    manifest["canary"] = {"application": name, "webhook_source": f"cd4ml-{name}", "pipeline": f"{name}-canary"}
+    manifest["canary"] = {"application": name, "pipeline": f"{name}-canary"}
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
 
@@ -131,7 +131,7 @@ class Pipeline:
         os.environ.update({k: v for k, v in self.env.items() if not k.startswith("CD4ML_")})
         self.settings = Settings.from_env(self.env)
         self.db = clients.firestore_client(self.settings)
-        self.ledger = ledger.Ledger(self.db)
+        self.ledger = ledger.Ledger.firestore(self.db)
         self.bus = Bus(self.settings.project)
         self.ticker = Ticker(self.bus, self.settings.project, tick_seconds)
         self._next_slot = now().replace(microsecond=0)

@@ -1,4 +1,4 @@
-"""What the bench found: checks against the DESIGN.md targets, a readable table, and the JSON file."""
+"""What the bench found: checks against the targets in docs/architecture.md, a readable table, and the JSON file."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class Check:
-    """One target checked: what was measured against what DESIGN.md allows."""
+    """One target checked: what was measured against what its target allows (docs/architecture.md)."""
 
     target: str
     name: str

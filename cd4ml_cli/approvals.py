@@ -53,7 +53,7 @@ def decide(settings: Settings, run_id: str, decision: str, reason: str, wait: fl
 
     from cd4ml.bus import Bus
 
-    book = ledger.Ledger(clients.firestore_client(settings))
+    book = ledger.Ledger.firestore(clients.firestore_client(settings))
     record = book.get(run_id)
     if record is None:
         raise Cd4mlError(f"no run {run_id!r} in the ledger")

@@ -6,25 +6,33 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cd4ml import clients, ledger
+from cd4ml import clients
 from cd4ml.errors import Cd4mlError
-from cd4ml.events import RUN_REQUESTED, Event, now
-from cd4ml.run import AWAITING_APPROVAL, TERMINAL
 from cd4ml.settings import Settings
+from cd4ml_cli import reach
+from cd4ml_cli.deadletters import held_by_stage, held_messages
+from cd4ml_cli.deadletters import subscriber as _subscriber
 
 PLUGIN_GROUP = "cd4ml.cli"
+#: Plugins that ship with the command itself (same shape as the entry points): ``cd4ml ui``.
+BUILT_IN_PLUGINS = ("cd4ml_ui.cli",)
 
 
 def _plugins() -> list[Any]:
     """Modules registered under the ``cd4ml.cli`` entry point group: ``register(subparsers)``, ``environment()``."""
+    from importlib import import_module
     from importlib.metadata import entry_points
 
     found = []
+    for name in BUILT_IN_PLUGINS:
+        try:
+            found.append(import_module(name))
+        except ImportError:  # its web framework is not installed here
+            continue
     for entry in entry_points(group=PLUGIN_GROUP):
         try:
             found.append(entry.load())
@@ -51,7 +59,9 @@ def _settings() -> Settings:
         raise Cd4mlError(
             "no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`"
         )
-    return Settings.from_env(env)
+    settings = Settings.from_env(env)
+    reach.probe_emulators(env)
+    return settings
 
 
 _FIRST = (
@@ -81,8 +91,41 @@ def ordered(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def known_models(settings: Settings) -> list[str] | None:
+    """The models whose manifest is in the artifact bucket; None when the caller may not list them."""
+    from google.api_core.exceptions import Forbidden, PermissionDenied
+
+    prefix = "manifests/"  # cd4ml.manifest.manifest_object's folder (that module loads jsonschema: a second here)
+    try:
+        blobs = clients.storage_client(settings).list_blobs(
+            settings.artifact_bucket, prefix=prefix, timeout=reach.CALL_TIMEOUT, retry=reach.retry()
+        )
+        return sorted(b.name.removeprefix(prefix).removesuffix(".yaml") for b in blobs if b.name.endswith(".yaml"))
+    except (Forbidden, PermissionDenied):
+        return None  # the run request itself is the check then: fetch_data dead-letters an unknown model
+
+
+def require_model(settings: Settings, model: str) -> None:
+    """Cd4mlError at once for a model with no manifest in the artifact bucket (a typo waited 600 s before)."""
+    import difflib
+
+    known = known_models(settings)
+    if known is None or model in known:
+        return
+    close = difflib.get_close_matches(model, known, n=1)
+    raise Cd4mlError(
+        f"no model {model!r} in gs://{settings.artifact_bucket}/manifests/"
+        + (f": did you mean {close[0]!r}?" if close else f" (known: {', '.join(known) or 'none'})")
+        + " A new model is added with `cd4ml model push FOLDER`"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
+    require_model(settings, args.model)
+    from cd4ml import ledger  # after the checks: importing the event schemas costs a second on a busy machine
+    from cd4ml.events import RUN_REQUESTED, Event, now
+
     scheduled = now().replace(microsecond=0)
     run_id = ledger.run_id(args.model, scheduled)
     from cd4ml.bus import Bus
@@ -105,58 +148,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"run_id": run_id}) if args.json else run_id)
         return 0
     print(run_id, file=sys.stderr if args.json else sys.stdout, flush=True)
-    return _follow(settings, run_id, args.timeout, args.json)
+    from cd4ml_cli.follow import follow
 
-
-def _follow(settings: Settings, run_id: str, timeout: float, as_json: bool) -> int:
-    from cd4ml_cli.timeline import event_line
-
-    book = ledger.Ledger(clients.firestore_client(settings))
-    out = sys.stderr if as_json else sys.stdout
-    shown: set[str] = set()
-    deadline = time.monotonic() + timeout
-    record: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        record = book.get(run_id)
-        if record:
-            for event in sorted(record.get("events", []), key=lambda e: e["time"]):
-                if event["id"] not in shown:
-                    shown.add(event["id"])
-                    print(event_line(record, event), file=out, flush=True)
-            if record.get("status") in TERMINAL:
-                break
-            if record.get("status") == AWAITING_APPROVAL and "approval" not in shown:
-                shown.add("approval")
-                print(f"  waiting: cd4ml approve {run_id} --reason …  |  cd4ml reject {run_id} --reason …", file=out)
-        time.sleep(0.3)
-    if as_json:
-        print(json.dumps(ordered(record) if record else {"run_id": run_id, "status": "unknown"}, indent=2, default=str))
-    if record is None or record.get("status") not in TERMINAL:
-        print(
-            f"run {run_id}: still {record.get('status') if record else 'not started'} after {timeout:.0f} s",
-            file=sys.stderr,
-        )
-        return 3
-    if record["status"] == "skipped":  # nothing new: a finished run, not a failure
-        print(f"run {run_id} skipped: {((record.get('cache') or {}).get('skipped') or {}).get('reason', '')}", file=out)
-        return 0
-    if record["status"] != "succeeded":
-        error = record.get("error") or {}
-        print(f"run {run_id} {record['status']}: {error.get('message', 'no reason recorded')}", file=sys.stderr)
-        return 1
-    print(f"run {run_id} succeeded", file=out)
-    return 0
+    return follow(settings, run_id, args.timeout, args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from cd4ml import ledger
+    from cd4ml_cli.follow import follow, read_run
     from cd4ml_cli.timeline import render
 
     settings = _settings()
-    book = ledger.Ledger(clients.firestore_client(settings))
+    book = ledger.Ledger.firestore(clients.firestore_client(settings))
     if args.run:
-        record = book.get(args.run)
+        if args.follow:
+            return follow(settings, args.run, args.timeout, args.json)
+        record = read_run(clients.firestore_client(settings), args.run)
         if record is None:
-            print(f"no run {args.run!r} in the ledger", file=sys.stderr)
+            print(f"cd4ml: no run {args.run!r} in the ledger: `cd4ml status` lists the recent runs", file=sys.stderr)
             return 1
         print(json.dumps(ordered(record), indent=2, default=str) if args.json else render(record))
         return 0
@@ -173,59 +182,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subscriber() -> Any:
-    """A subscriber that accepts messages of any size: Pub/Sub takes up to 10 MB, gRPC's default refuses > 4 MB."""
-    from google.cloud import pubsub_v1
-
-    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if not emulator:
-        return pubsub_v1.SubscriberClient()  # its production channel already lifts the limit
-    import grpc
-    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-
-    channel = grpc.insecure_channel(emulator, options=[("grpc.max_receive_message_length", -1)])
-    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
-
-
-def held_messages(subscriber: Any, path: str, page: int = 100, quiet_pulls: int = 2) -> list[Any]:
-    """Every message held in ``path``, pulled page by page and then handed back, so looking consumes nothing.
-
-    Pulled messages stay leased (not redelivered to this look) until all are read; a pull may come back
-    empty although messages wait, so the look ends after ``quiet_pulls`` empty pulls in a row. A pull waits
-    for messages until its deadline when there are none (the emulator: the whole deadline; 10 s made an
-    empty listing of 18 stages take 6 minutes), hence a short one.
-    """
-    from google.api_core.exceptions import DeadlineExceeded
-
-    received: list[Any] = []
-    seen: set[str] = set()
-    quiet = 0
-    try:
-        while quiet < quiet_pulls:
-            try:
-                pulled = subscriber.pull(
-                    request={"subscription": path, "max_messages": page}, timeout=3
-                ).received_messages
-            except DeadlineExceeded:
-                pulled = []
-            fresh = [r for r in pulled if r.message.message_id not in seen]
-            seen.update(r.message.message_id for r in fresh)
-            received += fresh
-            quiet = 0 if fresh else quiet + 1
-            if not fresh:
-                time.sleep(0.3)
-    finally:
-        for start in range(0, len(received), 1000):  # hand them back at once
-            subscriber.modify_ack_deadline(
-                request={
-                    "subscription": path,
-                    "ack_deadline_seconds": 0,
-                    "ack_ids": [r.ack_id for r in received[start : start + 1000]],
-                }
-            )
-    return received
-
-
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """Show what stages rejected or gave up on, from the dead-letter hold subscriptions; leaves them there."""
     from cd4ml import catalog
@@ -233,10 +189,12 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     settings = _settings()
     subscriber = _subscriber()
     stages = [args.stage] if args.stage else [s.name for s in catalog.load().stages]
+    if args.stage and args.stage not in {s.name for s in catalog.load().stages}:
+        names = ", ".join(s.name for s in catalog.load().stages)
+        raise Cd4mlError(f"no stage {args.stage!r}: --stage takes one of {names}")
     found = 0
-    for stage in stages:
-        path = subscriber.subscription_path(settings.project, catalog.dead_letter_hold(stage))
-        for received in held_messages(subscriber, path)[: args.limit or None]:
+    for stage, held in held_by_stage(subscriber, settings.project, stages).items():
+        for received in held[: args.limit or None]:
             found += 1
             m = received.message
             attrs = dict(m.attributes)
@@ -266,6 +224,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     """Each model's champion: which run, which image (by digest), its metrics, since when."""
     settings = _settings()
+    from cd4ml import ledger
+
     db = clients.firestore_client(settings)
     champions = []
     for doc in db.collection(ledger.MODELS).stream():
@@ -324,6 +284,24 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     return 0 if replayed or not args.id else 1
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The log lines the functions wrote about one run (local stack: its log files; else Cloud Logging)."""
+    from cd4ml_cli import run_logs
+
+    settings = _settings()
+    folders = [f for f in (getattr(p, "log_dir", lambda: None)() for p in _plugins()) if f is not None]
+    if folders and os.environ.get("CD4ML_PROJECT") == settings.project:
+        entries = run_logs.local_lines(Path(folders[0]), args.run, args.stage)
+    else:
+        entries = run_logs.cloud_lines(settings.project, args.run, args.stage)
+    for line in run_logs.render(entries):
+        print(line)
+    if not entries:
+        print(f"no log lines for run {args.run!r}" + (f" in stage {args.stage}" if args.stage else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_decide(args: argparse.Namespace) -> int:
     """``cd4ml approve|reject RUN --reason …``: a person's decision on a run awaiting approval."""
     from cd4ml_cli import approvals
@@ -370,7 +348,13 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=10)
     status.add_argument("--model")
+    status.add_argument("--follow", action="store_true", help="with RUN: follow it live until it ends (as run --wait)")
+    status.add_argument("--timeout", type=float, default=3600.0, help="--follow: seconds to follow (default 3600)")
     status.set_defaults(func=cmd_status)
+    logs = sub.add_parser("logs", help="the functions' log lines about one run, in time order")
+    logs.add_argument("run")
+    logs.add_argument("--stage", help="one stage's lines only")
+    logs.set_defaults(func=cmd_logs)
     dead = sub.add_parser("dead-letters", help="messages the stages rejected or gave up on (left in place)")
     dead.add_argument("--stage", help="one stage (default: every stage)")
     dead.add_argument("--limit", type=int, default=0, help="at most this many per stage (default: every held message)")
@@ -413,6 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Cd4mlError as error:
         print(f"cd4ml: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        from google.api_core.exceptions import GoogleAPIError
+
+        if not isinstance(error, GoogleAPIError):
+            raise
+        print(f"cd4ml: {reach.explain(error)}", file=sys.stderr)
         return 2
 
 

@@ -6,6 +6,7 @@ trainer package; ``cd4ml model push FOLDER`` does what this module does.
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from google.cloud import storage
 
 MANIFEST = "manifest.yaml"
-_SKIP = {"__pycache__", ".pytest_cache", "serving", "data", "build", "dist"}
+_SKIP = {"__pycache__", ".pytest_cache", ".git", "serving", "data", "build", "dist"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ def read(folder: Path) -> Manifest:
     if not file.is_file():
         raise InvalidManifest(f"no {MANIFEST} in {folder}")
     manifest = loads(file.read_text(), origin=str(file))
+    outside = _outside(folder, manifest)
+    if outside:
+        raise InvalidManifest(f"invalid {folder}: a push uploads only what is inside the model folder", outside)
     if not (folder / manifest.dockerfile).is_file():
         raise InvalidManifest(
             f"invalid {file}", [f"serving.dockerfile: {manifest.dockerfile} does not exist in {folder}"]
@@ -52,20 +56,55 @@ def read(folder: Path) -> Manifest:
     return manifest
 
 
+def _outside(folder: Path, manifest: Manifest) -> list[str]:
+    """What a push would take from outside ``folder``: a serving path leading out of it (``../``, an absolute path)
+    or a symlink resolving out of it (a push must never upload a home directory or a key)."""
+    root = folder.resolve()
+    problems = []
+    named = {"serving.dockerfile": manifest.dockerfile}
+    if manifest.smoke is not None:
+        named["serving.smoke.requests"] = manifest.smoke.requests
+    for field, relative in named.items():
+        if not (folder / relative).resolve().is_relative_to(root):
+            problems.append(f"{field}: {relative} leads outside {folder}")
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            problems.append(f"{path.relative_to(folder)} is a symlink to {path.resolve()}, outside {folder}")
+    return problems
+
+
+def _packaged(folder: Path) -> list[Path]:
+    """The files of the trainer package, sorted: no serving files, data, build leftovers or bytecode."""
+    return [
+        path
+        for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
+        if path.is_file()
+        and not _SKIP & set(path.relative_to(folder).parts)
+        and not any(part.endswith(".egg-info") for part in path.relative_to(folder).parts)
+        and path.suffix != ".pyc"
+        and path.relative_to(folder).as_posix() != MANIFEST
+    ]
+
+
 def sdist(folder: Path, name: str) -> bytes:
-    """A source distribution (tar.gz with setup.py) of the folder's trainer package, as pip installs it."""
+    """A source distribution (tar.gz with setup.py) of the folder's trainer package, as pip installs it.
+
+    Byte for byte the same for the same source (entries sorted; mtimes, owners and modes fixed; a gzip header
+    without a time or file name), so its md5 (the training cache key's package hash) changes only with the source.
+    """
     root = name.removesuffix(".tar.gz")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder)
-            if path.is_dir() or _SKIP & set(relative.parts) or path.suffix == ".pyc" or relative.name == MANIFEST:
-                continue
-            info = tar.gettarinfo(str(path), arcname=f"{root}/{relative}")
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with path.open("rb") as f:
-                tar.addfile(info, f)
-    return buffer.getvalue()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in _packaged(folder):
+            info = tarfile.TarInfo(f"{root}/{path.relative_to(folder).as_posix()}")
+            data = path.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 0, 0o755 if path.stat().st_mode & 0o111 else 0o644
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data))
+    packed = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=packed, mtime=0) as gz:
+        gz.write(raw.getvalue())
+    return packed.getvalue()
 
 
 def push(client: storage.Client, folder: Path, artifact_bucket: str) -> Pushed:

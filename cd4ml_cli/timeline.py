@@ -28,7 +28,7 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
         case "evaluation.passed" | "evaluation.failed":
             gate = ev.get("gate") or {}
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in (ev.get("metrics") or {}).items())
-            verdict = f"threshold {gate.get('metric')} ≥ {gate.get('threshold')}"
+            verdict = gate_rules(gate)
             reasons = "; ".join(ev.get("reasons") or [])
             return f"{metrics or 'no metrics'} ({verdict})" + (f": {reasons}" if reasons else "")
         case "image.built":
@@ -73,6 +73,17 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
     return ""
 
 
+def gate_rules(gate: dict[str, Any]) -> str:
+    """The gate's rules as people read them: ``threshold rmse ≤ 60, r2 ≥ 0.4``."""
+    rules = gate.get("metrics") or [gate]
+    parts = [
+        f"{r.get('metric')} {'≤' if r.get('direction') == 'minimize' else '≥'} {r.get('threshold')}"
+        + (f", champion {r['champion_value']:.4f}" if isinstance(r.get("champion_value"), int | float) else "")
+        for r in rules
+    ]
+    return "threshold " + "; ".join(parts)
+
+
 def event_line(run: dict[str, Any], event: dict[str, Any]) -> str:
     """One line of the timeline: offset from the run's first event, clock time, milestone, detail."""
     events = run.get("events") or []
@@ -82,11 +93,29 @@ def event_line(run: dict[str, Any], event: dict[str, Any]) -> str:
     return f"  +{(at - start).total_seconds():7.2f}s  {at:%H:%M:%S}  {name:<20} {_detail(event['type'], run)}"
 
 
+def rejection_line(rejected: dict[str, Any]) -> str:
+    """A message a stage rejected for the run (dead-lettered; the run's status unchanged), with the reason."""
+    at = str(rejected.get("at", ""))
+    clock = at[11:19] if len(at) >= 19 else at
+    return (
+        f"  rejected  {clock}  {rejected.get('stage', '?')} dead-lettered message {rejected.get('message_id', '?')}: "
+        f"{rejected.get('reason', '')}"
+    )
+
+
 def render(run: dict[str, Any]) -> str:
-    """The whole timeline of a run, with its status and error."""
+    """The whole timeline of a run, with its status and error, and the messages rejected for it."""
     lines = [f"run {run.get('run_id')}  model {run.get('model')}  status {str(run.get('status', '?')).upper()}"]
     for event in sorted(run.get("events") or [], key=lambda e: e["time"]):
         lines.append(event_line(run, event))
+    rejected = run.get("rejected_messages") or []
+    for entry in rejected:
+        lines.append(rejection_line(entry))
+    if int(run.get("rejected_count") or 0) > len(rejected):
+        lines.append(f"  … {int(run['rejected_count']) - len(rejected)} earlier rejected messages not kept")
+    dead = run.get("dead_letter") or {}
+    if dead:
+        lines.append(f"  dead letter ({dead.get('stage', '?')}): {dead.get('reason', '')}")
     for refused in (run.get("approval") or {}).get("refused") or []:
         lines.append(
             f"  refused {refused.get('decision')} by {refused.get('by')} at {refused.get('at')}: {refused.get('why')}"

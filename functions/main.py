@@ -8,10 +8,11 @@ from __future__ import annotations
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from cd4ml.runtime import dispatch, refuse_undecodable
+from cd4ml import push
+from cd4ml.runtime import dispatch
 
-# A body of bytes no UTF decodes makes functions-framework crash (500) before any handler: answer 400 instead.
-functions_framework.errorhandler(UnicodeDecodeError)(refuse_undecodable)
+# A request that is no push body gets a 400 naming the problem (functions-framework's own names nothing, or crashes).
+push.install(functions_framework.errorhandler)
 
 
 @functions_framework.cloud_event

@@ -11,7 +11,7 @@ image's Env, then the step's ``env``, then ``BUILDER_OUTPUT``: what the step wri
 stored" (Results.build_step_outputs).
 
 Locally: ``buildah from --pull-never`` of the image in the build's storage, ``buildah run --isolation chroot``
-(crun isolation fails here, DESIGN.md) inside ``unshare --net`` (a network namespace with loopback only: the
+(crun isolation fails on this kind of machine) inside ``unshare --net`` (a network namespace with loopback only: the
 step's own localhost, as a container has), the workspace and an outputs folder bind-mounted; the working
 container is removed afterwards. The local Cloud Build never pulls, so any other image fails the
 step with a message saying what it can run.

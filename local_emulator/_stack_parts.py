@@ -8,15 +8,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets as random_secrets
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cd4ml import catalog
-from local_emulator import faults, iam_proxy, processes
+from local_emulator import _gate_tls, faults, iam_proxy, processes
 from local_emulator.stack import (
     ARTIFACT_BUCKET,
     DATA_BUCKET,
@@ -28,6 +30,7 @@ from local_emulator.stack import (
     _base_env,
     _child_env,
     _emulator_env,
+    _gate_client_certificate,
     _gate_key_file,
     _http_ok,
     push_routes,
@@ -122,25 +125,49 @@ def _start_services(stack: Stack) -> None:
             storage.create_bucket(bucket)
 
 
-def gate_config(manifests: list[Any], key: str) -> dict[str, Any]:
-    """The Gate stand-in's pipelines: one canary pipeline per model, triggered by its webhook and the key."""
+def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) -> dict[str, Any]:
+    """The Gate stand-in's pipelines: one canary pipeline per model, as README's Spinnaker setup has a user paste.
+
+    Its webhook trigger's source is derived from the model's name; its payload constraints are the model's own key
+    and name; its expected artifact is an image of the model's own repository. So one model's key, or manifest,
+    cannot start another model's pipeline, nor its own with another model's image.
+    """
+    from cd4ml import spinnaker
+
     return {
         "pipelines": [
             {
                 "application": m.canary_application,
                 "name": m.canary_pipeline or f"{m.name}-canary",
+                "expectedArtifacts": [
+                    {
+                        "id": f"{m.name}-image",
+                        "matchArtifact": {"type": "docker/image", "name": f"^{re.escape(f'{registry}/{m.name}')}$"},
+                    }
+                ],
                 "triggers": [
                     {
                         "type": "webhook",
-                        "source": m.webhook_source,
+                        "source": spinnaker.webhook_source(m.name),
                         "enabled": True,
-                        "payloadConstraints": {"cd4ml_key": f"^{key}$", "model": f"^{m.name}$"},
+                        "payloadConstraints": {"cd4ml_key": f"^{keys[m.name]}$", "model": f"^{m.name}$"},
+                        "expectedArtifactIds": [f"{m.name}-image"],
                     }
                 ],
             }
             for m in manifests
         ]
     }
+
+
+def write_gate_key(stack: Stack, model: str) -> str:
+    """``model``'s own webhook key (made once, kept across restarts), as Terraform's per-model secret holds it."""
+    key_file = _gate_key_file(stack, model)
+    if not key_file.is_file():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(random_secrets.token_hex(16))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
 
 
 def token_key(stack: Stack) -> Path:
@@ -192,18 +219,16 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
         {
             "registry": f"127.0.0.1:{ports['registry']}",
             "cloudbuild": f"127.0.0.1:{ports['cloudbuild']}",
-            "gate": f"http://127.0.0.1:{ports['gate']}",
+            "gate": f"https://127.0.0.1:{ports['gate']}",
             "registry_tokens": f"http://127.0.0.1:{ports['registry_tokens']}/v2/token",
         }
     )
-    key_file = _gate_key_file(stack)
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key = random_secrets.token_hex(16)
-    key_file.write_text(key)
-    key_file.chmod(0o600)
+    manifests = [models.read(f) for f in folders]
+    keys = {m.name: write_gate_key(stack, m.name) for m in manifests}
     config = stack.root / "gate" / "pipelines.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(gate_config([models.read(f) for f in folders], key), indent=2))
+    config.write_text(json.dumps(gate_config(manifests, keys, f"{stack.endpoints['registry']}/cd4ml"), indent=2))
+    _gate_tls.make(stack.root / "gate" / "tls", _gate_client_certificate(stack))
     build_storage = stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]  # builds act as the build account
     front: list[str] = []
     if faults.chaos_dir() is not None:  # the chaos session reaches the registry's API through a front it can fail
@@ -256,7 +281,9 @@ def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
     known = {(p["application"], p["name"]) for p in current["pipelines"]}
     new = [
         p
-        for p in gate_config([manifest], _gate_key_file(stack).read_text())["pipelines"]
+        for p in gate_config(
+            [manifest], {manifest.name: write_gate_key(stack, manifest.name)}, f"{stack.endpoints['registry']}/cd4ml"
+        )["pipelines"]
         if (p["application"], p["name"]) not in known
     ]
     if new:
@@ -290,10 +317,16 @@ def start_gate(stack: Stack) -> None:
             str(stack.root / "gate"),
             "--config",
             str(stack.root / "gate" / "pipelines.json"),
+            # Gate's x509 authentication: reads need the functions' client certificate (local_emulator/_gate_tls.py)
+            "--tls-cert",
+            str(stack.root / "gate" / "tls" / "server.pem"),
+            "--client-ca",
+            str(stack.root / "gate" / "tls" / "ca.pem"),
+            "--require-auth",
         ],
         env,
     )
-    stack.wait("gate", _http_ok(f"http://127.0.0.1:{port}/health"))
+    stack.wait("gate", _http_ok(f"https://127.0.0.1:{port}/health", ca=stack.root / "gate" / "tls" / "ca.pem"))
 
 
 def _apply_topology(stack: Stack, topology: Topology) -> None:
@@ -378,6 +411,16 @@ def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> 
     for folder in folders:
         argv += ["--manifest", str(folder / "manifest.yaml")]
     stack.start("scheduler", argv, env)
+
+
+def _start_ui(stack: Stack) -> str:
+    """The read-only web view of the ledger (``cd4ml ui``, package cd4ml_ui) on the stack's Firestore; its address."""
+    port = processes.free_port()
+    stack.endpoints["ui"] = f"http://127.0.0.1:{port}/"
+    env = {**_child_env(stack), "CD4ML_PROJECT": PROJECT}
+    stack.start("ui", [sys.executable, "-m", "cd4ml_ui", "--host", "127.0.0.1", "--port", str(port)], env)
+    stack.wait("ui", _http_ok(f"http://127.0.0.1:{port}/healthz"))
+    return str(stack.endpoints["ui"])
 
 
 def push_model(stack: Stack, folder: Path) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from google.cloud import aiplatform_v1
 from google.rpc import code_pb2
 
-from local_emulator._vertex_runner import JobContext, Outcome, cancelled, seconds, stderr_tail
+from local_emulator._vertex_job import JobContext, Outcome, cancelled, seconds, stderr_tail
 
 _log = logging.getLogger("local_emulator.vertex")
 _POLL_S = 0.2

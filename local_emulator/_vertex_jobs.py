@@ -22,6 +22,7 @@ from google.cloud import aiplatform_v1
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
+from local_emulator._vertex_job import JobContext, Outcome
 from local_emulator._vertex_requests import (
     JobFilter,
     JobNotCancellable,
@@ -31,7 +32,7 @@ from local_emulator._vertex_requests import (
     check_custom_job,
     parse_job_name,
 )
-from local_emulator._vertex_runner import JobContext, Outcome, run_job
+from local_emulator._vertex_runner import run_job
 
 _log = logging.getLogger("local_emulator.vertex")
 

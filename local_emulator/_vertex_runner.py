@@ -24,8 +24,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from google.cloud import aiplatform_v1
@@ -34,45 +32,17 @@ from google.rpc import code_pb2
 from local_emulator._service import kill_process_group
 from local_emulator._vertex_envs import InstallFailed, trainer_env
 from local_emulator._vertex_images import executor_image
+from local_emulator._vertex_job import JobContext, JobState, Outcome, cancelled, seconds, stderr_tail
 
 _log = logging.getLogger("local_emulator.vertex")
 
-STDERR_TAIL_LINES = 20
 _POLL_S = 0.1
 _KILL_GRACE_S = 5.0
-_TAIL_BYTES = 64 * 1024
 _PACKAGE_SUFFIXES = (".tar.gz", ".tgz", ".zip", ".whl")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Passed through from the server's environment: the documented Cloud Storage client setting that
 # reaches the local emulator (in production the metadata server and real endpoints play this role).
 _PASSED_THROUGH = ("STORAGE_EMULATOR_HOST",)
-
-JobState = aiplatform_v1.JobState
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What a run needs to know about its job and its surroundings."""
-
-    job_id: str
-    project: str
-    location: str
-    job_dir: Path
-    job: aiplatform_v1.CustomJob
-    base_env: Mapping[str, str]
-    """The server's environment: where STORAGE_EMULATOR_HOST is found, and what pip runs with."""
-    cache_dir: Path
-    """Where the trainer environments are cached (``_vertex_envs``)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a run ended: a terminal state and, unless it succeeded, a google.rpc code and message."""
-
-    state: int
-    """A terminal ``aiplatform_v1.JobState``."""
-    code: int = code_pb2.OK
-    message: str = ""
 
 
 class _RunFailed(Exception):
@@ -278,30 +248,3 @@ def _run_trainer(
         code_pb2.INVALID_ARGUMENT,
         f"The replica workerpool0-0 {status}. Logs: {stderr_path}.{stderr_tail(stderr_path)}",
     )
-
-
-def cancelled() -> Outcome:
-    return Outcome(JobState.JOB_STATE_CANCELLED, code_pb2.CANCELLED, "The job was cancelled.")
-
-
-def seconds(value: object) -> float:
-    """Seconds of a proto Duration field (proto-plus hands out a timedelta); 0 means unset."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    seconds = getattr(value, "seconds", 0)
-    nanos = getattr(value, "nanos", 0)
-    return float(seconds) + float(nanos) / 1e9
-
-
-def stderr_tail(path: Path) -> str:
-    """The last lines of the trainer's stderr, as a suffix for an error message."""
-    try:
-        with path.open("rb") as stream:
-            stream.seek(max(0, path.stat().st_size - _TAIL_BYTES))
-            lines = stream.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
-    tail = lines[-STDERR_TAIL_LINES:]
-    if not tail:
-        return ""
-    return f"\nLast {len(tail)} lines of stderr:\n" + "\n".join(tail)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -21,12 +23,30 @@ def register(sub: Any) -> None:
     local.set_defaults(func=command)
 
 
+def _running() -> tuple[Path, dict[str, Any]] | None:
+    """The running stack's state dir and state (stack.json), read without importing the stack's modules (they load
+    every client library: seconds on a busy machine, for a command that only needs the endpoints)."""
+    from local_emulator import processes
+
+    root = Path(os.environ.get("CD4ML_STATE_DIR", ".cd4ml")).resolve()
+    try:
+        state: dict[str, Any] = json.loads((root / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+    alive = any(processes.alive(int(pid)) for pid in (state.get("pids") or {}).values())
+    return (root, state) if alive else None
+
+
 def environment() -> dict[str, str] | None:
     """The running local stack's client environment, for a ``cd4ml`` without CD4ML_PROJECT; None when none runs."""
-    from local_emulator.stack import Stack
+    running = _running()
+    return {str(k): str(v) for k, v in (running[1].get("env") or {}).items()} if running else None
 
-    stack = Stack.load()
-    return dict(stack.env) if stack is not None and stack.running() else None
+
+def log_dir() -> str | None:
+    """The running local stack's log folder (its functions' JSON lines, for ``cd4ml logs``); None when none runs."""
+    running = _running()
+    return str(running[0] / "logs") if running else None
 
 
 def command(args: argparse.Namespace) -> int:

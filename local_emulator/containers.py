@@ -3,7 +3,7 @@
 What the local stack uses where production runs a container (the serving image in a smoke test, a Vertex
 container_spec job): the image is pulled from the local Distribution registry over plain HTTP, a working
 container is made from it, and its command runs with ``buildah run --isolation chroot`` (crun isolation
-fails on this machine, DESIGN.md) in a process group of its own, so that ``stop`` ends all of it.
+fails on this machine) in a process group of its own, so that ``stop`` ends all of it.
 
 As `docker run IMAGE [ARGV]` would: with no argv the image's Entrypoint followed by its Cmd runs; the
 environment is the image's Env with ``env`` on top; the image's WorkingDir and User apply. Unlike a

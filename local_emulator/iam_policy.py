@@ -3,7 +3,7 @@
 The local stack's authorizing proxies (``local_emulator.iam_proxy``) ask this policy before forwarding a call to
 the Pub/Sub or GCS emulator, so a grant Terraform does not make is refused locally too. The expansion mirrors
 ``local.iam_plan`` in terraform/catalog.tf (stages ``["*"]`` = every stage, ``emits_topics`` = one topic per
-emitted type, ``prefixes`` = the IAM condition on object names and list prefixes); tests/unit/test_local_iam.py
+emitted type, ``prefixes`` = the IAM condition on object names and list prefixes); tests/standins/test_local_iam.py
 compares the two views rule by rule.
 
 Identities: ``function:STAGE`` (each function's service account), ``training`` (Vertex AI jobs), ``build``

@@ -12,7 +12,15 @@ So stage subscriptions are pull subscriptions on the emulator, with the dead-let
 dead-letters reliably on pull: measured 5 attempts, then the dead-letter topic with
 ``CloudPubSubDeadLetterSourceDeliveryCount``), and this process pushes what it pulls, as documented for push
 subscriptions (https://cloud.google.com/pubsub/docs/push, /handling-failures):
-- the body is ``{"message": {data, attributes, messageId, publishTime}, "subscription", "deliveryAttempt"}``;
+- the request is the one a push subscription sends (:func:`push_request`): a POST to the endpoint (Terraform's
+  ``FUNCTION_URL/projects/P/topics/T``, ``topology.route``) with ``Content-Type: application/json``, Google's push
+  user agent ``APIs-Google`` (https://developers.google.com/search/docs/crawling-indexing/apis-user-agent), and the
+  body ``{"message": {"attributes" (only when there are some), "data", "messageId", "message_id",
+  "publishTime", "publish_time"}, "subscription", "deliveryAttempt"}``: Pub/Sub's documented push body
+  (https://cloud.google.com/pubsub/docs/push#receive_push; googleapis/googleapis#661 shows a push of a message
+  without attributes, which has no ``attributes`` key), ``deliveryAttempt`` because every stage subscription has
+  a dead-letter policy (https://cloud.google.com/pubsub/docs/handling-failures). Terraform sets neither
+  ``no_wrapper`` nor ``write_metadata``, which would send the bare data with attributes as headers instead;
 - a 200, 201, 202, 204 or 102 answer acknowledges; anything else (or no answer within the ack deadline) is a
   failed attempt, retried after the retry policy's exponential backoff (``minimum × 2^(attempt-1)``, at most
   ``maximum``), by setting the message's ack deadline to that backoff (the emulator then counts the attempt and
@@ -76,25 +84,36 @@ def backoff_seconds(route: Route, attempt: int) -> int:
     return max(1, round(min(delay, route.maximum_backoff_seconds)))
 
 
+#: The headers of a push (besides Host, Content-Length and, in production, the OIDC token's Authorization).
+PUSH_HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": "APIs-Google (+https://developers.google.com/webmasters/APIs-Google.html)",
+}
+
+
 def push_body(received: Any, subscription: str) -> bytes:
     """What Pub/Sub posts to a push endpoint for one received message (wrapped, not unwrapped, payload)."""
     message = received.message
     stamp = message.publish_time
     published = stamp.isoformat().replace("+00:00", "Z") if hasattr(stamp, "isoformat") else str(stamp)
-    body: dict[str, Any] = {
-        "message": {
-            "data": base64.b64encode(message.data).decode(),
-            "attributes": dict(message.attributes),
-            "messageId": message.message_id,
-            "message_id": message.message_id,
-            "publishTime": published,
-            "publish_time": published,
-        },
-        "subscription": subscription,
+    wrapped: dict[str, Any] = {"attributes": dict(message.attributes)} if message.attributes else {}
+    wrapped |= {
+        "data": base64.b64encode(message.data).decode(),
+        "messageId": message.message_id,
+        "message_id": message.message_id,
+        "publishTime": published,
+        "publish_time": published,
     }
+    body: dict[str, Any] = {"message": wrapped, "subscription": subscription}
     if received.delivery_attempt:
         body["deliveryAttempt"] = received.delivery_attempt
     return json.dumps(body).encode()
+
+
+def push_request(route: Route, received: Any) -> urllib.request.Request:
+    """The HTTP request a push subscription sends for one received message (see the module's docstring)."""
+    body = push_body(received, route.subscription)
+    return urllib.request.Request(route.endpoint, data=body, method="POST", headers=dict(PUSH_HEADERS))
 
 
 def add_routes(path: Path, routes: Sequence[Route]) -> None:
@@ -169,7 +188,7 @@ class Relay:
 
     def _push(self, subscriber: Any, route: Route, received: Any, slots: threading.BoundedSemaphore) -> None:
         try:
-            status, why = _post(route, push_body(received, route.subscription))
+            status, why = _post(push_request(route, received), route.ack_deadline_seconds)
             if status in ACK_STATUSES:
                 subscriber.acknowledge(request={"subscription": route.subscription, "ack_ids": [received.ack_id]})
                 return
@@ -205,12 +224,9 @@ def subscriber_client() -> Any:
     return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
-def _post(route: Route, body: bytes) -> tuple[int, str]:
-    request = urllib.request.Request(
-        route.endpoint, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
+def _post(request: urllib.request.Request, timeout: float) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(request, timeout=route.ack_deadline_seconds) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
             return response.status, f"HTTP {response.status}"
     except urllib.error.HTTPError as refused:

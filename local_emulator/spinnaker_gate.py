@@ -14,10 +14,19 @@ Gate + Echo + Orca that a caller can observe (each rule cites its source in the 
 - `GET /webhooks/recorded` (stand-in only): every webhook received, its payload, the executions it
   started, and why Echo would have dropped it (`dropped`), for tests.
 
+Echo starts a pipeline asynchronously after Gate's answer (and retries its call to Orca, 5 × 5 s): an execution
+becomes visible to reads --start-delay-seconds after its webhook (default 1 s).
+
+Authentication as Gate's x509 mode does it (gate-x509 ``X509Config`` on gate-core ``AuthConfig``): with --tls-cert
+the stand-in speaks HTTPS and asks for a client certificate (Gate's ``server.ssl.client-auth: want``), verified
+against --client-ca; with --require-auth every call but ``POST /webhooks/**`` and ``GET /health`` needs one, else
+403 ``Access Denied`` (the x509 configurer's Http403ForbiddenEntryPoint). The user is the certificate's CN.
+
 Executions run through their pipeline's stages (Orca statuses) for --execution-seconds, then end as the pipeline's `outcome` says (SUCCEEDED by default; TERMINAL, CANCELED or STOPPED at a stage; RUNNING never ends), or as `PUT /test-double/outcomes/RUN_ID` set for one run. State is kept in memory and in
 DIR/executions.json and DIR/webhooks.json. Every response carries `X-Test-Double: spinnaker-gate`.
 
-    python -m local_emulator.spinnaker_gate --host 127.0.0.1 --port P --state-dir DIR --config pipelines.yaml
+    python -m local_emulator.spinnaker_gate --host 127.0.0.1 --port P --state-dir DIR --config pipelines.yaml \
+        [--tls-cert server.pem --client-ca ca.pem --require-auth] [--start-delay-seconds S]
 
 Config (YAML or JSON), pipelines as Front50 stores them::
 
@@ -41,6 +50,7 @@ import json
 import logging
 import os
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -71,7 +81,7 @@ from local_emulator._service import atomic_write, configure_logging, stop_event_
 
 __all__ = [
     "TEST_DOUBLE_HEADER", "ConfigError", "GateState", "Pipeline", "SearchError", "Webhook", "WebhookTrigger",
-    "load_config", "main", "make_server", "new_ulid", "parse_config",
+    "load_config", "main", "make_server", "new_ulid", "parse_config", "tls_context",
 ]  # fmt: skip
 
 TEST_DOUBLE_HEADER = ("X-Test-Double", "spinnaker-gate")
@@ -122,10 +132,13 @@ def parse_body(body: bytes) -> dict[str, Any]:
 class GateState:
     """Pipelines, webhooks received and executions started; thread-safe; saved under the state dir."""
 
-    def __init__(self, pipelines: Sequence[Pipeline], state_dir: Path, execution_ms: int) -> None:
+    def __init__(
+        self, pipelines: Sequence[Pipeline], state_dir: Path, execution_ms: int, start_delay_ms: int = 0
+    ) -> None:
         self.pipelines = tuple(pipelines)
         self._dir = state_dir
         self._execution_ms = execution_ms
+        self._start_delay_ms = start_delay_ms  # Echo's asynchronous start: reads see an execution this much later
         self._lock = threading.Lock()
         self._webhooks: list[dict[str, Any]] = []
         self._executions: list[dict[str, Any]] = []
@@ -188,8 +201,8 @@ class GateState:
             "application": pipeline.application,
             "name": pipeline.name,
             "pipelineConfigId": pipeline.id,
-            "buildTime": now_ms,
-            "startTime": now_ms,
+            "buildTime": now_ms + self._start_delay_ms,
+            "startTime": now_ms + self._start_delay_ms,
             "canceled": False,
             "trigger": trigger,
             "stages": [
@@ -198,6 +211,7 @@ class GateState:
             ],
             "testDouble": True,
             "_durationMs": self._execution_ms,
+            "_visibleMs": now_ms + self._start_delay_ms,
             "_outcome": outcome,
         }
 
@@ -214,7 +228,7 @@ class GateState:
         now_ms = int(time.time() * 1000)
         with self._lock:
             for record in self._executions:
-                if record["id"] == execution_id:
+                if record["id"] == execution_id and _started(record, now_ms):
                     return render_execution(record, now_ms)
         return None
 
@@ -231,21 +245,64 @@ class GateState:
         """Orca's searchForPipelinesByTrigger; raises SearchError (with its HTTP status) as Orca would."""
         now_ms = int(time.time() * 1000)
         with self._lock:
-            records = [render_execution(r, now_ms) for r in self._executions]
+            records = [render_execution(r, now_ms) for r in self._executions if _started(r, now_ms)]
         return search(application, query, self._pipeline_ids, records)
+
+
+def _started(record: Mapping[str, Any], now_ms: int) -> bool:
+    """Whether Echo's asynchronous start has made the execution visible to reads yet."""
+    return int(record.get("_visibleMs", 0)) <= now_ms
+
+
+#: What Gate lets through without authentication (gate-core AuthConfig: permitAll), as (method or None, path prefix).
+_ANONYMOUS = (("POST", "/webhooks/"), (None, "/health"), (None, "/error"), ("OPTIONS", "/"))
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], state: GateState) -> None:
+    def __init__(
+        self, address: tuple[str, int], state: GateState, tls: ssl.SSLContext | None = None, require_auth: bool = False
+    ) -> None:
         super().__init__(address, _Handler)
         self.state = state
+        self.require_auth = require_auth
+        if tls is not None:  # the handshake runs in the request's thread (_Handler.setup), not in accept
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _log.info("connection dropped", extra={"client": str(client_address)})  # a refused TLS handshake, a reset
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()  # a client certificate the CA did not sign fails here
+        super().setup()
+
+    def _user(self) -> str | None:
+        """The CN of the verified client certificate (Gate's X509 user), or None without one."""
+        if not isinstance(self.request, ssl.SSLSocket):
+            return None
+        certificate: Any = self.request.getpeercert() or {}
+        names = [attribute for rdn in certificate.get("subject", ()) for attribute in rdn]
+        return next((str(value) for name, value in names if name == "commonName"), None)
+
+    def _authenticated(self, method: str) -> bool:
+        """Gate's rule: anonymous only where AuthConfig permits all, else 403 Access Denied."""
+        path = urlsplit(self.path).path
+        if not self.server.require_auth or self._user() is not None:
+            return True
+        if any((m is None or m == method) and path.startswith(prefix) for m, prefix in _ANONYMOUS):
+            return True
+        _log.info("unauthenticated call refused", extra={"method": method, "path": path})
+        self._send(403, {"timestamp": int(time.time() * 1000), "status": 403, "error": "Forbidden",
+                         "message": "Access Denied", "path": path})  # fmt: skip
+        return False
 
     def _send(self, code: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -272,6 +329,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if not self._authenticated("POST"):
+            return
         if faults.is_down("gate"):  # the chaos session's outage: Gate's load balancer answers 503
             self._error(503, faults.OUTAGE)
             return
@@ -304,8 +363,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Stand-in only: ``PUT /test-double/outcomes/{run_id}`` ``{"status": "TERMINAL", "stage": "…"}``."""
         parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
         length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if not self._authenticated("PUT"):
+            return
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = None
         if (
@@ -323,6 +385,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         state = self.server.state
+        if not self._authenticated("GET"):
+            return
         if faults.is_down("gate") and parts != ["health"]:
             self._error(503, faults.OUTAGE)
         elif parts == ["health"]:
@@ -347,9 +411,21 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def make_server(host: str, port: int, state: GateState) -> ThreadingHTTPServer:
+def tls_context(certificate: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """HTTPS with ``certificate`` (PEM certificate and key), asking for a client certificate signed by ``client_ca``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL  # Gate's client-auth "want": a webhook needs no certificate
+    return context
+
+
+def make_server(
+    host: str, port: int, state: GateState, tls: ssl.SSLContext | None = None, require_auth: bool = False
+) -> ThreadingHTTPServer:
     """A bound (not yet serving) Gate stand-in; port 0 picks a free one."""
-    return _Server((host, port), state)
+    return _Server((host, port), state, tls, require_auth)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -361,7 +437,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True, help="executions.json and webhooks.json")
     parser.add_argument("--config", type=Path, required=True, help="pipelines with webhook triggers (YAML or JSON)")
     parser.add_argument("--execution-seconds", type=float, default=2.0, help="how long an execution stays RUNNING")
+    parser.add_argument(
+        "--start-delay-seconds", type=float, default=1.0, help="how long after its webhook an execution is visible"
+    )
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate and key")
+    parser.add_argument("--client-ca", type=Path, help="CA of the client certificates Gate accepts (with --tls-cert)")
+    parser.add_argument(
+        "--require-auth", action="store_true", help="every call but webhooks and health needs a client certificate"
+    )
     args = parser.parse_args(argv)
+    if args.require_auth and not (args.tls_cert and args.client_ca):
+        parser.error("--require-auth needs --tls-cert and --client-ca (Gate's x509 authentication)")
     configure_logging("gate")
     stop = stop_event_on_signals()
     try:
@@ -370,13 +456,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("bad config", extra={"config": str(args.config), "error": str(error)})
         return 2
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    server = make_server(args.host, args.port, GateState(pipelines, args.state_dir, int(args.execution_seconds * 1000)))
+    state = GateState(
+        pipelines, args.state_dir, int(args.execution_seconds * 1000), int(args.start_delay_seconds * 1000)
+    )
+    tls = tls_context(args.tls_cert, args.client_ca) if args.tls_cert else None
+    server = make_server(args.host, args.port, state, tls, args.require_auth)
     thread = threading.Thread(target=server.serve_forever, name="gate", daemon=True)
     thread.start()
     _log.info(
         "ready",
         extra={
-            "address": f"{args.host}:{server.server_address[1]}",
+            "address": f"{'https' if tls else 'http'}://{args.host}:{server.server_address[1]}",
+            "require_auth": args.require_auth,
             "pipelines": [f"{p.application}/{p.name}" for p in pipelines],
             "pid": os.getpid(),
         },

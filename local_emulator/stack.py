@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -87,10 +88,12 @@ class Stack:
         processes.wait_until(check, what=name, timeout=timeout, pid=self.pids[name], log=self.logs / f"{name}.log")
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def _http_ok(url: str, ca: Path | None = None) -> Callable[[], bool]:
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 return bool(response.status < 500)
         except OSError:
             return False
@@ -122,8 +125,14 @@ def _child_env(
     return env
 
 
-def _gate_key_file(stack: Stack) -> Path:
-    return stack.root / "secrets" / "spinnaker-webhook-key"
+def _gate_key_file(stack: Stack, model: str = "{model}") -> Path:
+    """The file of ``model``'s Spinnaker webhook key (the ``{model}`` template by default, as the setting names it)."""
+    return stack.root / "secrets" / f"spinnaker-key-{model}"
+
+
+def _gate_client_certificate(stack: Stack) -> Path:
+    """The functions' X.509 client certificate for Gate (local_emulator/_gate_tls.py)."""
+    return stack.root / "secrets" / "gate-client.pem"
 
 
 def _settings(stack: Stack) -> dict[str, str]:
@@ -142,7 +151,9 @@ def _settings(stack: Stack) -> dict[str, str]:
         "CD4ML_REGISTRY_API": f"http://{stack.endpoints.get('registry_api', stack.endpoints['registry'])}",
         "CD4ML_CLOUDBUILD_ENDPOINT": f"http://{stack.endpoints['cloudbuild']}",
         "CD4ML_GATE_URL": stack.endpoints["gate"],
+        "CD4ML_GATE_AUTH": f"x509:file:{_gate_client_certificate(stack)}",  # the Gate stand-in requires it
         "CD4ML_GATE_KEY_SECRET": f"file:{_gate_key_file(stack)}",
+        "CD4ML_GATE_CONFIRM_SECONDS": "30",
         # Each notification channel's webhook URL (the receiver stand-in's), one file per channel (_stack_parts)
         "CD4ML_NOTIFY_SECRETS": f"file:{stack.root / 'secrets'}/notify-{{channel}}",
     }
@@ -155,6 +166,8 @@ def stage_env(stack: Stack, stage: str) -> dict[str, str]:
     # Pub/Sub and GCS through its identity's IAM proxy ports; only functions/ importable, as in the archive.
     env = _child_env(stack, f"function:{stage}", path=(FUNCTIONS_DIR,))
     env.update({k: v for k, v in values.items() if k in names})
+    if "CD4ML_GATE_URL" in names:  # Gate's certificate is signed by the stack's CA (production: a public one)
+        env["REQUESTS_CA_BUNDLE"] = str(stack.root / "gate" / "tls" / "trust.pem")
     return env
 
 
@@ -207,6 +220,7 @@ def up(
         _start_functions,
         _start_scheduler,
         _start_services,
+        _start_ui,
     )
 
     try:
@@ -221,6 +235,7 @@ def up(
             say(f"model {pushed} pushed")
         if scheduler:
             _start_scheduler(stack, tick_seconds, models if models is not None else default_models())
+        say(f"web view (cd4ml ui): {_start_ui(stack)}")
     except BaseException:
         down(stack)
         raise

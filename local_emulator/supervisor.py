@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import subprocess
 import threading
@@ -48,7 +47,9 @@ START_WAIT_SECONDS = 60.0
 MAX_INSTANCES = 3
 #: A killed delivery's kill moment is uniform in [0, this] after it reached the instance.
 KILL_WITHIN_SECONDS = 1.5
-_FORWARDED_HEADERS = ("content-type", "ce-id", "ce-type", "ce-source", "ce-specversion", "ce-time", "ce-subject")
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "host", "content-length"}
+)
 
 
 @dataclass
@@ -294,37 +295,12 @@ def _deliver(
     return answer
 
 
-_TOPIC_IN_PATH = re.compile(r"projects/[^/?]+/topics/[^/?]+")
-
-
-def eventarc_headers(path: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
-    """The headers of Eventarc's delivery of a raw Pub/Sub push: a binary-mode ``messagePublished`` CloudEvent whose
-    data is the push body itself (``message`` and ``subscription``), as a gen2 function receives it.
-
-    functions-framework turns a raw push into a CloudEvent whose data keeps only the message, so a function behind
-    the emulator could not tell two subscriptions of one topic apart (the chaos session's twins): their failed
-    deliveries were counted as one message's, and a run was given up after 5 failures spread over 3 subscriptions.
-    Requests that already are CloudEvents, or are not push bodies, pass unchanged.
-    """
-    if any(k.lower() == "ce-id" for k in headers):
-        return dict(headers)
-    try:
-        envelope = json.loads(body)
-        message = envelope["message"]
-        message_id, subscription = str(message["messageId"]), str(envelope["subscription"])
-    except (ValueError, TypeError, KeyError):
-        return dict(headers)
-    topic = _TOPIC_IN_PATH.search(path)
-    event = {
-        "Content-Type": "application/json",
-        "ce-specversion": "1.0",
-        "ce-id": message_id,
-        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-        "ce-source": f"//pubsub.googleapis.com/{topic.group(0) if topic else subscription}",
-    }
-    if message.get("publishTime"):
-        event["ce-time"] = str(message["publishTime"])
-    return {**{k: v for k, v in headers.items() if k.lower() != "content-type"}, **event}
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers an instance gets: the request's own, less the hop-by-hop ones (RFC 9110 section 7.6.1) and
+    the length (set again for the body forwarded). Cloud Run hands a push to the function as Pub/Sub sent it: the
+    raw push body, which functions-framework converts (dropping ``subscription`` and ``deliveryAttempt``, which
+    ``cd4ml.push`` reads from the request itself). No CloudEvent headers are added: production sends none."""
+    return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
 
 
 def _front(supervisor: Supervisor, stage: str) -> ThreadingHTTPServer:
@@ -334,8 +310,7 @@ def _front(supervisor: Supervisor, stage: str) -> ThreadingHTTPServer:
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            kept = {k: v for k, v in self.headers.items() if k.lower() in _FORWARDED_HEADERS}
-            headers = eventarc_headers(self.path, kept, body) if self.command == "POST" else kept
+            headers = forwarded_headers(dict(self.headers.items()))
             status, answer, content_type = forward(supervisor, stage, self.command, self.path, headers, body)
             self.send_response(status)
             self.send_header("Content-Type", content_type)

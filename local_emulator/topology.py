@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cd4ml.catalog import Catalog, dead_letter_hold, dead_letter_topic
+from local_emulator import pubsub_push
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,19 @@ def create_topics(project: str, topology: Topology) -> None:
         publisher.create_topic(name=publisher.topic_path(project, topic))
 
 
+def route(project: str, sub: Subscription, function_url: str) -> pubsub_push.Route:
+    """The push route of a stage subscription: Terraform's push endpoint (``terraform/pubsub.tf``:
+    ``FUNCTION_URL/projects/P/topics/T``, the path that makes functions-framework unwrap the push) and the
+    catalog's retry policy."""
+    return pubsub_push.Route(
+        subscription=f"projects/{project}/subscriptions/{sub.name}",
+        endpoint=f"{function_url}/projects/{project}/topics/{sub.topic}",
+        minimum_backoff_seconds=float(sub.minimum_backoff_seconds or 10),
+        maximum_backoff_seconds=float(sub.maximum_backoff_seconds or 600),
+        ack_deadline_seconds=sub.ack_deadline_seconds,
+    )
+
+
 def subscribe(project: str, topology: Topology, functions: Mapping[str, str], routes: Path) -> None:
     """Create the subscriptions: each stage's with the catalog's dead-letter policy, pushed to its ``functions``
     URL with the catalog's retry policy by ``local_emulator.pubsub_push`` (the route is added to ``routes``; the
@@ -95,8 +109,6 @@ def subscribe(project: str, topology: Topology, functions: Mapping[str, str], ro
     The path /projects/P/topics/T makes functions-framework unwrap the push."""
     from google.cloud import pubsub_v1
     from google.protobuf import duration_pb2
-
-    from local_emulator import pubsub_push
 
     subscriber = pubsub_v1.SubscriberClient()
     publisher = pubsub_v1.PublisherClient()
@@ -113,15 +125,7 @@ def subscribe(project: str, topology: Topology, functions: Mapping[str, str], ro
                 "dead_letter_topic": publisher.topic_path(project, str(sub.dead_letter_topic)),
                 "max_delivery_attempts": sub.max_delivery_attempts,
             }
-            pushed.append(
-                pubsub_push.Route(
-                    subscription=name,
-                    endpoint=f"{functions[sub.stage]}/projects/{project}/topics/{sub.topic}",
-                    minimum_backoff_seconds=float(sub.minimum_backoff_seconds or 10),
-                    maximum_backoff_seconds=float(sub.maximum_backoff_seconds or 600),
-                    ack_deadline_seconds=sub.ack_deadline_seconds,
-                )
-            )
+            pushed.append(route(project, sub, functions[sub.stage]))
         else:
             request["message_retention_duration"] = duration_pb2.Duration(seconds=sub.retention_seconds)
             request["retain_acked_messages"] = True  # looking at a dead letter must not lose it

@@ -128,14 +128,19 @@ locals {
     "bucket:data"                    = "bucket"
     "bucket:artifact"                = "bucket"
     "secret:gate_key"                = "secret"
+    "secret:gate_client_cert"        = "secret"
     "model_repository"               = "repository"
     "approval_decisions_topic"       = "topic"
     "data_arrivals_topic"            = "topic"
     "secret:notify"                  = "secret"
+    "ui_service"                     = "run_service"
   }
+  # The web view's rules (members ui, ui_viewers) apply only when it is deployed (var.ui_image, ui.tf).
+  iam_ui_members = ["ui", "ui_viewers"]
   iam_plan = { for g in flatten([
     for rule_name, rule in local.iam_rules : [
       for stage in(
+        var.ui_image == null && contains(local.iam_ui_members, rule.member) ? [] :
         contains(local.iam_per_model_roles, rule.member) ? sort(local.models) :
         contains(try(rule.stages, [""]), "*") ? keys(local.stages) : try(rule.stages, [""])
         ) : [
@@ -143,6 +148,7 @@ locals {
           rule.scope == "emits_topics" ? [for t in local.stages[stage].emits : "topic:${t}"] :
           rule.scope == "subscription" ? [for k, sub in local.stage_subscriptions : "subscription:${k}" if sub.stage == stage] :
           rule.scope == "secret:notify" ? [for c in local.notify_channels : "secret:notify:${c}"] :
+          rule.scope == "secret:gate_key" ? [for m in keys(local.manifests) : "secret:gate_key:${m}"] :
           # A model's member gets its own model's repository or account; any other member each model's.
           contains(local.iam_per_model_scopes, rule.scope) ? (
             contains(local.iam_per_model_roles, rule.member) ? ["${rule.scope}:${stage}"] : [for m in sort(local.models) : "${rule.scope}:${m}"]
@@ -150,10 +156,11 @@ locals {
           contains(local.iam_per_stage_scopes, rule.scope) ? ["${rule.scope}:${stage}"] : [rule.scope]
           ) : [
           # `approvers`: one grant per approver the manifests name (its key ends with the principal).
-          for member in(rule.member == "approvers" ? [for a in local.approvers : "approver:${a}"] : [
-            contains(concat(local.iam_per_stage_roles, local.iam_per_model_roles), rule.member) ? "${rule.member}:${stage}" : rule.member
+          for member in(rule.member == "approvers" ? [for a in local.approvers : "approver:${a}"] :
+            rule.member == "ui_viewers" ? [for v in var.ui_viewers : "ui_viewer:${v}"] : [
+              contains(concat(local.iam_per_stage_roles, local.iam_per_model_roles), rule.member) ? "${rule.member}:${stage}" : rule.member
             ]) : {
-            key    = rule.member == "approvers" ? "${rule_name}/${stage}/${target}/${member}" : "${rule_name}/${stage}/${target}"
+            key    = contains(["approvers", "ui_viewers"], rule.member) ? "${rule_name}/${stage}/${target}/${member}" : "${rule_name}/${stage}/${target}"
             rule   = rule_name
             kind   = local.iam_kinds[rule.scope]
             role   = rule.role

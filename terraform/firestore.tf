@@ -33,3 +33,42 @@ resource "google_firestore_index" "runs_by_status" {
     order      = "ASCENDING"
   }
 }
+
+# The web view (cd4ml_ui.queries) lists runs newest first, filtered by status, or by model and status (a model's
+# champion history reads its succeeded runs); the runs_by_model index above serves the filter by model alone.
+resource "google_firestore_index" "runs_by_status_newest" {
+  project    = var.project_id
+  database   = var.firestore_database
+  collection = "runs"
+
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "created_at"
+    order      = "DESCENDING"
+  }
+}
+
+resource "google_firestore_index" "runs_by_model_status" {
+  project    = var.project_id
+  database   = var.firestore_database
+  collection = "runs"
+
+  fields {
+    field_path = "model"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "created_at"
+    order      = "DESCENDING"
+  }
+}

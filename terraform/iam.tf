@@ -14,6 +14,8 @@ locals {
     { for m in local.models : "model_training:${m}" => "serviceAccount:${google_service_account.model_training[m].email}" },
     { for m in local.models : "model_build:${m}" => "serviceAccount:${google_service_account.model_build[m].email}" },
     { for a in local.approvers : "approver:${a}" => a },
+    { for sa in google_service_account.ui : "ui" => "serviceAccount:${sa.email}" },
+    { for v in var.ui_viewers : "ui_viewer:${v}" => v },
   )
 
   # Symbolic target -> the resource the binding is on, as its *_iam_member resource names it. A subscription is
@@ -25,7 +27,9 @@ locals {
     { for k, sub in local.stage_subscriptions : "subscription:${k}" => sub.name },
     { for s in keys(local.stages) : "run_service:${s}" => google_cloudfunctions2_function.stage[s].name },
     { for c in local.notify_channels : "secret:notify:${c}" => google_secret_manager_secret.notify[c].secret_id },
+    { for m in keys(local.manifests) : "secret:gate_key:${m}" => google_secret_manager_secret.gate_key[m].secret_id },
     { for s in keys(local.stages) : "service_account:invoker:${s}" => google_service_account.invoker[s].name },
+    { for service in google_cloud_run_v2_service.ui : "ui_service" => service.name },
     { for m in local.models : "service_account:model_training:${m}" => google_service_account.model_training[m].name },
     { for m in local.models : "service_account:model_build:${m}" => google_service_account.model_build[m].name },
     { for m in local.models : "model_repository:${m}" => google_artifact_registry_repository.model[m].name },
@@ -33,7 +37,7 @@ locals {
       "project"                  = var.project_id
       "bucket:data"              = google_storage_bucket.bucket["data"].name
       "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
-      "secret:gate_key"          = google_secret_manager_secret.gate_key.secret_id
+      "secret:gate_client_cert"  = google_secret_manager_secret.gate_client_certificate.secret_id
       "approval_decisions_topic" = google_pubsub_topic.event["cd4ml.approval.decided.v1"].name
       "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
     },
@@ -42,7 +46,19 @@ locals {
   iam_grants = { for k, g in local.iam_plan : k => merge(g, {
     member = local.iam_members[g.member]
     target = local.iam_targets[g.target]
+    # `custom/ID`: the project's custom role made below, where a predefined role holds more than the calls need.
+    role = startswith(g.role, "custom/") ? google_project_iam_custom_role.cd4ml[trimprefix(g.role, "custom/")].name : g.role
   }) }
+}
+
+resource "google_project_iam_custom_role" "cd4ml" {
+  for_each = yamldecode(file("${path.module}/iam_bindings.yaml")).custom_roles
+
+  project     = var.project_id
+  role_id     = each.key
+  title       = each.value.title
+  description = each.value.why
+  permissions = each.value.permissions
 }
 
 resource "google_project_iam_member" "grant" {

@@ -20,7 +20,9 @@ locals {
     CD4ML_REGISTRY                 = local.registry
     CD4ML_REGISTRY_API             = "" # https://<registry host>, Artifact Registry's Docker Registry API v2
     CD4ML_GATE_URL                 = var.spinnaker_gate_url
-    CD4ML_GATE_KEY_SECRET          = "${google_secret_manager_secret.gate_key.id}/versions/latest"
+    CD4ML_GATE_AUTH                = var.spinnaker_gate_auth == "x509" ? "x509:${google_secret_manager_secret.gate_client_certificate.id}/versions/latest" : var.spinnaker_gate_auth
+    CD4ML_GATE_KEY_SECRET          = "projects/${var.project_id}/secrets/cd4ml-spinnaker-key-{model}/versions/latest"
+    CD4ML_GATE_CONFIRM_SECONDS     = tostring(var.spinnaker_confirm_seconds)
     CD4ML_NOTIFY_SECRETS           = "projects/${var.project_id}/secrets/cd4ml-notify-{channel}/versions/latest"
   }
 

@@ -36,9 +36,14 @@ output "registry" {
   value       = local.registry
 }
 
-output "gate_key_secret" {
-  description = "Secret to add the Spinnaker webhook key to: gcloud secrets versions add NAME --data-file=-"
-  value       = google_secret_manager_secret.gate_key.id
+output "gate_key_secrets" {
+  description = "Per model, the secret to add its Spinnaker webhook key to: gcloud secrets versions add NAME --data-file=-"
+  value       = { for m, secret in google_secret_manager_secret.gate_key : m => secret.secret_id }
+}
+
+output "gate_client_certificate_secret" {
+  description = "Secret to add the functions' Gate client certificate and key to (PEM), when spinnaker_gate_auth is x509."
+  value       = google_secret_manager_secret.gate_client_certificate.secret_id
 }
 
 output "service_accounts" {
@@ -54,4 +59,9 @@ output "service_accounts" {
 output "scheduler_jobs" {
   description = "Cloud Scheduler job of every model, and of the watch tick."
   value       = { for k, j in google_cloud_scheduler_job.job : k => j.name }
+}
+
+output "ui_service" {
+  description = "The web view's Cloud Run service (null without var.ui_image); open it with `gcloud run services proxy NAME --region REGION`."
+  value       = local.ui_enabled ? google_cloud_run_v2_service.ui[0].name : null
 }

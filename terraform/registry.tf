@@ -1,4 +1,4 @@
-# Where serving images go, and the key that lets trigger_canary call Spinnaker.
+# Where serving images go.
 
 # A repository per model: Artifact Registry's IAM stops at the repository, and a model's build account may write its
 # own model's images only (iam_bindings.yaml build_pushes_images). Images are REGION-docker.pkg.dev/PROJECT/
@@ -13,16 +13,4 @@ resource "google_artifact_registry_repository" "model" {
   format        = "DOCKER"
   description   = "cd4ml serving images of ${each.key}, tagged with the run id; pushes are announced on the gcr topic."
   labels        = local.labels
-}
-
-# Only the secret: its versions (the key Spinnaker's webhook payload constraint expects) are added out of band,
-# so the key never passes through Terraform state.
-resource "google_secret_manager_secret" "gate_key" {
-  project   = var.project_id
-  secret_id = var.gate_key_secret_id
-  labels    = local.labels
-
-  replication {
-    auto {}
-  }
 }

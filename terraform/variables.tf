@@ -65,10 +65,21 @@ variable "registry_repository_id" {
   default     = "cd4ml"
 }
 
-variable "gate_key_secret_id" {
+variable "spinnaker_gate_auth" {
   type        = string
-  description = "Secret Manager secret holding the Spinnaker webhook key; its versions are added out of band."
-  default     = "cd4ml-spinnaker-webhook-key"
+  description = "How the functions authenticate to Gate: x509 (the client certificate in secret cd4ml-spinnaker-client-certificate), iap:AUDIENCE (a Google ID token for Gate behind IAP, AUDIENCE its OAuth client id) or none."
+  default     = "x509"
+
+  validation {
+    condition     = can(regex("^(x509|none|iap:.+)$", var.spinnaker_gate_auth))
+    error_message = "spinnaker_gate_auth must be x509, none or iap:AUDIENCE."
+  }
+}
+
+variable "spinnaker_confirm_seconds" {
+  type        = number
+  description = "How long trigger_canary searches for the execution a webhook started (Echo starts it asynchronously and retries its call to Orca 5 times 5 s apart)."
+  default     = 30
 }
 
 variable "firestore_database" {
@@ -99,4 +110,21 @@ variable "labels" {
   type        = map(string)
   description = "Labels added to every labelled resource."
   default     = {}
+}
+
+variable "ui_image" {
+  type        = string
+  description = "Container image of the web view (cd4ml_ui/Dockerfile), e.g. REGION-docker.pkg.dev/PROJECT/cd4ml/cd4ml-ui@sha256:...; null deploys no web view."
+  default     = null
+}
+
+variable "ui_viewers" {
+  type        = list(string)
+  description = "Principals that may open the web view through `gcloud run services proxy` (run.invoker on it), e.g. group:ml-team@example.com."
+  default     = []
+
+  validation {
+    condition     = alltrue([for v in var.ui_viewers : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):.+", v))])
+    error_message = "ui_viewers must be IAM principals (user:, group:, serviceAccount:, domain:, principal:, principalSet:); allUsers and allAuthenticatedUsers would make the ledger public."
+  }
 }

@@ -13,13 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests under contract/ and e2e/ need the emulators: mark them so `-m "not emulator"` runs the rest."""
+    """Tests under contract/, standins/ and e2e/ need emulators or tools: marked so `-m "not emulator"` runs the rest."""
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.emulator)
-        if "contract" in parts:
+        if "contract" in parts or "standins" in parts:
             item.add_marker(pytest.mark.emulator)
 
 

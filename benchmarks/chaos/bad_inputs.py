@@ -129,14 +129,14 @@ INVALID_MANIFEST_MODEL = "chaos-invalid-manifest"
 
 
 def _invalid_manifest(s: Sender) -> str:
-    """Upload the good model's manifest with one fault (a negative threshold), then request a run of its model."""
+    """Upload the good model's manifest with one fault (a direction that is not maximize|minimize), then request a run of its model."""
     import yaml
 
     from cd4ml import clients
     from cd4ml.manifest import manifest_object
 
     manifest = yaml.safe_load(s.pipeline.stack.root.joinpath("..", s.model, "manifest.yaml").read_text())
-    manifest.update(name=INVALID_MANIFEST_MODEL, evaluation={**manifest["evaluation"], "threshold": -1})
+    manifest.update(name=INVALID_MANIFEST_MODEL, evaluation={**manifest["evaluation"], "direction": "up"})
     text = yaml.safe_dump(manifest, sort_keys=False)
     bucket = clients.storage_client(s.pipeline.settings).bucket(s.pipeline.settings.artifact_bucket)
     bucket.blob(manifest_object(INVALID_MANIFEST_MODEL)).upload_from_string(text, content_type="application/yaml")
@@ -356,7 +356,7 @@ CASES: tuple[Case, ...] = (
         "model",
         "fetch_data",
         "dead-letter",
-        "evaluation.threshold",
+        "evaluation.direction",
         _invalid_manifest,
     ),
     # --- HTTP, straight to a function ---

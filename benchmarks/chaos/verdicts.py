@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cd4ml_cli.main import _subscriber, held_messages
+from local_emulator import _gate_tls
 
 from benchmarks.chaos.bad_inputs import Case
 from benchmarks.concurrency import _builds, _duplicates, _jobs
@@ -25,7 +26,8 @@ def gate_executions(pipeline: Pipeline) -> Counter[str]:
     """Webhook executions at the Gate stand-in, by the run id in their payload."""
     # Orca's search answers 10 executions unless asked for more (found when 16 runs had succeeded: 6 had "none").
     url = pipeline.stack.endpoints["gate"] + "/applications/*/executions/search?triggerTypes=webhook&size=100000"
-    with urllib.request.urlopen(url, timeout=30) as response:
+    context = _gate_tls.client_context(pipeline.stack.root)  # the stack's Gate authenticates reads (x509)
+    with urllib.request.urlopen(url, timeout=30, context=context) as response:
         executions = json.loads(response.read())
     return Counter(str(((e.get("trigger") or {}).get("payload") or {}).get("run_id", "")) for e in executions)
 

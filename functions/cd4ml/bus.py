@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cd4ml import catalog, clients
+from cd4ml.errors import DeadLetterRefused
 from cd4ml.events import Event, PubSubMessage
+from cd4ml.limits import MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES, bounded, room_for_data
+
+__all__ = ["MAX_ATTRIBUTES", "MAX_ATTRIBUTE_VALUE_BYTES", "PUBLISH_TIMEOUT_SECONDS", "Bus", "bounded"]
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
 
 PUBLISH_TIMEOUT_SECONDS = 30.0
-#: Pub/Sub resource limits: attributes per message, bytes per attribute value.
-MAX_ATTRIBUTES = 100
-MAX_ATTRIBUTE_VALUE_BYTES = 1024
+MAX_ATTRIBUTE_VALUE_BYTES = MAX_VALUE_BYTES
 
 
 class Bus:
@@ -43,30 +45,47 @@ class Bus:
     ) -> str:
         """Copy a rejected message to ``topic`` with the reason attached, within Pub/Sub's limits.
 
-        Pub/Sub refuses more than 100 attributes and attribute values over 1024 bytes
-        (https://cloud.google.com/pubsub/quotas#resource_limits): the reason is cut to fit, and when the
-        original carries too many attributes the ``ce-*`` ones are kept first and the count dropped is noted.
-        A message whose deliveries were ``exhausted`` is marked ``cd4ml-exhausted-by`` instead of rejected.
+        Pub/Sub refuses more than 100 attributes, keys over 256 bytes, values over 1024 bytes and requests over
+        10 MB (https://cloud.google.com/pubsub/quotas#resource_limits): the reason keeps its words and cuts its
+        quoted values (``limits.bounded``); when the original carries too many attributes the ``ce-*`` ones are kept
+        first and the count dropped is noted (``cd4ml-dropped-attributes``, keys over the limit counted there too,
+        values over it cut); data that would take the request over 10 MB is cut to fit and says so
+        (``cd4ml-data-truncated``). A message whose deliveries were ``exhausted`` is marked ``cd4ml-exhausted-by``
+        instead of rejected. A copy Pub/Sub still refuses raises DeadLetterRefused with Pub/Sub's words.
         """
+        from google.api_core import exceptions
+
         ours = {
             "cd4ml-exhausted-by" if exhausted else "cd4ml-rejected-by": stage,
-            "cd4ml-error": bounded(error, MAX_ATTRIBUTE_VALUE_BYTES),
-            "cd4ml-original-message-id": bounded(message.message_id, MAX_ATTRIBUTE_VALUE_BYTES),
+            "cd4ml-error": bounded(error, MAX_VALUE_BYTES),
+            "cd4ml-original-message-id": bounded(message.message_id, MAX_VALUE_BYTES),
         }
         if message.subscription:
-            ours["cd4ml-original-subscription"] = bounded(message.subscription, MAX_ATTRIBUTE_VALUE_BYTES)
-        room = MAX_ATTRIBUTES - len(ours) - 1
-        originals = sorted(message.attributes.items(), key=lambda kv: (not kv[0].startswith("ce-"), kv[0]))
-        kept = dict(originals[:room])
-        if len(originals) > room:
-            ours["cd4ml-dropped-attributes"] = str(len(originals) - room)
-        future = self.publisher.publish(self.topic_path(topic), message.data, **kept, **ours)
-        return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))
+            ours["cd4ml-original-subscription"] = bounded(message.subscription, MAX_VALUE_BYTES)
+        room = MAX_ATTRIBUTES - len(ours) - 2  # and the two notes below
+        fitting = [(k, v) for k, v in message.attributes.items() if len(k.encode()) <= MAX_KEY_BYTES]
+        originals = sorted(fitting, key=lambda kv: (not kv[0].startswith("ce-"), kv[0]))
+        kept = {k: bounded(v, MAX_VALUE_BYTES) for k, v in originals[:room]}
+        if len(message.attributes) > len(kept):
+            ours["cd4ml-dropped-attributes"] = str(len(message.attributes) - len(kept))
+        path = self.topic_path(topic)
+        data = message.data
+        fits = room_for_data({**kept, **ours, _TRUNCATED: "x" * 120}, path)
+        if len(data) > fits:
+            data = data[:fits]
+            ours[_TRUNCATED] = (
+                f"data cut from {len(message.data)} to {len(data)} bytes to fit Pub/Sub's {MAX_REQUEST_BYTES}-byte "
+                "publish request"
+            )
+        try:
+            future = self.publisher.publish(path, data, **kept, **ours)
+            return str(future.result(timeout=PUBLISH_TIMEOUT_SECONDS))
+        except exceptions.InvalidArgument as refused:
+            raise DeadLetterRefused(
+                f"the dead-letter copy of message {bounded(message.message_id, 100)!r} was refused by Pub/Sub: "
+                f"{bounded(refused.message, 600)}"
+            ) from refused
 
 
-def bounded(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked when cut."""
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return raw[: limit - 3].decode(errors="ignore") + "…"
+#: The attribute saying a dead letter's data was cut.
+_TRUNCATED = "cd4ml-data-truncated"

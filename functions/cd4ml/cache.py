@@ -55,10 +55,10 @@ def switch(manifest: Mapping[str, Any], no_cache: bool) -> Switch:
     return Switch(True)
 
 
-def enabled(run_extra: Mapping[str, Any]) -> bool:
-    """The run's switch as fetch_data recorded it; off for a run it did not open (recorded before the cache
-    existed, or opened by hand): a cache is used only where the run's request was read."""
-    return bool((run_extra.get("cache") or {}).get("enabled", False))
+def enabled(run_cache: Mapping[str, Any]) -> bool:
+    """The run's switch (its ``cache`` record) as fetch_data recorded it; off for a run it did not open (recorded
+    before the cache existed, or opened by hand): a cache is used only where the run's request was read."""
+    return bool(run_cache.get("enabled", False))
 
 
 def training_spec(manifest: Manifest) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def check_image(ctx: Context, run_id: str, manifest: Manifest, model_sha256: str
     from cd4ml.gcs import GcsPath, list_objects
 
     run = ctx.ledger.get(run_id) or {}
-    if not enabled(run):
+    if not enabled(run.get("cache") or {}):
         ctx.ledger.note(run_id, {"cache.image": {"decision": "off", "reason": "cache off"}})
         return None
     serving = GcsPath(ctx.settings.artifact_bucket, f"serving/{manifest.name}/")

@@ -51,5 +51,9 @@ class UnknownModel(PermanentError):
     """A run was requested for a model that has no manifest."""
 
 
+class DeadLetterRefused(Cd4mlError, ValueError):
+    """Pub/Sub refused the dead-letter copy of a message (a limit): the request is answered 4xx naming it."""
+
+
 class InvalidSettings(Cd4mlError, ValueError):
     """The process environment lacks or misstates a setting: the process cannot start."""

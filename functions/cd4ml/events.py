@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from cd4ml import catalog
 from cd4ml.errors import InvalidEvent
+from cd4ml.limits import bounded
 
 RUN_REQUESTED = "cd4ml.run.requested.v1"
 WATCH_TICKED = "cd4ml.watch.ticked.v1"
@@ -43,10 +44,13 @@ APPROVAL_REQUESTED = "cd4ml.approval.requested.v1"
 APPROVAL_DECIDED = "cd4ml.approval.decided.v1"
 DELIVERY_CLEARED = "cd4ml.delivery.cleared.v1"
 RUN_REJECTED = "cd4ml.run.rejected.v1"
+RUN_FAILED = "cd4ml.run.failed.v1"
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
 _NAMESPACE = uuid.UUID("6f1c0c9e-2f4e-4d59-9a57-0c1d4d6b2f10")
+#: Bytes of one problem's text: several fit in a dead letter's 1024-byte reason.
+PROBLEM_BYTES = 300
 
 
 def now() -> datetime:
@@ -60,12 +64,30 @@ def format_time(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+#: The instants accepted on input: what a run id can name (4-digit years), less a year at the top, so arithmetic on
+#: an accepted time (a window, a deadline, a quiet period) never leaves what ``datetime`` holds.
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def parse_time(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp (with Z or an offset); ValueError when it is not one."""
+    """Parse an RFC 3339 timestamp (with Z or an offset) in [EARLIEST, LATEST); ValueError naming why otherwise.
+
+    ``9999-12-31T23:59:59-01:00`` is year 10000 in UTC: ``astimezone`` raised OverflowError, which no caller
+    expected, so the message was retried until Pub/Sub dead-lettered it without a reason.
+    """
     t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
-    return t.astimezone(UTC)
+    try:
+        utc = t.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(
+            f"{text!r} is outside the instants accepted ({format_time(EARLIEST)} to {format_time(LATEST)})"
+        )
+    return utc
 
 
 def event_id(run_id: str, type_: str, key: str = "") -> str:
@@ -77,8 +99,8 @@ _FORMATS = FormatChecker(formats=())
 
 
 def _is_date_time(value: object) -> bool:
-    """RFC 3339 with a time zone, in the range a run id can name (years 1000-9999)."""
-    return not isinstance(value, str) or 1000 <= parse_time(value).year <= 9999
+    """RFC 3339 with a time zone, in the range ``parse_time`` accepts (ValueError saying why not)."""
+    return not isinstance(value, str) or bool(parse_time(value))
 
 
 _FORMATS.checks("date-time", raises=ValueError)(_is_date_time)
@@ -95,8 +117,11 @@ def data_problems(type_: str, data: Any) -> list[str]:
     problems = []
     for error in sorted(_validator(type_).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         where = "/".join(str(p) for p in error.absolute_path) or "(data)"
-        message = error.message if len(error.message) <= 300 else error.message[:300] + "…"  # the value may be huge
-        problems.append(f"{where[:200]}: {message}")
+        message = error.message
+        if error.validator == "format" and error.cause is not None:
+            message += f" ({error.cause})"  # why: e.g. the instant is outside the years accepted
+        # The value may be huge: it is cut, jsonschema's own words ("is too long", "does not match") are kept.
+        problems.append(bounded(f"{bounded(where, 200)}: {message}", PROBLEM_BYTES))
     return problems
 
 

@@ -65,10 +65,10 @@ class Digest:
     lines: int
 
 
-def digest(client: storage.Client, path: GcsPath) -> Digest:
-    """sha256, size and line count of an object, streamed in chunks."""
+def digest(client: storage.Client, path: GcsPath, generation: int | None = None) -> Digest:
+    """sha256, size and line count of an object (at ``generation``, when given), streamed in chunks."""
     sink = _HashingSink()
-    blob = client.bucket(path.bucket).blob(path.name, chunk_size=CHUNK * 8)
+    blob = client.bucket(path.bucket).blob(path.name, chunk_size=CHUNK * 8, generation=generation)
     blob.download_to_file(sink)
     return Digest(sink.sha256.hexdigest(), sink.bytes, sink.line_count)
 

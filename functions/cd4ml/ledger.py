@@ -6,7 +6,7 @@ result and reuses it; one that finds a claim whose lease expired first asks the 
 (``recover``) before acting again, so a crash between acting and recording loses nothing and doubles
 nothing. Events are recorded by id, so recording the same event twice changes nothing.
 
-No write holds a lock: every read-modify-write is optimistic (read, compute, write with the read's update time
+No write holds a lock: every read-modify-write is optimistic (read, compute, write with the read's version
 as precondition, again on a conflict; ``Ledger._swap``). A Firestore transaction locks what it read until it
 commits or expires, so an instance killed inside one (Cloud Run's crash, the chaos session's SIGKILL) would stall
 every other writer of that run; the emulator answers them ``ABORTED: Transaction lock timeout`` meanwhile.
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cd4ml.errors import Busy, RetryableError
 from cd4ml.events import Event, format_time, now
 from cd4ml.run import Run, RunId
+from cd4ml.store import Filter, FirestoreStore, MemoryStore, Store, Write
 from cd4ml.transition import Change, apply
 
 if TYPE_CHECKING:
@@ -53,66 +54,75 @@ def run_id(model: str, scheduled_time: datetime) -> str:
 
 
 class Ledger:
-    """Run records and effect guards on a Firestore client."""
+    """Run records and effect guards over a document store (Firestore, or memory in unit tests).
 
-    def __init__(self, db: firestore.Client) -> None:
-        self._db = db
+    Only generic operations live here (read, record, note, once, locks, queries by field); what a stage asks of
+    the ledger (its in-flight runs, say) is that stage's own query through ``where``.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @classmethod
+    def firestore(cls, db: firestore.Client) -> Ledger:
+        """The ledger in Firestore (production; the emulator on the local stack)."""
+        return cls(FirestoreStore(db))
+
+    @classmethod
+    def in_memory(cls) -> Ledger:
+        """A ledger in memory (unit tests: stage handlers run against it, no process)."""
+        return cls(MemoryStore())
+
+    @property
+    def store(self) -> Store:
+        return self._store
 
     def _swap(
         self,
-        ref: Any,
+        path: str,
         compute: Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, Any]],
-        also: Callable[[Any, Any], None] | None = None,
+        also: Callable[[Any], list[Write]] | None = None,
         attempts: int = 25,
     ) -> Any:
-        """Read ``ref``, ``compute(doc)`` → (updates or None, result), write the updates only if nobody wrote the
-        document since the read (its update time is the precondition; a create when it did not exist), and start
-        over on a conflict. ``also(batch, result)`` adds writes that commit atomically with it (the champion).
+        """Read ``path``, ``compute(doc)`` → (updates or None, result), write the updates only if nobody wrote the
+        document since the read (its version is the precondition; a create when it did not exist), and start
+        over on a conflict. ``also(result)`` gives writes that commit atomically with it (the champion).
 
         Returns ``result``; contention that outlasts ``attempts`` is a RetryableError (Pub/Sub redelivers).
         """
-        from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition
-
         for attempt in range(attempts):
-            snap = ref.get()
-            updates, result = compute(snap.to_dict() if snap.exists else None)
+            snap = self._store.read(path)
+            updates, result = compute(snap.data)
             if updates is None:
                 return result
-            batch = self._db.batch()
-            if snap.exists:
-                batch.update(ref, updates, option=self._db.write_option(last_update_time=snap.update_time))
-            else:
-                batch.create(ref, updates)
-            if also is not None:
-                also(batch, result)
-            try:
-                batch.commit()
+            write = Write("update", path, updates, snap.version) if snap.exists else Write("create", path, updates)
+            if self._store.commit([write, *(also(result) if also is not None else [])]):
                 return result
-            except (FailedPrecondition, AlreadyExists, Aborted):
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
-        raise RetryableError(f"run ledger busy: {ref.path} changed under {attempts} attempts to write it")
+            time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise RetryableError(f"run ledger busy: {path} changed under {attempts} attempts to write it")
 
-    def _run(self, run_id: str) -> Any:
-        return self._db.collection(RUNS).document(run_id)
+    @staticmethod
+    def _run(run_id: str) -> str:
+        return f"{RUNS}/{run_id}"
 
     def get(self, run_id: str) -> dict[str, Any] | None:
-        snap = self._run(run_id).get()
-        return snap.to_dict() if snap.exists else None
+        return self._store.read(self._run(run_id)).data
 
     def run(self, run_id: str) -> Run | None:
         """The run record as a typed value; None when the ledger does not know the run."""
         doc = self.get(run_id)
         return None if doc is None else Run.from_document(doc)
 
+    def where(
+        self, *filters: Filter, order_by: str = "", descending: bool = False, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Run records matching every ``(field, op, value)`` (dotted paths; single-field indexes suffice)."""
+        return self._store.query(RUNS, filters, order_by=order_by, descending=descending, limit=limit)
+
     def recent(self, limit: int = 10, model: str | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first."""
-        from google.cloud import firestore
-
-        query: Any = self._db.collection(RUNS)
-        if model:
-            query = query.where(filter=firestore.FieldFilter("model", "==", model))
-        docs = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit).stream()
-        return [d.to_dict() or {} for d in docs]
+        filters: tuple[Filter, ...] = (("model", "==", model),) if model else ()
+        return self.where(*filters, order_by="created_at", descending=True, limit=limit)
 
     def open_run(
         self,
@@ -125,9 +135,6 @@ class Ledger:
         event: Event,
     ) -> tuple[dict[str, Any], bool]:
         """Create the run if absent; returns (record, created). A duplicate request gets the existing run."""
-        from google.api_core.exceptions import AlreadyExists
-
-        ref = self._run(run_id)
         stamp = format_time(now())
         record = {
             "run_id": run_id,
@@ -140,13 +147,9 @@ class Ledger:
             "manifest": dict(manifest),
             "events": [event.summary()],
         }
-
-        try:
-            ref.create(record)  # one write; the document's absence is the precondition
-        except AlreadyExists:
-            existing: dict[str, Any] = ref.get().to_dict() or {}
-            return existing, False
-        return record, True
+        if self._store.create(self._run(run_id), record):  # one write; the document's absence is the precondition
+            return record, True
+        return self.get(run_id) or {}, False
 
     def record(
         self,
@@ -157,10 +160,14 @@ class Ledger:
         error: Mapping[str, Any] | None = None,
         status: str | None = None,
         outbox: Mapping[str, Any] | None = None,
+        check: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Apply a stage's change (``transition.apply``: status rules, de-duplication by event id, champion)
-        in one optimistic read-apply-write (the champion commits with it); returns the record after it."""
-        ref = self._run(run_id)
+        in one optimistic read-apply-write (the champion commits with it); returns the record after it.
+
+        ``check(record)`` runs on the record as read, inside the optimistic write, and may raise to refuse the
+        change (a decision on a run that ended meanwhile): what it checked is what the write's precondition holds.
+        """
         change = Change(
             event=event.summary() if event is not None else None,
             fields=dict(fields or {}),
@@ -172,24 +179,23 @@ class Ledger:
         def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Any]:
             if doc is None:
                 raise RetryableError(f"run {run_id} is not in the ledger yet")
+            if check is not None:
+                check(doc)
             applied = apply(doc, change, format_time(now()))
             return (dict(applied.updates) if applied.changed else None), applied
 
-        def champion(batch: Any, applied: Any) -> None:
-            if applied.champion is not None:
-                champion_ref = self._db.collection(MODELS).document(applied.record["model"])
-                batch.set(champion_ref, {"champion": dict(applied.champion)}, merge=True)
+        def champion(applied: Any) -> list[Write]:
+            if applied.champion is None:
+                return []
+            return [Write("merge", f"{MODELS}/{applied.record['model']}", {"champion": dict(applied.champion)})]
 
-        return dict(self._swap(ref, compute, champion).record)
+        return dict(self._swap(self._run(run_id), compute, champion).record)
 
     def note_rejection(self, run_id: str, rejection: Mapping[str, Any]) -> None:
         """Note a rejected message on the run it names (the last ``KEEP_REJECTIONS``); the status is untouched.
 
         Nothing happens when the run does not exist: a message for an unknown run creates no record.
         """
-        from google.api_core.exceptions import NotFound
-
-        ref = self._run(run_id)
 
         def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
             if doc is None:
@@ -200,74 +206,58 @@ class Ledger:
                 "rejected_count": int(doc.get("rejected_count") or 0) + 1,
             }, None
 
-        try:
-            self._swap(ref, compute)
-        except NotFound:
-            return
+        self._swap(self._run(run_id), compute)
 
     def count_failure(self, run_id: str, delivery: str) -> int:
         """Count one failed delivery of a message on a subscription (``delivery``); returns the count so far."""
         import hashlib
 
-        from google.cloud import firestore
-
-        ref = self._run(run_id).collection(DELIVERIES).document(hashlib.sha256(delivery.encode()).hexdigest()[:40])
-        ref.set({"failures": firestore.Increment(1), "delivery": delivery[:300], "at": format_time(now())}, merge=True)
-        return int((ref.get().to_dict() or {}).get("failures", 1))
+        path = f"{self._run(run_id)}/{DELIVERIES}/{hashlib.sha256(delivery.encode()).hexdigest()[:40]}"
+        return self._store.increment(path, "failures", {"delivery": delivery[:300], "at": format_time(now())})
 
     def claim(self, run_id: str, name: str) -> dict[str, Any] | None:
         """The claim of the run's effect ``name`` (state, claimed_at, lease_until, attempts, result), if any."""
-        snap = self._run(run_id).collection(EFFECTS).document(name).get()
-        return dict(snap.to_dict() or {}) if snap.exists else None
+        return self._store.read(f"{self._run(run_id)}/{EFFECTS}/{name}").data
 
     def champion(self, model: str) -> dict[str, Any] | None:
         """The model's current champion: the last run that succeeded."""
-        snap = self._db.collection(MODELS).document(model).get()
-        if not snap.exists:
-            return None
-        champion: dict[str, Any] | None = (snap.to_dict() or {}).get("champion")
+        doc = self._store.read(f"{MODELS}/{model}").data
+        champion: dict[str, Any] | None = (doc or {}).get("champion")
         return dict(champion) if champion else None
+
+    def champions(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every model's document (its champion), by model name."""
+        return self._store.ids(MODELS)
 
     def cached(self, name: str) -> dict[str, Any] | None:
         """A cache index entry (``cache/{name}``, e.g. ``training-{key}``; cd4ml.cache), or None."""
-        snap = self._db.collection(CACHE).document(name).get()
-        return (snap.to_dict() or {}) if snap.exists else None
+        return self._store.read(f"{CACHE}/{name}").data
 
     def remember(self, name: str, entry: Mapping[str, Any]) -> None:
-        """Write a cache index entry; a set, so writing it again (a redelivery) changes nothing that matters."""
-        self._db.collection(CACHE).document(name).set({**entry, "at": format_time(now())})
+        """Write a cache index entry; writing it again (a redelivery) changes nothing that matters."""
+        self._store.commit([Write("merge", f"{CACHE}/{name}", {**entry, "at": format_time(now())})])
 
     def with_field(self, field: str, value: Any, limit: int = 20) -> list[dict[str, Any]]:
         """Runs whose ``field`` (a dotted path) equals ``value``, newest first (single-field indexes suffice)."""
-        from google.cloud import firestore
-
-        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter(field, "==", value))
-        runs = [d.to_dict() or {} for d in query.limit(limit).stream()]
+        runs = self.where((field, "==", value), limit=limit)
         return sorted(runs, key=lambda r: str(r.get("created_at", "")), reverse=True)
 
     def note_arrival(self, model: str, update: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
         """Apply ``update`` to ``arrivals/{model}`` (the latest upload under its source prefix) in one
         optimistic read-modify-write; False when it changed nothing (a duplicate or older notification)."""
 
-        ref = self._db.collection(ARRIVALS).document(model)
-
         def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
             new = update(doc)  # every field of the document, so updating them all replaces it
             return new, new is not None
 
-        return bool(self._swap(ref, compute))
+        return bool(self._swap(f"{ARRIVALS}/{model}", compute))
 
-    def pending_arrivals(self, limit: int = 200) -> list[dict[str, Any]]:
-        """The models with an upload that has no run yet."""
-        from google.cloud import firestore
-
-        query = self._db.collection(ARRIVALS).where(filter=firestore.FieldFilter("pending", "==", True))
-        return [d.to_dict() or {} for d in query.limit(limit).stream()]
+    def arrivals(self, *filters: Filter, limit: int = 200) -> list[dict[str, Any]]:
+        """Arrival records (``arrivals/{model}``) matching every filter."""
+        return self._store.query(ARRIVALS, filters, limit=limit)
 
     def answer_arrival(self, model: str, last_upload: str) -> None:
         """Mark the upload at ``last_upload`` as answered by a run, unless a later one arrived meanwhile."""
-
-        ref = self._db.collection(ARRIVALS).document(model)
 
         def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
             update: dict[str, Any] = {"requested_for": last_upload}
@@ -275,78 +265,19 @@ class Ledger:
                 update["pending"] = False
             return update, None
 
-        self._swap(ref, compute)
-
-    def in_flight_training(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Runs whose training job was submitted and has not been reported finished."""
-        from google.cloud import firestore
-
-        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("training.active", "==", True))
-        return [d.to_dict() or {} for d in query.limit(limit).stream()]
-
-    def in_flight_canaries(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Runs whose canary execution started and has no verdict yet."""
-        from google.cloud import firestore
-
-        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("canary.active", "==", True))
-        return [d.to_dict() or {} for d in query.limit(limit).stream()]
-
-    def awaiting_approval(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Runs waiting for a person's decision (status awaiting_approval)."""
-        from google.cloud import firestore
-
-        from cd4ml.run import AWAITING_APPROVAL
-
-        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter("status", "==", AWAITING_APPROVAL))
-        return [d.to_dict() or {} for d in query.limit(limit).stream()]
-
-    def stale(self, before: datetime, limit: int = 200) -> list[dict[str, Any]]:
-        """Running runs last updated before ``before`` that wait on no training job and no canary (both end on their own)."""
-        from google.cloud import firestore
-
-        query = (
-            self._db.collection(RUNS)
-            .where(filter=firestore.FieldFilter("status", "==", "running"))
-            .where(filter=firestore.FieldFilter("updated_at", "<", format_time(before)))
-        )
-        runs = [d.to_dict() or {} for d in query.limit(limit).stream()]
-        return [
-            r for r in runs if not (r.get("training") or {}).get("active") and not (r.get("canary") or {}).get("active")
-        ]
-
-    def _reclaim(self, ref: Any, lease: timedelta, wait: float, holder: str) -> tuple[str, dict[str, Any] | None]:
-        """Someone claimed first: their result, a takeover of their expired lease, or "busy" after ``wait``."""
-
-        def take_over(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[str, Any]]:
-            moment = now()
-            doc = doc or {}
-            state = _claim_state(doc, moment)
-            if state != "expired":
-                return None, (state, doc.get("result"))
-            taken = {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}
-            return {**taken, "holder": holder}, (state, None)
-
-        deadline = time.monotonic() + wait
-        while True:
-            state, result = self._swap(ref, take_over)
-            if state != "busy" or time.monotonic() >= deadline:
-                return state, result
-            time.sleep(0.2)
+        self._swap(f"{ARRIVALS}/{model}", compute)
 
     def marked(self, field: str, limit: int = 200) -> list[dict[str, Any]]:
         """Runs whose ``field`` (a dotted path) is true (single-field index)."""
-        from google.cloud import firestore
-
-        query = self._db.collection(RUNS).where(filter=firestore.FieldFilter(field, "==", True))
-        return [d.to_dict() or {} for d in query.limit(limit).stream()]
+        return self.where((field, "==", True), limit=limit)
 
     def live_claims(self, run_id: str) -> list[str]:
         """The run's effects being carried out right now: claimed, not done, lease not over."""
         moment = now()
         return sorted(
-            d.id
-            for d in self._run(run_id).collection(EFFECTS).stream()
-            if _claim_state(d.to_dict() or {}, moment) == "busy"
+            name
+            for name, doc in self._store.ids(f"{self._run(run_id)}/{EFFECTS}")
+            if _claim_state(doc, moment) == "busy"
         )
 
     def note_published(self, run_id: str, event_id: str) -> None:
@@ -369,8 +300,39 @@ class Ledger:
         """Set fields (dotted paths) without reading the run: for facts no decision depends on.
 
         No transaction, so concurrent notes on one run never contend; status and events are not touched.
+        Missing (a LookupError) when the run does not exist.
         """
-        self._run(run_id).update({**fields, "updated_at": format_time(now())})
+        self._store.update(self._run(run_id), {**fields, "updated_at": format_time(now())})
+
+    def _reclaim(self, path: str, lease: timedelta, wait: float, holder: str) -> tuple[str, dict[str, Any] | None]:
+        """Someone claimed first: their result, a takeover of their expired lease, or "busy" after ``wait``."""
+
+        def take_over(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[str, Any]]:
+            moment = now()
+            doc = doc or {}
+            state = _claim_state(doc, moment)
+            if state != "expired":
+                return None, (state, doc.get("result"))
+            taken = {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}
+            return {**taken, "holder": holder}, (state, None)
+
+        deadline = time.monotonic() + wait
+        while True:
+            state, result = self._swap(path, take_over)
+            if state != "busy" or time.monotonic() >= deadline:
+                return state, result
+            time.sleep(0.2)
+
+    def _fenced(self, path: str, holder: str, fields: Mapping[str, Any]) -> bool:
+        """Write ``fields`` on a claim or lock only while ``holder`` still holds it (the holder is the fencing
+        token): an instance whose lease ran out and was taken over never overwrites its successor's claim."""
+
+        def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+            if not doc or doc.get("holder") != holder:
+                return None, False
+            return dict(fields), True
+
+        return bool(self._swap(path, compute))
 
     def once(
         self,
@@ -391,42 +353,40 @@ class Ledger:
         The claim is a plain create (one write) when nobody claimed before, the common case. A duplicate
         delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises Busy (the
         redelivery comes back later). Short, because a push that waits holds one of the few pushes a subscription
-        has in flight (the local relay's: 4) and an instance that serves one request at a time.
+        has in flight (the local relay's: 4) and an instance that serves one request at a time. Releasing the
+        claim and marking it done are fenced by the holder: a takeover's claim is never overwritten.
         """
-        from google.api_core.exceptions import AlreadyExists
-
-        ref = self._run(run_id).collection(EFFECTS).document(name)
+        path = f"{self._run(run_id)}/{EFFECTS}/{name}"
         moment = now()
         holder = uuid.uuid4().hex
-        try:
-            ref.create(
-                {
-                    "state": "claimed",
-                    "lease_until": format_time(moment + lease),
-                    "claimed_at": format_time(moment),
-                    "attempts": 1,
-                    "holder": holder,
-                }
-            )
-            state, result = "claimed", None
-        except AlreadyExists:
-            state, result = self._reclaim(ref, lease, wait, holder)
+        created = self._store.create(
+            path,
+            {
+                "state": "claimed",
+                "lease_until": format_time(moment + lease),
+                "claimed_at": format_time(moment),
+                "attempts": 1,
+                "holder": holder,
+            },
+        )
+        state, result = ("claimed", None) if created else self._reclaim(path, lease, wait, holder)
         if state == "done":
             return dict(result or {}), False
         if state == "busy":
             raise Busy(f"effect {name} of run {run_id} is being carried out by another delivery")
         try:
-            with self._heartbeat(ref, holder, lease):
+            with self._heartbeat(path, holder, lease):
                 found = recover() if (state == "expired" and recover is not None) else None
                 result = found if found is not None else act()
         except BaseException:
             # Unknown whether the effect happened: release the claim now, so the next delivery asks the external
             # system first. (A failed ``recover`` kept the claim for a whole lease: the chaos session's Gate outage
             # made every copy of the message meet "busy" until their attempts ran out.)
-            ref.update({"lease_until": format_time(now())})
+            with contextlib.suppress(Exception):  # not released: free again within one lease
+                self._fenced(path, holder, {"lease_until": format_time(now())})
             raise
         acted = found is None
-        ref.update({"state": "done", "result": result, "done_at": format_time(now())})
+        self._fenced(path, holder, {"state": "done", "result": result, "done_at": format_time(now())})
         return result, acted
 
     @contextlib.contextmanager
@@ -439,7 +399,7 @@ class Ledger:
         interleaved a crashed move, another run's move, and the recovery of the first, which moved the alias
         a second time and back to an older model.
         """
-        ref = self._db.collection(MODELS).document(model).collection(LOCKS).document(name)
+        path = f"{MODELS}/{model}/{LOCKS}/{name}"
         holder = uuid.uuid4().hex
 
         def take(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
@@ -449,25 +409,19 @@ class Ledger:
             return {"holder": holder, "lease_until": format_time(moment + lease)}, True
 
         deadline = time.monotonic() + wait
-        while not self._swap(ref, take):
+        while not self._swap(path, take):
             if time.monotonic() >= deadline:
                 raise Busy(f"the {name} of model {model} is being carried out for another run")
             time.sleep(0.2)
-
-        def release(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
-            if not doc or doc.get("holder") != holder:
-                return None, None
-            return {"holder": "", "lease_until": format_time(now())}, None
-
         try:
-            with self._heartbeat(ref, holder, lease):
+            with self._heartbeat(path, holder, lease):
                 yield
         finally:
             with contextlib.suppress(Exception):  # not released: free again within one lease
-                self._swap(ref, release)
+                self._fenced(path, holder, {"holder": "", "lease_until": format_time(now())})
 
     @contextlib.contextmanager
-    def _heartbeat(self, ref: Any, holder: str, lease: timedelta) -> Iterator[None]:
+    def _heartbeat(self, path: str, holder: str, lease: timedelta) -> Iterator[None]:
         """Renew the claim's lease every quarter lease while the body runs, as long as ``holder`` still holds it."""
         stop = threading.Event()
 
@@ -479,12 +433,12 @@ class Ledger:
         def beat() -> None:
             while not stop.wait(lease.total_seconds() / 4):
                 try:
-                    if not self._swap(ref, renew, attempts=3):
+                    if not self._swap(path, renew, attempts=3):
                         return
                 except Exception:  # a missed beat is retried; the lease lasts three more
                     continue
 
-        thread = threading.Thread(target=beat, name=f"lease-{ref.id}", daemon=True)
+        thread = threading.Thread(target=beat, name=f"lease-{path.rsplit('/', 1)[-1]}", daemon=True)
         thread.start()
         try:
             yield

@@ -35,13 +35,101 @@ class Training:
     timeout_seconds: int
 
 
+MAXIMIZE = "maximize"
+MINIMIZE = "minimize"
+
+
 @dataclass(frozen=True)
-class Evaluation:
-    """The gate: an absolute threshold on one metric, and the regression allowed against the champion."""
+class MetricRule:
+    """One gated metric: which way is better, the bar it must clear, and how much worse than the champion it may be.
+
+    ``max_regression`` is in the metric's units; ``max_regression_relative`` a fraction of the champion's value
+    (a manifest gives one or neither: neither allows no regression at all).
+    """
 
     metric: str
     threshold: float
-    max_regression: float
+    direction: str = MAXIMIZE
+    max_regression: float = 0.0
+    max_regression_relative: float | None = None
+
+    def allowed_regression(self, champion_value: float) -> float:
+        """How far, in the metric's units, the candidate may be worse than a champion of this value."""
+        if self.max_regression_relative is not None:
+            return self.max_regression_relative * abs(champion_value)
+        return self.max_regression
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The gate: every metric rule must pass (threshold and regression against the champion)."""
+
+    rules: tuple[MetricRule, ...]
+
+    @classmethod
+    def single(
+        cls, metric: str, threshold: float, max_regression: float = 0.0, direction: str = MAXIMIZE
+    ) -> Evaluation:
+        """A gate on one metric with an absolute regression allowance (the common case)."""
+        return cls((MetricRule(metric, threshold, direction, max_regression),))
+
+    @property
+    def metric(self) -> str:
+        """The first (primary) metric: what a one-line summary names."""
+        return self.rules[0].metric
+
+
+_RULE_KEYS = ("metric", "direction", "threshold", "max_regression", "max_regression_relative")
+
+
+def _rule(raw: Mapping[str, Any]) -> MetricRule:
+    relative = raw.get("max_regression_relative")
+    return MetricRule(
+        metric=str(raw["metric"]),
+        threshold=float(raw["threshold"]),
+        direction=str(raw.get("direction", MAXIMIZE)),
+        max_regression=float(raw.get("max_regression", 0.0)),
+        max_regression_relative=None if relative is None else float(relative),
+    )
+
+
+def _evaluation(raw: Mapping[str, Any]) -> Evaluation:
+    return Evaluation(tuple(_rule(r) for r in raw["metrics"]) if "metrics" in raw else (_rule(raw),))
+
+
+def _evaluation_problems(raw: Mapping[str, Any]) -> list[str]:
+    """What JSON Schema cannot say in a readable line: inline rule xor ``metrics``, one regression kind, unique names."""
+    inline = [k for k in _RULE_KEYS if k in raw]
+    if "metrics" in raw:
+        if inline:
+            return [
+                f"evaluation: {', '.join(inline)} given beside metrics; put every metric's rule under metrics, "
+                "or gate one metric inline without metrics"
+            ]
+        listed = raw["metrics"] if isinstance(raw["metrics"], list) else []
+        rules: list[tuple[str, Mapping[str, Any]]] = [
+            (f"evaluation.metrics.{i}", r) for i, r in enumerate(listed) if isinstance(r, dict)
+        ]
+    else:
+        missing = [k for k in ("metric", "threshold") if k not in raw]
+        if missing:
+            return [
+                f"evaluation: {' and '.join(missing)} missing; gate one metric with metric and threshold "
+                "(direction maximize|minimize, default maximize), or several under metrics"
+            ]
+        rules = [("evaluation", raw)]
+    problems = [
+        f"{where}: max_regression and max_regression_relative both given; give one (absolute, or a fraction "
+        "of the champion's value)"
+        for where, r in rules
+        if "max_regression" in r and "max_regression_relative" in r
+    ]
+    names = [str(r.get("metric")) for _, r in rules]
+    problems += [
+        f"evaluation.metrics: {n!r} is gated twice; give each metric one rule"
+        for n in sorted({n for n in names if names.count(n) > 1})
+    ]
+    return problems
 
 
 @dataclass(frozen=True)
@@ -55,6 +143,8 @@ class Smoke:
     port: int = 8080
     health_path: str = "/health"
     startup_seconds: float = 60.0
+    abs_tolerance: float = 1e-12
+    rel_tolerance: float = 1e-9
 
     def in_context(self, dockerfile: str) -> str:
         """The golden file's path in the build context (the Dockerfile's folder is the context's root)."""
@@ -116,6 +206,8 @@ def _smoke(serving: Mapping[str, Any]) -> Smoke | None:
         port=int(smoke.get("port", 8080)),
         health_path=str(smoke.get("health_path", "/health")),
         startup_seconds=float(smoke.get("startup_seconds", 60)),
+        abs_tolerance=float(smoke.get("abs_tolerance", 1e-12)),
+        rel_tolerance=float(smoke.get("rel_tolerance", 1e-9)),
     )
 
 
@@ -148,6 +240,11 @@ class Manifest:
         itr = croniter(self.schedule, local.replace(microsecond=0) + timedelta(seconds=1))
         fire: datetime = itr.get_prev(datetime)
         return fire.astimezone(UTC)
+
+
+def webhook_source(model: str) -> str:
+    """The webhook source of ``model``'s canary pipeline: derived from its name, never free text of a manifest."""
+    return f"cd4ml-{model}"
 
 
 # libyaml's loader when PyYAML has it (its wheels do): ten times faster than the pure-Python one.
@@ -186,8 +283,16 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
                 f"serving.smoke.requests: {smoke['requests']} is not inside the serving folder (the "
                 "Dockerfile's), which is what `cd4ml model push` uploads and the build receives"
             )
+        source = document["canary"].get("webhook_source")
+        if source is not None and source != webhook_source(document["name"]):
+            problems.append(
+                f"canary.webhook_source: {source!r} is not {webhook_source(document['name'])!r}; the webhook source is "
+                "derived from the model's name (drop the field), so a manifest cannot start another model's pipeline"
+            )
         if "bigquery" in document["data"]["source"]:
             problems.append("data.source.bigquery: BigQuery sources are not supported yet; use gcs_prefix")
+    if isinstance(document, dict) and isinstance(document.get("evaluation"), dict):
+        problems += _evaluation_problems(document["evaluation"])
     if problems:
         name = document.get("name") if isinstance(document, dict) else None
         raise InvalidManifest(f"invalid {origin}" + (f" for model {name!r}" if name else ""), problems)
@@ -195,7 +300,6 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
     pool = t["worker_pool"]
     container = t.get("container", {})
     package = t.get("python_package", {})
-    ev = document["evaluation"]
     return Manifest(
         name=document["name"],
         schedule=document["schedule"],
@@ -213,13 +317,11 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
             hyperparameters=dict(t.get("hyperparameters", {})),
             timeout_seconds=t.get("timeout_seconds", 3600),
         ),
-        evaluation=Evaluation(
-            metric=ev["metric"], threshold=float(ev["threshold"]), max_regression=float(ev.get("max_regression", 0.0))
-        ),
+        evaluation=_evaluation(document["evaluation"]),
         dockerfile=document["serving"]["dockerfile"],
         base_image=document["serving"]["base_image"],
         canary_application=document["canary"]["application"],
-        webhook_source=document["canary"]["webhook_source"],
+        webhook_source=webhook_source(document["name"]),
         canary_pipeline=document["canary"].get("pipeline", ""),
         canary_deadline_minutes=float(document["canary"].get("deadline_minutes", 60)),
         alias=str(document["serving"].get("alias", "champion")),
@@ -230,8 +332,17 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
     )
 
 
+#: A manifest's largest size: the run record keeps it whole (Firestore's document limit is 1 MiB).
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
 def loads(text: str, origin: str = "manifest") -> Manifest:
-    """Parse and validate a manifest's YAML text."""
+    """Parse and validate a manifest's YAML text (at most ``MAX_MANIFEST_BYTES``)."""
+    size = len(text.encode())
+    if size > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(
+            f"invalid {origin}", [f"{size} bytes: a manifest is at most {MAX_MANIFEST_BYTES} bytes (64 KiB)"]
+        )
     try:
         document = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:

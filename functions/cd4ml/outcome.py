@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cd4ml.events import RUN_FAILED
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -20,6 +22,7 @@ class Outcome:
     record: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None  # the run's error when this outcome ends it failed
     note: str = ""  # the log line when nothing is emitted
+    error_stage: str = ""  # the stage the error is recorded against, when not the concluding stage
 
     @classmethod
     def event(
@@ -31,6 +34,13 @@ class Outcome:
     def nothing(cls, note: str, record: Mapping[str, Any] | None = None) -> Outcome:
         """Nothing to announce: only ``note`` is logged, and ``record`` (progress facts) written if given."""
         return cls(record=dict(record or {}), note=note)
+
+    @classmethod
+    def run_failed(cls, model: str, stage: str, cause: str, reason: str) -> Outcome:
+        """run.failed: an ending with no event of its own (gave up, dead letter, stale), announced like the rest."""
+        reason = reason[:1024]
+        data = {"model": model, "stage": stage, "cause": cause, "reason": reason}
+        return cls(emit=(RUN_FAILED, data), error=reason, error_stage=stage)
 
     @property
     def type(self) -> str | None:

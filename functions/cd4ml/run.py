@@ -1,8 +1,8 @@
 """The run record ``runs/{run_id}`` (schemas/run.schema.json) as a frozen, typed value.
 
 ``Run.from_document`` / ``Run.to_document`` are symmetric, like ``Event.from_message`` / ``Event.to_message``:
-stages read typed fields, the ledger stores the document. Fields this version does not know are kept in
-``extra`` and written back unchanged.
+stages read typed fields, the ledger stores the document. Every property of schemas/run.schema.json is a field
+(a test checks it); fields this version does not know are kept in ``extra`` and written back unchanged.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ class Image:
     log_url: str = ""
     error: str = ""
     progress: Mapping[str, str] = field(default_factory=dict)
+    #: Registry pushes noticed before the build reported (on_push), by ``d<digest hex>``: digest_ref, tag, at.
+    pushes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def build_ended(self) -> bool:
@@ -162,6 +164,24 @@ class Run:
     promotion: Promotion | None = None
     approval: Approval | None = None
     error: RunError | None = None
+    #: Cache decisions (``enabled``, ``training``, ``image``, ``skipped``, ``disabled_by``): cd4ml.cache.
+    cache: Mapping[str, Any] = field(default_factory=dict)
+    #: on_dead_letter's mark (pending, stage, event_id, at, reason): cd4ml.stages.dead_letters.
+    dead_letter: Mapping[str, Any] = field(default_factory=dict)
+    #: The last error a failed delivery saw (stage, error, at), named when the run is ended from a dead letter.
+    last_failure: Mapping[str, Any] = field(default_factory=dict)
+    #: Notices posted, per event and channel: cd4ml.stages.notify.
+    notifications: Mapping[str, Any] = field(default_factory=dict)
+    #: The smoke test's result, as the build reported it.
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+    #: Events recorded and not yet published, with their data (Context.conclude), and those published.
+    outbox: tuple[Mapping[str, Any], ...] = ()
+    outbox_pending: bool = False
+    published: tuple[str, ...] = ()
+    #: Messages a stage rejected for this run (the last 20), and how many in all.
+    rejected_messages: tuple[Mapping[str, Any], ...] = ()
+    rejected_count: int = 0
+    #: Fields this version does not know (a newer writer's), kept and written back; no stage reads them.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -222,6 +242,16 @@ class Run:
             )
             if error
             else None,
+            cache=dict(d.get("cache") or {}),
+            dead_letter=dict(d.get("dead_letter") or {}),
+            last_failure=dict(d.get("last_failure") or {}),
+            notifications=dict(d.get("notifications") or {}),
+            smoke=dict(d.get("smoke") or {}),
+            outbox=tuple(dict(e) for e in d.get("outbox") or ()),
+            outbox_pending=bool(d.get("outbox_pending", False)),
+            published=tuple(str(e) for e in d.get("published") or ()),
+            rejected_messages=tuple(dict(r) for r in d.get("rejected_messages") or ()),
+            rejected_count=int(d.get("rejected_count") or 0),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -257,6 +287,20 @@ class Run:
             if self.error
             else None,
         }
+        optional.update(
+            {
+                "cache": dict(self.cache),
+                "dead_letter": dict(self.dead_letter),
+                "last_failure": dict(self.last_failure),
+                "notifications": dict(self.notifications),
+                "smoke": dict(self.smoke),
+                "outbox": [dict(e) for e in self.outbox],
+                "outbox_pending": self.outbox_pending,
+                "published": list(self.published),
+                "rejected_messages": [dict(r) for r in self.rejected_messages],
+                "rejected_count": self.rejected_count,
+            }
+        )
         doc.update({k: v for k, v in optional.items() if v})
         doc.update(self.extra)
         return doc

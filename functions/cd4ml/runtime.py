@@ -13,18 +13,18 @@ import contextvars
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from cd4ml import catalog, clients, logs
+from cd4ml import catalog, clients, logs, push
 from cd4ml.bus import Bus, bounded
-from cd4ml.errors import Busy, InvalidSettings, PermanentError
-from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time, plain
+from cd4ml.errors import Busy, InvalidEvent, InvalidSettings, PermanentError
+from cd4ml.events import RUN_FAILED, Event, PubSubMessage, format_time, now, parse_time, plain
 from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
-from cd4ml.run import Run, is_run_id
+from cd4ml.run import TERMINAL, Run, RunId, is_run_id
 from cd4ml.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Context:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(clients.firestore_client(self.settings))
+        return Ledger.firestore(clients.firestore_client(self.settings))
 
     @cached_property
     def bus(self) -> Bus:
@@ -92,7 +92,8 @@ class Context:
         (the chaos session's triple delivery turned one request into hundreds of deliveries downstream). One
         whose earlier attempt died between the record and the note publishes again, with the recorded time.
         """
-        error = {"stage": self.settings.stage, "message": outcome.error} if outcome.error else None
+        stage = outcome.error_stage or self.settings.stage
+        error = {"stage": stage, "message": outcome.error} if outcome.error else None
         if outcome.emit is None:
             if outcome.record:
                 self.ledger.note(run_id, outcome.record)
@@ -101,7 +102,12 @@ class Context:
         type_, data = outcome.emit
         event = Event.new(type_, run_id, data, source=self.source)
         outbox = {**event.summary(), "data": plain(event.data)}
-        record = self.ledger.record(run_id, event, outcome.record, error=error, outbox=outbox)
+        check = _not_ended(event.id) if type_ == RUN_FAILED else None
+        try:
+            record = self.ledger.record(run_id, event, outcome.record, error=error, outbox=outbox, check=check)
+        except _Ended as ended:
+            self.info(f"run already ended {ended.status}; {type_} not announced", run_id)
+            return None
         if event.id in (record.get(PUBLISHED) or ()):
             self.info(f"{type_} already published", run_id, event_id=event.id, event_type=type_)
             return event
@@ -218,23 +224,30 @@ class Context:
                 "details": {"dead_letter_topic": self.settings.dead_letter_topic},
             },
         )
-        self.ledger.record(run_id, status="failed", error={"stage": self.settings.stage, "message": reason})
+        model = RunId.parse(run_id).model
+        self.conclude(run_id, Outcome.run_failed(model, self.settings.stage, "gave_up", reason))
         self.bus.dead_letter(
             self.settings.dead_letter_topic, message, stage=self.settings.stage, error=reason, exhausted=True
         )
 
 
-def refuse_undecodable(error: UnicodeDecodeError) -> tuple[str, int]:
-    """HTTP 400 naming the problem for a request body that is not JSON text at all (bytes no UTF encoding decodes).
+class _Ended(Exception):
+    """The run ended before this ending could be recorded: the first ending stands, and is the one announced."""
 
-    functions-framework hands the body to the cloudevents SDK before any handler runs; its ``json.loads`` raises
-    UnicodeDecodeError on such bytes and the framework answered 500, a crash, instead of the 400 it gives any other
-    body it cannot read. Nothing reached a stage, so there is no message to dead-letter: the log is the record.
-    """
-    logs.configure()
-    reason = f"the request body is not JSON text (no UTF-8/16/32 decoding): {error}"
-    logs.get("http").error(reason, extra={"details": {"error_type": type(error).__name__}})
-    return reason, 400
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _not_ended(event_id: str) -> Callable[[Mapping[str, Any]], None]:
+    """A record check refusing a second ending: a run already ended (by another event) announces no run.failed."""
+
+    def check(record: Mapping[str, Any]) -> None:
+        status = str(record.get("status", ""))
+        if status in TERMINAL and all(e.get("id") != event_id for e in record.get("events") or ()):
+            raise _Ended(status)
+
+    return check
 
 
 #: The id of the Pub/Sub message this thread is handling (dispatch), for the log lines about it.
@@ -253,15 +266,19 @@ def context() -> Context:
 
 
 def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
-    """Unwrap the Pub/Sub message from Eventarc's messagePublished event and run ``handler`` on it."""
+    """Run ``handler`` on the Pub/Sub message pushed (read from the request Pub/Sub sent, ``push.message``)."""
     ctx = context()
     try:
-        message = PubSubMessage.from_push(cloud_event.data)
+        message = push.message(cloud_event.data)
     except PermanentError as error:
         raw = json.dumps(cloud_event.data, default=str).encode() if cloud_event.data is not None else b""
         message = PubSubMessage(message_id=str(cloud_event["id"]), publish_time=now(), attributes={}, data=raw)
         ctx.reject(message, error)
         return
+    beyond = push.limit_problem(message)
+    if beyond:  # not from Pub/Sub: one dead letter (cut to fit), and the sender hears why
+        ctx.reject(message, InvalidEvent("not a Pub/Sub message", [beyond]))
+        raise push.Refused(413, beyond, logged=True)
     token = _HANDLING.set(message.message_id)
     try:
         handler(message, ctx)
@@ -299,6 +316,17 @@ def active_run(ctx: Context, event: Event) -> Run | None:
     if run.ended:
         ctx.info(f"run already ended {run.status}; {event.type} ignored", event.subject)
         return None
+    return run
+
+
+def checked_run(ctx: Context, event: Event) -> Run | None:
+    """The event's running run once it holds what this stage requires of it (``requirements.REQUIRES``);
+    RecordDisagrees (a PermanentError: dead letter, reason, run unchanged) when the record says otherwise."""
+    from cd4ml import requirements
+
+    run = active_run(ctx, event)
+    if run is not None:
+        requirements.check(ctx.settings.stage, run, event)
     return run
 
 

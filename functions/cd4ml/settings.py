@@ -29,7 +29,9 @@ class Settings:
     registry: str
     registry_api: str
     gate_url: str
+    gate_auth: str
     gate_key_secret: str
+    gate_confirm_seconds: str
     notify_secrets: str
 
     @classmethod

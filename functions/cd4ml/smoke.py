@@ -6,7 +6,8 @@ cloudbuild.proto), before ``images`` are pushed (pushed only "upon the successfu
 build steps", Artifacts.images):
 
     python3 cd4ml_smoke.py check --golden G.jsonl --model-sha256 SHA --min-agreement 0.9 --latency-ms 2000 \\
-        [--port 8080] [--health-path /health] [--startup-seconds 60] --result R.json -- SERVER COMMAND...
+        [--port 8080] [--health-path /health] [--startup-seconds 60] [--abs-tolerance A] [--rel-tolerance R] \\
+        --result R.json -- SERVER COMMAND...
     python3 cd4ml_smoke.py verdict R.json
 
 ``check`` starts the server, waits for /health, checks that it reports the model's sha256 (its
@@ -77,20 +78,28 @@ def read_golden(text: str) -> list[Golden]:
     return found
 
 
-def matches(expected: Any, actual: Any) -> bool:
-    """``actual`` contains ``expected``: objects by their expected keys, arrays element-wise, numbers within 1e-9."""
+#: Numbers agree within these by default (as good as exact for labels; a regression's predictions need more).
+ABS_TOLERANCE = 1e-12
+REL_TOLERANCE = 1e-9
+
+
+def matches(expected: Any, actual: Any, abs_tol: float = ABS_TOLERANCE, rel_tol: float = REL_TOLERANCE) -> bool:
+    """``actual`` contains ``expected``: objects by their expected keys, arrays element-wise, numbers within
+    ``abs_tol`` or ``rel_tol`` (``math.isclose``: either suffices), anything else equal."""
     if isinstance(expected, dict):
-        return isinstance(actual, dict) and all(k in actual and matches(v, actual[k]) for k, v in expected.items())
+        return isinstance(actual, dict) and all(
+            k in actual and matches(v, actual[k], abs_tol, rel_tol) for k, v in expected.items()
+        )
     if isinstance(expected, list):
         return (
             isinstance(actual, list)
             and len(actual) == len(expected)
-            and all(matches(e, a) for e, a in zip(expected, actual, strict=True))
+            and all(matches(e, a, abs_tol, rel_tol) for e, a in zip(expected, actual, strict=True))
         )
     if isinstance(expected, bool) or isinstance(actual, bool):
         return expected is actual
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
-        return math.isclose(expected, actual, rel_tol=1e-9, abs_tol=1e-12)
+        return math.isclose(expected, actual, rel_tol=rel_tol, abs_tol=abs_tol)
     return bool(expected == actual)
 
 
@@ -129,6 +138,8 @@ class Options:
     port: int = 8080
     health_path: str = "/health"
     startup_seconds: float = 60.0
+    abs_tolerance: float = ABS_TOLERANCE
+    rel_tolerance: float = REL_TOLERANCE
 
 
 def check(options: Options, server_exited: Any = lambda: None, server_log: Any = lambda: "") -> dict[str, Any]:
@@ -182,12 +193,13 @@ def check(options: Options, server_exited: Any = lambda: None, server_log: Any =
             "POST", base + "/predict", golden.request, timeout=max(5.0, 3 * options.latency_ms / 1000)
         )
         latencies.append(elapsed)
-        if status == 200 and matches(golden.expected, answer):
+        if status == 200 and matches(golden.expected, answer, options.abs_tolerance, options.rel_tolerance):
             result["agreed"] += 1
         else:
             failures.append(
                 f"line {golden.line}: expected {_short(json.dumps(golden.expected))}, "
                 f"got {status or 'no answer'} {_short(json.dumps(answer))}"
+                f" (tolerance abs {options.abs_tolerance:g}, rel {options.rel_tolerance:g})"
             )
         if elapsed > options.latency_ms:
             failures.append(f"line {golden.line}: {elapsed:.0f} ms > budget {options.latency_ms:g} ms")
@@ -282,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=8080)
     run.add_argument("--health-path", default="/health")
     run.add_argument("--startup-seconds", type=float, default=60.0)
+    run.add_argument("--abs-tolerance", type=float, default=ABS_TOLERANCE)
+    run.add_argument("--rel-tolerance", type=float, default=REL_TOLERANCE)
     run.add_argument("--result", required=True)
     run.add_argument("command", nargs="+")
     verdict = sub.add_parser("verdict")
@@ -320,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.port,
         args.health_path,
         args.startup_seconds,
+        args.abs_tolerance,
+        args.rel_tolerance,
     )
     signal.signal(signal.SIGTERM, _on_term)  # stop the server on the way out (the finally below)
     with tempfile.TemporaryFile() as log:

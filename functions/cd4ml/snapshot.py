@@ -45,7 +45,7 @@ def take(client: storage.Client, source: str, bucket: str, model: str) -> Datase
     lines: list[str] = []
     rows = size = 0
     for blob in objects:
-        d = digest(client, GcsPath(prefix.bucket, blob.name))
+        d = digest(client, GcsPath(prefix.bucket, blob.name), blob.generation)
         relative = blob.name[len(prefix.name) :]
         lines.append(f"{d.sha256}  {relative}\n")
         size += d.bytes
@@ -57,7 +57,11 @@ def take(client: storage.Client, source: str, bucket: str, model: str) -> Datase
         source_bucket = client.bucket(prefix.bucket)
         target_bucket = client.bucket(bucket)
         for blob in objects:
-            source_bucket.copy_blob(blob, target_bucket, target.name + blob.name[len(prefix.name) :])
+            # The generation that was hashed, not whatever is live now: an upload between the hash and the copy must
+            # not slip into a snapshot addressed by the old content's sha256.
+            source_bucket.copy_blob(
+                blob, target_bucket, target.name + blob.name[len(prefix.name) :], source_generation=blob.generation
+            )
         # Written last: its presence marks a complete snapshot.
         target_bucket.blob(target.name + SUMS).upload_from_string(sums, content_type="text/plain")
     return Dataset(uri=target.uri, sha256=sha, rows=rows, bytes=size, files=len(objects))

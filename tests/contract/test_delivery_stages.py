@@ -11,6 +11,7 @@ from cd4ml import events, runtime
 from cd4ml.events import Event
 from tests.contract.conftest import PROJECT, Contract
 from tests.contract.test_stages import cleared_body, open_run, push_body
+from tests.contract.test_stages import evaluated as record_evaluated
 
 
 def _build_message(run_id: str, status: str, **build: Any) -> dict[str, Any]:
@@ -27,7 +28,7 @@ def _build_message(run_id: str, status: str, **build: Any) -> dict[str, Any]:
 
 def test_on_build_success_emits_image_built_with_the_digest(contract: Contract) -> None:
     run_id = "digits-20300201t000000z"
-    open_run(contract, run_id)
+    open_run(contract, run_id, **{"image.build_id": f"build-{run_id}"})
     image = f"{os.environ['CD4ML_REGISTRY']}/digits:{run_id}"
     digest = "sha256:" + "a" * 64
     assert contract.post("on_build", _build_message(run_id, "WORKING"), "cloud-builds").status_code == 200
@@ -42,7 +43,7 @@ def test_on_build_success_emits_image_built_with_the_digest(contract: Contract) 
 
 def test_on_build_failure_ends_the_run_with_the_log_reference(contract: Contract) -> None:
     run_id = "digits-20300202t000000z"
-    open_run(contract, run_id)
+    open_run(contract, run_id, **{"image.build_id": f"build-{run_id}"})
     body = _build_message(run_id, "FAILURE", failureInfo={"type": "USER_BUILD_STEP", "detail": "step 0 exited 1"})
     assert contract.post("on_build", body, "cloud-builds").status_code == 200
     [failed] = contract.pull("cd4ml-image-failed-v1")
@@ -60,9 +61,9 @@ def test_on_build_ignores_builds_that_are_not_cd4ml_runs(contract: Contract) -> 
 
 def test_on_push_maps_an_insert_to_its_run_and_ignores_deletes_and_strangers(contract: Contract) -> None:
     run_id = "digits-20300203t000000z"
-    open_run(contract, run_id)
-    repo = f"{os.environ['CD4ML_REGISTRY']}/digits"
     digest = "sha256:" + "b" * 64
+    open_run(contract, run_id, image={"build_id": "b1", "status": "SUCCESS", "digest": digest})  # on_build's record
+    repo = f"{os.environ['CD4ML_REGISTRY']}/digits"
     for note in (
         {"action": "DELETE", "tag": f"{repo}:{run_id}"},
         {"action": "INSERT", "digest": f"elsewhere.io/x/y@{digest}", "tag": "elsewhere.io/x/y:1"},
@@ -98,6 +99,7 @@ def test_build_image_refuses_a_model_that_changed_since_evaluation(contract: Con
     blob = ctx.storage.bucket("cd4ml-contract-artifacts").blob(f"runs/{run_id}/model/model.joblib")
     blob.upload_from_string(b"the evaluated model")
     evaluated = hashlib.sha256(b"the evaluated model").hexdigest()
+    record_evaluated(run_id, f"gs://cd4ml-contract-artifacts/runs/{run_id}/model/model.joblib", evaluated)
     blob.upload_from_string(b"a model swapped in afterwards")
     passed = Event.new(
         events.DELIVERY_CLEARED,

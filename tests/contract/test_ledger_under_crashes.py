@@ -23,6 +23,7 @@ from local_emulator import stack as local
 
 from cd4ml import events, ledger
 from cd4ml.events import Event, now
+from cd4ml.store import FirestoreStore
 
 FIRESTORE_EMULATOR = local.GCLOUD_PLATFORM / "cloud-firestore-emulator/cloud_firestore_emulator"
 pytestmark = pytest.mark.skipif(not FIRESTORE_EMULATOR.exists(), reason="needs the gcloud Firestore emulator")
@@ -42,7 +43,7 @@ def book(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> ledger.Ledger:
     from google.cloud import firestore
 
     db = firestore.Client(project=f"ledger-{time.monotonic_ns()}")  # a project per test: a clean database
-    book = ledger.Ledger(db)
+    book = ledger.Ledger.firestore(db)
     opened = _event(events.RUN_REQUESTED, "opened")
     book.open_run(RUN, model="digits", scheduled_time=now(), trigger="manual", manifest={}, event=opened)
     return book
@@ -62,13 +63,20 @@ def crash(*args, **kwargs):  # after the ledger read the run, before it wrote: S
     os.kill(os.getpid(), signal.SIGKILL)
 
 ledger.apply = transition.apply = crash
-book = ledger.Ledger(firestore.Client(project=sys.argv[1]))
+book = ledger.Ledger.firestore(firestore.Client(project=sys.argv[1]))
 book.record(sys.argv[2], fields={"crashed": True})
 """
 
 
+def _db(book: ledger.Ledger) -> Any:
+    """The Firestore client under the ledger (these tests write what a crashed writer leaves behind)."""
+    store = book.store
+    assert isinstance(store, FirestoreStore)
+    return store.db
+
+
 def test_a_writer_killed_mid_record_leaves_the_run_writable(book: ledger.Ledger) -> None:
-    db: Any = book._db
+    db: Any = _db(book)
     crashed = subprocess.run(
         [sys.executable, "-c", _CRASH_MID_RECORD, db.project, RUN],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(local.REPO), str(local.FUNCTIONS_DIR)])},
@@ -109,7 +117,7 @@ def test_a_duplicate_claim_after_a_crash_is_taken_over_once(book: ledger.Ledger)
     racing redeliveries takes it over (asking the external system first), the others reuse that result."""
     from datetime import timedelta
 
-    ref: Any = book._db.collection("runs").document(RUN).collection("effects").document("job")
+    ref: Any = _db(book).collection("runs").document(RUN).collection("effects").document("job")
     ref.create({"state": "claimed", "lease_until": "2000-01-01T00:00:00.000Z", "attempts": 1})
     recovered: list[int] = []
     results: list[tuple[dict[str, Any], bool]] = []
@@ -179,7 +187,7 @@ def test_a_recovery_that_fails_releases_the_claim(book: ledger.Ledger) -> None:
     # kept the takeover's lease, so every other delivery was told "busy" for 90 s and ran out of attempts.
     from datetime import timedelta
 
-    ref: Any = book._db.collection("runs").document(RUN).collection("effects").document("canary-webhook")
+    ref: Any = _db(book).collection("runs").document(RUN).collection("effects").document("canary-webhook")
     ref.create({"state": "claimed", "lease_until": "2000-01-01T00:00:00.000Z", "attempts": 1})
 
     def gate_down() -> dict[str, Any] | None:
@@ -250,7 +258,7 @@ def test_a_slow_act_keeps_its_claim_and_a_dead_holder_frees_it_within_a_lease(bo
     assert book.once(RUN, "slow", lambda: {"job": "twice"}, lease=lease) == ({"job": "slow"}, False)
 
     # A holder that died: its claim (no heartbeat any more) is taken over once its lease is over.
-    ref: Any = book._db.collection("runs").document(RUN).collection("effects").document("dead")
+    ref: Any = _db(book).collection("runs").document(RUN).collection("effects").document("dead")
     ref.create({"state": "claimed", "lease_until": events.format_time(now() + lease), "attempts": 1, "holder": "x"})
     with pytest.raises(Busy):
         book.once(RUN, "dead", lambda: {"job": "new"}, lease=lease, wait=0.1)
@@ -276,7 +284,7 @@ def test_a_models_lock_has_one_holder_and_a_dead_holders_lock_frees_itself(book:
     with book.model_lock("digits", "promotion", lease=lease, wait=0.5):  # released on exit
         pass
     # A holder that died (no heartbeat, no release): free once its lease is over.
-    ref: Any = book._db.collection("models").document("digits").collection("locks").document("promotion")
+    ref: Any = _db(book).collection("models").document("digits").collection("locks").document("promotion")
     ref.set({"holder": "dead", "lease_until": events.format_time(now() + lease)})
     started = time.monotonic()
     with book.model_lock("digits", "promotion", lease=lease, wait=10):

@@ -144,3 +144,61 @@ def test_a_message_near_pubsubs_size_limit_is_pushed(
         relay.stopping.set()
         endpoint.shutdown()
     assert sorted(m for m, _, _ in endpoint.seen) == sorted([message_id, small_id])
+
+
+def test_a_function_behind_the_relay_reads_the_attempt_and_subscription_pubsub_pushes(
+    emulator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end as in production: the raw push on Terraform's /projects/P/topics/T path, functions-framework's own
+    conversion (which drops ``deliveryAttempt`` and ``subscription``), and ``cd4ml.push`` reading both from the
+    request. The handler fails twice (HTTP 500), so Pub/Sub's attempts 1, 2, 3 must reach it."""
+    import sys
+
+    import functions_framework
+    from werkzeug.serving import make_server
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator)
+    from google.cloud import pubsub_v1
+
+    source = tmp_path / "main.py"
+    source.write_text(
+        "import functions_framework\nfrom cd4ml import push\nseen = []\n\n"
+        "@functions_framework.cloud_event\ndef handler(event):\n"
+        "    seen.append(push.message(event.data))\n"
+        "    if len(seen) < 3:\n        raise RuntimeError('not yet')\n"
+    )
+    app = functions_framework.create_app("handler", str(source), "cloudevent")  # type: ignore[no-untyped-call]
+    seen = sys.modules["main"].seen
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic, dead = publisher.topic_path(PROJECT, "attempts"), publisher.topic_path(PROJECT, "attempts-dead")
+    for t in (topic, dead):
+        publisher.create_topic(name=t)
+    subscription = subscriber.subscription_path(PROJECT, "attempts")
+    subscriber.create_subscription(
+        request={
+            "name": subscription,
+            "topic": topic,
+            "ack_deadline_seconds": 60,
+            "dead_letter_policy": {"dead_letter_topic": dead, "max_delivery_attempts": 5},
+        }
+    )
+    endpoint = f"http://127.0.0.1:{server.server_port}/projects/{PROJECT}/topics/attempts"
+    routes = tmp_path / "routes.json"
+    pubsub_push.add_routes(routes, [pubsub_push.Route(subscription, endpoint, 1, 4, 60)])
+    relay = pubsub_push.Relay(routes)
+    threading.Thread(target=relay.serve, daemon=True).start()
+    try:
+        message_id = publisher.publish(topic, b"{}", **{"ce-type": "x"}).result()
+        deadline = time.monotonic() + 60
+        while len(seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # acknowledged: nothing more comes
+    finally:
+        relay.stopping.set()
+        server.shutdown()
+    assert [(m.message_id, m.subscription, m.delivery_attempt) for m in seen] == [
+        (message_id, subscription, attempt) for attempt in (1, 2, 3)
+    ]
+    assert dict(seen[0].attributes) == {"ce-type": "x"}

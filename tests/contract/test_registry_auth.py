@@ -22,7 +22,7 @@ from local_emulator.access_tokens import Minter
 from cd4ml import identities
 from cd4ml import registry as docker_registry
 from cd4ml.errors import RetryableError
-from tests.unit.test_local_registry import PUBSUB_EMULATOR, _tiny_image
+from tests.standins.test_local_registry import PUBSUB_EMULATOR, _tiny_image
 
 pytestmark = pytest.mark.emulator
 PROJECT = "registry-auth-test"

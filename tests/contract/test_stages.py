@@ -35,7 +35,29 @@ def event_body(event: Event, message_id: str = "") -> dict[str, Any]:
     return push_body(attributes, data, message_id or event.id)
 
 
-def open_run(contract: Contract, run_id: str) -> None:
+def open_run(contract: Contract, run_id: str, **facts: Any) -> None:
+    """Open ``run_id`` in the ledger, with ``facts`` (dotted fields) recorded as the stages before would have."""
+    _open_run(contract, run_id)
+    if facts:
+        from cd4ml import runtime
+
+        runtime.context().ledger.note(run_id, facts)
+
+
+def evaluated(run_id: str, uri: str, sha256: str) -> None:
+    """Record what evaluate records for a model that passed: build_image builds only that model."""
+    from cd4ml import runtime
+
+    runtime.context().ledger.note(
+        run_id,
+        {
+            "model_artifact": {"uri": uri, "sha256": sha256},
+            "evaluation": {"passed": True, "metrics": {"accuracy": 0.97}, "gate": {}, "reasons": []},
+        },
+    )
+
+
+def _open_run(contract: Contract, run_id: str) -> None:
     from cd4ml_cli import models
     from local_emulator.stack import REPO
 
@@ -136,6 +158,7 @@ def cleared_body(run_id: str, model: bytes, message_id: str = "") -> dict[str, A
     from cd4ml import runtime
 
     uri = _put_model(runtime.context().storage, run_id, model)
+    evaluated(run_id, uri, hashlib.sha256(model).hexdigest())
     cleared = Event.new(
         events.DELIVERY_CLEARED,
         run_id,

@@ -31,7 +31,7 @@ class Pipeline:
         self.env = local.client_env(stack)
         self.settings = Settings.from_env(self.env)
         os.environ.update({k: v for k, v in self.env.items() if not k.startswith("CD4ML_")})
-        self.ledger = ledger.Ledger(clients.firestore_client(self.settings))
+        self.ledger = ledger.Ledger.firestore(clients.firestore_client(self.settings))
         self.bus = Bus(self.settings.project)
 
     @property

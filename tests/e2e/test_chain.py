@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from jsonschema import Draft202012Validator
+from local_emulator import _gate_tls
 
 from cd4ml import catalog, events
 from cd4ml.events import Event
@@ -61,6 +66,15 @@ def test_cli_run_wait_json_gives_a_complete_record(pipeline: Pipeline) -> None:
         assert milestone in seen
     assert run["image"]["digest"].startswith("sha256:") and run["canary"]["execution_id"]
     assert run["promotion"]["digest"] == run["image"]["digest"]
+    # Confirmed and watched through a Gate that authenticates reads (x509, as Gate with auth on): without the
+    # functions' client certificate the same read is refused.
+    execution = f"{pipeline.stack.endpoints['gate']}/pipelines/{run['canary']['execution_id']}"
+    anonymous = ssl.create_default_context(cafile=str(pipeline.stack.root / "gate" / "tls" / "ca.pem"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(execution, timeout=5, context=anonymous)
+    assert refused.value.code == 403
+    with urllib.request.urlopen(execution, timeout=5, context=_gate_tls.client_context(pipeline.stack.root)) as read:
+        assert json.loads(read.read())["status"] == "SUCCEEDED"
     assert "data.fetched" in done.stderr and "model.promoted" in done.stderr  # the live timeline
     models = subprocess.run(
         [sys.executable, "-m", "cd4ml_cli", "models", "--json"],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_emulator import _gate_tls
 
 from cd4ml import events
 from tests.e2e.conftest import EXAMPLE, Pipeline
@@ -22,8 +23,15 @@ def _types(run: dict[str, Any]) -> list[str]:
 
 
 def _gate(pipeline: Pipeline, path: str) -> Any:
-    with urllib.request.urlopen(pipeline.stack.endpoints["gate"] + path, timeout=5) as response:
+    """A read from the stack's Gate, which requires the functions' client certificate (Gate's x509 auth)."""
+    context = _gate_tls.client_context(pipeline.stack.root)
+    with urllib.request.urlopen(pipeline.stack.endpoints["gate"] + path, timeout=5, context=context) as response:
         return json.loads(response.read())
+
+
+def _key_file(pipeline: Pipeline, model: str) -> Path:
+    """The file of ``model``'s own Spinnaker webhook key."""
+    return Path(pipeline.env["CD4ML_GATE_KEY_SECRET"].removeprefix("file:").replace("{model}", model))
 
 
 def _file_in_image(reference: str, path: str, workdir: Path, creds: str) -> bytes:
@@ -107,7 +115,7 @@ def _set_outcome(pipeline: Pipeline, run_id: str, status: str, stage: str = "") 
         method="PUT",
         headers={"Content-Type": "application/json"},
     )
-    urllib.request.urlopen(request, timeout=5).close()
+    urllib.request.urlopen(request, timeout=5, context=_gate_tls.client_context(pipeline.stack.root)).close()
 
 
 def test_a_canary_that_fails_ends_the_run_failed_and_leaves_the_champion(
@@ -164,7 +172,7 @@ def test_the_gate_recorded_the_digest_and_started_the_execution(pipeline: Pipeli
 
 
 def test_the_key_appears_in_no_event_and_no_run_record(pipeline: Pipeline, delivered: dict[str, Any]) -> None:
-    key = Path(pipeline.env["CD4ML_GATE_KEY_SECRET"].removeprefix("file:")).read_text().strip()
+    key = _key_file(pipeline, "digits").read_text().strip()
     assert key not in json.dumps(delivered)
     logs = "".join(p.read_text(errors="replace") for p in (pipeline.stack.root / "logs").glob("fn-*.log"))
     assert key not in logs
@@ -191,7 +199,7 @@ def test_a_failing_build_ends_the_run_failed_with_the_reason(pipeline: Pipeline,
 
 
 def test_a_wrong_key_is_refused_by_the_gate_and_reported(pipeline: Pipeline) -> None:
-    key_file = Path(pipeline.env["CD4ML_GATE_KEY_SECRET"].removeprefix("file:"))
+    key_file = _key_file(pipeline, "digits")
     key = key_file.read_text()
     key_file.write_text("not-the-key")
     try:

@@ -28,7 +28,9 @@ def test_up_env_second_up_and_down_leave_no_process_behind(tmp_path: Path) -> No
     pids = json.loads((state / "stack.json").read_text())["pids"]
     try:
         endpoints = json.loads(_cd4ml("local", "env", "--json", state=state).stdout)
-        assert {"pubsub", "firestore", "storage", "vertex", "registry", "cloudbuild", "gate"} <= endpoints.keys()
+        assert {"pubsub", "firestore", "storage", "vertex", "registry", "cloudbuild", "gate", "ui"} <= endpoints.keys()
+        assert f"web view (cd4ml ui): {endpoints['ui']}" in up.stderr  # up prints where to look
+        assert "ui" in pids  # the web view is stopped by pid with the rest
         exports = _cd4ml("local", "env", state=state).stdout
         assert f"export PUBSUB_EMULATOR_HOST={endpoints['pubsub']}" in exports
         again = _cd4ml("local", "up", state=state)

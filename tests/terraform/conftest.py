@@ -40,6 +40,13 @@ LOCALS = (
 )
 
 
+#: The web view deployed (ui.tf), so the IAM checks see its grants too.
+WITH_UI = {
+    "ui_image": "us-central1-docker.pkg.dev/cd4ml-example/cd4ml/cd4ml-ui@sha256:" + "a" * 64,
+    "ui_viewers": '["group:ml-team@example.com"]',
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "terraform: needs terraform, python-hcl2 and (once) PyPI; run by nox -s terraform"
@@ -60,5 +67,5 @@ def module() -> Path:
 
 @pytest.fixture(scope="session")
 def tf_locals() -> dict[str, Any]:
-    """catalog.tf's locals as Terraform evaluates them (project cd4ml-example, region us-central1)."""
-    return evaluate({name: f"local.{name}" for name in LOCALS})
+    """catalog.tf's locals as Terraform evaluates them (project cd4ml-example, region us-central1, the web view on)."""
+    return evaluate({name: f"local.{name}" for name in LOCALS}, variables=WITH_UI)

@@ -2,14 +2,14 @@
 
 Terraform orders a resource after everything its body references, directly or through locals, and after
 everything in its ``depends_on``. Its graph is one node per resource or data block (all instances of a
-``for_each`` together) and one per local, so a cycle here is a cycle Terraform refuses ("Cycle: ...").
+``for_each`` together) and one per local. Terraform itself refuses a cycle (`terraform validate`, run offline by
+tests/terraform/provider); this graph serves the ordering rules Terraform cannot know (test_ordering.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 from . import hcl
@@ -45,26 +45,3 @@ def direct_depends_on(directory: Path, address: str) -> list[str]:
         if block.kind in _KINDS and _address(block) == address:
             return [str(e).removeprefix("${").removesuffix("}") for e in block.body.get("depends_on", [])]
     raise KeyError(address)
-
-
-def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
-    """Every cycle found by a depth-first walk (each reported once, as the path that closes it)."""
-    found: list[list[str]] = []
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                found.append([*path[path.index(nxt) :], nxt])
-            elif nxt not in state:
-                visit(nxt)
-        path.pop()
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node)
-    return found

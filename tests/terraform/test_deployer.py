@@ -16,9 +16,12 @@ pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform
 
 from . import hcl
 from .docs import deploy_section
-from .schema_check import NOT_GOOGLE
 
 ACT_AS = "roles/iam.serviceAccountUser"
+#: Blocks that make no Google Cloud call, so need no role: (kind, type) -> why.
+NOT_GOOGLE = {
+    ("data", "archive_file"): "hashicorp/archive zips functions/ on the deployer's machine; it calls no API",
+}
 #: (kind, type) -> the predefined roles a deployer needs for it.
 ROLES: dict[tuple[str, str], set[str]] = {
     ("data", "google_pubsub_topic"): {"roles/pubsub.admin"},
@@ -33,6 +36,9 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("resource", "google_cloudfunctions2_function"): {"roles/cloudfunctions.developer", ACT_AS},
     # A gen2 function's invoker is bound on its Cloud Run service (run.services.setIamPolicy).
     ("resource", "google_cloud_run_v2_service_iam_member"): {"roles/run.admin"},
+    # The web view's service (ui.tf) runs as its own account: run.services.create and actAs on that account
+    # (https://cloud.google.com/run/docs/reference/iam/roles#additional-configuration).
+    ("resource", "google_cloud_run_v2_service"): {"roles/run.admin", ACT_AS},
     ("resource", "google_storage_bucket"): {"roles/storage.admin"},
     ("resource", "google_storage_bucket_object"): {"roles/storage.admin"},
     ("resource", "google_storage_bucket_iam_member"): {"roles/storage.admin"},
@@ -50,6 +56,8 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("resource", "google_service_account_iam_member"): {"roles/iam.serviceAccountAdmin"},
     # Project bindings, conditional ones included (resourcemanager.projects.setIamPolicy).
     ("resource", "google_project_iam_member"): {"roles/resourcemanager.projectIamAdmin"},
+    # iam.roles.create/update/delete (https://cloud.google.com/iam/docs/creating-custom-roles#required-permissions).
+    ("resource", "google_project_iam_custom_role"): {"roles/iam.roleAdmin"},
     # datastore.indexes.create/delete (https://cloud.google.com/firestore/docs/security/iam#roles).
     ("resource", "google_firestore_index"): {"roles/datastore.indexAdmin"},
     # services.generateServiceIdentity (Service Usage; also what step 1 needs to enable the APIs).

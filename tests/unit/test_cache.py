@@ -158,8 +158,8 @@ def test_no_cache_on_the_request_or_cache_false_in_the_manifest_turns_the_caches
 
 def test_a_run_fetch_data_did_not_open_uses_no_cache() -> None:
     assert cache.enabled({}) is False
-    assert cache.enabled({"cache": {"enabled": False}}) is False
-    assert cache.enabled({"cache": {"enabled": True}}) is True
+    assert cache.enabled({"enabled": False}) is False
+    assert cache.enabled({"enabled": True}) is True
 
 
 # --- nothing new, nothing delivered ----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_a_bad_manifest_names_every_field_and_reason() -> None:
         parse(doc)
     text = caught.value.message
     assert "name: 'Digits!' does not match" in text
-    assert "evaluation: 'metric' is a required property" in text
+    assert "evaluation: metric missing; gate one metric with metric and threshold" in text
     assert "training.worker_pool.replica_count: 0 is less than the minimum of 1" in text
     assert "'colour' was unexpected" in text
 
@@ -104,9 +104,58 @@ def test_a_schedule_must_be_cloud_schedulers_five_field_cron(field: str, value: 
     assert any(reason in p for p in refused.value.problems)
 
 
-def test_a_negative_threshold_is_refused() -> None:
+def test_an_unknown_direction_is_refused() -> None:
     doc = _example()
-    doc["evaluation"]["threshold"] = -0.5
+    doc["evaluation"]["direction"] = "lower"
     with pytest.raises(InvalidManifest) as refused:
         parse(doc)
-    assert any("evaluation.threshold: -0.5 is less than the minimum of 0" in p for p in refused.value.problems)
+    assert any(
+        "evaluation.direction: 'lower' is not one of ['maximize', 'minimize']" in p for p in refused.value.problems
+    )
+
+
+def test_an_existing_manifest_keeps_its_meaning_maximize_with_an_absolute_allowance() -> None:
+    rule = parse(_example()).evaluation.rules
+    assert [(r.metric, r.direction, r.threshold, r.max_regression, r.max_regression_relative) for r in rule] == [
+        ("accuracy", "maximize", 0.9, 0.02, None)
+    ]
+
+
+def test_a_minimized_metric_and_several_metrics_are_read() -> None:
+    doc = _example()
+    doc["evaluation"] = {
+        "metrics": [
+            {"metric": "rmse", "direction": "minimize", "threshold": 60, "max_regression_relative": 0.05},
+            {"metric": "r2", "threshold": -0.5},  # a negative bar is a real one for r2
+        ]
+    }
+    rules = parse(doc).evaluation.rules
+    assert [(r.metric, r.direction, r.threshold, r.max_regression, r.max_regression_relative) for r in rules] == [
+        ("rmse", "minimize", 60.0, 0.0, 0.05),
+        ("r2", "maximize", -0.5, 0.0, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "reason"),
+    [
+        (
+            {"metric": "rmse", "threshold": 1, "max_regression": 1, "max_regression_relative": 0.1},
+            "evaluation: max_regression and max_regression_relative both given",
+        ),
+        (
+            {"metric": "rmse", "threshold": 1, "metrics": [{"metric": "r2", "threshold": 0}]},
+            "evaluation: metric, threshold given beside metrics",
+        ),
+        (
+            {"metrics": [{"metric": "r2", "threshold": 0}, {"metric": "r2", "threshold": 1}]},
+            "evaluation.metrics: 'r2' is gated twice",
+        ),
+    ],
+)
+def test_an_ambiguous_gate_is_refused_with_its_fix(evaluation: dict, reason: str) -> None:  # type: ignore[type-arg]
+    doc = _example()
+    doc["evaluation"] = evaluation
+    with pytest.raises(InvalidManifest) as refused:
+        parse(doc)
+    assert any(reason in p for p in refused.value.problems), refused.value.problems

@@ -321,7 +321,7 @@ def test_promotion_points_the_alias_at_the_image_and_keeps_the_previous_champion
     assert first.data["previous_run_id"] == "" and first.data["previous_digest"] == ""
 
 
-@pytest.mark.parametrize("scheduled", ["9999-01-01T03:00:00Z", "2029-11-01T03:00:00Z", "2030-01-03T03:00:00Z"])
+@pytest.mark.parametrize("scheduled", ["9998-12-31T03:00:00Z", "2029-11-01T03:00:00Z", "2030-01-03T03:00:00Z"])
 def test_a_request_outside_the_window_is_refused_naming_it(scheduled: str) -> None:
     request = Event.new(
         events.RUN_REQUESTED,

@@ -157,7 +157,7 @@ def watch_approvals(message: PubSubMessage, ctx: Context) -> None:
     Event.from_message(message, [events.WATCH_TICKED])
     ctx.flush_outbox()  # events recorded by an instance that died before publishing them
     at = now()
-    for doc in ctx.ledger.awaiting_approval():
+    for doc in ctx.ledger.where(("status", "==", AWAITING_APPROVAL)):
         run = Run.from_document(doc)
         outcome = expiry(run, at)
         if outcome.emit is None:

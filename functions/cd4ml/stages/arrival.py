@@ -157,7 +157,7 @@ def start_on_data(message: PubSubMessage, ctx: Context) -> None:
     """On a tick, request the run of every model whose new data has been quiet long enough."""
     Event.from_message(message, [events.WATCH_TICKED])
     moment = now()
-    for arrival in ctx.ledger.pending_arrivals():
+    for arrival in ctx.ledger.arrivals(("pending", "==", True)):
         found = due(arrival, moment)
         if found is None:
             continue

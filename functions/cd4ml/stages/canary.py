@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cd4ml import events
-from cd4ml.errors import PermanentError, RetryableError
+from cd4ml import evaluation_gate, events
+from cd4ml.errors import RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.manifest import parse
 from cd4ml.outcome import Outcome
 from cd4ml.run import Canary, Run
-from cd4ml.runtime import Context, active_run
+from cd4ml.runtime import Context, checked_run
 
 #: Orca's ExecutionStatus values that end an execution without success (a pipeline never ends FAILED_CONTINUE).
 FAILED = ("TERMINAL", "CANCELED", "STOPPED")
@@ -106,12 +106,16 @@ def watch_canary(message: PubSubMessage, ctx: Context) -> None:
     """On a tick, follow every active canary; one execution's trouble does not stop the others."""
     from google.api_core.exceptions import GoogleAPICallError
 
-    from cd4ml import spinnaker
+    from cd4ml import catalog, gate_credentials, spinnaker
 
     Event.from_message(message, [events.WATCH_TICKED])
     ctx.flush_outbox()  # events recorded by an instance that died before publishing them
-    gate = spinnaker.GateClient(ctx.settings.gate_url)
-    for doc in ctx.ledger.in_flight_canaries():
+    gate = spinnaker.GateClient(  # one budget for the tick: a slow Gate leaves the rest to the next tick
+        ctx.settings.gate_url,
+        credentials=gate_credentials.load(ctx.settings.gate_auth),
+        budget_seconds=spinnaker.budget(catalog.load().stage("watch_canary").timeout_seconds),
+    )
+    for doc in ctx.ledger.where(("canary.active", "==", True)):
         run = Run.from_document(doc)
         if run.ended:
             continue
@@ -161,11 +165,9 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
     from cd4ml import registry
 
     event = Event.from_message(message, [events.CANARY_SUCCEEDED])
-    run = active_run(ctx, event)
+    run = checked_run(ctx, event)  # its own canary's verdict succeeded, on the image its build reported
     if run is None:
         return
-    if not run.image.reference or "@sha256:" not in run.image.reference:
-        raise PermanentError(f"run {run.run_id} has no pushed image to promote", run_id=run.run_id)
     alias = parse(run.manifest).alias
     repo = registry.Repository.of(run.image.reference, ctx.settings.registry_api)
     client = registry.RegistryClient(token=registry.adc_token)  # asked only when the registry challenges
@@ -174,8 +176,30 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
         _promote(ctx, run, alias, repo, client)
 
 
+def outdone(run: Run, champion: Mapping[str, Any] | None) -> Outcome | None:
+    """run.failed when a champion promoted since the run's evaluation is one the run does not pass the gate
+    against (a slower, worse run must not replace a better champion); None when the run may replace it."""
+    evaluation = run.evaluation
+    if champion is None or evaluation is None or champion.get("run_id") in (None, run.run_id):
+        return None
+    if champion.get("run_id") == evaluation.gate.get("champion_run"):
+        return None  # the champion the evaluation already compared against
+    decision = evaluation_gate.decide(evaluation.metrics, parse(run.manifest).evaluation, champion)
+    if decision.passed:
+        return None
+    reason = (
+        f"not promoted: run {champion.get('run_id')} became champion after this run's evaluation, and against it "
+        f"the gate fails: {'; '.join(decision.reasons)}"
+    )
+    return Outcome.run_failed(run.model, "promote", "champion_changed", reason)
+
+
 def _promote(ctx: Context, run: Run, alias: str, repo: Any, client: Any) -> None:
     champion = ctx.ledger.champion(run.model)  # read before this run replaces it, under the model's lock
+    beaten = outdone(run, champion) if ctx.ledger.claim(run.run_id, "promotion") is None else None
+    if beaten is not None:
+        ctx.conclude(run.run_id, beaten)
+        return
 
     def move_result() -> dict[str, Any]:
         return {

@@ -25,6 +25,7 @@ from datetime import timedelta
 from cd4ml import catalog
 from cd4ml.bus import bounded
 from cd4ml.events import PubSubMessage, format_time, now
+from cd4ml.outcome import Outcome
 from cd4ml.run import Run, is_run_id
 from cd4ml.runtime import Context
 
@@ -97,7 +98,7 @@ def on_dead_letter(message: PubSubMessage, ctx: Context) -> None:
         ctx.info(f"dead letter from {stage}: its work was done meanwhile; the run goes on", run_id)
         return
     why = reason(message, stage)
-    last = dict(run.extra.get("last_failure") or {})
+    last = dict(run.last_failure)
     if last.get("stage") == stage and last.get("error"):
         why = bounded(f"{why}. Last error seen by {stage}: {last['error']}", 1024)
     mark = {"pending": True, "stage": stage, "event_id": message.attributes.get("ce-id", ""), "at": format_time(now())}
@@ -120,6 +121,6 @@ def end_dead_lettered_runs(ctx: Context) -> None:
         if str(mark.get("at", "")) > cutoff or ctx.ledger.live_claims(run.run_id):
             continue
         why = str(mark.get("reason") or f"gave up: Pub/Sub dead-lettered a message of {stage}")
-        ctx.ledger.record(run.run_id, status="failed", error={"stage": stage, "message": why})
-        ctx.ledger.note(run.run_id, {f"{MARK}.pending": False})
         ctx.log.error(why, extra={"stage": ctx.settings.stage, "run_id": run.run_id})
+        ctx.conclude(run.run_id, Outcome.run_failed(run.model, stage or ctx.settings.stage, "dead_letter", why))
+        ctx.ledger.note(run.run_id, {f"{MARK}.pending": False})

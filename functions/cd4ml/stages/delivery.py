@@ -15,19 +15,21 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cd4ml import cache, clients, events, identities, smoke
-from cd4ml.errors import PermanentError
+from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
 from cd4ml.gcs import GcsPath, list_objects
 from cd4ml.manifest import Manifest, parse
 from cd4ml.outcome import Outcome
-from cd4ml.payloads import Artifact, DeliveryCleared, ImagePushed
-from cd4ml.run import Run, RunId, is_run_id
-from cd4ml.runtime import Context, active_run
+from cd4ml.payloads import Artifact
+from cd4ml.requirements import RecordDisagrees
+from cd4ml.run import BUILD_ENDED, Run, RunId, is_run_id
+from cd4ml.runtime import Context, checked_run
 
 RUN_TAG = "cd4ml-run-"
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
@@ -36,6 +38,8 @@ SMOKE_SCRIPT = "cd4ml_smoke.py"
 SMOKE_RESULT = "cd4ml_smoke_result.json"
 SMOKE_STEP = "cd4ml-smoke"
 VERDICT_STEP = "cd4ml-smoke-verdict"
+#: A build's whole time budget (Build.timeout): image build, smoke test and push.
+BUILD_TIMEOUT = timedelta(minutes=20)
 
 
 def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
@@ -46,8 +50,10 @@ def image_name(ctx: Context, manifest: Manifest, run_id: str) -> str:
 # --- build_image -------------------------------------------------------------------------------------------
 
 
-def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> GcsPath:
-    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp.
+def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: str) -> tuple[GcsPath, int]:
+    """Upload ``context.tar.gz``: the model's serving folder plus ``model/<model file>``, streamed via /tmp; returns
+    where, and the generation written, which the build then fetches (an object replaced after the model's hash was
+    checked is not the one built).
 
     With a smoke test, the checker (cd4ml/smoke.py) goes in as ``cd4ml_smoke.py``; the golden file is already
     in the serving folder.
@@ -82,8 +88,9 @@ def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: 
                     f"the model at {artifact.uri} has sha256 {found}, not the {artifact.sha256} "
                     "that watch_training recorded and evaluate passed; it was not built"
                 )
-        bucket.blob(target.name).upload_from_filename(archive, content_type="application/gzip")
-    return target
+        uploaded = bucket.blob(target.name)
+        uploaded.upload_from_filename(archive, content_type="application/gzip")
+    return target, int(uploaded.generation or 0)
 
 
 class ModelChanged(PermanentError):
@@ -103,9 +110,12 @@ def _add(tar: tarfile.TarFile, blob: Any, arcname: str, tmp: str) -> str:
     return hasher.hexdigest()
 
 
-def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str) -> Any:
+def build_request(
+    ctx: Context, manifest: Manifest, run_id: str, source: GcsPath, model_sha256: str, generation: int = 0
+) -> Any:
     """The Cloud Build build: docker build with the manifest's base image, labelled; the smoke test when the
-    manifest has one; the image pushed as REGISTRY/MODEL:RUN only when every step succeeded."""
+    manifest has one; the image pushed as REGISTRY/MODEL:RUN only when every step succeeded; the context fetched at
+    ``generation``; at most ``BUILD_TIMEOUT`` long."""
     from google.cloud.devtools import cloudbuild_v1 as cb
 
     image = image_name(ctx, manifest, run_id)
@@ -124,7 +134,12 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
         ".",
     ]
     build = cb.Build(
-        source=cb.Source(storage_source=cb.StorageSource(bucket=source.bucket, object_=source.name)),
+        source=cb.Source(
+            storage_source=cb.StorageSource(bucket=source.bucket, object_=source.name, generation=generation or None)
+        ),
+        # Explicit: Cloud Build's default is 60 minutes (Build.timeout); a serving image and its smoke test need far
+        # less, and a stuck build must end the run in a recorded state soon.
+        timeout=BUILD_TIMEOUT,
         steps=[cb.BuildStep(name=DOCKER_BUILDER, args=args), *smoke_steps(manifest, image, model_sha256)],
         # Artifacts.images (cloudbuild.proto): "pushed upon the successful completion of all build steps", so an
         # image whose smoke test failed never reaches the registry (no gcr message, no canary).
@@ -138,6 +153,15 @@ def build_request(ctx: Context, manifest: Manifest, run_id: str, source: GcsPath
         build.service_account = f"projects/{ctx.settings.project}/serviceAccounts/{account}"
         build.options = cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY)
     return build
+
+
+def _tolerances(test: Any) -> list[str]:
+    """The manifest's numeric tolerances, only when not the defaults (builds of unchanged manifests stay the same)."""
+    given = (
+        ("--abs-tolerance", test.abs_tolerance, smoke.ABS_TOLERANCE),
+        ("--rel-tolerance", test.rel_tolerance, smoke.REL_TOLERANCE),
+    )
+    return [arg for flag, value, default in given if value != default for arg in (flag, f"{value!r}")]
 
 
 def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
@@ -171,6 +195,7 @@ def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
         test.health_path,
         "--startup-seconds",
         f"{test.startup_seconds:g}",
+        *_tolerances(test),
         "--result",
         SMOKE_RESULT,
         "--",
@@ -205,24 +230,24 @@ def build_submitted(model: str, result: dict[str, Any], tag: str) -> Outcome:
 def build_image(message: PubSubMessage, ctx: Context) -> None:
     """delivery.cleared → a Cloud Build build (its id recorded), submitted once per run."""
     event = Event.from_message(message, [events.DELIVERY_CLEARED])
-    run = active_run(ctx, event)
-    if run is None:
+    run = checked_run(ctx, event)  # the evaluated model, approved where an approval was asked
+    if run is None or run.model_artifact is None:
         return
     run_id = event.subject
     manifest = parse(run.manifest)
-    artifact = DeliveryCleared.of(event).model_artifact
+    artifact = run.model_artifact  # the record's, never the event's
 
     def submit() -> dict[str, Any]:
         reused = cache.check_image(ctx, run_id, manifest, artifact.sha256)  # the build cache (issue 12)
         if reused is not None:
             return reused
         try:
-            source = build_context(ctx, manifest, artifact, run_id)
+            source, generation = build_context(ctx, manifest, artifact, run_id)
         except ModelChanged as changed:
             return {"build_id": "", "context": "", "refused": changed.message}
         operation = ctx.builds.create_build(
             project_id=ctx.settings.project,
-            build=build_request(ctx, manifest, run_id, source, artifact.sha256),
+            build=build_request(ctx, manifest, run_id, source, artifact.sha256, generation),
             timeout=clients.CALL_SECONDS,
         )
         return {"build_id": operation.metadata.build.id, "context": source.uri}
@@ -405,31 +430,39 @@ def on_build(message: PubSubMessage, ctx: Context) -> None:
     if run.ended:
         ctx.info(f"build {notice.build_id} {notice.status} after the run ended {run.status}; ignored", run.run_id)
         return
-    outcome = build_reported(notice, run)
-    ctx.conclude(run.run_id, outcome)
-    # A redelivered SUCCESS releases the push again: the delivery that recorded the build may have died before
-    # its release (found by the chaos session: the canary then waited for an image.pushed that never came).
-    if outcome.type == events.IMAGE_BUILT or (notice.status == "SUCCESS" and run.image.status == "SUCCESS"):
-        _release_pushed(ctx, run.run_id)
-
-
-def _release_pushed(ctx: Context, run_id: str) -> None:
-    """The push was noticed before the build ended: publish image.pushed again now that the build is done.
-
-    The canary starts only once both are true; whichever of on_build and on_push records its half second
-    sees the other's, so the image.pushed event (same id, a duplicate trigger_canary guards against) is
-    delivered at least once after the build succeeded.
-    """
-    run = ctx.ledger.run(run_id)
-    if run is not None and run.image.reference:
-        ctx.bus.publish(
-            Event.new(
-                events.IMAGE_PUSHED,
-                run_id,
-                {"model": run.model, "reference": run.image.reference, "tag": run.image.tag},
-                source=ctx.source,
-            )
+    if notice.build_id != run.image.build_id:
+        if not run.image.build_id and notice.status not in BUILD_FAILED | {"SUCCESS"}:
+            ctx.info(f"build {notice.build_id} {notice.status} before build_image recorded it; ignored", run.run_id)
+            return
+        if not run.image.build_id:  # build_image records the id right after Cloud Build answers: soon
+            raise RetryableError(f"build {notice.build_id} ended {notice.status} before the run recorded its build")
+        raise RecordDisagrees(
+            f"on_build refused build {notice.build_id} {notice.status} (nothing done, run {run.run_id} unchanged)",
+            [f"the run's build is {run.image.build_id}; a build tagged {RUN_TAG}{run.run_id} is not the run's build"],
+            run_id=run.run_id,
         )
+    ctx.conclude(run.run_id, build_reported(notice, run))
+    if notice.status == "SUCCESS":
+        # The registry's notice may have come first (noted by on_push): the image is announced once both are in.
+        # A redelivered SUCCESS does it again (conclude publishes what a dead delivery left in the outbox).
+        announce_push(ctx, run.run_id)
+
+
+def announce_push(ctx: Context, run_id: str) -> None:
+    """image.pushed, once the build succeeded and the registry noticed a push of the digest Cloud Build reported."""
+    run = ctx.ledger.run(run_id)
+    if run is None or run.ended or run.image.status != "SUCCESS" or not run.image.digest:
+        return
+    seen = dict(run.image.pushes.get(push_key(run.image.digest)) or {})
+    if seen:
+        ctx.conclude(
+            run_id, pushed(PushNotice("INSERT", str(seen["digest_ref"]), str(seen["tag"])), run, ctx.settings.registry)
+        )
+
+
+def push_key(digest: str) -> str:
+    """The run record's key of a noticed push (``image.pushes.<key>``): a plain field name, from its digest."""
+    return "d" + digest.removeprefix("sha256:")[:64]
 
 
 # --- on_push -----------------------------------------------------------------------------------------------
@@ -480,7 +513,8 @@ def pushed(notice: PushNotice, run: Run, registry: str) -> Outcome:
 
 
 def on_push(message: PubSubMessage, ctx: Context) -> None:
-    """A registry INSERT of REGISTRY/MODEL:RUN_ID → image.pushed with the ``…@sha256:…`` reference."""
+    """A registry INSERT of REGISTRY/MODEL:RUN_ID → image.pushed with the ``…@sha256:…`` reference, when its digest is
+    the one Cloud Build reported for the run's build; noted until the build reports, refused when it differs."""
     notice = PushNotice.of(message)
     run_id = notice.run_id(ctx.settings.registry)
     run = ctx.ledger.run(run_id) if run_id else None
@@ -490,10 +524,49 @@ def on_push(message: PubSubMessage, ctx: Context) -> None:
             f"is not a push of a cd4ml run's image under {ctx.settings.registry}; ignored"
         )
         return
+    for _ in range(3):
+        if not _on_push(ctx, notice, run):
+            return
+        run = ctx.ledger.run(run.run_id) or run  # the build reported meanwhile: decide again on the new record
+    raise RetryableError(f"run {run.run_id} changed under three attempts to note the push of {notice.tag}")
+
+
+class _BuildReported(Exception):
+    """The build's end was recorded between the read and the write of a push note."""
+
+
+def _on_push(ctx: Context, notice: PushNotice, run: Run) -> bool:
+    """Decide on one push notice; True when the record changed under the decision (decide again)."""
     if run.ended:
         ctx.info(f"push of {notice.tag} after the run ended {run.status}; ignored", run.run_id)
-        return
-    ctx.conclude(run.run_id, pushed(notice, run, ctx.settings.registry))
+        return False
+    digest = notice.digest_ref.rsplit("@", 1)[1]
+    if run.image.status == "SUCCESS":
+        if digest != run.image.digest:
+            raise RecordDisagrees(
+                f"on_push refused the push of {notice.tag} (nothing done, run {run.run_id} unchanged)",
+                [f"its digest {digest[:19]} is not {run.image.digest[:19]}, which build {run.image.build_id} reported"],
+                run_id=run.run_id,
+            )
+        ctx.conclude(run.run_id, pushed(notice, run, ctx.settings.registry))
+        return False
+    if run.image.build_ended:
+        ctx.info(f"push of {notice.tag} after the run's build ended {run.image.status}; ignored", run.run_id)
+        return False
+    # The build has not reported yet: note the push; on_build announces it if its digest is the build's. The note
+    # is written only while the build is still unreported (checked inside the write), else decided again.
+    noted = {"digest_ref": notice.digest_ref, "tag": notice.tag, "at": format_time(now())}
+
+    def unreported(record: Mapping[str, Any]) -> None:
+        if str((record.get("image") or {}).get("status") or "") in BUILD_ENDED:
+            raise _BuildReported
+
+    try:
+        ctx.ledger.record(run.run_id, fields={f"image.pushes.{push_key(digest)}": noted}, check=unreported)
+    except _BuildReported:
+        return True
+    ctx.info(f"push of {notice.tag} noted; announced once the run's build reports this digest", run.run_id)
+    return False
 
 
 # --- trigger_canary ----------------------------------------------------------------------------------------
@@ -528,40 +601,46 @@ def canary_started(
 
 def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     """image.pushed → Spinnaker webhook, once; then canary.triggered (execution confirmed) or canary.failed."""
-    from cd4ml import secrets, spinnaker
+    from cd4ml import catalog, gate_credentials, secrets, spinnaker
 
     event = Event.from_message(message, [events.IMAGE_PUSHED])
-    run = active_run(ctx, event)
+    run = checked_run(ctx, event)  # the image Cloud Build reported for the run's build, pushed
     if run is None:
         return
     run_id = event.subject
-    if run.image.status != "SUCCESS":
-        ctx.info("image pushed before its build ended; the canary waits for the build to succeed", run_id)
-        return
     manifest = parse(run.manifest)
-    gate = spinnaker.GateClient(ctx.settings.gate_url)
+    if manifest.name != run.model:  # the source and the key are the run's model's, whatever its manifest says
+        raise PermanentError(
+            f"run {run_id} is of model {run.model} but its manifest names {manifest.name}", run_id=run_id
+        )
+    # The model's own key (a key opens only its model's pipeline), read before the claim: a missing one is permanent.
+    key = secrets.read(spinnaker.key_reference(ctx.settings.gate_key_secret, run.model))
+    budget = spinnaker.budget(catalog.load().stage("trigger_canary").timeout_seconds)
+    gate = spinnaker.GateClient(
+        ctx.settings.gate_url,
+        credentials=gate_credentials.load(ctx.settings.gate_auth),
+        budget_seconds=budget,
+        confirm_seconds=spinnaker.confirm_window(ctx.settings.gate_confirm_seconds, budget),
+    )
     payload = spinnaker.webhook_payload(
-        model=manifest.name,
+        model=run.model,
         run_id=run_id,
-        reference=ImagePushed.of(event).reference,
+        reference=run.image.reference,  # the record's, never the event's
         metrics=dict(run.evaluation.metrics) if run.evaluation else {},
         model_artifact=run.model_artifact.to_dict() if run.model_artifact else {},
     )
 
     def call() -> dict[str, Any]:
         return gate.trigger(
-            manifest.webhook_source,
-            manifest.canary_application,
-            payload,
-            key=secrets.read(ctx.settings.gate_key_secret),
+            spinnaker.webhook_source(run.model), manifest.canary_application, payload, key=key
         ).to_dict()
 
     def recover() -> dict[str, Any] | None:
         found = gate.find_execution(manifest.canary_application, run_id)
         return found.to_dict() if found else None
 
-    # The webhook's retries and confirmation can take a minute (spinnaker.ATTEMPTS × TIMEOUT): the claim's lease is
-    # renewed while it runs.
+    # The claim's lease is renewed while the act runs; the act (recover, webhook, confirmation) spends at most the
+    # client's budget, well under the function's timeout, so the platform never stops it mid-act.
     result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover)
     ctx.conclude(
         run_id,

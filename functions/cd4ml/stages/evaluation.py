@@ -6,6 +6,8 @@ parse → read the metrics beside the model and the champion → decide (pure) �
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +20,12 @@ from cd4ml.payloads import Artifact, TrainingCompleted
 from cd4ml.runtime import Context, active_run
 from cd4ml.stages.training import METRICS_FILE
 
+#: Bounds of the trainer's metrics.json: they are copied into the run record (Firestore's 1 MiB document limit) and
+#: every event of the evaluation.
+MAX_METRICS_BYTES = 64 * 1024
+MAX_METRICS = 100
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
 
 def metrics_path(artifact: Artifact) -> GcsPath:
     return GcsPath.parse(artifact.uri.rsplit("/", 1)[0] + "/" + METRICS_FILE)
@@ -28,11 +36,19 @@ def read_metrics(text: str | None, artifact: Artifact) -> tuple[dict[str, float]
     path = metrics_path(artifact)
     if text is None:
         return {}, [f"the trainer wrote no {METRICS_FILE} beside the model ({path.uri})"]
+    if len(text.encode()) > MAX_METRICS_BYTES:
+        return {}, [f"{path.uri} is {len(text.encode())} bytes; a metrics file is at most {MAX_METRICS_BYTES}"]
     try:
         doc: Any = json.loads(text)
         metrics = {str(k): float(v) for k, v in doc["metrics"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as bad:
         return {}, [f'{path.uri} is not {{"metrics": {{name: number}}, "model_sha256": ...}}: {str(bad)[:200]}']
+    bad_names = [k[:80] for k in metrics if not _METRIC_NAME.match(k)]
+    if len(metrics) > MAX_METRICS or bad_names or not all(math.isfinite(v) for v in metrics.values()):
+        return {}, [
+            f"{path.uri}: at most {MAX_METRICS} metrics, each named [A-Za-z0-9_.-]{{1,64}} with a finite number "
+            f"({len(metrics)} metrics" + (f"; bad names {bad_names[:3]}" if bad_names else "") + ")"
+        ]
     if doc.get("model_sha256") != artifact.sha256:
         return metrics, [
             f"{path.uri} describes model {str(doc.get('model_sha256'))[:80]}, not the artifact {artifact.sha256}"
@@ -84,7 +100,7 @@ def evaluate(message: PubSubMessage, ctx: Context) -> None:
     manifest = parse(run.manifest)
     artifact = TrainingCompleted.of(event).model_artifact
     champion = ctx.ledger.champion(manifest.name)
-    skip = skipped(manifest.name, artifact, champion, cache.enabled(run.extra))
+    skip = skipped(manifest.name, artifact, champion, cache.enabled(run.cache))
     if skip is not None:
         ctx.conclude(event.subject, skip)
         return

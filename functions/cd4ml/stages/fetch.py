@@ -27,9 +27,16 @@ def load_manifest(ctx: Context, model: str, run_id: str | None) -> Manifest:
     if text is None:
         raise UnknownModel(f"unknown model {model!r}", [f"no manifest at {path.uri}"], run_id=run_id)
     try:
-        return loads(text, origin=path.uri)
+        manifest = loads(text, origin=path.uri)
     except InvalidManifest as error:
         raise InvalidManifest(error.summary, error.problems, run_id=run_id) from error
+    if manifest.name != model:  # a manifest pushed under another model's name must not run as that model
+        raise InvalidManifest(
+            f"invalid {path.uri}",
+            [f"name: {manifest.name!r} is not {model!r}, the model it is stored for"],
+            run_id=run_id,
+        )
+    return manifest
 
 
 #: A request may name a slot at most this far before its publication (a backfill) or after it (clock skew).

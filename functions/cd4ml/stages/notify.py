@@ -25,7 +25,13 @@ from cd4ml.manifest import Route, parse
 from cd4ml.run import Run
 from cd4ml.runtime import Context, require_run
 
-FAILED = (events.TRAINING_FAILED, events.EVALUATION_FAILED, events.IMAGE_FAILED, events.CANARY_FAILED)
+FAILED = (
+    events.TRAINING_FAILED,
+    events.EVALUATION_FAILED,
+    events.IMAGE_FAILED,
+    events.CANARY_FAILED,
+    events.RUN_FAILED,
+)
 #: Seconds to wait before each retry of a post inside one delivery (then Pub/Sub's backoff takes over).
 RETRY_DELAYS = (0.5, 2.0)
 TIMEOUT = (3.05, 10.0)
@@ -51,11 +57,18 @@ class Notice:
     def as_slack(self) -> dict[str, Any]:
         """A Slack incoming-webhook body (``text`` with mrkdwn), which Mattermost, Rocket.Chat and Teams' Slack
         connectors read too."""
-        lines = [f"*{self.model}* · `{self.run_id}` · {self.what}"]
+        lines = [f"*{self.model}* · `{self.run_id}` · {slack_text(self.what)}"]
         if self.reason:
-            lines.append(f"> {self.reason}")
-        lines.append(f"`{self.command}`")
+            lines.append(f"> {slack_text(self.reason)}")
+        lines.append(f"`{slack_text(self.command)}`")
         return {"text": "\n".join(lines)}
+
+
+def slack_text(text: str) -> str:
+    """Text shown as written: Slack's three control characters escaped (``&``, ``<``, ``>``), so a reason or a
+    trainer's error cannot post ``<!channel>`` or a disguised ``<URL|label>`` link
+    (https://api.slack.com/reference/surfaces/formatting#escaping)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _failure_reason(event: Event) -> str:
@@ -72,6 +85,8 @@ def notice(event: Event, run: Run) -> Notice | None:
     at = format_time(event.time)
     if event.type in FAILED:
         step = event.type.removeprefix("cd4ml.").removesuffix(".v1")
+        if event.type == events.RUN_FAILED:
+            step = f"{event.data['stage']}: {str(event.data['cause']).replace('_', ' ')}"
         return Notice(
             kind="failed", what=f"run failed ({step})", reason=_failure_reason(event), command=status, at=at, **base
         )
@@ -159,7 +174,7 @@ def webhook_url(template: str, channel: str) -> str:
             "CD4ML_NOTIFY_SECRETS must contain {channel} (projects/P/secrets/cd4ml-notify-{channel}/…)"
         )
     try:
-        url = secrets.read(template.replace("{channel}", channel))
+        url = secrets.read(template.replace("{channel}", channel), setting="CD4ML_NOTIFY_SECRETS")
     except PermanentError as missing:
         raise PermanentError(f"no webhook URL for notification channel {channel}", run_id=None) from missing
     if not url.startswith(("https://", "http://")):

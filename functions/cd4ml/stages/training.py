@@ -166,7 +166,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     run_id = event.subject
     manifest = parse(run.manifest)
     dataset = DataFetched.of(event).dataset
-    on = cache.enabled(run.extra)
+    on = cache.enabled(run.cache)
 
     def create() -> dict[str, Any]:
         # The cache is read inside the claim: a redelivery finds this decision recorded and makes no second job.
@@ -212,7 +212,7 @@ def watch_training(message: PubSubMessage, ctx: Context) -> None:
 
     Event.from_message(message, [events.WATCH_TICKED])
     ctx.flush_outbox()  # events recorded by an instance that died before publishing them
-    for doc in ctx.ledger.in_flight_training():
+    for doc in ctx.ledger.where(("training.active", "==", True)):
         try:
             _check(ctx, Run.from_document(doc))
         except (RetryableError, GoogleAPICallError) as trouble:
@@ -245,9 +245,9 @@ def unreadable(ctx: Context, doc: Mapping[str, Any], trouble: Exception) -> None
     if (moment - parse_time(since)).total_seconds() < limit:
         return
     message = bounded(f"could not read training job {training.get('job', '')} for {limit} s: {trouble}", 1024)
-    ctx.ledger.record(doc["run_id"], status="failed", error={"stage": ctx.settings.stage, "message": message})
-    ctx.ledger.note(doc["run_id"], {"training.active": False})
     ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": doc["run_id"]})
+    ctx.conclude(doc["run_id"], Outcome.run_failed(str(doc["model"]), ctx.settings.stage, "unreadable", message))
+    ctx.ledger.note(doc["run_id"], {"training.active": False})
 
 
 def stale_reason(run: Run, limit_seconds: int) -> str:
@@ -260,10 +260,13 @@ def stale_reason(run: Run, limit_seconds: int) -> str:
 def end_stale_runs(ctx: Context) -> None:
     """End, as failed, the running runs that made no progress for ``run.stale_after_seconds``."""
     limit = catalog.load().stale_after_seconds
-    for doc in ctx.ledger.stale(now() - timedelta(seconds=limit)):
+    before = format_time(now() - timedelta(seconds=limit))
+    for doc in ctx.ledger.where(("status", "==", "running"), ("updated_at", "<", before)):
+        if (doc.get("training") or {}).get("active") or (doc.get("canary") or {}).get("active"):
+            continue  # a job or a canary in flight ends on its own (its timeout, its deadline)
         message = stale_reason(Run.from_document(doc), limit)
-        ctx.ledger.record(doc["run_id"], status="failed", error={"stage": ctx.settings.stage, "message": message})
         ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": doc["run_id"]})
+        ctx.conclude(doc["run_id"], Outcome.run_failed(str(doc["model"]), ctx.settings.stage, "stale", message))
 
 
 def _check(ctx: Context, run: Run) -> None:
@@ -278,7 +281,7 @@ def _check(ctx: Context, run: Run) -> None:
     elif state in FINISHED:
         problem = job.error.message
     outcome = finished(run, state, artifact, problem)
-    key = str(((run.extra.get("cache") or {}).get("training") or {}).get("key", ""))
+    key = str((run.cache.get("training") or {}).get("key", ""))
     if outcome.type == events.TRAINING_COMPLETED and key and artifact is not None:
         # Indexed before training.completed is published: the next run with this key finds it.
         ctx.ledger.remember(

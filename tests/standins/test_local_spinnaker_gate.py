@@ -334,10 +334,9 @@ def test_cli_serves_a_yaml_config_and_exits_cleanly_on_sigterm(tmp_path: Path) -
     try:
         processes.wait_until(lambda: processes.port_open(port), what="gate", timeout=10, pid=proc.pid)
         _, _, body = _request(f"http://127.0.0.1:{port}/webhooks/webhook/cd4ml", json.dumps(_payload()).encode())
-        _, _, found = _request(
-            f"http://127.0.0.1:{port}/applications/digits/executions/search?eventId={body['eventId']}"
-        )
-        assert len(found) == 1
+        search = f"http://127.0.0.1:{port}/applications/digits/executions/search?eventId={body['eventId']}"
+        assert _request(search)[2] == []  # Echo starts the pipeline after Gate's answer (--start-delay-seconds 1)
+        processes.wait_until(lambda: len(_request(search)[2]) == 1, what="the execution", timeout=5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()] if proc.stderr else []
