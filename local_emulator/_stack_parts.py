@@ -33,6 +33,7 @@ from local_emulator.stack import (
     _gate_client_certificate,
     _gate_key_file,
     _http_ok,
+    _settings,
     push_routes,
     stage_env,
     stop,
@@ -126,13 +127,14 @@ def _start_services(stack: Stack) -> None:
 
 
 def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) -> dict[str, Any]:
+    # ``registry``: CD4ML_REGISTRY, ``{model}`` standing for the model (a repository per model).
     """The Gate stand-in's pipelines: one canary pipeline per model, as README's Spinnaker setup has a user paste.
 
     Its webhook trigger's source is derived from the model's name; its payload constraints are the model's own key
     and name; its expected artifact is an image of the model's own repository. So one model's key, or manifest,
     cannot start another model's pipeline, nor its own with another model's image.
     """
-    from cd4ml import spinnaker
+    from cd4ml import identities, spinnaker
 
     return {
         "pipelines": [
@@ -142,7 +144,10 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
                 "expectedArtifacts": [
                     {
                         "id": f"{m.name}-image",
-                        "matchArtifact": {"type": "docker/image", "name": f"^{re.escape(f'{registry}/{m.name}')}$"},
+                        "matchArtifact": {
+                            "type": "docker/image",
+                            "name": f"^{re.escape(identities.image_repository(registry, m.name))}$",
+                        },
                     }
                 ],
                 "triggers": [
@@ -227,7 +232,7 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     keys = {m.name: write_gate_key(stack, m.name) for m in manifests}
     config = stack.root / "gate" / "pipelines.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(gate_config(manifests, keys, f"{stack.endpoints['registry']}/cd4ml"), indent=2))
+    config.write_text(json.dumps(gate_config(manifests, keys, _settings(stack)["CD4ML_REGISTRY"]), indent=2))
     _gate_tls.make(stack.root / "gate" / "tls", _gate_client_certificate(stack))
     build_storage = stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]  # builds act as the build account
     front: list[str] = []
@@ -282,7 +287,7 @@ def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
     new = [
         p
         for p in gate_config(
-            [manifest], {manifest.name: write_gate_key(stack, manifest.name)}, f"{stack.endpoints['registry']}/cd4ml"
+            [manifest], {manifest.name: write_gate_key(stack, manifest.name)}, _settings(stack)["CD4ML_REGISTRY"]
         )["pipelines"]
         if (p["application"], p["name"]) not in known
     ]
