@@ -72,6 +72,22 @@ def _at(event: Mapping[str, Any]) -> datetime:
     return parse_time(str(event["time"]))
 
 
+def _build_submitted(record: Mapping[str, Any]) -> datetime | None:
+    """When the run's image build was submitted (Cloud Build's QUEUED, recorded under image.progress), if it was."""
+    progress = (record.get("image") or {}).get("progress") or {}
+    first = progress.get("QUEUED") or progress.get("WORKING")
+    try:
+        return parse_time(str(first)) if first else None
+    except ValueError:
+        return None
+
+
+def _trigger_time(events: Sequence[Mapping[str, Any]], trigger: str) -> datetime | None:
+    """When the run recorded the last event of type ``trigger`` (a stage's input), if it did."""
+    times = [_at(e) for e in events if e["type"] == trigger]
+    return times[-1] if times else None
+
+
 def build(record: Mapping[str, Any], cat: Catalog) -> Timeline:
     """The run's timeline by stage (an empty one for a run with no event)."""
     events = sorted(record.get("events") or [], key=lambda e: str(e["time"]))
@@ -79,15 +95,26 @@ def build(record: Mapping[str, Any], cat: Catalog) -> Timeline:
         return Timeline((), 0.0, tuple(s.name for s in chain_stages(cat)))
     origin = _at(events[0])
     docs = {s.name: s.doc for s in cat.stages}
+    foreign = {s.name for s in cat.stages if s.foreign}
+    submitted = _build_submitted(record)
     spans: dict[str, dict[str, Any]] = {}
     previous = events[0]
     for event in events:
         stage = stage_of(event, cat)
-        began = previous if stage != REQUEST else event
-        span = spans.setdefault(stage, {"events": [], "start": _at(began), "end": _at(event)})
+        began = _at(previous) if stage != REQUEST else _at(event)
+        if stage in foreign and submitted is not None and began < submitted <= _at(event):
+            began = submitted  # Cloud Build's and the registry's notices wait on the build, not on the stage before
+        span = spans.setdefault(stage, {"events": [], "start": began, "end": _at(event)})
         span["events"].append(short(event["type"]))
         span["end"] = max(span["end"], _at(event))
         previous = event
+    builder = next((s.name for s in chain_stages(cat) if "cd4ml.image.built.v1" in s.emits and not s.foreign), None)
+    if submitted is not None and builder is not None and builder not in spans:
+        # The stage that submits the build emits nothing when it does (its result comes back through Cloud Build's
+        # messages): its part is from the event it consumed to the build's submission, recorded on the run.
+        trigger = _trigger_time(events, cat.stage(builder).trigger)
+        if trigger is not None and trigger <= submitted:
+            spans[builder] = {"events": ["build submitted"], "start": trigger, "end": submitted}
     built = tuple(
         StageSpan(
             stage=name,

@@ -34,19 +34,30 @@ locals {
     { for m in local.models : "service_account:model_build:${m}" => google_service_account.model_build[m].name },
     { for m in local.models : "model_repository:${m}" => google_artifact_registry_repository.model[m].name },
     {
-      "project"                  = var.project_id
-      "bucket:data"              = google_storage_bucket.bucket["data"].name
-      "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
-      "secret:gate_client_cert"  = google_secret_manager_secret.gate_client_certificate.secret_id
-      "approval_decisions_topic" = google_pubsub_topic.event["cd4ml.approval.decided.v1"].name
-      "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
+      "project"                 = var.project_id
+      "bucket:data"             = google_storage_bucket.bucket["data"].name
+      "bucket:artifact"         = google_storage_bucket.bucket["artifacts"].name
+      "secret:gate_client_cert" = google_secret_manager_secret.gate_client_certificate.secret_id
+      "data_arrivals_topic"     = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
     },
   )
 
   iam_grants = { for k, g in local.iam_plan : k => merge(g, {
     member = local.iam_members[g.member]
     target = local.iam_targets[g.target]
+    # `custom/ID`: the project's custom role made below, where a predefined role holds more than the calls need.
+    role = startswith(g.role, "custom/") ? google_project_iam_custom_role.cd4ml[trimprefix(g.role, "custom/")].name : g.role
   }) }
+}
+
+resource "google_project_iam_custom_role" "cd4ml" {
+  for_each = yamldecode(file("${path.module}/iam_bindings.yaml")).custom_roles
+
+  project     = var.project_id
+  role_id     = each.key
+  title       = each.value.title
+  description = each.value.why
+  permissions = each.value.permissions
 }
 
 resource "google_project_iam_member" "grant" {

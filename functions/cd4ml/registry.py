@@ -158,7 +158,12 @@ class RegistryClient:
         """A token for ``scope`` from the challenge's realm, kept for the scope it was asked for."""
         auth = ("oauth2accesstoken", self._token()) if self._token else None
         params = {"service": challenge.service, "scope": scope} if challenge.service else {"scope": scope}
-        response = self._http.get(challenge.realm, params=params, auth=auth, timeout=TIMEOUT)
+        try:
+            response = self._http.get(challenge.realm, params=params, auth=auth, timeout=TIMEOUT)
+        except requests.RequestException as trouble:
+            raise RetryableError(
+                f"registry token service {challenge.realm} unreachable: {type(trouble).__name__}"
+            ) from trouble
         self._check(response, f"token for {scope}")
         try:
             body = response.json()

@@ -232,9 +232,14 @@ def test_the_training_identity_writes_its_run_and_nothing_else(emulators: Emulat
     artifacts = trainer.bucket(local.ARTIFACT_BUCKET)
     big = os.urandom(9 * 1024 * 1024)  # over the client's 8 MB threshold: a resumable upload, through the proxy
     artifacts.blob("runs/r1/model/model.joblib").upload_from_string(big)
-    assert artifacts.blob("runs/r1/model/model.joblib").download_as_bytes() == big
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulators.identities["admin"]["STORAGE_EMULATOR_HOST"])
+    owner = clients.storage_client(Settings.from_env({"CD4ML_PROJECT": local.PROJECT}))
+    assert owner.bucket(local.ARTIFACT_BUCKET).blob("runs/r1/model/model.joblib").download_as_bytes() == big
     with pytest.raises(Forbidden, match="cd4ml-training@"):
         artifacts.blob("manifests/digits.yaml").upload_from_string("name: evil")
+    # Create only, and reads under packages/ alone: no trainer reads another run's (or model's) model.
+    with pytest.raises(Forbidden, match=r"storage\.objects\.get"):
+        artifacts.blob("runs/r1/model/model.joblib").download_as_bytes()
 
 
 def test_stage_env_gives_each_function_its_own_identity(emulators: Emulators) -> None:

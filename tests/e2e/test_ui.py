@@ -18,12 +18,18 @@ from cd4ml_ui.screenshots import browser
 
 
 def _stages(run: dict[str, Any]) -> set[str]:
-    """The stages that recorded an event on the run, by the event's source, and the request that opened it."""
-    return {"request"} | {
-        str(e.get("source", "")).rsplit("/functions/", 1)[1]
-        for e in run["events"]
-        if "/functions/" in str(e.get("source"))
-    }
+    """The stages that recorded an event on the run, by the event's source, the request that opened it, and the
+    stage that submitted its build (recorded as the build's progress, with no event of its own)."""
+    built = {"build_image"} if (run.get("image") or {}).get("progress") else set()
+    return (
+        {"request"}
+        | built
+        | {
+            str(e.get("source", "")).rsplit("/functions/", 1)[1]
+            for e in run["events"]
+            if "/functions/" in str(e.get("source"))
+        }
+    )
 
 
 def test_the_runs_the_stack_made_are_shown_as_they_happen(pipeline: Pipeline, tmp_path: Path) -> None:

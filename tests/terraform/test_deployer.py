@@ -56,6 +56,8 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("resource", "google_service_account_iam_member"): {"roles/iam.serviceAccountAdmin"},
     # Project bindings, conditional ones included (resourcemanager.projects.setIamPolicy).
     ("resource", "google_project_iam_member"): {"roles/resourcemanager.projectIamAdmin"},
+    # iam.roles.create/update/delete (https://cloud.google.com/iam/docs/creating-custom-roles#required-permissions).
+    ("resource", "google_project_iam_custom_role"): {"roles/iam.roleAdmin"},
     # datastore.indexes.create/delete (https://cloud.google.com/firestore/docs/security/iam#roles).
     ("resource", "google_firestore_index"): {"roles/datastore.indexAdmin"},
     # services.generateServiceIdentity (Service Usage; also what step 1 needs to enable the APIs).

@@ -39,18 +39,18 @@ PER_STAGE_SCOPES = {"emits_topics", "dead_letter_topic", "subscription", "run_se
 RULE_KEYS = {"role", "member", "stages", "scope", "prefixes", "condition", "why"}
 #: Roles at project level: each is there because its service has no narrower resource (see iam_bindings.yaml).
 PROJECT_ROLES = {
-    "roles/datastore.user",
+    "custom/cd4mlLedgerWriter",
     "roles/datastore.viewer",
-    "roles/aiplatform.user",
-    "roles/aiplatform.viewer",
-    "roles/cloudbuild.builds.editor",
+    "custom/cd4mlJobSubmitter",
+    "custom/cd4mlJobReader",
+    "custom/cd4mlBuildSubmitter",
     "roles/logging.logWriter",
 }
 #: Which roles mean a stage uses which service, in the words of the catalog's `uses`.
-SERVICE_ROLES = {
-    "firestore": "roles/datastore.",
-    "vertex": "roles/aiplatform.",
-    "cloudbuild": "roles/cloudbuild.",
+SERVICE_ROLES: dict[str, str | tuple[str, ...]] = {
+    "firestore": ("roles/datastore.", "custom/cd4mlLedger"),
+    "vertex": ("roles/aiplatform.", "custom/cd4mlJob"),
+    "cloudbuild": ("roles/cloudbuild.", "custom/cd4mlBuild"),
     "secretmanager": "roles/secretmanager.",
     "storage": "roles/storage.",
     "registry": "roles/artifactregistry.",
@@ -68,7 +68,7 @@ def grants(tf_locals: dict[str, Any]) -> list[dict[str, Any]]:
     return list(tf_locals["iam_plan"].values())
 
 
-def _by_member(grants: list[dict[str, Any]], role_prefix: str) -> dict[str, set[str]]:
+def _by_member(grants: list[dict[str, Any]], role_prefix: str | tuple[str, ...]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = defaultdict(set)
     for g in grants:
         if g["role"].startswith(role_prefix):
@@ -120,7 +120,7 @@ def test_no_project_wide_pubsub_role(grants: list[dict[str, Any]]) -> None:
 def test_project_level_roles_are_the_justified_few(grants: list[dict[str, Any]]) -> None:
     assert {g["role"] for g in grants if g["kind"] == "project"} == PROJECT_ROLES
     for g in grants:
-        if g["role"] in ("roles/datastore.user", "roles/datastore.viewer"):
+        if g["role"] in ("custom/cd4mlLedgerWriter", "roles/datastore.viewer"):
             assert g["condition"] and "/databases/" in g["condition"]["expression"], g["key"]
 
 
@@ -266,6 +266,11 @@ def test_bucket_writes_are_narrowed_to_prefixes(grants: list[dict[str, Any]], tf
         assert f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/' in g["condition"]["expression"]
 
 
+def _models(grants: list[dict[str, Any]]) -> set[str]:
+    """The models that have their own identities (one per manifest under examples/)."""
+    return {g["member"].split(":", 1)[1] for g in grants if g["member"].startswith("model_build:")}
+
+
 def test_the_trainer_may_create_models_but_not_replace_or_delete_any(grants: list[dict[str, Any]]) -> None:
     """Every training job runs as one account, so a job's rights under runs/ reach every run's model: create only.
 
@@ -279,7 +284,10 @@ def test_the_trainer_may_create_models_but_not_replace_or_delete_any(grants: lis
         for g in grants
         if g["member"].startswith("model_training:") and g["role"] != "roles/storage.objectViewer"
     }
-    assert writes == {("model_training:digits", "roles/storage.objectCreator", "bucket:artifact", "only runs/digits-")}
+    assert writes == {
+        (f"model_training:{m}", "roles/storage.objectCreator", "bucket:artifact", f"only runs/{m}-")
+        for m in _models(grants)
+    }
 
 
 def test_the_pubsub_agent_is_made_before_anything_is_granted_to_it(module: Path) -> None:
@@ -306,7 +314,7 @@ def test_each_model_has_its_own_build_and_training_identity(tf_locals: dict[str,
     """One account per model and kind, named by cd4ml.identities' rule (what build_image and submit_training name)."""
     from cd4ml import identities
 
-    assert set(tf_locals["model_accounts"]) == set(tf_locals["models"]) == {"digits"}
+    assert set(tf_locals["model_accounts"]) == set(tf_locals["models"]) == {"digits", "diabetes"}  # examples/
     for model, accounts in tf_locals["model_accounts"].items():
         assert accounts == {
             "build": identities.account_id("build", model),
@@ -354,6 +362,30 @@ def test_a_models_trainer_reads_its_own_datasets_and_creates_under_its_own_runs(
 def test_only_promote_and_the_models_own_build_write_a_models_images(grants: list[dict[str, Any]]) -> None:
     writers = {(g["member"], g["target"]) for g in grants if g["role"].startswith("roles/artifactregistry.")}
     assert writers == {
-        ("function:promote", "model_repository:digits"),
-        ("model_build:digits", "model_repository:digits"),
+        pair
+        for m in _models(grants)
+        for pair in (("function:promote", f"model_repository:{m}"), (f"model_build:{m}", f"model_repository:{m}"))
     }
+
+
+#: The predefined roles the custom roles replace, and what each would add beyond the calls the stage makes.
+REPLACED = {
+    "cd4mlLedgerWriter": "roles/datastore.user",
+    "cd4mlJobSubmitter": "roles/aiplatform.user",
+    "cd4mlJobReader": "roles/aiplatform.viewer",
+    "cd4mlBuildSubmitter": "roles/cloudbuild.builds.editor",
+}
+
+
+def test_custom_roles_hold_only_the_calls_and_say_why(module: Path, grants: list[dict[str, Any]]) -> None:
+    import yaml
+
+    custom = yaml.safe_load((module / "iam_bindings.yaml").read_text())["custom_roles"]
+    assert set(custom) == set(REPLACED)
+    for role_id, role in custom.items():
+        assert len(role["why"]) <= 256 and REPLACED[role_id] in role["why"], role_id  # IAM's description limit
+        assert all(p.split(".")[0] in ("datastore", "aiplatform", "cloudbuild") for p in role["permissions"])
+        assert not [p for p in role["permissions"] if p.endswith((".delete", ".setIamPolicy", ".cancel"))], role_id
+    used = {g["role"] for g in grants}
+    assert {f"custom/{r}" for r in custom} <= used
+    assert not used & set(REPLACED.values())  # the broad predefined roles are granted to nobody

@@ -81,9 +81,7 @@ def test_an_unsupported_argument_fails_validate(copy: Path) -> None:
 
 
 def test_a_reference_to_an_unsupported_attribute_fails_validate(copy: Path) -> None:
-    (copy / "probe.tf").write_text(
-        'output "probe" {\n  value = google_artifact_registry_repository.images.registry_url\n}\n'
-    )
+    (copy / "probe.tf").write_text('output "probe" {\n  value = google_storage_bucket.bucket["data"].registry_url\n}\n')
     output = _fails(copy, "validate")
     assert "Error: Unsupported attribute" in output and "registry_url" in output, output
 
@@ -118,6 +116,13 @@ def test_a_value_on_a_read_only_attribute_fails_validate(copy: Path) -> None:
     _plant(copy, "registry.tf", '  format        = "DOCKER"\n', '  format        = "DOCKER"\n  create_time   = "now"\n')
     output = _fails(copy, "validate")
     assert "create_time: this field cannot be set" in output, output
+
+
+def test_a_provider_without_a_stand_in_fails_init(copy: Path) -> None:
+    """Nothing is fetched from the registry: a new provider needs its stand-in (schema.PACKAGES) first."""
+    (copy / "probe.tf").write_text('resource "random_id" "probe" {\n  byte_length = 4\n}\n')
+    output = _fails(copy, "init")
+    assert "hashicorp/random" in output, output
 
 
 @pytest.mark.parametrize("provider", sorted(schema.PACKAGES))

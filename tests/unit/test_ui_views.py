@@ -90,6 +90,7 @@ def run_record(
     if status == "succeeded":
         record |= {
             "image": {
+                "progress": {"QUEUED": _t(10.4, base), "WORKING": _t(10.5, base)},
                 "build_id": f"6c5310e4-{n}",
                 "digest": DIGEST,
                 "reference": f"r/cd4ml/{model}@{DIGEST}",
@@ -187,6 +188,7 @@ def test_the_run_page_shows_each_stage_of_the_catalog_it_reached_with_start_and_
         "watch_training",
         "evaluate",
         "clear_delivery",
+        "build_image",
         "on_build",
         "on_push",
         "trigger_canary",
@@ -198,6 +200,10 @@ def test_the_run_page_shows_each_stage_of_the_catalog_it_reached_with_start_and_
     watch = _text(page.split('data-stage="watch_training"')[1].split("</tr>")[0])
     assert "+1.9 s" in watch and "7.5 s" in watch  # waited from training.submitted (1.9 s) to completed (9.4 s)
     assert page.count("<rect x=") == len(stages)  # one bar per stage in the strip
+    build = _text(page.split('data-stage="build_image"')[1].split("</tr>")[0])
+    assert "+10.0 s" in build and "0.4 s" in build and "build submitted" in build  # delivery.cleared → QUEUED
+    on_build = _text(page.split('data-stage="on_build"')[1].split("</tr>")[0])
+    assert "+10.4 s" in on_build and "15.9 s" in on_build  # waited on the build from its submission
 
 
 def test_the_run_page_shows_the_lineage_with_identifiers_and_twin_run() -> None:
@@ -335,3 +341,11 @@ def test_cd4ml_ui_is_a_command_and_says_what_is_missing(
     assert capsys.readouterr().err.strip() == (
         "cd4ml: no project: set CD4ML_PROJECT (and credentials), or start the local stack with `cd4ml local up`"
     )
+
+
+def test_a_run_whose_gate_names_no_champion_still_renders() -> None:
+    record = run_record()
+    record["evaluation"]["gate"] = {"metric": "accuracy", "threshold": 0.9}
+    answer = _client([record]).get(f"/runs/{record['run_id']}")
+    assert answer.status_code == 200
+    assert "accuracy (gate) 0.9778 —" in _text(answer.get_data(as_text=True))
