@@ -135,7 +135,7 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
     and name; its expected artifact is an image of the model's own repository. So one model's key, or manifest,
     cannot start another model's pipeline, nor its own with another model's image.
     """
-    from cd4ml import identities, spinnaker
+    from cd4ml import spinnaker
 
     return {
         "pipelines": [
