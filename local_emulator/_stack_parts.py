@@ -129,6 +129,8 @@ def _start_services(stack: Stack) -> None:
 def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) -> dict[str, Any]:
     """The Gate stand-in's pipelines: one canary pipeline per model, as README's Spinnaker setup has a user paste.
 
+    ``registry`` is CD4ML_REGISTRY, ``{model}`` standing for the model (a repository per model).
+
     Its webhook trigger's source is derived from the model's name; its payload constraints are the model's own key
     and name; its expected artifact is an image of the model's own repository. So one model's key, or manifest,
     cannot start another model's pipeline, nor its own with another model's image.
