@@ -166,10 +166,14 @@ def down(stack: Stack | None = None, say: Callable[[str], None] = print) -> bool
     stack = stack or Stack.load()
     if stack is None:
         return False
+    # stack.json is the truth (every start and stop saves it): another process may have restarted a part since the
+    # caller's copy was read (`cd4ml model push` restarts the Gate), and a stale pid may belong to someone else now.
+    on_disk = Stack.load(stack.root)
+    pids = on_disk.pids if on_disk is not None else stack.pids
     # Functions and the scheduler first, so nothing publishes into emulators that are going away.
-    order = sorted(stack.pids, key=lambda n: (not n.startswith(("fn-", "scheduler")), n))
+    order = sorted(pids, key=lambda n: (not n.startswith(("fn-", "scheduler")), n))
     for name in order:
-        processes.stop(stack.pids[name])
+        processes.stop(pids[name])
     (stack.root / STATE_FILE).unlink(missing_ok=True)
     say(f"stopped {len(order)} processes")
     return True

@@ -73,3 +73,11 @@ def test_the_deployed_requirements_pin_exactly_the_package_dependencies() -> Non
         if line.strip() and not line.startswith("#")
     ]
     assert sorted(pinned, key=str.lower) == sorted(declared, key=str.lower)
+
+
+def test_on_build_is_given_the_registry_it_announces_an_early_push_with() -> None:
+    """on_build announces a push the registry noticed before the build's SUCCESS (announce_push → pushed, which
+    compares the pushed repository with ``settings.registry``): without CD4ML_REGISTRY in its environment the
+    repository never matched, "push … matches no run; ignored", and the run waited at image.built for good (seen in
+    the e2e regression test whenever the registry's notice came first)."""
+    assert "CD4ML_REGISTRY" in catalog.load().stage("on_build").env
