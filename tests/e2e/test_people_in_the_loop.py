@@ -162,7 +162,7 @@ def test_an_approvers_approve_delivers_the_run(
 ) -> None:
     _until(pipeline, runs["approve"], AWAITING_APPROVAL)
     assert _cli(monkeypatch, pipeline, getpass.getuser(), "approve", runs["approve"], "--reason", "metrics fine") == 0
-    run = pipeline.wait(runs["approve"])
+    run = pipeline.wait(runs["approve"], timeout=420.0)  # a build and a canary: minutes on a loaded 2-core machine
     assert run["status"] == "succeeded", run.get("error")
     assert run["approval"]["decision"] == "approve" and run["approval"]["by"] == ME
     assert run["approval"]["reason"] == "metrics fine"
