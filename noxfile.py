@@ -108,7 +108,7 @@ def demo(session: nox.Session) -> None:
 
 
 #: What lint checks: every Python file of the project.
-LINTED = ("functions", "cd4ml_cli", "cd4ml_ui", "local_emulator", "tests", "benchmarks", "noxfile.py")
+LINTED = ("functions", "cd4ml_cli", "cd4ml_models", "cd4ml_ui", "local_emulator", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
@@ -117,7 +117,7 @@ def lint(session: nox.Session) -> None:
     _install(session)
     session.run("ruff", "format", "--check", *LINTED)
     session.run("ruff", "check", *LINTED)
-    session.run("mypy", "functions", "cd4ml_cli", "cd4ml_ui", "local_emulator", "tests", "benchmarks")
+    session.run("mypy", "functions", "cd4ml_cli", "cd4ml_models", "cd4ml_ui", "local_emulator", "tests", "benchmarks")
 
 
 @nox.session

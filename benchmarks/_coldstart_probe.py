@@ -21,9 +21,9 @@ def main(request_file: str, result_file: str) -> int:
     request = json.loads(Path(request_file).read_text())
     from functions_framework import create_app
 
-    app = create_app(request["stage"], request["source"], "cloudevent")  # type: ignore[no-untyped-call]
+    app = create_app(request["stage"], request["source"], request.get("signature", "cloudevent"))  # type: ignore[no-untyped-call]
     imported = time.perf_counter()
-    response = app.test_client().post(request["path"], json=request["body"])
+    response = app.test_client().post(request["path"], json=request["body"], headers=request.get("headers") or {})
     served = time.perf_counter()
     loaded = {client: module in sys.modules for client, module in request["modules"].items()}
     Path(result_file).write_text(

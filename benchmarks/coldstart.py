@@ -92,7 +92,7 @@ def serve_first_event(pipeline: Pipeline, probe: Probe, workdir: Path, name: str
         "--source",
         str(MAIN),
         "--signature-type",
-        "cloudevent",
+        "http" if catalog.load().stage(probe.stage).http else "cloudevent",
         "--host",
         "127.0.0.1",
         "--port",
@@ -109,7 +109,7 @@ def serve_first_event(pipeline: Pipeline, probe: Probe, workdir: Path, name: str
             time.sleep(0.002)
         opened = time.monotonic()
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        connection.request("POST", probe.path, body, {"Content-Type": "application/json"})
+        connection.request("POST", probe.path, body, {"Content-Type": "application/json", **probe.headers})
         response = connection.getresponse()
         response.read()
         served = time.monotonic()
@@ -136,6 +136,8 @@ def loaded_clients(pipeline: Pipeline, probe: Probe, workdir: Path) -> Loaded:
                 "source": str(MAIN),
                 "path": probe.path,
                 "body": probe.body,
+                "headers": dict(probe.headers),
+                "signature": "http" if catalog.load().stage(probe.stage).http else "cloudevent",
                 "modules": CLIENT_MODULES,
             }
         )

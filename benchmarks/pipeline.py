@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cd4ml_cli.models import read as read_manifest
+from cd4ml_models.folder import read as read_manifest
 from local_emulator import stack as local
 from local_emulator.scheduler import scheduler_attributes
 

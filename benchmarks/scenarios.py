@@ -18,7 +18,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from local_emulator.scheduler import scheduler_attributes
@@ -39,6 +39,8 @@ class Probe:
     path: str
     body: Mapping[str, Any]
     run_id: str = ""
+    #: HTTP headers of the request (the decision endpoint's ID token).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Scenarios:
@@ -162,8 +164,19 @@ class Scenarios:
         return self._event("clear_delivery", events.EVALUATION_PASSED, self._ended(), data)
 
     def _decide_approval(self) -> Probe:
-        data = {"decision": "approve", "by": "user:bench@localhost", "reason": "cold start"}
-        return self._event("decide_approval", events.APPROVAL_DECIDED, self._ended(), data)
+        """A reject, with an ID token from the stack's issuer, of a run waiting for its approver (the caller): the
+        endpoint verifies the token (fetching the issuer's certificates) and ends the run rejected."""
+        from cd4ml_cli import approvals
+
+        run_id = self._open()
+        me = f"user:{approvals.local_email()}"
+        waiting = {"approvers": [me], "requested_at": format_time(now()), "expires_at": "2099-01-01T00:00:00.000Z"}
+        self.p.ledger.record(run_id, status="awaiting_approval", fields={"approval": waiting})
+        url = self.p.env["CD4ML_DECISION_URL"]
+        with_issuer = {approvals.LOCAL_TOKEN_ISSUER: self.p.env[approvals.LOCAL_TOKEN_ISSUER]}
+        token = approvals.id_token(url, with_issuer)
+        body = {"run_id": run_id, "decision": "reject", "reason": "a cold-start probe"}
+        return Probe("decide_approval", "/", body, run_id, {"Authorization": f"Bearer {token}"})
 
     def _watch_approvals(self) -> Probe:
         attributes = scheduler_attributes(self.p.settings.project, "cd4ml-watch-tick", events.WATCH_TICKED)

@@ -1,8 +1,14 @@
-"""``cd4ml approve|reject RUN --reason …``: publish a person's decision, with who they are, and report its fate.
+"""``cd4ml approve|reject RUN --reason …``: send a person's decision to the decision endpoint, proven by an ID token.
 
-Who the caller is: the application-default credentials' account in production (a service account's email, or the
-signed-in user's email as Google's tokeninfo endpoint reports it), the OS user on the local stack (whose emulators
-have no accounts). Only the manifest's approvers are applied; Terraform lets only them publish decisions at all.
+The endpoint (``CD4ML_DECISION_URL``, Terraform's output ``decision_url``) takes the decider from the token's verified
+email, never from the request: the token is sent as ``Authorization: Bearer`` and kept nowhere. Where it comes from:
+- the local stack: its token issuer stand-in, for ``OS_USER@localhost`` (``CD4ML_LOCAL_TOKEN_ISSUER``);
+- a service account (a key file, impersonated credentials, or the metadata server): google-auth's
+  ``google.oauth2.id_token.fetch_id_token`` with the endpoint's URL as audience;
+- a user: ``gcloud auth print-identity-token`` (its audience is gcloud's OAuth client id; a deployment accepts it
+  through ``decision_user_audiences``).
+
+Also: the one-line note ``cd4ml model check|push`` prints when a manifest's approval block is not the deployed policy.
 """
 
 from __future__ import annotations
@@ -10,79 +16,115 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import time
-import urllib.parse
+import shutil
+import subprocess
+import urllib.error
 import urllib.request
-import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from cd4ml import clients, ledger
-from cd4ml.errors import Cd4mlError
-from cd4ml.events import APPROVAL_DECIDED, Event
-from cd4ml.run import AWAITING_APPROVAL
+from cd4ml.approval_policy import Policy, difference
+from cd4ml.errors import Cd4mlError, InvalidSettings
+from cd4ml.manifest import Manifest
 from cd4ml.settings import Settings
 
-TOKENINFO = "https://oauth2.googleapis.com/tokeninfo"
+#: Set by `cd4ml local env` only: the local token issuer stand-in's base URL.
+LOCAL_TOKEN_ISSUER = "CD4ML_LOCAL_TOKEN_ISSUER"
 
 
-def identity() -> str:
-    """The caller as an IAM principal: ``user:EMAIL`` or ``serviceAccount:EMAIL``; ``user:NAME@localhost`` locally."""
-    if os.environ.get("PUBSUB_EMULATOR_HOST"):
-        return f"user:{getpass.getuser()}@localhost"
-    import google.auth
-    import google.auth.transport.requests
+def local_email() -> str:
+    """Who the caller is on the local stack, whose stand-ins have no accounts: the OS user at localhost."""
+    return f"{getpass.getuser()}@localhost"
 
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    email = str(getattr(credentials, "service_account_email", "") or "")
-    if "@" in email:
-        return f"serviceAccount:{email}"
-    credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
-    query = urllib.parse.urlencode({"access_token": credentials.token})
-    with urllib.request.urlopen(f"{TOKENINFO}?{query}", timeout=10) as response:
-        info: dict[str, Any] = json.loads(response.read())
-    if not info.get("email"):
-        raise Cd4mlError(
-            "the application-default credentials name no email: run `gcloud auth application-default login`"
+
+def id_token(audience: str, env: Mapping[str, str] | None = None) -> str:
+    """An ID token for the caller whose audience is ``audience`` (see the module docstring for where it comes from)."""
+    issuer = (os.environ if env is None else env).get(LOCAL_TOKEN_ISSUER, "")
+    if issuer:
+        asked = urllib.request.Request(
+            f"{issuer}/token",
+            data=json.dumps({"email": local_email(), "audience": audience}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
-    return f"user:{info['email']}"
+        with urllib.request.urlopen(asked, timeout=10) as response:
+            return str(json.loads(response.read())["id_token"])
+    import google.auth.exceptions
+    import google.auth.transport.requests
+    import google.oauth2.id_token
+
+    try:
+        transport = google.auth.transport.requests.Request()
+        return str(google.oauth2.id_token.fetch_id_token(transport, audience))  # type: ignore[no-untyped-call]
+    except google.auth.exceptions.DefaultCredentialsError:
+        pass  # a user's credentials: google-auth mints ID tokens for service accounts only
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        raise Cd4mlError("no ID token: sign in with `gcloud auth login` (users) or use a service account's credentials")
+    done = subprocess.run([gcloud, "auth", "print-identity-token"], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise Cd4mlError(f"`gcloud auth print-identity-token` failed: {done.stderr.strip()[:300]}")
+    return done.stdout.strip()
+
+
+def post(url: str, token: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to the decision endpoint with the token; its status and JSON answer."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, _json(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, _json(error.read())
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return {"refused": raw.decode(errors="replace")[:300]}
+    return answer if isinstance(answer, dict) else {"refused": str(answer)[:300]}
 
 
 def decide(settings: Settings, run_id: str, decision: str, reason: str, wait: float = 30.0) -> int:
-    """Publish the decision, then follow the run until the decision is applied or refused (exit 0 / 1)."""
-    from google.api_core.exceptions import PermissionDenied
-
-    from cd4ml.bus import Bus
-
-    book = ledger.Ledger.firestore(clients.firestore_client(settings))
-    record = book.get(run_id)
-    if record is None:
-        raise Cd4mlError(f"no run {run_id!r} in the ledger")
-    by = identity()
-    event = Event.new(
-        APPROVAL_DECIDED,
-        run_id,
-        {"decision": decision, "by": by, "reason": reason},
-        source=f"//cd4ml/cli/{os.uname().nodename}",
-        id=str(uuid.uuid4()),
-    )
-    try:
-        Bus(settings.project).publish(event)
-    except PermissionDenied as denied:
+    """Send the decision; exit 0 when it was applied, 1 when it was refused (the command prints why)."""
+    if not settings.decision_url:
         raise Cd4mlError(
-            f"{by} may not publish approval decisions (only the approvers named in the manifests may): {denied}"
-        ) from denied
-    print(f"{decision} of {run_id} by {by} sent", flush=True)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        record = book.get(run_id) or {}
-        approval = record.get("approval") or {}
-        refused = next((r for r in approval.get("refused") or [] if r.get("id") == event.id), None)
-        if refused:
-            print(f"refused: {refused.get('why')}")
-            return 1
-        if approval.get("by") == by and record.get("status") != AWAITING_APPROVAL:
-            print(f"run {run_id} is {record.get('status')}: {approval.get('decision')} by {by} recorded")
-            return 0
-        time.sleep(0.3)
-    print(f"no answer within {wait:.0f} s; `cd4ml status {run_id}` shows what happened", flush=True)
-    return 3
+            "CD4ML_DECISION_URL is not set: export it from `terraform output -raw decision_url` "
+            "(`cd4ml local env` sets it for the local stack)"
+        )
+    status, answer = post(
+        settings.decision_url,
+        id_token(settings.decision_url),
+        {
+            "run_id": run_id,
+            "decision": decision,
+            "reason": reason,
+        },
+        timeout=wait,
+    )
+    if status == 200:
+        print(f"{decision} of {run_id} by {answer.get('by')} applied: {answer.get('outcome')}")
+        return 0
+    if status == 403 and not answer.get("refused"):
+        print(f"refused by Cloud Run: the caller may not invoke the decision endpoint (approvers only): {answer}")
+        return 1
+    print(f"refused: {answer.get('refused') or answer}")
+    return 1
+
+
+def policy_note(manifest: Manifest) -> str | None:
+    """How ``manifest``'s approval block differs from the deployed policy (``CD4ML_APPROVAL_POLICY``), if it does;
+    None when the two agree or no policy is given (production: `terraform output -raw approval_policy`)."""
+    value = os.environ.get("CD4ML_APPROVAL_POLICY")
+    if value is None:
+        return None
+    try:
+        policy = Policy.of(value)
+    except InvalidSettings as error:
+        return str(error)
+    return difference(manifest.name, manifest.approval, policy)

@@ -289,9 +289,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from cd4ml_cli import run_logs
 
     settings = _settings()
-    folders = [f for f in (getattr(p, "log_dir", lambda: None)() for p in _plugins()) if f is not None]
-    if folders and os.environ.get("CD4ML_PROJECT") == settings.project:
-        entries = run_logs.local_lines(Path(folders[0]), args.run, args.stage)
+    local = [
+        Path(folder)
+        for plugin in _plugins()
+        if (folder := getattr(plugin, "log_dir", lambda: None)())
+        and (getattr(plugin, "environment", lambda: None)() or {}).get("CD4ML_PROJECT") == settings.project
+    ]
+    if local:  # the project is the running local stack's: its functions' log files
+        entries = run_logs.local_lines(local[0], args.run, args.stage)
     else:
         entries = run_logs.cloud_lines(settings.project, args.run, args.stage)
     for line in run_logs.render(entries):
@@ -310,28 +315,134 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_model_push(args: argparse.Namespace) -> int:
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
+    folder = Path(args.folder)
+    if not os.environ.get("CD4ML_PROJECT"):  # no project named: the running local stack, if a plugin has one
+        for plugin in _plugins():
+            name = getattr(plugin, "push_model", lambda _: None)(folder)
+            if name:
+                manifest = models.read(folder)
+                seeded = "source data seeded from seed_data.py" if (folder / "seed_data.py").is_file() else "no data"
+                print(
+                    f"model {name} pushed to the local stack: manifest, trainer package and serving files; {seeded}; "
+                    + (
+                        f"canary pipeline {manifest.canary_pipeline or name + '-canary'} on the local Gate; "
+                        if manifest.canary_application
+                        else "no canary (promoted once the smoke test passes); "
+                    )
+                    + f"scheduled {manifest.schedule!r} ({manifest.time_zone}). `cd4ml run {name} --wait` runs it now"
+                )
+                return 0
     settings = _settings()
     pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket)
     print(
         f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
         + (f", trainer package {pushed.package_uri}" if pushed.package_uri else "")
     )
+    _policy_note(pushed.manifest)
     return 0
 
 
-def cmd_model_check(args: argparse.Namespace) -> int:
-    from cd4ml_cli import models
+def cmd_model_train(args: argparse.Namespace) -> int:
+    """Train a model folder on this machine as Vertex AI would, and print its metrics."""
+    from cd4ml_cli import local_training
 
-    manifest = models.read(Path(args.folder))
-    print(f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone})")
+    if not args.local:
+        raise Cd4mlError(
+            "training outside a run is local only: add --local (a run trains on Vertex: `cd4ml run MODEL`)"
+        )
+    keep = Path(args.keep) if args.keep else None
+    return local_training.command(Path(args.folder), Path(args.data) if args.data else None, keep)
+
+
+def cmd_data_upload(args: argparse.Namespace) -> int:
+    """Upload a file or a folder's files to where the model's manifest says its source data is."""
+    from cd4ml.errors import InvalidManifest
+    from cd4ml.manifest import loads, manifest_object, resolve_gcs
+
+    settings = _settings()
+    source = Path(args.path)
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    if not files:
+        raise Cd4mlError(f"nothing to upload at {source}: give a file, or a folder with files in it")
+    require_model(settings, args.model)
+    storage = clients.storage_client(settings)
+    blob = storage.bucket(settings.artifact_bucket).blob(manifest_object(args.model))
+    try:
+        manifest = loads(blob.download_as_text(timeout=reach.CALL_TIMEOUT), origin=f"manifest of {args.model}")
+    except InvalidManifest as bad:
+        raise Cd4mlError(f"{bad.message}; push a valid one with `cd4ml model push FOLDER`") from None
+    bucket, _, prefix = resolve_gcs(manifest.data_source, settings.data_bucket).removeprefix("gs://").partition("/")
+    for file in files:
+        name = prefix.rstrip("/") + "/" + (file.name if file == source else file.relative_to(source).as_posix())
+        storage.bucket(bucket).blob(name).upload_from_filename(str(file), timeout=120)
+        print(f"gs://{bucket}/{name}  {file.stat().st_size} bytes")
+    trigger = (manifest.raw.get("trigger") or {}).get("on_new_data")
+    print(
+        f"{len(files)} file(s) uploaded to gs://{bucket}/{prefix}: "
+        + (
+            f"a run starts once no upload came for {trigger['quiet_seconds']} s"
+            if trigger
+            else f"the next run (`cd4ml run {args.model}`, or its schedule) trains on them"
+        ),
+        file=sys.stderr,
+    )
+    return 0
+
+
+TEMPLATES = ("sklearn-classifier", "sklearn-regressor", "container")
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    """A new model folder from a template: it passes `model check` and runs end to end as made."""
+    from cd4ml_cli import templates
+
+    folder = templates.create(args.name, args.template, Path(args.dir) if args.dir else Path(args.name))
+    print(
+        f"model {args.name} ({args.template}) made in {folder}. Next: `cd4ml model check {folder}`, "
+        f"`cd4ml model train {folder} --local`, `cd4ml model push {folder}`, `cd4ml run {args.name} --wait`"
+    )
+    return 0
+
+
+def _policy_note(manifest: Any) -> None:
+    """Say (one line) when the manifest's approval block is not what the deployed approval policy enforces."""
+    from cd4ml_cli.approvals import policy_note
+
+    note = policy_note(manifest)
+    if note:
+        print(note)
+
+
+def cmd_model_check(args: argparse.Namespace) -> int:
+    from cd4ml_models import folder as models
+
+    manifest = models.check(Path(args.folder))
+    print(
+        f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone}); "
+        + ("executor image, trainer module and " if manifest.training.executor_image else "")
+        + ("smoke requests found" if manifest.smoke else "no smoke test")
+    )
+    _policy_note(manifest)
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="cd4ml", description="Continuous training and delivery of ML models on Google Cloud."
+        prog="cd4ml",
+        description="Continuous training and delivery of ML models on Google Cloud.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "a first model, on the local stack:\n"
+            "  cd4ml local up                          start the emulators, stand-ins and functions\n"
+            "  cd4ml model init NAME                   a model folder from a template (--template ...)\n"
+            "  cd4ml model train NAME --local          its trainer as Vertex AI runs it: metrics\n"
+            "  cd4ml model push NAME                   register it (data, canary pipeline, schedule)\n"
+            "  cd4ml run NAME --wait                   a run, followed live\n"
+            "  cd4ml status RUN | logs RUN | dead-letters   what happened, and why\n"
+            "Without CD4ML_PROJECT the command talks to the running local stack; with it, to that project."
+        ),
     )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="request a run of a model now")
@@ -375,14 +486,41 @@ def parser() -> argparse.ArgumentParser:
     champions = sub.add_parser("models", help="each model's champion: run, image digest, metrics, since when")
     champions.add_argument("--json", action="store_true")
     champions.set_defaults(func=cmd_models)
-    model = sub.add_parser("model", help="check or push a model folder (manifest.yaml + trainer)")
+    model = sub.add_parser("model", help="make, check, train locally or push a model folder (manifest.yaml + trainer)")
     model_sub = model.add_subparsers(dest="action", required=True)
     push = model_sub.add_parser("push", help="validate and upload the manifest and trainer package")
     push.add_argument("folder")
     push.set_defaults(func=cmd_model_push)
-    check = model_sub.add_parser("check", help="validate the manifest only")
+    check = model_sub.add_parser(
+        "check",
+        help="validate the manifest and what can be known before a run: the executor image is Vertex AI's, the "
+        "trainer module is in the package, the serving and smoke files exist",
+    )
     check.add_argument("folder")
     check.set_defaults(func=cmd_model_check)
+    train = model_sub.add_parser(
+        "train",
+        help="run the folder's trainer here as Vertex AI would (same package, variables, executor image's "
+        "libraries) on a local snapshot, and print its metrics",
+    )
+    train.add_argument("folder")
+    train.add_argument("--local", action="store_true", help="on this machine (required: runs train on Vertex AI)")
+    train.add_argument("--data", help="a folder of the files the trainer reads (default: what seed_data.py writes)")
+    train.add_argument("--keep", help="a folder to keep the model, metrics and logs in (default: a temporary one)")
+    train.set_defaults(func=cmd_model_train)
+    init = model_sub.add_parser("init", help="make a new model folder from a template, ready to check, push and run")
+    init.add_argument("name", help="the model's name: lowercase letters, digits and dashes, starting with a letter")
+    init.add_argument(
+        "--template", choices=TEMPLATES, default=TEMPLATES[0], help="what kind of model (default %(default)s)"
+    )
+    init.add_argument("--dir", help="where to make the folder (default: ./NAME)")
+    init.set_defaults(func=cmd_model_init)
+    data = sub.add_parser("data", help="a model's source data")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    upload = data_sub.add_parser("upload", help="upload a file or folder to where the model's manifest reads its data")
+    upload.add_argument("model")
+    upload.add_argument("path")
+    upload.set_defaults(func=cmd_data_upload)
     for plugin in _plugins():
         plugin.register(sub)
     return p

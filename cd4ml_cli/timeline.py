@@ -49,6 +49,8 @@ def _detail(type_: str, run: dict[str, Any]) -> str:
         case "canary.triggered":
             return f"Spinnaker event {canary.get('event_id', '?')}, execution {canary.get('execution_id', '?')}"
         case "canary.succeeded":
+            if canary.get("without_canary"):
+                return str(canary["without_canary"])
             return f"execution {canary.get('execution_id', '?')} of {canary.get('pipeline') or '?'} SUCCEEDED"
         case "canary.failed":
             return f"{canary.get('reason', '?')}"

@@ -5,6 +5,9 @@ Each handler imports its stage lazily, so a function loads only the clients it u
 
 from __future__ import annotations
 
+from typing import Any
+
+import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
@@ -71,12 +74,14 @@ def clear_delivery(cloud_event: CloudEvent) -> None:
     dispatch(cloud_event, stage)
 
 
-@functions_framework.cloud_event
-def decide_approval(cloud_event: CloudEvent) -> None:
-    """approval.decided → delivery.cleared | run.rejected, or the refusal recorded on the run."""
-    from cd4ml.stages.approval import decide_approval as stage
+@functions_framework.http
+def decide_approval(request: flask.Request) -> tuple[dict[str, Any], int]:
+    """POST {run_id, decision, reason} with `Authorization: Bearer ID_TOKEN` → delivery.cleared | run.rejected, or
+    the refusal (recorded on a waiting run), its author the token's verified email."""
+    from cd4ml.runtime import context
+    from cd4ml.stages.approval import decide_http
 
-    dispatch(cloud_event, stage)
+    return decide_http(request, context())
 
 
 @functions_framework.cloud_event

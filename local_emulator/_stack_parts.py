@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cd4ml import catalog
+from cd4ml import catalog, identities
 from local_emulator import _gate_tls, faults, iam_proxy, processes
-from local_emulator.stack import (
+from local_emulator.stack_state import (
     ARTIFACT_BUCKET,
     DATA_BUCKET,
     FUNCTIONS_DIR,
@@ -33,6 +33,7 @@ from local_emulator.stack import (
     _gate_client_certificate,
     _gate_key_file,
     _http_ok,
+    approval_policy_file,
     push_routes,
     stage_env,
     stop,
@@ -128,6 +129,8 @@ def _start_services(stack: Stack) -> None:
 def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) -> dict[str, Any]:
     """The Gate stand-in's pipelines: one canary pipeline per model, as README's Spinnaker setup has a user paste.
 
+    ``registry`` is CD4ML_REGISTRY, ``{model}`` standing for the model (a repository per model).
+
     Its webhook trigger's source is derived from the model's name; its payload constraints are the model's own key
     and name; its expected artifact is an image of the model's own repository. So one model's key, or manifest,
     cannot start another model's pipeline, nor its own with another model's image.
@@ -142,7 +145,10 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
                 "expectedArtifacts": [
                     {
                         "id": f"{m.name}-image",
-                        "matchArtifact": {"type": "docker/image", "name": f"^{re.escape(f'{registry}/{m.name}')}$"},
+                        "matchArtifact": {
+                            "type": "docker/image",
+                            "name": f"^{re.escape(identities.image_repository(registry, m.name))}$",
+                        },
                     }
                 ],
                 "triggers": [
@@ -156,8 +162,14 @@ def gate_config(manifests: list[Any], keys: Mapping[str, str], registry: str) ->
                 ],
             }
             for m in manifests
+            if m.canary_application  # a model without a canary has no pipeline
         ]
     }
+
+
+def _registry(stack: Stack) -> str:
+    """The stack's CD4ML_REGISTRY: a repository per model (``cd4ml-{model}``), as the builds push to."""
+    return f"{stack.endpoints['registry']}/cd4ml-{{model}}"
 
 
 def write_gate_key(stack: Stack, model: str) -> str:
@@ -208,7 +220,7 @@ def _start_iam(stack: Stack, attempts: int = 3) -> None:
 def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     """The OCI registry (and its gcr bridge), the Cloud Build stand-in and the Spinnaker Gate stand-in."""
 
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     env = _child_env(stack)
     ports = {name: processes.free_port() for name in ("cloudbuild", "gate", "registry_tokens")}
@@ -227,7 +239,7 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
     keys = {m.name: write_gate_key(stack, m.name) for m in manifests}
     config = stack.root / "gate" / "pipelines.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(gate_config(manifests, keys, f"{stack.endpoints['registry']}/cd4ml"), indent=2))
+    config.write_text(json.dumps(gate_config(manifests, keys, _registry(stack)), indent=2))
     _gate_tls.make(stack.root / "gate" / "tls", _gate_client_certificate(stack))
     build_storage = stack.endpoints["identities"]["build"]["STORAGE_EMULATOR_HOST"]  # builds act as the build account
     front: list[str] = []
@@ -244,11 +256,35 @@ def _start_delivery(stack: Stack, folders: list[Path]) -> None:
         stack.start(name, [*_stand_in(f"local_emulator.{name}", ports[name], stack.root / name), *more], env_for)
     start_gate(stack)
     _start_receiver(stack, [models.read(f) for f in folders])
+    _start_token_issuer(stack)
     stack.wait(
         "registry", lambda: processes.port_open(ports["registry"]) and processes.port_open(ports["registry_tokens"])
     )
     # The Cloud Build stand-in opens its port once its base image is ready: minutes on a cold cache.
     stack.wait("cloudbuild", lambda: processes.port_open(ports["cloudbuild"]), timeout=300)
+
+
+def _start_token_issuer(stack: Stack) -> None:
+    """The ID-token issuer stand-in (local_emulator/token_issuer.py): its certificates verify `cd4ml approve`'s tokens."""
+    port = processes.free_port()
+    stack.endpoints["token_issuer"] = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "local_emulator.token_issuer", "--host", "127.0.0.1", "--port", str(port)]
+    stack.start(
+        "token-issuer", [*argv, "--state-dir", str(stack.root / "token-issuer")], _child_env(stack, emulators=False)
+    )
+    stack.wait("token-issuer", _http_ok(f"http://127.0.0.1:{port}/health"))
+
+
+def deploy_approval_policy(stack: Stack, manifest: Any) -> None:
+    """What `terraform apply` does with a manifest of the repository: its approval block into the deployed policy."""
+    from cd4ml.approval_policy import Policy
+
+    file = approval_policy_file(stack)
+    rules = dict(Policy.of(f"file:{file}").rules)
+    rules.pop(manifest.name, None)
+    if manifest.approval is not None:
+        rules[manifest.name] = manifest.approval
+    file.write_text(Policy(rules=rules).to_json())
 
 
 def _start_receiver(stack: Stack, manifests: list[Any]) -> None:
@@ -281,9 +317,9 @@ def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
     known = {(p["application"], p["name"]) for p in current["pipelines"]}
     new = [
         p
-        for p in gate_config(
-            [manifest], {manifest.name: write_gate_key(stack, manifest.name)}, f"{stack.endpoints['registry']}/cd4ml"
-        )["pipelines"]
+        for p in gate_config([manifest], {manifest.name: write_gate_key(stack, manifest.name)}, _registry(stack))[
+            "pipelines"
+        ]
         if (p["application"], p["name"]) not in known
     ]
     if new:
@@ -355,6 +391,7 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
     cat = catalog.load()
     ports = {stage.name: processes.free_port() for stage in cat.stages}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    stack.endpoints["functions"] = urls  # before their environments: the decision endpoint's URL is a setting
     argv = {
         stage.name: [
             sys.executable,
@@ -365,7 +402,7 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
             "--source",
             str(FUNCTIONS_DIR / "main.py"),
             "--signature-type",
-            "cloudevent",
+            "http" if stage.http else "cloudevent",
             "--host",
             "127.0.0.1",
         ]
@@ -405,12 +442,16 @@ def _start_functions(stack: Stack, supervised: bool = False) -> None:
 
 
 def _start_scheduler(stack: Stack, tick_seconds: float, folders: list[Path]) -> None:
-    """What Terraform's Cloud Scheduler jobs publish, for exactly the models this stack was started with."""
+    """What Terraform's Cloud Scheduler jobs publish: for each model pushed to the stack (push_model writes its
+    manifest to the jobs folder, read again on change), and the watch tick."""
     env = _child_env(stack)
     argv = [sys.executable, "-m", "local_emulator.scheduler", "--project", PROJECT, "--tick-seconds", str(tick_seconds)]
-    for folder in folders:
-        argv += ["--manifest", str(folder / "manifest.yaml")]
-    stack.start("scheduler", argv, env)
+    stack.start("scheduler", [*argv, "--jobs-dir", str(_jobs_dir(stack))], env)
+
+
+def _jobs_dir(stack: Stack) -> Path:
+    """The local scheduler's jobs: one manifest per pushed model (what terraform apply makes a job of)."""
+    return stack.root / "scheduler"
 
 
 def _start_ui(stack: Stack) -> str:
@@ -425,7 +466,7 @@ def _start_ui(stack: Stack) -> str:
 
 def push_model(stack: Stack, folder: Path) -> str:
     """Push a model folder to the stack and seed its source data (``seed_data.py``, local convention)."""
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     from cd4ml import clients
     from cd4ml.manifest import resolve_gcs
@@ -433,6 +474,10 @@ def push_model(stack: Stack, folder: Path) -> str:
     _set_client_env(stack)
     storage = clients.storage_client(_cli_settings())
     pushed = models.push(storage, folder, ARTIFACT_BUCKET)
+    jobs = _jobs_dir(stack)
+    jobs.mkdir(parents=True, exist_ok=True)
+    (jobs / f"{pushed.manifest.name}.yaml").write_text((folder / models.MANIFEST).read_text())
+    deploy_approval_policy(stack, pushed.manifest)
     if "notify" in stack.endpoints:
         write_notify_secrets(stack, pushed.manifest)
     if "gate" in stack.endpoints:

@@ -49,6 +49,18 @@ def log_dir() -> str | None:
     return str(running[0] / "logs") if running else None
 
 
+def push_model(folder: Path) -> str | None:
+    """Register a model folder with the running local stack as production would have it after ``cd4ml model push``
+    and ``terraform apply``: uploaded, its data seeded (``seed_data.py``), its canary pipeline on the Gate, its
+    schedule on the scheduler. None when no stack runs (the command then pushes to the configured project)."""
+    if _running() is None:
+        return None
+    from local_emulator import stack
+
+    current = stack.current()
+    return stack.push_model(current, folder)
+
+
 def command(args: argparse.Namespace) -> int:
     from local_emulator import stack
 

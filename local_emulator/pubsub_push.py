@@ -27,8 +27,9 @@ subscriptions (https://cloud.google.com/pubsub/docs/push, /handling-failures):
   dead-letters the message once the attempts are spent);
 - a few pushes in flight per subscription (flow control), each waiting up to the ack deadline.
 
-Routes (subscription → endpoint) are read from a JSON file that ``topology.subscribe`` appends to; the file is
-read again whenever it changes, so subscriptions added later (the chaos session's twins) are served too.
+Routes (subscription → endpoint) are read from a JSON file that ``topology.subscribe`` adds to; the file is
+read again whenever it changes, so subscriptions added later (the chaos session's twins) are served too, and a
+subscription's newer route replaces its older one.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ def push_request(route: Route, received: Any) -> urllib.request.Request:
 
 
 def add_routes(path: Path, routes: Sequence[Route]) -> None:
-    """Append ``routes`` to the route file (written whole, then renamed: the relay never reads half a file)."""
-    current = json.loads(path.read_text()) if path.exists() else []
+    """Add ``routes`` to the route file, each replacing an older route of its subscription (a route file left by a
+    stopped stack named its dead ports); written whole, then renamed: the relay never reads half a file."""
+    replaced = {r.subscription for r in routes}
+    current = [e for e in (json.loads(path.read_text()) if path.exists() else []) if e["subscription"] not in replaced]
     current += [r.__dict__ for r in routes]
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(current, indent=1))
@@ -132,6 +135,7 @@ class Relay:
         self.routes_file = routes_file
         self.stopping = threading.Event()
         self.served: set[str] = set()
+        self.routes: dict[str, Route] = {}  # the latest route of each subscription: a pull loop pushes there
         self.clients: list[Any] = []
         self.pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="push")
 
@@ -146,6 +150,7 @@ class Relay:
                 seen = mtime
                 for entry in json.loads(self.routes_file.read_text()) if mtime >= 0 else []:
                     route = Route.of(entry)
+                    self.routes[route.subscription] = route
                     if route.subscription not in self.served:
                         self.served.add(route.subscription)
                         args = (route, self._client())
@@ -181,6 +186,7 @@ class Relay:
                 _log(f"pull failed, pulling again in 1 s: {type(trouble).__name__}: {trouble}", route.subscription)
                 self.stopping.wait(1.0)
                 received = []
+            route = self.routes.get(route.subscription, route)
             for message in received:
                 self.pool.submit(self._push, subscriber, route, message, slots)
             for _ in range(free - len(received)):

@@ -21,8 +21,10 @@ locals {
 
   # A stage's trigger is an event type (its topic) or a Google-owned topic, named as is. A stage with `triggers`
   # (notify) has several: the first is its trigger_topic_ids entry.
-  stage_triggers    = { for s, stage in local.stages : s => try(stage.triggers, [stage.trigger]) }
-  trigger_topic_ids = { for s, ts in local.stage_triggers : s => lookup(local.topic_ids, ts[0], ts[0]) }
+  # An HTTP stage (catalog `http: true`, decide_approval) has no trigger: no subscription, people call its URL.
+  stage_triggers    = { for s, stage in local.stages : s => try(stage.triggers, [stage.trigger], []) }
+  trigger_topic_ids = { for s, ts in local.stage_triggers : s => lookup(local.topic_ids, ts[0], ts[0]) if length(ts) > 0 }
+  http_stages       = toset([for s, stage in local.stages : s if try(stage.http, false)])
 
   # Every stage subscription pushes to its function, with the catalog's delivery policy: keyed by stage (one
   # trigger), or by "stage:event type" with the name cd4ml-<stage>-<topic without cd4ml-> (several triggers).
@@ -87,11 +89,23 @@ locals {
     } },
   )
 
-  # Who may publish approval decisions: every approver a manifest with `approval.required` names (IAM principals).
+  # Who may call the decision endpoint: every approver a manifest with `approval.required` names (IAM principals).
   # Notification channels: a Secret Manager secret cd4ml-notify-<channel> per channel a manifest routes to.
   notify_channels = toset(flatten([for name, m in local.manifests : [for r in try(m.notify, []) : r.channel]]))
 
   approvers = toset(flatten([for name, m in local.manifests : try(m.approval.required, false) ? m.approval.approvers : []]))
+
+  # The decision endpoint's URL, known before the function exists (a function's own `url` would be a cycle in its
+  # environment): Cloud Functions' https://REGION-PROJECT.cloudfunctions.net/NAME, the audience its callers' ID
+  # tokens carry (https://cloud.google.com/functions/docs/securing/authenticating).
+  decision_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.function_names["decide_approval"]}"
+
+  # The deployed approval policy (CD4ML_APPROVAL_POLICY): the repository's manifests decide which models wait for whom,
+  # never the manifest a model team pushes to the bucket (cd4ml.approval_policy reads this JSON).
+  approval_policy = { for name, m in local.manifests : name => {
+    approvers     = m.approval.approvers
+    expires_after = try(m.approval.expires_after, "72h")
+  } if try(m.approval.required, false) }
 
   # One build and one training account per model (cd4ml.identities.account_id, the same rule): cd4ml-KIND-MODEL when
   # it fits in 30 characters, else 11 characters of the model (trailing dashes dropped), a dash, 6 hex of sha256.
@@ -130,7 +144,6 @@ locals {
     "secret:gate_key"                = "secret"
     "secret:gate_client_cert"        = "secret"
     "model_repository"               = "repository"
-    "approval_decisions_topic"       = "topic"
     "data_arrivals_topic"            = "topic"
     "secret:notify"                  = "secret"
     "ui_service"                     = "run_service"

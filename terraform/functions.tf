@@ -37,10 +37,12 @@ resource "google_cloudfunctions2_function" "stage" {
   }
 
   service_config {
-    available_memory               = each.value.memory
-    timeout_seconds                = each.value.timeout_seconds
-    max_instance_count             = var.max_instance_count
-    ingress_settings               = "ALLOW_INTERNAL_ONLY"
+    available_memory   = each.value.memory
+    timeout_seconds    = each.value.timeout_seconds
+    max_instance_count = var.max_instance_count
+    # Pub/Sub's pushes are internal; people call the decision endpoint from their machines (Cloud Run's invoker IAM
+    # admits the approvers only, and the function verifies their ID token).
+    ingress_settings               = contains(local.http_stages, each.key) ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.function[each.key].email
 

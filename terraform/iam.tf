@@ -34,12 +34,11 @@ locals {
     { for m in local.models : "service_account:model_build:${m}" => google_service_account.model_build[m].name },
     { for m in local.models : "model_repository:${m}" => google_artifact_registry_repository.model[m].name },
     {
-      "project"                  = var.project_id
-      "bucket:data"              = google_storage_bucket.bucket["data"].name
-      "bucket:artifact"          = google_storage_bucket.bucket["artifacts"].name
-      "secret:gate_client_cert"  = google_secret_manager_secret.gate_client_certificate.secret_id
-      "approval_decisions_topic" = google_pubsub_topic.event["cd4ml.approval.decided.v1"].name
-      "data_arrivals_topic"      = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
+      "project"                 = var.project_id
+      "bucket:data"             = google_storage_bucket.bucket["data"].name
+      "bucket:artifact"         = google_storage_bucket.bucket["artifacts"].name
+      "secret:gate_client_cert" = google_secret_manager_secret.gate_client_certificate.secret_id
+      "data_arrivals_topic"     = google_pubsub_topic.notification["cd4ml-data-arrivals"].name
     },
   )
 

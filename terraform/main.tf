@@ -24,6 +24,10 @@ locals {
     CD4ML_GATE_KEY_SECRET          = "projects/${var.project_id}/secrets/cd4ml-spinnaker-key-{model}/versions/latest"
     CD4ML_GATE_CONFIRM_SECONDS     = tostring(var.spinnaker_confirm_seconds)
     CD4ML_NOTIFY_SECRETS           = "projects/${var.project_id}/secrets/cd4ml-notify-{channel}/versions/latest"
+    CD4ML_APPROVAL_POLICY          = jsonencode(local.approval_policy)
+    CD4ML_DECISION_AUDIENCES       = join(",", concat([local.decision_url], var.decision_user_audiences))
+    CD4ML_TOKEN_CERTS_URL          = "https://www.googleapis.com/oauth2/v1/certs"
+    CD4ML_DECISION_URL             = local.decision_url
   }
 
   labels = merge(var.labels, { app = "cd4ml" })

@@ -61,6 +61,16 @@ output "scheduler_jobs" {
   value       = { for k, j in google_cloud_scheduler_job.job : k => j.name }
 }
 
+output "decision_url" {
+  description = "The decision endpoint `cd4ml approve|reject` calls (CD4ML_DECISION_URL)."
+  value       = local.decision_url
+}
+
+output "approval_policy" {
+  description = "The deployed approval policy (CD4ML_APPROVAL_POLICY), for `cd4ml model check|push` to compare manifests with."
+  value       = jsonencode(local.approval_policy)
+}
+
 output "ui_service" {
   description = "The web view's Cloud Run service (null without var.ui_image); open it with `gcloud run services proxy NAME --region REGION`."
   value       = local.ui_enabled ? google_cloud_run_v2_service.ui[0].name : null

@@ -112,6 +112,12 @@ variable "labels" {
   default     = {}
 }
 
+variable "decision_user_audiences" {
+  description = "ID-token audiences the decision endpoint also accepts besides its URL: gcloud's OAuth client id, the audience of a user's `gcloud auth print-identity-token` (such a token is accepted by any Cloud Run service the user calls; [] to admit only tokens minted for the endpoint, i.e. service accounts)."
+  type        = list(string)
+  default     = ["32555940559.apps.googleusercontent.com"]
+}
+
 variable "ui_image" {
   type        = string
   description = "Container image of the web view (cd4ml_ui/Dockerfile), e.g. REGION-docker.pkg.dev/PROJECT/cd4ml/cd4ml-ui@sha256:...; null deploys no web view."

@@ -57,6 +57,8 @@ class Stage:
     triggers: tuple[str, ...] = ()
     #: An observer (notify) never changes a run: a failure it exhausts its deliveries on is Pub/Sub's to dead-letter.
     observer: bool = False
+    #: An HTTP endpoint called by people (decide_approval), not fed by a topic: no trigger, no subscription.
+    http: bool = False
 
     @property
     def trigger_topic(self) -> str:
@@ -64,7 +66,9 @@ class Stage:
 
     @property
     def subscriptions(self) -> tuple[tuple[str, str], ...]:
-        """(subscription id, topic id) of each push subscription that feeds the stage."""
+        """(subscription id, topic id) of each push subscription that feeds the stage (none for an HTTP stage)."""
+        if self.http:
+            return ()
         inputs = self.triggers or (self.trigger,)
         if len(inputs) == 1:
             return ((subscription_id(self.name), topic_id(inputs[0])),)
@@ -73,12 +77,13 @@ class Stage:
     @property
     def foreign(self) -> bool:
         """True when the stage consumes a Google-owned topic rather than a cd4ml event or dead letters."""
-        return not self.trigger.startswith(EVENT_PREFIX) and not self.reads_dead_letters
+        return bool(self.trigger) and not self.trigger.startswith(EVENT_PREFIX) and not self.reads_dead_letters
 
     @property
     def reads_dead_letters(self) -> bool:
         """True when the stage's inputs are other stages' dead-letter topics (on_dead_letter)."""
-        return all(t.endswith(DEAD_LETTER_SUFFIX) for t in (self.triggers or (self.trigger,)))
+        inputs = self.triggers or (self.trigger,)
+        return bool(self.trigger) and all(t.endswith(DEAD_LETTER_SUFFIX) for t in inputs)
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,12 @@ def load() -> Catalog:
         Stage(
             name=name,
             doc=spec["doc"],
-            trigger=spec["triggers"][0] if "triggers" in spec else spec["trigger"],
-            triggers=tuple(spec["triggers"]) if "triggers" in spec else (spec["trigger"],),
+            trigger=spec["triggers"][0] if "triggers" in spec else spec.get("trigger", ""),
+            triggers=tuple(spec["triggers"])
+            if "triggers" in spec
+            else ((spec["trigger"],) if "trigger" in spec else ()),
             observer=bool(spec.get("observer", False)),
+            http=bool(spec.get("http", False)),
             emits=tuple(spec["emits"]),
             memory=spec["memory"],
             timeout_seconds=int(spec["timeout_seconds"]),

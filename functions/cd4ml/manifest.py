@@ -283,7 +283,7 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
                 f"serving.smoke.requests: {smoke['requests']} is not inside the serving folder (the "
                 "Dockerfile's), which is what `cd4ml model push` uploads and the build receives"
             )
-        source = document["canary"].get("webhook_source")
+        source = (document.get("canary") or {}).get("webhook_source")
         if source is not None and source != webhook_source(document["name"]):
             problems.append(
                 f"canary.webhook_source: {source!r} is not {webhook_source(document['name'])!r}; the webhook source is "
@@ -300,6 +300,7 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
     pool = t["worker_pool"]
     container = t.get("container", {})
     package = t.get("python_package", {})
+    canary = document.get("canary") or {}  # none: promoted once the smoke test passed (trigger_canary says so)
     return Manifest(
         name=document["name"],
         schedule=document["schedule"],
@@ -320,10 +321,10 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
         evaluation=_evaluation(document["evaluation"]),
         dockerfile=document["serving"]["dockerfile"],
         base_image=document["serving"]["base_image"],
-        canary_application=document["canary"]["application"],
-        webhook_source=webhook_source(document["name"]),
-        canary_pipeline=document["canary"].get("pipeline", ""),
-        canary_deadline_minutes=float(document["canary"].get("deadline_minutes", 60)),
+        canary_application=canary.get("application", ""),
+        webhook_source=webhook_source(document["name"]) if canary else "",
+        canary_pipeline=canary.get("pipeline", ""),
+        canary_deadline_minutes=float(canary.get("deadline_minutes", 60)),
         alias=str(document["serving"].get("alias", "champion")),
         smoke=_smoke(document["serving"]),
         raw=plain(document),

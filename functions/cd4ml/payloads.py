@@ -113,19 +113,6 @@ DeliveryCleared = EvaluationPassed
 
 
 @dataclass(frozen=True)
-class ApprovalDecided:
-    """cd4ml.approval.decided.v1: a person's decision, who they say they are, and why."""
-
-    decision: str
-    by: str
-    reason: str
-
-    @classmethod
-    def of(cls, event: Event) -> ApprovalDecided:
-        return cls(decision=str(event.data["decision"]), by=str(event.data["by"]), reason=str(event.data["reason"]))
-
-
-@dataclass(frozen=True)
 class ImagePushed:
     """cd4ml.image.pushed.v1: the serving image by digest."""
 

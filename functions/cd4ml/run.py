@@ -107,6 +107,7 @@ class Canary:
     stage: str = ""
     status: str = ""
     ended_at: str = ""
+    without_canary: str = ""  # the manifest has no canary: why the run promoted on its build alone
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,9 @@ class Context:
             details.setdefault("message_id", handling)
         self.log.info(message, extra={"stage": self.settings.stage, "run_id": run_id or None, "details": details})
 
-    def conclude(self, run_id: str, outcome: Outcome) -> Event | None:
+    def conclude(
+        self, run_id: str, outcome: Outcome, check: Callable[[Mapping[str, Any]], None] | None = None
+    ) -> Event | None:
         """Record ``outcome`` on the run, then publish its event once; both idempotent by event id.
 
         The event is published only after the record that justifies it committed (one optimistic read-apply-write
@@ -91,18 +93,22 @@ class Context:
         and publishes nothing: re-publishing on every duplicate multiplied the messages at each hop of the chain
         (the chaos session's triple delivery turned one request into hundreds of deliveries downstream). One
         whose earlier attempt died between the record and the note publishes again, with the recorded time.
+        ``check`` (``Ledger.record``'s) runs on the record as the optimistic write reads it and may raise to refuse.
         """
         stage = outcome.error_stage or self.settings.stage
         error = {"stage": stage, "message": outcome.error} if outcome.error else None
         if outcome.emit is None:
-            if outcome.record:
+            if outcome.record and check is not None:
+                self.ledger.record(run_id, None, outcome.record, check=check)
+            elif outcome.record:
                 self.ledger.note(run_id, outcome.record)
             self.info(outcome.note, run_id)
             return None
         type_, data = outcome.emit
         event = Event.new(type_, run_id, data, source=self.source)
         outbox = {**event.summary(), "data": plain(event.data)}
-        check = _not_ended(event.id) if type_ == RUN_FAILED else None
+        if type_ == RUN_FAILED:
+            check = _not_ended(event.id)
         try:
             record = self.ledger.record(run_id, event, outcome.record, error=error, outbox=outbox, check=check)
         except _Ended as ended:

@@ -33,6 +33,10 @@ class Settings:
     gate_key_secret: str
     gate_confirm_seconds: str
     notify_secrets: str
+    approval_policy: str = ""
+    decision_audiences: str = ""
+    token_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    decision_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -72,7 +72,7 @@ class Contract:
 
 @pytest.fixture(scope="session")
 def contract(stack: Any) -> Iterator[Contract]:
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
     from google.cloud import pubsub_v1
     from local_emulator import stack as local
 

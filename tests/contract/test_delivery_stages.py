@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from cd4ml import events, runtime
+from cd4ml import events, identities, runtime
 from cd4ml.events import Event
 from tests.contract.conftest import PROJECT, Contract
 from tests.contract.test_stages import cleared_body, open_run, push_body
@@ -63,7 +63,7 @@ def test_on_push_maps_an_insert_to_its_run_and_ignores_deletes_and_strangers(con
     run_id = "digits-20300203t000000z"
     digest = "sha256:" + "b" * 64
     open_run(contract, run_id, image={"build_id": "b1", "status": "SUCCESS", "digest": digest})  # on_build's record
-    repo = f"{os.environ['CD4ML_REGISTRY']}/digits"
+    repo = identities.image_repository(os.environ["CD4ML_REGISTRY"], "digits")
     for note in (
         {"action": "DELETE", "tag": f"{repo}:{run_id}"},
         {"action": "INSERT", "digest": f"elsewhere.io/x/y@{digest}", "tag": "elsewhere.io/x/y:1"},

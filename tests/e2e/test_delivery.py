@@ -136,7 +136,7 @@ def test_a_canary_that_fails_ends_the_run_failed_and_leaves_the_champion(
 def test_a_canary_that_never_ends_fails_at_its_deadline(
     pipeline: Pipeline, delivered: dict[str, Any], tmp_path: Path
 ) -> None:
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     variant = pipeline.variant(tmp_path, "digits", {"canary": {"deadline_minutes": 0.25}})
     models.push(pipeline.storage, variant, pipeline.settings.artifact_bucket)

@@ -1,38 +1,43 @@
 """People in the loop, on the local stack. The approval gate: a gated run waits; an approver's `cd4ml approve`
-delivers it, a non-approver is refused and recorded, `cd4ml reject` and the expiry end it rejected.
+delivers it, a non-approver is refused and recorded, `cd4ml reject` and the expiry end it rejected. Forged decisions
+(another model's approver, a `by` naming the approver with someone else's ID token, a publish to a decision topic)
+are refused, and a manifest pushed without its approval block still waits (the deployed policy decides).
 Notifications: a failed run and an approval request each reach the receiver exactly once, even delivered twice."""
 
 from __future__ import annotations
 
 import getpass
 import json
+import shutil
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cd4ml_cli import main as cli
 
 from cd4ml import events
 from cd4ml.events import Event, parse_time
 from cd4ml.run import AWAITING_APPROVAL
 from cd4ml.stages.notify import notification_key
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import EXAMPLE, Pipeline
 
 ME = f"user:{getpass.getuser()}@localhost"
+BOB = "user:bob@localhost"  # the approver of another model
 
 
-def _gated(expires_after: str) -> Any:
+def _gated(expires_after: str, approvers: list[str] | None = None) -> Any:
     def change(manifest: dict[str, Any]) -> None:
-        manifest["approval"] = {"required": True, "approvers": [ME], "expires_after": expires_after}
+        manifest["approval"] = {"required": True, "approvers": approvers or [ME], "expires_after": expires_after}
         manifest["notify"] = [{"channel": "gate-team"}]  # Slack-compatible, every kind of notice
         manifest["canary"]["pipeline"] = f"{manifest['name']}-canary"  # its own pipeline in the Gate stand-in
 
     return change
 
 
-def _until(pipeline: Pipeline, run_id: str, status: str, timeout: float = 150.0) -> dict[str, Any]:
+def _until(pipeline: Pipeline, run_id: str, status: str, timeout: float = 300.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = pipeline.ledger.get(run_id)
@@ -57,6 +62,7 @@ def runs(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     """Three gated runs at once: one to approve, one to reject, one left to expire."""
     tmp = tmp_path_factory.mktemp("approval")
     gated = pipeline.push_variant(Path(tmp), "gated", _gated("30m"))
+    pipeline.push_variant(Path(tmp), "gated-by-bob", _gated("30m", approvers=[BOB]))  # deployed, never run
     brief = pipeline.push_variant(Path(tmp), "gated-brief", _gated("2s"))
     doomed = pipeline.push_variant(Path(tmp), "doomed", _doomed)
     approve = pipeline.request(gated, pipeline.next_run_id(gated))
@@ -89,8 +95,66 @@ def test_a_non_approver_is_refused_and_recorded_and_the_run_keeps_waiting(
     assert "refused: user:mallory@localhost is not an approver of model gated" in capsys.readouterr().out
     run = pipeline.ledger.get(runs["approve"]) or {}
     assert run["status"] == AWAITING_APPROVAL
-    (refused,) = run["approval"]["refused"]
-    assert refused["by"] == "user:mallory@localhost" and refused["reason"] == "ship it"
+    (refused,) = [r for r in run["approval"]["refused"] if r["by"] == "user:mallory@localhost"]
+    assert refused["reason"] == "ship it"
+
+
+def _post(pipeline: Pipeline, email: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A decision sent straight to the endpoint with ``email``'s ID token (from the stack's issuer stand-in)."""
+    from cd4ml_cli import approvals
+
+    url = pipeline.env["CD4ML_DECISION_URL"]
+    token = approvals.id_token(url, {approvals.LOCAL_TOKEN_ISSUER: pipeline.env[approvals.LOCAL_TOKEN_ISSUER]})
+    if email != approvals.local_email():
+        request = urllib.request.Request(
+            pipeline.env[approvals.LOCAL_TOKEN_ISSUER] + "/token",
+            data=json.dumps({"email": email, "audience": url}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            token = json.loads(response.read())["id_token"]
+    return approvals.post(url, token, body)
+
+
+def test_another_models_approver_is_refused_and_recorded(
+    pipeline: Pipeline, runs: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _until(pipeline, runs["approve"], AWAITING_APPROVAL)
+    assert _cli(monkeypatch, pipeline, "bob", "approve", runs["approve"], "--reason", "I approve gated-by-bob") == 1
+    assert f"refused: {BOB} is not an approver of model gated" in capsys.readouterr().out
+    run = pipeline.ledger.get(runs["approve"]) or {}
+    assert run["status"] == AWAITING_APPROVAL and any(r["by"] == BOB for r in run["approval"]["refused"])
+
+
+def test_a_by_naming_the_approver_with_someone_elses_token_is_refused_and_recorded(
+    pipeline: Pipeline, runs: dict[str, str]
+) -> None:
+    _until(pipeline, runs["approve"], AWAITING_APPROVAL)
+    decision = {"run_id": runs["approve"], "decision": "approve", "reason": "trust me", "by": ME}
+    status, answer = _post(pipeline, "eve@localhost", decision)
+    assert status == 403 and answer["refused"] == f"the decision names {ME} but its ID token is user:eve@localhost's"
+    run = pipeline.ledger.get(runs["approve"]) or {}
+    assert run["status"] == AWAITING_APPROVAL
+    (refused,) = [r for r in run["approval"]["refused"] if r["by"] == "user:eve@localhost"]
+    assert refused["why"] == answer["refused"]
+
+
+def test_a_decision_without_a_token_or_published_to_a_topic_reaches_nothing(
+    pipeline: Pipeline, runs: dict[str, str]
+) -> None:
+    from cd4ml_cli import approvals
+    from google.api_core.exceptions import NotFound
+    from google.cloud import pubsub_v1
+
+    _until(pipeline, runs["approve"], AWAITING_APPROVAL)
+    decision = {"run_id": runs["approve"], "decision": "approve", "reason": "no token", "by": ME}
+    status, answer = approvals.post(pipeline.env["CD4ML_DECISION_URL"], "not-a-token", decision)
+    assert status == 401 and "the ID token is not valid here" in answer["refused"]
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(pipeline.settings.project, "cd4ml-approval-decided-v1")
+    with pytest.raises(NotFound):
+        publisher.publish(topic, json.dumps(decision).encode(), **{"ce-subject": runs["approve"]}).result(timeout=30)
+    assert (pipeline.ledger.get(runs["approve"]) or {})["status"] == AWAITING_APPROVAL
 
 
 def test_an_approvers_approve_delivers_the_run(
@@ -98,7 +162,7 @@ def test_an_approvers_approve_delivers_the_run(
 ) -> None:
     _until(pipeline, runs["approve"], AWAITING_APPROVAL)
     assert _cli(monkeypatch, pipeline, getpass.getuser(), "approve", runs["approve"], "--reason", "metrics fine") == 0
-    run = pipeline.wait(runs["approve"])
+    run = pipeline.wait(runs["approve"], timeout=420.0)  # a build and a canary: minutes on a loaded 2-core machine
     assert run["status"] == "succeeded", run.get("error")
     assert run["approval"]["decision"] == "approve" and run["approval"]["by"] == ME
     assert run["approval"]["reason"] == "metrics fine"
@@ -114,6 +178,33 @@ def test_an_approvers_reject_ends_the_run_rejected(
     run = pipeline.wait(runs["reject"])
     assert run["status"] == "rejected" and run["error"]["message"] == f"rejected by {ME}: drifted"
     assert not run.get("image")
+
+
+def test_a_manifest_pushed_without_its_approval_block_still_waits_for_approval(
+    pipeline: Pipeline,
+    runs: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The model team drops its gate with `cd4ml model push`: the bucket's manifest changes, the deployed policy
+    does not; the push says so, and the next run still waits for the approver."""
+    folder = tmp_path / "gated"
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    manifest.pop("approval", None)
+    manifest["name"] = "gated"
+    manifest["training"]["python_package"]["package_uris"] = ["packages/gated/trainer-0.1.0.tar.gz"]
+    manifest["canary"]["pipeline"] = "gated-canary"
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    assert _cli(monkeypatch, pipeline, getpass.getuser(), "model", "push", str(folder)) == 0
+    said = capsys.readouterr().out
+    assert f"model gated: the manifest asks no approval but the deployed policy requires approval by {ME}" in said
+    run_id = pipeline.request("gated", pipeline.next_run_id("gated"))
+    run = _until(pipeline, run_id, AWAITING_APPROVAL)
+    assert "approval" not in run["manifest"], "the run read the dropped manifest, and waits all the same"
+    assert run["approval"]["approvers"] == [ME] and not run.get("image")
+    assert _cli(monkeypatch, pipeline, getpass.getuser(), "reject", run_id, "--reason", "gate dropped") == 0
 
 
 def test_no_decision_before_the_expiry_ends_the_run_rejected(pipeline: Pipeline, runs: dict[str, str]) -> None:

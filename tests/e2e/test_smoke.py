@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 
 from cd4ml import events
 from cd4ml.stages import delivery

@@ -22,12 +22,12 @@ from local_emulator import _gate_tls
 from local_emulator.spinnaker_gate import GateState, make_server, parse_config, tls_context
 from local_emulator.stack import gate_config
 
-from cd4ml import gate_credentials, spinnaker
+from cd4ml import gate_credentials, identities, spinnaker
 from cd4ml.errors import InvalidManifest, RetryableError
 from cd4ml.manifest import Manifest, parse
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits" / "manifest.yaml"
-REGISTRY = "127.0.0.1:5000/cd4ml"
+REGISTRY = "127.0.0.1:5000/cd4ml-{model}"  # CD4ML_REGISTRY: a repository per model
 KEYS = {"digits": "key-of-digits", "iris": "key-of-iris"}
 
 
@@ -40,7 +40,7 @@ def _manifest(name: str, **canary: Any) -> Manifest:
 
 def _payload(model: str, run_id: str, image_of: str | None = None) -> dict[str, Any]:
     """What trigger_canary posts for a run of ``model`` (its image from ``image_of``'s repository)."""
-    reference = f"{REGISTRY}/{image_of or model}@sha256:" + "b" * 64
+    reference = f"{identities.image_repository(REGISTRY, image_of or model)}@sha256:" + "b" * 64
     return spinnaker.webhook_payload(model=model, run_id=run_id, reference=reference, metrics={}, model_artifact={})
 
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import CloudBuildGrpcTransport

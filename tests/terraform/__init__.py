@@ -1,1 +1,2 @@
-"""Offline checks of terraform/: formatting, provider schema, checkov, parity with the catalog and the local stack, IAM."""
+"""Offline checks of terraform/: formatting, Terraform's own validate and plan (stand-in providers), checkov, parity
+with the catalog and the local stack, IAM, creation order."""

@@ -1,5 +1,5 @@
 """Fixtures of the Terraform checks; every test here is marked `terraform` (needs the terraform binary,
-python-hcl2 and, once, PyPI for the provider-schema wheel)."""
+python-hcl2, grpcio-tools and msgpack and, once, PyPI for the providers' cdktn wheels)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ WITH_UI = {
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "terraform: needs terraform, python-hcl2 and (once) PyPI; run by nox -s terraform"
+        "markers",
+        "terraform: needs terraform, python-hcl2, grpcio-tools, msgpack and (once) PyPI; run by nox -s terraform",
     )
 
 

@@ -144,7 +144,7 @@ def test_subscriptions_and_dead_letter_settings_equal_the_local_stack(
     assert _terraform_subscriptions(tf_locals) == set(topology.subscriptions)
     by_name = {s["name"]: s for s in tf_locals["stage_subscriptions"].values()}
     for stage in cat.stages:
-        assert stage.subscriptions[0][0].startswith(cd4ml_catalog.subscription_id(stage.name))
+        assert stage.http or stage.subscriptions[0][0].startswith(cd4ml_catalog.subscription_id(stage.name))
         for name, topic in stage.subscriptions:
             sub = by_name.pop(name)
             assert (sub["topic"], sub["stage"]) == (topic, stage.name)
@@ -243,7 +243,10 @@ def test_functions_set_exactly_the_derived_environment(resources: dict[str, hcl.
     assert service["available_memory"] == "${each.value.memory}"
     assert service["timeout_seconds"] == "${each.value.timeout_seconds}"
     assert service["service_account_email"] == "${google_service_account.function[each.key].email}"
-    assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
+    # internal only (Pub/Sub's pushes), but the decision endpoint people call (its invoker IAM admits the approvers)
+    assert (
+        service["ingress_settings"] == '${contains(local.http_stages, each.key) ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"}'
+    )
     build = _block(fn, "build_config")
     assert (build["entry_point"], build["runtime"]) == ("${each.key}", "python311")
 

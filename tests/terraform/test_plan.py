@@ -118,6 +118,13 @@ def test_a_value_on_a_read_only_attribute_fails_validate(copy: Path) -> None:
     assert "create_time: this field cannot be set" in output, output
 
 
+def test_a_provider_without_a_stand_in_fails_init(copy: Path) -> None:
+    """Nothing is fetched from the registry: a new provider needs its stand-in (schema.PACKAGES) first."""
+    (copy / "probe.tf").write_text('resource "random_id" "probe" {\n  byte_length = 4\n}\n')
+    output = _fails(copy, "init")
+    assert "hashicorp/random" in output, output
+
+
 @pytest.mark.parametrize("provider", sorted(schema.PACKAGES))
 def test_the_module_pins_the_provider_version_it_is_planned_against(module: Path, provider: str) -> None:
     version = schema.load(provider)["version"]

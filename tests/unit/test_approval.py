@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 
 from cd4ml import events
 from cd4ml.errors import InvalidManifest
 from cd4ml.events import Event
 from cd4ml.manifest import Approval, parse
-from cd4ml.payloads import ApprovalDecided, Artifact, EvaluationPassed
+from cd4ml.payloads import Artifact, EvaluationPassed
 from cd4ml.run import AWAITING_APPROVAL, Run
 from cd4ml.stages import approval
 from cd4ml.transition import Change, apply, status_after
@@ -56,11 +56,9 @@ def _waiting(**approval_fields: Any) -> Run:
     )
 
 
-def _decided(decision: str, by: str, reason: str = "looked at the metrics") -> ApprovalDecided:
-    event = Event.new(
-        events.APPROVAL_DECIDED, RUN, {"decision": decision, "by": by, "reason": reason}, source="//cli", id="d1"
-    )
-    return ApprovalDecided.of(event)
+def _decided(decision: str, by: str, reason: str = "looked at the metrics", id: str = "d1") -> approval.Decided:
+    """A decision as the endpoint builds it: ``by`` is the ID token's verified principal."""
+    return approval.Decided(decision=decision, by=by, reason=reason, id=id)
 
 
 def test_without_approval_the_candidate_is_cleared_at_once_with_its_model() -> None:
@@ -81,7 +79,7 @@ def test_with_approval_the_run_waits_showing_metrics_champion_and_expiry() -> No
 
 
 def test_an_approvers_approve_clears_delivery_and_records_who_why_when() -> None:
-    outcome = approval.decision(_waiting(), _decided("approve", BOB), "d1", AT + timedelta(hours=1))
+    outcome = approval.decision(_waiting(), _decided("approve", BOB), RULE, AT + timedelta(hours=1))
     assert outcome.type == events.DELIVERY_CLEARED and outcome.error is None
     assert outcome.data["approval"] == {"by": BOB, "reason": "looked at the metrics", "at": "2030-01-01T04:00:00.000Z"}
     assert outcome.record["approval.decision"] == "approve" and outcome.record["approval.by"] == BOB
@@ -90,14 +88,14 @@ def test_an_approvers_approve_clears_delivery_and_records_who_why_when() -> None
 
 
 def test_an_approvers_reject_ends_the_run_rejected_with_the_reason() -> None:
-    outcome = approval.decision(_waiting(), _decided("reject", ALICE, "bias on group B"), "d1", AT)
+    outcome = approval.decision(_waiting(), _decided("reject", ALICE, "bias on group B"), RULE, AT)
     assert outcome.type == events.RUN_REJECTED and outcome.data["expired"] is False
     assert outcome.error == f"rejected by {ALICE}: bias on group B"
     assert status_after(AWAITING_APPROVAL, events.RUN_REJECTED) == "rejected"
 
 
 def test_a_non_approver_is_refused_and_recorded_and_the_run_keeps_waiting() -> None:
-    outcome = approval.decision(_waiting(), _decided("approve", MALLORY), "d1", AT)
+    outcome = approval.decision(_waiting(), _decided("approve", MALLORY), RULE, AT)
     assert outcome.emit is None
     (refusal,) = outcome.record["approval.refused"]
     assert refusal["by"] == MALLORY and refusal["id"] == "d1" and "not an approver of model digits" in refusal["why"]
@@ -108,16 +106,16 @@ def test_a_non_approver_is_refused_and_recorded_and_the_run_keeps_waiting() -> N
 
 def test_the_same_refused_decision_delivered_twice_is_recorded_once() -> None:
     refused = [{"id": "d1", "by": MALLORY, "why": "not an approver"}]
-    outcome = approval.decision(_waiting(refused=refused), _decided("approve", MALLORY), "d1", AT)
+    outcome = approval.decision(_waiting(refused=refused), _decided("approve", MALLORY), RULE, AT)
     assert outcome.emit is None and outcome.record == {}
 
 
 def test_a_decision_on_a_run_not_waiting_is_refused_naming_the_earlier_decision() -> None:
     decided = _waiting(decision="approve", by=ALICE)
     run = Run.from_document({**decided.to_document(), "status": "running"})
-    outcome = approval.decision(run, _decided("reject", BOB), "d2", AT)
-    assert outcome.emit is None
-    assert f"already decided (approve by {ALICE})" in outcome.record["approval.refused"][0]["why"]
+    outcome = approval.decision(run, _decided("reject", BOB, id="d2"), RULE, AT)
+    assert outcome.emit is None and outcome.record == {}, "a run no longer waiting takes no decision, records nothing"
+    assert f"already decided (approve by {ALICE})" in outcome.note
 
 
 def test_a_request_expires_into_rejected_and_not_a_moment_before() -> None:
@@ -134,7 +132,7 @@ def test_a_request_expires_into_rejected_and_not_a_moment_before() -> None:
 
 
 def test_a_decision_arriving_after_the_expiry_rejects_instead_of_approving() -> None:
-    outcome = approval.decision(_waiting(), _decided("approve", ALICE), "d1", AT + timedelta(days=4))
+    outcome = approval.decision(_waiting(), _decided("approve", ALICE), RULE, AT + timedelta(days=4))
     assert outcome.type == events.RUN_REJECTED and outcome.data["expired"] is True
 
 
@@ -147,11 +145,19 @@ def test_the_manifest_approval_section_is_validated_and_typed() -> None:
     assert len(bad.value.problems) == 2
 
 
-def test_on_the_local_stack_the_decider_is_the_os_user(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cd4ml_cli import approvals
+def test_the_deployed_policy_names_the_approvers_not_the_request() -> None:
+    """An approver the policy no longer names is refused; one it names now decides (the record only shows who was asked)."""
+    now_rule = Approval(approvers=(MALLORY,), expires_after=timedelta(hours=72))
+    assert approval.decision(_waiting(), _decided("approve", ALICE), now_rule, AT).emit is None
+    assert approval.decision(_waiting(), _decided("approve", MALLORY), now_rule, AT).type == events.DELIVERY_CLEARED
 
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")
-    monkeypatch.setenv("LOGNAME", "alice")
-    by = approvals.identity()
-    assert by == "user:alice@localhost"
-    Event.new(events.APPROVAL_DECIDED, RUN, {"decision": "approve", "by": by, "reason": "ok"}, source="//cli")
+
+def test_a_shorter_deployed_expiry_ends_a_request_sooner() -> None:
+    shorter = Approval(approvers=(ALICE,), expires_after=timedelta(hours=1))
+    assert approval.expiry(_waiting(), AT + timedelta(hours=2)).emit is None
+    assert approval.expiry(_waiting(), AT + timedelta(hours=2), shorter).type == events.RUN_REJECTED
+
+
+def test_a_run_that_ended_does_not_expire_again() -> None:
+    ended = Run.from_document({**_waiting().to_document(), "status": "rejected"})
+    assert approval.expiry(ended, AT + timedelta(days=9)).emit is None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 
 from cd4ml import events
 from cd4ml.errors import InvalidManifest

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from cd4ml_cli import models, timeline
+from cd4ml_cli import timeline
+from cd4ml_models import folder as models
 
 from cd4ml import cache, events, transition
 from cd4ml.events import Event

@@ -31,9 +31,7 @@ def test_every_dead_letter_that_names_a_run_reaches_on_dead_letter() -> None:
     chain = {
         s.name
         for s in cat.stages
-        if s.trigger.startswith(catalog.EVENT_PREFIX)
-        and s.trigger not in ("cd4ml.watch.ticked.v1", "cd4ml.approval.decided.v1")
-        and not s.observer
+        if s.trigger.startswith(catalog.EVENT_PREFIX) and s.trigger != "cd4ml.watch.ticked.v1" and not s.observer
     }
     assert set(cat.stage("on_dead_letter").triggers) == {catalog.dead_letter_topic(s) for s in chain}
 
@@ -75,3 +73,11 @@ def test_the_deployed_requirements_pin_exactly_the_package_dependencies() -> Non
         if line.strip() and not line.startswith("#")
     ]
     assert sorted(pinned, key=str.lower) == sorted(declared, key=str.lower)
+
+
+def test_on_build_is_given_the_registry_it_announces_an_early_push_with() -> None:
+    """on_build announces a push the registry noticed before the build's SUCCESS (announce_push → pushed, which
+    compares the pushed repository with ``settings.registry``): without CD4ML_REGISTRY in its environment the
+    repository never matched, "push … matches no run; ignored", and the run waited at image.built for good (seen in
+    the e2e regression test whenever the registry's notice came first)."""
+    assert "CD4ML_REGISTRY" in catalog.load().stage("on_build").env

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 from local_emulator import faults
 
 from cd4ml import events, spinnaker

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 from local_emulator import iam_policy
 from local_emulator.access_tokens import Minter, new_key
 from local_emulator.cloudbuild import push_credentials

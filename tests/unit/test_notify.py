@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 from local_emulator import webhook_receiver
 from local_emulator.topology import plan
 

@@ -293,7 +293,7 @@ def test_the_manifest_refuses_a_golden_file_the_build_would_not_receive(tmp_path
     import shutil
 
     import yaml
-    from cd4ml_cli import models
+    from cd4ml_models import folder as models
 
     from cd4ml.errors import InvalidManifest
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cd4ml_cli import models
+from cd4ml_models import folder as models
 
 from cd4ml import events
 from cd4ml.errors import InvalidEvent, PermanentError

@@ -599,6 +599,19 @@ def canary_started(
     )
 
 
+def without_canary(model: str, smoke_result: Mapping[str, Any] | None) -> Outcome:
+    """A manifest without a canary: the image is proven by its smoke test alone, and canary.succeeded says so."""
+    tested = (
+        f"its smoke test passed ({smoke_result.get('agreed')}/{smoke_result.get('requests')} golden requests agreed)"
+        if smoke_result and smoke_result.get("passed")
+        else "it has no smoke test either"
+    )
+    why = f"no canary in the manifest: promoted on the build alone; {tested}"
+    return Outcome.event(
+        events.CANARY_SUCCEEDED, {"model": model, "without_canary": why}, {"canary": {"without_canary": why}}
+    )
+
+
 def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
     """image.pushed → Spinnaker webhook, once; then canary.triggered (execution confirmed) or canary.failed."""
     from cd4ml import catalog, gate_credentials, secrets, spinnaker
@@ -613,6 +626,9 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
         raise PermanentError(
             f"run {run_id} is of model {run.model} but its manifest names {manifest.name}", run_id=run_id
         )
+    if not manifest.canary_application:
+        ctx.conclude(run_id, without_canary(manifest.name, run.smoke))
+        return
     # The model's own key (a key opens only its model's pipeline), read before the claim: a missing one is permanent.
     key = secrets.read(spinnaker.key_reference(ctx.settings.gate_key_secret, run.model))
     budget = spinnaker.budget(catalog.load().stage("trigger_canary").timeout_seconds)

@@ -193,7 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = result.failed
     if failed is not None:
         print(failed.output)
-        print(f"terraform {failed.command} failed on {module} (offline, stand-in providers): see above")
+        hint = ""
+        if failed.command == "init":
+            served = ", ".join(f"hashicorp/{n}" for n in schema.PACKAGES)
+            hint = (
+                f" (stand-ins exist for {served} only: for another provider, add its cdktn-provider package to "
+                "tests/terraform/provider/schema.py PACKAGES)"
+            )
+        print(f"terraform {failed.command} failed on {module} (offline, stand-in providers): see above{hint}")
         return 1
     versions = ", ".join(f"hashicorp/{n} {schema.load(n)['version']}" for n in schema.PACKAGES)
     print(f"terraform validate and plan of {module.name}/ pass offline against {versions}: {_summary(result)}")

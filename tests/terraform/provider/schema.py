@@ -114,7 +114,7 @@ def load(provider: str) -> dict[str, Any]:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         extracted = extract(wheel(package, version), provider)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")  # the cache is shared: each writer renames its own file
         tmp.write_text(json.dumps(extracted, sort_keys=True))
         tmp.replace(target)
     loaded: dict[str, Any] = json.loads(target.read_text())

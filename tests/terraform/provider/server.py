@@ -87,7 +87,7 @@ def schema_response(pb: Any, name: str) -> bytes:
             data_source_schemas={t: _schema_message(pb, b) for t, b in loaded["data"].items()},
             server_capabilities=pb.ServerCapabilities(plan_destroy=False, get_provider_schema_optional=True),
         )
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(response.SerializeToString())
         tmp.replace(target)
     return target.read_bytes()

@@ -56,6 +56,48 @@ def read(folder: Path) -> Manifest:
     return manifest
 
 
+def check(folder: Path) -> Manifest:
+    """``read``, then what else can be known before a run: the executor image is one Vertex AI offers, the module
+    is in the trainer package, the serving folder holds what the manifest names. InvalidManifest names each."""
+    manifest = read(folder)
+    file = folder / MANIFEST
+    problems = _executor_problems(manifest) + _module_problems(folder, manifest)
+    if problems:
+        raise InvalidManifest(f"invalid {file}", problems)
+    return manifest
+
+
+def _executor_problems(manifest: Manifest) -> list[str]:
+    """A Python package job runs only on Vertex AI's prebuilt training containers (their list and its source:
+    local_emulator/_vertex_images.py)."""
+    if not manifest.training.executor_image:
+        return []
+    try:
+        from local_emulator._vertex_images import UnknownExecutorImage, executor_image
+    except ImportError:  # installed without the local stack: Vertex says so at the first run
+        return []
+    try:
+        executor_image(manifest.training.executor_image)
+    except UnknownExecutorImage as unknown:
+        return [f"training.python_package.executor_image: {unknown}"]
+    return []
+
+
+def _module_problems(folder: Path, manifest: Manifest) -> list[str]:
+    """The module Vertex runs (``python -m MODULE``) must be in the package ``model push`` builds from the folder."""
+    module = manifest.training.python_module
+    if not module or not (folder / "setup.py").is_file():
+        return []  # a container job, or a package built elsewhere: nothing here to look into
+    relative = module.replace(".", "/")
+    packaged = {p.relative_to(folder).as_posix() for p in _packaged(folder)}
+    if f"{relative}.py" in packaged or f"{relative}/__main__.py" in packaged:
+        return []
+    return [
+        f"training.python_package.python_module: {module} is not in the trainer package (no {relative}.py under "
+        f"{folder}, beside setup.py); Vertex AI runs `python -m {module}`"
+    ]
+
+
 def _outside(folder: Path, manifest: Manifest) -> list[str]:
     """What a push would take from outside ``folder``: a serving path leading out of it (``../``, an absolute path)
     or a symlink resolving out of it (a push must never upload a home directory or a key)."""
@@ -109,7 +151,7 @@ def sdist(folder: Path, name: str) -> bytes:
 
 def push(client: storage.Client, folder: Path, artifact_bucket: str) -> Pushed:
     """Validate, then upload the manifest (and the trainer package, when the folder has a setup.py)."""
-    manifest = read(folder)
+    manifest = check(folder)
     package_uri = None
     if manifest.training.package_uris and (folder / "setup.py").is_file():
         package = GcsPath.parse(resolve_gcs(manifest.training.package_uris[0], artifact_bucket))
