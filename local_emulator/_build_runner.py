@@ -223,7 +223,8 @@ class BuildRunner:
             return Outcome(FAILURE, detail, USER_BUILD_STEP)
         fetched = now()
         try:
-            fetch_source(build, workspace, log_file)
+            creds = self._credentials(build.service_account)  # Cloud Build fetches the source as the build's account
+            fetch_source(build, workspace, log_file, token=creds.split(":", 1)[1] if creds else None)
         except SourceError as error:
             return Outcome(FAILURE, str(error), FETCH_SOURCE_FAILED)
         finally:

@@ -14,8 +14,9 @@ class SourceError(Exception):
     """The source could not be fetched or unpacked; str() is the build's failure detail."""
 
 
-def fetch_source(build: cloudbuild.Build, workspace: Path, log_file: IO[str]) -> None:
-    """Download and unpack the build's storage_source into workspace (STORAGE_EMULATOR_HOST); raise SourceError."""
+def fetch_source(build: cloudbuild.Build, workspace: Path, log_file: IO[str], token: str | None = None) -> None:
+    """Download and unpack the build's storage_source into workspace (STORAGE_EMULATOR_HOST), with ``token`` (the
+    build account's access token) when given; raise SourceError."""
     source = build.source.storage_source
     where = f"gs://{source.bucket}/{source.object_}"
     if not source.bucket or not source.object_:
@@ -28,7 +29,12 @@ def fetch_source(build: cloudbuild.Build, workspace: Path, log_file: IO[str]) ->
     workspace.mkdir(parents=True, exist_ok=True)
     log_file.write(f"Fetching storage object: {where}\n")
     try:
-        client = StorageClient(project=build.project_id, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+        if token:
+            from google.oauth2.credentials import Credentials
+
+            client = StorageClient(project=build.project_id, credentials=Credentials(token))  # type: ignore[no-untyped-call]
+        else:
+            client = StorageClient(project=build.project_id, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
         blob = client.bucket(source.bucket).blob(source.object_, generation=source.generation or None)
         blob.download_to_filename(str(archive))
     except api_exceptions.NotFound:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from local_emulator._storage_access import Access, Need, denial, required
 from local_emulator._storage_notifications import Notifications, is_config_path
+from local_emulator.access_tokens import Minter
 from local_emulator.iam_policy import ADMIN, Policy
 
 CHUNK = 1024 * 1024
@@ -33,8 +34,12 @@ class StorageProxy(ThreadingHTTPServer):
         identity: str,
         policy: Policy,
         notifications: Notifications | None = None,
+        minter: Minter | None = None,
     ) -> None:
         super().__init__(address, _Handler)
+        # Cloud Storage authorizes the caller its access token names: a valid token of the stack's identities decides
+        # over the port's identity (how the Cloud Build stand-in fetches a source as the build's own account).
+        self.minter = minter
         self.notifications = notifications  # Cloud Storage's Pub/Sub notifications, shared by every identity
         parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -43,9 +48,18 @@ class StorageProxy(ThreadingHTTPServer):
         self.sessions: set[str] = set()  # resumable upload ids this identity was allowed to start
         self.lock = threading.Lock()
 
-    def refusal(self, access: Access) -> Need | str | None:
-        """The first need the policy does not grant (or why the request cannot be judged), or None."""
-        if self.identity == ADMIN:
+    def caller(self, authorization: str) -> str:
+        """The identity a request acts as: its bearer token's, else the port's."""
+        scheme, _, token = authorization.partition(" ")
+        if self.minter is not None and scheme.lower() == "bearer":
+            return self.minter.identity(token.strip()) or self.identity
+        return self.identity
+
+    def refusal(self, access: Access, identity: str | None = None) -> Need | str | None:
+        """The first need the policy does not grant ``identity`` (the port's by default; or why the request cannot be
+        judged), or None."""
+        identity = identity or self.identity
+        if identity == ADMIN:
             return None
         if access.unsupported:
             return access.unsupported
@@ -54,19 +68,19 @@ class StorageProxy(ThreadingHTTPServer):
                 known = access.resumable_session in self.sessions
             return None if known else "a resumable upload this identity did not start"
         for need in access.needs:
-            if not self._allows(need):
+            if not self._allows(need, identity):
                 return need
             if (
                 need.overwrite_check
-                and not self._allows(Need("storage.objects.delete", need.bucket, need.name))
+                and not self._allows(Need("storage.objects.delete", need.bucket, need.name), identity)
                 and self._exists(need.bucket, str(need.name))
             ):
                 return Need("storage.objects.delete", need.bucket, need.name)
         return None
 
-    def _allows(self, need: Need) -> bool:
+    def _allows(self, need: Need, identity: str) -> bool:
         return self.policy.allows_object(
-            self.identity, need.permission, need.bucket, name=need.name, list_prefix=need.list_prefix
+            identity, need.permission, need.bucket, name=need.name, list_prefix=need.list_prefix
         )
 
     def _exists(self, bucket: str, name: str) -> bool:
@@ -100,9 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._notification_configs(method, path, body)
             return
         access = required(method, path, query, body, self.headers.get("Content-Type", ""))
-        refusal = self.server.refusal(access)
+        caller = self.server.caller(self.headers.get("Authorization", ""))
+        refusal = self.server.refusal(access, caller)
         if refusal is not None:
-            self._deny(refusal)
+            self._deny(refusal, caller)
             return
         connection = http.client.HTTPConnection(*self.server.upstream, timeout=300)
         try:
@@ -136,7 +151,9 @@ class _Handler(BaseHTTPRequestHandler):
         """The bucket's notificationConfigs (storage.buckets.update / get): only the admin identity manages them."""
         assert self.server.notifications is not None
         if self.server.identity != ADMIN:
-            self._deny("notification configs (storage.buckets.update), which only the deployer manages")
+            self._deny(
+                "notification configs (storage.buckets.update), which only the deployer manages", self.server.identity
+            )
             return
         status, answer = self.server.notifications.api(method, path, body)
         data = json.dumps(answer).encode() if answer is not None else b""
@@ -192,8 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 self.server.sessions.add(value)
 
-    def _deny(self, refusal: Need | str) -> None:
-        principal = self.server.policy.principal(self.server.identity)
+    def _deny(self, refusal: Need | str, identity: str) -> None:
+        principal = self.server.policy.principal(identity)
         if isinstance(refusal, Need):
             body = denial(principal, refusal)
         else:

@@ -9,9 +9,9 @@ compares the two views rule by rule.
 Identities: ``function:STAGE`` (each function's service account), ``training`` (Vertex AI jobs), ``build``
 (Cloud Build builds) and ``admin`` (the CLI, ``cd4ml local up``, tests: unrestricted, as the project owner is).
 Terraform makes one training and one build account per model (``model_training``, ``model_build``): at the local
-registry each model's build account is its own identity, ``build:ACCOUNT_ID`` (``cd4ml.identities``), which may push
-only its own model's repository; in front of Cloud Storage the stand-ins still act through one ``training`` and one
-``build`` port, which hold the union of the per-model prefixes (``{model}`` left out).
+registry and for the Cloud Build stand-in's source fetch (its bearer token) each model's build account is its own
+identity, ``build:ACCOUNT_ID`` (``cd4ml.identities``): its own repository and ``builds/MODEL-`` only. Trainers still
+act through one ``training`` port, which holds the union of the per-model prefixes (cut at ``{model}``).
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ class Policy:
             account = "cd4ml-" + identity.removeprefix("function:").replace("_", "-")
         elif identity in ("training", "build"):
             account = f"cd4ml-{identity}"
+        elif identity.startswith("build:"):
+            account = identity.removeprefix("build:")  # a model's own build account (MODEL_BUILD)
         else:
             return f"{identity}@{self.project}.iam.gserviceaccount.com"
         return f"{account}@{self.project}.iam.gserviceaccount.com"
@@ -176,6 +178,8 @@ class Policy:
         """``permission`` on object ``name`` (or, for storage.objects.list, a listing of ``list_prefix``)."""
         if identity == ADMIN:
             return True
+        if identity.startswith("build:"):
+            return self._allows_own_model(identity.removeprefix("build:"), permission, bucket, name, list_prefix)
         return any(
             g.identity == identity
             and g.kind == "bucket"
@@ -184,6 +188,26 @@ class Policy:
             and g.condition_holds(name, list_prefix)
             for g in self.grants
         )
+
+    def _allows_own_model(
+        self, account: str, permission: str, bucket: str, name: str | None, list_prefix: str | None
+    ) -> bool:
+        """A model's build account: a ``{model}`` prefix holds for the models whose build account it is (the model is
+        read off the object name, e.g. builds/MODEL-…/; a name with dashes yields each candidate)."""
+        for g in self.grants:
+            if g.identity != MODEL_BUILD or g.kind != "bucket" or g.target != bucket or permission not in g.permissions:
+                continue
+            for template in g.prefixes:
+                lead = template.split("{model}")[0]
+                rest = (name if name is not None else list_prefix or "").removeprefix(lead)
+                parts = rest.split("/")[0].split("-")
+                for model in ("-".join(parts[:i]) for i in range(1, len(parts) + 1)):
+                    concrete = Grant(
+                        g.rule, g.identity, g.role, g.kind, g.target, (template.replace("{model}", model),)
+                    )
+                    if account_id("build", model) == account and concrete.condition_holds(name, list_prefix):
+                        return True
+        return False
 
 
 def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mapping[str, str], project: str) -> Policy:
@@ -197,18 +221,16 @@ def expand(rules: Mapping[str, Mapping[str, Any]], cat: Catalog, buckets: Mappin
             identity = _identity(member, stage)
             if identity is None:
                 continue  # the invoker and Pub/Sub's service agent act inside the emulator, not through a proxy
-            if member == "model_build" and scope == "model_repository":
-                identity = MODEL_BUILD  # each model's own build account, on its own repository only
+            prefixes = tuple(str(p) for p in rule.get("prefixes") or ())
             for kind, target in _targets(scope, stage, cat, buckets, own_model=member.startswith("model_")):
+                if member == "model_build":  # each model's own build account: its own prefixes and repository
+                    grants.append(Grant(name, MODEL_BUILD, str(rule["role"]), kind, target, prefixes))
+                    if kind == "repository":
+                        continue
+                # The shared local ports of per-model identities: every model's prefixes (cut at {model}).
                 grants.append(
                     Grant(
-                        rule=name,
-                        identity=identity,
-                        role=str(rule["role"]),
-                        kind=kind,
-                        target=target,
-                        # The shared local ports of per-model identities: every model's prefixes (cut at {model}).
-                        prefixes=tuple(str(p).split("{model}")[0] for p in rule.get("prefixes") or ()),
+                        name, identity, str(rule["role"]), kind, target, tuple(p.split("{model}")[0] for p in prefixes)
                     )
                 )
     return Policy(project=project, grants=tuple(grants))

@@ -91,6 +91,7 @@ class Proxies:
             listener.identity,
             self._policy,
             self._notifications,
+            self._minter,
         )
         threading.Thread(target=http.serve_forever, name=f"storage-{listener.identity}", daemon=True).start()
         self._http.append(http)

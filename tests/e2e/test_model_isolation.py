@@ -32,12 +32,13 @@ def _context(pipeline: Pipeline, run_id: str) -> str:
     return name
 
 
-def _build_as(pipeline: Pipeline, model: str, image_model: str) -> Any:
-    """Submit, as model ``model``'s build account, a build that pushes into ``image_model``'s repository."""
+def _build_as(pipeline: Pipeline, model: str, image_model: str, context_model: str = "") -> Any:
+    """Submit, as model ``model``'s build account, a build of a context under ``context_model``'s runs (its own by
+    default) that pushes into ``image_model``'s repository."""
     from google.cloud.devtools import cloudbuild_v1 as cb
 
     settings: Settings = pipeline.settings
-    run_id = f"{model}-20260101t{int(time.time()) % 1000000:06d}z"
+    run_id = f"{context_model or model}-20260101t{int(time.time()) % 1000000:06d}z"
     image = f"{identities.image_repository(settings.registry, image_model)}:{run_id}"
     account = identities.service_account(settings.build_service_account, "build", model)
     build = cb.Build(
@@ -71,3 +72,10 @@ def test_model_as_build_pushing_to_model_bs_repository_is_refused(pipeline: Pipe
     own = _build_as(pipeline, "alpha", "alpha")  # the same account, its own model's repository
     assert own.status.name == "SUCCESS", own.status_detail
     assert own.results.images[0].name.startswith(identities.image_repository(pipeline.settings.registry, "alpha"))
+
+
+def test_model_as_build_cannot_fetch_model_bs_build_context(pipeline: Pipeline) -> None:
+    refused = _build_as(pipeline, "alpha", "alpha", context_model="beta")
+    assert refused.status.name == "FAILURE"
+    assert refused.failure_info.type_.name == "FETCH_SOURCE_FAILED"
+    assert "builds/beta-" in refused.status_detail and "403" in refused.status_detail

@@ -93,3 +93,26 @@ def test_the_cloud_build_stand_in_pushes_as_the_builds_own_account(tmp_path: Pat
     assert Minter.from_file(key).identity(creds.split(":", 1)[1]) == "build:cd4ml-build-alpha"
     assert credentials("") is None  # Cloud Build's legacy default account: no local grant, the push is refused
     assert credentials("projects/p/serviceAccounts/cd4ml-build-alpha@elsewhere.iam.gserviceaccount.com") is None
+
+
+def test_locally_a_models_build_account_reads_only_its_own_build_contexts(policy: iam_policy.Policy) -> None:
+    """The Cloud Build stand-in fetches a source with the build account's token: A's account reads builds/A-…/ only."""
+    get = "storage.objects.get"
+    build_a = f"build:{identities.account_id('build', 'alpha')}"
+    assert policy.allows_object(build_a, get, "p-artifacts", name="builds/alpha-20260101t000000z/context.tar.gz")
+    assert not policy.allows_object(build_a, get, "p-artifacts", name="builds/beta-20260101t000000z/context.tar.gz")
+    assert not policy.allows_object(build_a, get, "p-artifacts", name="runs/alpha-20260101t000000z/model/model.joblib")
+    build_ab = f"build:{identities.account_id('build', 'alpha-b')}"  # a dashed name is matched as a whole
+    assert policy.allows_object(build_ab, get, "p-artifacts", name="builds/alpha-b-20260101t000000z/context.tar.gz")
+    assert not policy.allows_object(build_ab, get, "p-artifacts", name="builds/alpha-20260101t000000z/context.tar.gz")
+    assert policy.principal(build_a) == "cd4ml-build-alpha@p.iam.gserviceaccount.com"
+
+
+def test_every_stage_that_announces_a_push_knows_the_registry_it_checks_the_repository_against() -> None:
+    """image.pushed is emitted only for the model's own repository (identities.image_repository), so a stage that
+    emits it (on_push, and on_build releasing a push noted before the build's SUCCESS) needs CD4ML_REGISTRY."""
+    from cd4ml import catalog
+
+    emitters = [s for s in catalog.load().stages if "cd4ml.image.pushed.v1" in s.emits]
+    assert {s.name for s in emitters} >= {"on_push", "on_build"}
+    assert [s.name for s in emitters if "CD4ML_REGISTRY" not in s.env] == []
