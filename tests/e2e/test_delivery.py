@@ -100,11 +100,12 @@ def test_a_run_ends_when_its_canary_succeeded_and_its_model_is_promoted(
 
 def _alias_digest(pipeline: Pipeline, model: str, alias: str) -> str | None:
     """Where the alias points, read through the Docker Registry HTTP API v2 as the project's owner."""
-    from cd4ml import registry
+    from cd4ml import identities, registry
 
     host = pipeline.stack.endpoints["registry"]
     client = registry.RegistryClient(token=lambda: pipeline.registry_creds().split(":", 1)[1])
-    return client.digest(registry.Repository.of(f"{host}/cd4ml/{model}", f"http://{host}"), alias)
+    repository = identities.image_repository(pipeline.settings.registry, model)  # the model's own repository
+    return client.digest(registry.Repository.of(repository, f"http://{host}"), alias)
 
 
 def _set_outcome(pipeline: Pipeline, run_id: str, status: str, stage: str = "") -> None:
