@@ -310,17 +310,20 @@ def write_notify_secrets(stack: Stack, manifest: Any) -> None:
 
 
 def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
-    """A model pushed to the running stack whose canary pipeline Gate does not know yet gets one, as the models it
-    started with did (gate_config); a pipeline of that application and name is never replaced. Gate restarts."""
+    """A model pushed to the running stack whose webhook source no pipeline of Gate's triggers on yet gets its own
+    canary pipeline, as the models it started with did (gate_config); an existing pipeline is never replaced, and a
+    new one whose application and name are taken (a manifest copied from another model's) is named after the model.
+    Gate restarts."""
     config = stack.root / "gate" / "pipelines.json"
     current = json.loads(config.read_text())
     known = {(p["application"], p["name"]) for p in current["pipelines"]}
+    sources = {t.get("source") for p in current["pipelines"] for t in p.get("triggers") or ()}
     new = [
-        p
+        {**p, "name": p["name"] if (p["application"], p["name"]) not in known else f"{p['name']}-{manifest.name}"}
         for p in gate_config([manifest], {manifest.name: write_gate_key(stack, manifest.name)}, _registry(stack))[
             "pipelines"
         ]
-        if (p["application"], p["name"]) not in known
+        if not {t.get("source") for t in p["triggers"]} & sources
     ]
     if new:
         config.write_text(json.dumps({**current, "pipelines": current["pipelines"] + new}, indent=2))
