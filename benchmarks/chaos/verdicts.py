@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cd4ml_cli.main import _subscriber, held_messages
+from cd4ml_cli.deadletters import held_messages
+from cd4ml_cli.deadletters import subscriber as _subscriber
 from local_emulator import _gate_tls
 
 from benchmarks.chaos.bad_inputs import Case

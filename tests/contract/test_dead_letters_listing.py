@@ -9,7 +9,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from cd4ml_cli.main import _subscriber, held_messages
+from cd4ml_cli.deadletters import held_messages
+from cd4ml_cli.deadletters import subscriber as _subscriber
 from local_emulator import processes
 from local_emulator import stack as local
 

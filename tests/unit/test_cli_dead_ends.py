@@ -54,8 +54,8 @@ def test_a_dead_emulator_is_named_in_one_line_with_the_fix_within_seconds() -> N
 def test_a_retry_error_becomes_one_line_not_a_grpc_dump() -> None:
     from google.api_core import exceptions
 
-    cause = exceptions.ServiceUnavailable("failed to connect to all addresses; last error: UNKNOWN: ipv4:...\n...")
-    line = reach.explain(exceptions.RetryError("Timeout of 300.0s exceeded", cause))
+    cause = exceptions.ServiceUnavailable("failed to connect to all addresses; last error: UNKNOWN: ipv4:...\n...")  # type: ignore[no-untyped-call]
+    line = reach.explain(exceptions.RetryError("Timeout of 300.0s exceeded", cause))  # type: ignore[no-untyped-call]
     assert "\n" not in line and line.startswith("a service did not answer in time (ServiceUnavailable)")
 
 
