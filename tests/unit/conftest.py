@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import croniter  # noqa: F401  # its import asks platform.architecture(), which runs file(1): done here, before the guard
 import pytest
 
 
