@@ -327,6 +327,11 @@ def _add_canary_pipeline(stack: Stack, manifest: Any) -> None:
     ]
     if new:
         config.write_text(json.dumps({**current, "pipelines": current["pipelines"] + new}, indent=2))
+        # The pids on disk are the truth: another process (a `cd4ml model push`) may have restarted Gate since this
+        # Stack was loaded, and stopping the stale pid left that Gate running on the old pipelines.
+        on_disk = Stack.load(stack.root)
+        if on_disk is not None:
+            stack.pids.update(on_disk.pids)
         if "gate" in stack.pids:
             stop(stack, "gate")  # it reads its pipelines once, at start
         start_gate(stack)
