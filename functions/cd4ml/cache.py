@@ -175,13 +175,14 @@ def package_hashes(ctx: Context, uris: Iterable[str]) -> dict[str, str] | None:
     return out
 
 
-def check_image(ctx: Context, run_id: str, manifest: Manifest, model_sha256: str) -> dict[str, Any] | None:
+def check_image(
+    ctx: Context, run_id: str, manifest: Manifest, model_sha256: str, run_cache: Mapping[str, Any]
+) -> dict[str, Any] | None:
     """build_image's cache check: the reused image (the build's result) on a hit; None (key noted) to build."""
     from cd4ml import smoke
     from cd4ml.gcs import GcsPath, list_objects
 
-    run = ctx.ledger.get(run_id) or {}
-    if not enabled(run.get("cache") or {}):
+    if not enabled(run_cache):  # the run's switch, as the record build_image read holds it (fetch_data set it)
         ctx.ledger.note(run_id, {"cache.image": {"decision": "off", "reason": "cache off"}})
         return None
     serving = GcsPath(ctx.settings.artifact_bucket, f"serving/{manifest.name}/")

@@ -238,7 +238,7 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
     artifact = run.model_artifact  # the record's, never the event's
 
     def submit() -> dict[str, Any]:
-        reused = cache.check_image(ctx, run_id, manifest, artifact.sha256)  # the build cache (issue 12)
+        reused = cache.check_image(ctx, run_id, manifest, artifact.sha256, run.cache)  # the build cache
         if reused is not None:
             return reused
         try:
