@@ -10,15 +10,27 @@ No write holds a lock: every read-modify-write is optimistic (read, compute, wri
 as precondition, again on a conflict; ``Ledger._swap``). A Firestore transaction locks what it read until it
 commits or expires, so an instance killed inside one (Cloud Run's crash, the chaos session's SIGKILL) would stall
 every other writer of that run; the emulator answers them ``ABORTED: Transaction lock timeout`` meanwhile.
+
+Leases (an effect's claim, a model's lock) are judged by the server's time only: the holder writes its heartbeat as
+the server's timestamp (``beat_at``, ``store.SERVER_TIME``) with the lease's length (``lease_seconds``), and a lease
+is over when ``beat_at + lease_seconds`` is not after the server's time of the read that judges it
+(``Snapshot.read_time``). An instance whose clock is an hour off neither takes over a live claim nor holds a lease
+the server says is over.
+
+Writes per hop are few: a write computed on a document this instance just read or wrote carries that version as its
+precondition and needs no read (``_known``); a holder marks its claim done, renews or releases it with the version it
+last wrote, falling back to a read only when someone wrote in between.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,7 +38,17 @@ from typing import TYPE_CHECKING, Any
 from cd4ml.errors import Busy, RetryableError
 from cd4ml.events import Event, format_time, now
 from cd4ml.run import Run, RunId
-from cd4ml.store import Filter, FirestoreStore, MemoryStore, Store, Write
+from cd4ml.store import (
+    SERVER_TIME,
+    Committed,
+    Filter,
+    FirestoreStore,
+    MemoryStore,
+    Snapshot,
+    Store,
+    Write,
+    with_updates,
+)
 from cd4ml.transition import Change, apply
 
 if TYPE_CHECKING:
@@ -46,6 +68,8 @@ KEEP_REJECTIONS = 20
 #: An effect claim's lease, renewed every quarter of it while its holder acts (``Ledger.once``): a holder that died
 #: frees the claim this long after its last renewal, well inside a message's retry budget.
 LEASE = timedelta(seconds=20)
+#: Run documents whose last known version an instance keeps (``Ledger._known``): a write computed on one needs no read.
+KNOWN = 64
 
 
 def run_id(model: str, scheduled_time: datetime) -> str:
@@ -62,6 +86,9 @@ class Ledger:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        #: Run documents as this instance last read or wrote them (at most ``KNOWN``), for ``_swap``'s first attempt.
+        self._known: OrderedDict[str, Snapshot] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     @classmethod
     def firestore(cls, db: firestore.Client) -> Ledger:
@@ -88,25 +115,91 @@ class Ledger:
         document since the read (its version is the precondition; a create when it did not exist), and start
         over on a conflict. ``also(result)`` gives writes that commit atomically with it (the champion).
 
-        Returns ``result``; contention that outlasts ``attempts`` is a RetryableError (Pub/Sub redelivers).
+        The first attempt computes on the version this instance last read or wrote, when it knows one
+        (``_known``): the precondition proves it current, so the write needs no read; a conflict (or a compute
+        that would write nothing) reads again. Returns ``result``; contention that outlasts ``attempts`` is a
+        RetryableError (Pub/Sub redelivers).
         """
+        known = self._known_snapshot(path)
         for attempt in range(attempts):
-            snap = self._store.read(path)
+            snap = known if known is not None else self._read(path)
             updates, result = compute(snap.data)
             if updates is None:
+                if known is None:
+                    return result
+                known = None  # nothing to write on what this instance knew: decide on what the server holds
+                continue
+            if self._write_on(snap, path, updates, also(result) if also is not None else []):
                 return result
-            write = Write("update", path, updates, snap.version) if snap.exists else Write("create", path, updates)
-            if self._store.commit([write, *(also(result) if also is not None else [])]):
-                return result
+            known = None
             time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
         raise RetryableError(f"run ledger busy: {path} changed under {attempts} attempts to write it")
+
+    def _swap_timed(
+        self,
+        path: str,
+        compute: Callable[[Snapshot], tuple[dict[str, Any] | None, Any]],
+        attempts: int = 25,
+    ) -> tuple[Any, Committed | None]:
+        """``_swap`` for a lease: always on a fresh read, since ``compute`` judges it by the read's server time;
+        returns (result, the commit) so the holder can write next with the version it wrote."""
+        for attempt in range(attempts):
+            snap = self._read(path)
+            updates, result = compute(snap)
+            if updates is None:
+                return result, None
+            committed = self._write_on(snap, path, updates, [])
+            if committed:
+                return result, committed
+            time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise RetryableError(f"run ledger busy: {path} changed under {attempts} attempts to write it")
+
+    def _read(self, path: str) -> Snapshot:
+        snap = self._store.read(path)
+        self._remember(path, snap)
+        return snap
+
+    def _write_on(self, snap: Snapshot, path: str, updates: dict[str, Any], also: list[Write]) -> Committed | None:
+        """Commit ``updates`` on ``snap`` (its version as precondition) with ``also``; None on a conflict. What was
+        written becomes the known version of the document (unless the server fills a field of it)."""
+        write = Write("update", path, updates, snap.version) if snap.exists else Write("create", path, updates)
+        committed = self._store.commit([write, *also])
+        if committed is None:
+            self._forget(path)
+            return None
+        after = with_updates(snap.data or {}, updates) if snap.exists else dict(updates)
+        if _has_server_time(updates):
+            self._forget(path)
+        else:
+            self._remember(path, Snapshot(after, committed.versions[0]))
+        return committed
+
+    def _known_snapshot(self, path: str) -> Snapshot | None:
+        if not path.startswith(f"{RUNS}/") or path.count("/") != 1:
+            return None  # only run documents: their writers are this ledger's optimistic writes
+        with self._known_lock:
+            known = self._known.get(path)
+        return None if known is None else Snapshot(copy.deepcopy(known.data), known.version)
+
+    def _remember(self, path: str, snap: Snapshot) -> None:
+        if not snap.exists or not path.startswith(f"{RUNS}/") or path.count("/") != 1:
+            return
+        with self._known_lock:
+            self._known[path] = Snapshot(snap.data, snap.version)
+            self._known.move_to_end(path)
+            while len(self._known) > KNOWN:
+                self._known.popitem(last=False)
+
+    def _forget(self, path: str) -> None:
+        with self._known_lock:
+            self._known.pop(path, None)
 
     @staticmethod
     def _run(run_id: str) -> str:
         return f"{RUNS}/{run_id}"
 
     def get(self, run_id: str) -> dict[str, Any] | None:
-        return self._store.read(self._run(run_id)).data
+        return self._read(self._run(run_id)).data
 
     def run(self, run_id: str) -> Run | None:
         """The run record as a typed value; None when the ledger does not know the run."""
@@ -272,13 +365,10 @@ class Ledger:
         return self.where((field, "==", True), limit=limit)
 
     def live_claims(self, run_id: str) -> list[str]:
-        """The run's effects being carried out right now: claimed, not done, lease not over."""
-        moment = now()
-        return sorted(
-            name
-            for name, doc in self._store.ids(f"{self._run(run_id)}/{EFFECTS}")
-            if _claim_state(doc, moment) == "busy"
-        )
+        """The run's effects being carried out right now: claimed, not done, lease not over (by the server's time)."""
+        effects = f"{self._run(run_id)}/{EFFECTS}"
+        pending = [name for name, doc in self._store.ids(effects) if doc.get("state") != "done"]
+        return sorted(name for name in pending if _claim_state(self._store.read(f"{effects}/{name}")) == "busy")
 
     def note_published(self, run_id: str, event_id: str) -> None:
         """Note that the event ``event_id`` was published for the run: out of the outbox, into ``published``."""
@@ -304,35 +394,47 @@ class Ledger:
         """
         self._store.update(self._run(run_id), {**fields, "updated_at": format_time(now())})
 
-    def _reclaim(self, path: str, lease: timedelta, wait: float, holder: str) -> tuple[str, dict[str, Any] | None]:
+    def _reclaim(self, path: str, lease: timedelta, wait: float, hold: _Hold) -> tuple[str, dict[str, Any] | None]:
         """Someone claimed first: their result, a takeover of their expired lease, or "busy" after ``wait``."""
 
-        def take_over(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[str, Any]]:
-            moment = now()
-            doc = doc or {}
-            state = _claim_state(doc, moment)
+        def take_over(snap: Snapshot) -> tuple[dict[str, Any] | None, tuple[str, Any]]:
+            doc = snap.data or {}
+            state = _claim_state(snap)
             if state != "expired":
                 return None, (state, doc.get("result"))
-            taken = {"lease_until": format_time(moment + lease), "attempts": doc.get("attempts", 1) + 1}
-            return {**taken, "holder": holder}, (state, None)
+            return {**_lease(lease), "attempts": doc.get("attempts", 1) + 1, "holder": hold.holder}, (state, None)
 
         deadline = time.monotonic() + wait
         while True:
-            state, result = self._swap(path, take_over)
+            (state, result), committed = self._swap_timed(path, take_over)
+            if committed:
+                hold.wrote(committed)
             if state != "busy" or time.monotonic() >= deadline:
                 return state, result
             time.sleep(0.2)
 
-    def _fenced(self, path: str, holder: str, fields: Mapping[str, Any]) -> bool:
-        """Write ``fields`` on a claim or lock only while ``holder`` still holds it (the holder is the fencing
-        token): an instance whose lease ran out and was taken over never overwrites its successor's claim."""
+    def _fenced(self, path: str, hold: _Hold, fields: Mapping[str, Any]) -> bool:
+        """Write ``fields`` on a claim or lock only while ``hold``'s holder still holds it (the holder is the fencing
+        token): an instance whose lease ran out and was taken over never overwrites its successor's claim.
 
-        def compute(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
-            if not doc or doc.get("holder") != holder:
+        One write when nobody wrote since the holder's last write (its version is the precondition); otherwise a
+        read checks the holder first."""
+        version = hold.version
+        if version is not None:
+            committed = self._store.commit([Write("update", path, dict(fields), version)])
+            if committed:
+                hold.wrote(committed)
+                return True
+
+        def compute(snap: Snapshot) -> tuple[dict[str, Any] | None, bool]:
+            if not snap.data or snap.data.get("holder") != hold.holder:
                 return None, False
             return dict(fields), True
 
-        return bool(self._swap(path, compute))
+        fenced, committed = self._swap_timed(path, compute)
+        if committed:
+            hold.wrote(committed)
+        return bool(fenced)
 
     def once(
         self,
@@ -349,33 +451,34 @@ class Ledger:
         keeps its claim however long it takes (under load the chaos storm saw acts outlive a fixed 60-90 s lease,
         and a takeover acted a second time), and a holder that died frees it within one lease (a fixed long lease
         outlived the emulator's whole retry budget of ~1 minute: every copy met "busy" and was dead-lettered).
+        The lease is the server's (module docstring): a skewed instance clock moves nobody's lease.
 
-        The claim is a plain create (one write) when nobody claimed before, the common case. A duplicate
-        delivery that finds a live claim waits up to ``wait`` seconds for its result, then raises Busy (the
-        redelivery comes back later). Short, because a push that waits holds one of the few pushes a subscription
-        has in flight (the local relay's: 4) and an instance that serves one request at a time. Releasing the
-        claim and marking it done are fenced by the holder: a takeover's claim is never overwritten.
+        The claim is a plain create (one write) when nobody claimed before, the common case, and marking it done
+        is one more (the version the claim was written at is its precondition). A duplicate delivery that finds a
+        live claim waits up to ``wait`` seconds for its result, then raises Busy (the redelivery comes back later).
+        Short, because a push that waits holds one of the few pushes a subscription has in flight (the local
+        relay's: 4) and an instance that serves one request at a time. Releasing the claim and marking it done are
+        fenced by the holder: a takeover's claim is never overwritten.
         """
         path = f"{self._run(run_id)}/{EFFECTS}/{name}"
-        moment = now()
-        holder = uuid.uuid4().hex
-        created = self._store.create(
-            path,
-            {
-                "state": "claimed",
-                "lease_until": format_time(moment + lease),
-                "claimed_at": format_time(moment),
-                "attempts": 1,
-                "holder": holder,
-            },
-        )
-        state, result = ("claimed", None) if created else self._reclaim(path, lease, wait, holder)
+        hold = _Hold(uuid.uuid4().hex)
+        claim = {
+            "state": "claimed",
+            **_lease(lease),
+            "claimed_at": format_time(now()),
+            "attempts": 1,
+            "holder": hold.holder,
+        }
+        created = self._store.commit([Write("create", path, claim)])
+        if created:
+            hold.wrote(created)
+        state, result = ("claimed", None) if created else self._reclaim(path, lease, wait, hold)
         if state == "done":
             return dict(result or {}), False
         if state == "busy":
             raise Busy(f"effect {name} of run {run_id} is being carried out by another delivery")
         try:
-            with self._heartbeat(path, holder, lease):
+            with self._heartbeat(path, hold, lease):
                 found = recover() if (state == "expired" and recover is not None) else None
                 result = found if found is not None else act()
         except BaseException:
@@ -383,10 +486,10 @@ class Ledger:
             # system first. (A failed ``recover`` kept the claim for a whole lease: the chaos session's Gate outage
             # made every copy of the message meet "busy" until their attempts ran out.)
             with contextlib.suppress(Exception):  # not released: free again within one lease
-                self._fenced(path, holder, {"lease_until": format_time(now())})
+                self._fenced(path, hold, _lease(timedelta(0)))
             raise
         acted = found is None
-        self._fenced(path, holder, {"state": "done", "result": result, "done_at": format_time(now())})
+        self._fenced(path, hold, {"state": "done", "result": result, "done_at": format_time(now())})
         return result, acted
 
     @contextlib.contextmanager
@@ -400,40 +503,40 @@ class Ledger:
         a second time and back to an older model.
         """
         path = f"{MODELS}/{model}/{LOCKS}/{name}"
-        holder = uuid.uuid4().hex
+        hold = _Hold(uuid.uuid4().hex)
 
-        def take(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
-            moment = now()
-            if doc and doc.get("holder") and str(doc.get("lease_until", "")) > format_time(moment):
+        def take(snap: Snapshot) -> tuple[dict[str, Any] | None, bool]:
+            doc = snap.data
+            if doc and doc.get("holder") and not _lease_over(doc, snap.read_time):
                 return None, False
-            return {"holder": holder, "lease_until": format_time(moment + lease)}, True
+            return {"holder": hold.holder, **_lease(lease)}, True
 
         deadline = time.monotonic() + wait
-        while not self._swap(path, take):
+        while True:
+            taken, committed = self._swap_timed(path, take)
+            if taken and committed:
+                hold.wrote(committed)
+                break
             if time.monotonic() >= deadline:
                 raise Busy(f"the {name} of model {model} is being carried out for another run")
             time.sleep(0.2)
         try:
-            with self._heartbeat(path, holder, lease):
+            with self._heartbeat(path, hold, lease):
                 yield
         finally:
             with contextlib.suppress(Exception):  # not released: free again within one lease
-                self._fenced(path, holder, {"holder": "", "lease_until": format_time(now())})
+                self._fenced(path, hold, {"holder": "", **_lease(timedelta(0))})
 
     @contextlib.contextmanager
-    def _heartbeat(self, path: str, holder: str, lease: timedelta) -> Iterator[None]:
-        """Renew the claim's lease every quarter lease while the body runs, as long as ``holder`` still holds it."""
+    def _heartbeat(self, path: str, hold: _Hold, lease: timedelta) -> Iterator[None]:
+        """Renew the lease every quarter lease while the body runs (the server's time of each renewal), as long as
+        ``hold`` still holds it: one write on the version the holder last wrote, a read only after a conflict."""
         stop = threading.Event()
-
-        def renew(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
-            if not doc or doc.get("holder") != holder or doc.get("state") == "done":
-                return None, False
-            return {"lease_until": format_time(now() + lease)}, True
 
         def beat() -> None:
             while not stop.wait(lease.total_seconds() / 4):
                 try:
-                    if not self._swap(path, renew, attempts=3):
+                    if not self._fenced(path, hold, _lease(lease)):
                         return
                 except Exception:  # a missed beat is retried; the lease lasts three more
                     continue
@@ -447,7 +550,47 @@ class Ledger:
             thread.join(timeout=5)
 
 
-def _claim_state(doc: Mapping[str, Any], moment: datetime) -> str:
+class _Hold:
+    """A claim or lock as its holder knows it: the holder id (the fencing token) and the version it last wrote."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        self._version: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> Any:
+        with self._lock:
+            return self._version
+
+    def wrote(self, committed: Committed) -> None:
+        with self._lock:
+            self._version = committed.versions[0]
+
+
+def _lease(length: timedelta) -> dict[str, Any]:
+    """The fields of a lease renewed now, by the server's clock: it lasts ``length`` from the write."""
+    return {"beat_at": SERVER_TIME, "lease_seconds": length.total_seconds()}
+
+
+def _lease_over(doc: Mapping[str, Any], read_time: datetime | None) -> bool:
+    """Whether the lease in ``doc`` is over at the server's ``read_time`` (a claim written before leases were
+    judged by the server's time holds ``lease_until`` only: compared with the same server time)."""
+    if read_time is None:
+        raise RetryableError("the document store returned no read time; a lease cannot be judged")
+    beat = doc.get("beat_at")
+    if isinstance(beat, datetime):
+        return beat + timedelta(seconds=float(doc.get("lease_seconds") or 0)) <= read_time
+    return str(doc.get("lease_until", "")) <= format_time(read_time)
+
+
+def _claim_state(snap: Snapshot) -> str:
+    """An effect claim as read: "done", "busy" (its lease runs, by the server's time of the read) or "expired"."""
+    doc = snap.data or {}
     if doc.get("state") == "done":
         return "done"
-    return "busy" if doc.get("lease_until", "") > format_time(moment) else "expired"
+    return "expired" if _lease_over(doc, snap.read_time) else "busy"
+
+
+def _has_server_time(updates: Mapping[str, Any]) -> bool:
+    return any(v is SERVER_TIME or (isinstance(v, Mapping) and _has_server_time(v)) for v in updates.values())

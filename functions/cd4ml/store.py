@@ -5,14 +5,21 @@ Two implementations keep one meaning: ``FirestoreStore`` (production, and the lo
 document paths (``runs/RUN``, ``runs/RUN/effects/NAME``). Field paths in ``update`` are dotted and mean what
 Firestore's ``update()`` means: ``{"a.b": 1}`` sets one nested field, ``{"a": {...}}`` replaces the whole map.
 ``set_merge`` merges maps field by field, as Firestore's ``set(..., merge=True)``.
+
+Time is the server's: a write may hold ``SERVER_TIME`` (Firestore's ``SERVER_TIMESTAMP``: the server sets the field to
+the time it applies the write), and every read returns the server's time of the read (``Snapshot.read_time``,
+Firestore's ``read_time``: "the time at which a particular state was observed", google/firestore/v1). Leases are
+judged by those two alone, never by an instance's clock, so instances whose clocks disagree agree on who holds one.
+``MemoryStore``'s single clock stands in for the server's.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -26,16 +33,37 @@ class Missing(LookupError):
     """The document to update does not exist."""
 
 
+class _ServerTime:
+    """The type of ``SERVER_TIME``."""
+
+    def __repr__(self) -> str:
+        return "SERVER_TIME"
+
+
+#: A field value meaning "the server's time when it applies this write" (Firestore's ``SERVER_TIMESTAMP``); it
+#: reads back as a timezone-aware datetime.
+SERVER_TIME: Any = _ServerTime()
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """A document as read: its fields (None when absent) and an opaque version for an optimistic write."""
+    """A document as read: its fields (None when absent), an opaque version for an optimistic write, and the
+    server's time of the read (what a lease is judged against)."""
 
     data: dict[str, Any] | None
     version: Any = None
+    read_time: datetime | None = None
 
     @property
     def exists(self) -> bool:
         return self.data is not None
+
+
+@dataclass(frozen=True)
+class Committed:
+    """An applied commit: each write's new version (in order; the precondition of a later write without a read)."""
+
+    versions: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -58,8 +86,8 @@ class Store(Protocol):
         """Create the document if absent; False when it exists (nothing written)."""
         ...
 
-    def commit(self, writes: Sequence[Write]) -> bool:
-        """Apply every write or none; False when a precondition failed (someone wrote since the read)."""
+    def commit(self, writes: Sequence[Write]) -> Committed | None:
+        """Apply every write or none; None when a precondition failed (someone wrote since the read)."""
         ...
 
     def update(self, path: str, fields: Mapping[str, Any]) -> None:
@@ -94,6 +122,17 @@ def get_path(doc: Mapping[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def resolved(value: Any, moment: datetime) -> Any:
+    """``value`` with every ``SERVER_TIME`` in it set to ``moment`` (what the server does when it applies a write)."""
+    if value is SERVER_TIME:
+        return moment
+    if isinstance(value, Mapping):
+        return {k: resolved(v, moment) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolved(v, moment) for v in value]
+    return copy.deepcopy(value)
 
 
 def with_updates(doc: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,68 +171,73 @@ _OPS: dict[str, Any] = {
 
 
 class MemoryStore:
-    """The store in a dict, with Firestore's write semantics and atomic commits (unit tests; no process)."""
+    """The store in a dict, with Firestore's write semantics and atomic commits (unit tests; no process).
 
-    def __init__(self) -> None:
+    Its ``clock`` (the machine's UTC time unless given) is the server's: ``SERVER_TIME`` resolves to it when a write
+    is applied and every read returns it as ``read_time``, so an instance whose own clock is off (a test moving
+    ``cd4ml.events.now``) sees the same leases as every other.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
         self._docs: dict[str, tuple[dict[str, Any], int]] = {}
         self._lock = threading.Lock()
-        self._clock = 0
-        #: Reads and writes made, as production bills them (the benchmark and tests read them).
-        self.reads = 0
-        self.writes = 0
+        self._version = 0
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
 
     def _tick(self) -> int:
-        self._clock += 1
-        return self._clock
+        self._version += 1
+        return self._version
 
     def read(self, path: str) -> Snapshot:
         with self._lock:
-            self.reads += 1
             found = self._docs.get(path)
-            return Snapshot(None) if found is None else Snapshot(copy.deepcopy(found[0]), found[1])
+            moment = self.clock()
+            return (
+                Snapshot(None, None, moment) if found is None else Snapshot(copy.deepcopy(found[0]), found[1], moment)
+            )
 
     def create(self, path: str, data: Mapping[str, Any]) -> bool:
         with self._lock:
             if path in self._docs:
                 return False
-            self.writes += 1
-            self._docs[path] = (copy.deepcopy(dict(data)), self._tick())
+            self._docs[path] = (resolved(dict(data), self.clock()), self._tick())
             return True
 
-    def commit(self, writes: Sequence[Write]) -> bool:
+    def commit(self, writes: Sequence[Write]) -> Committed | None:
         with self._lock:
             for w in writes:
                 current = self._docs.get(w.path)
                 if w.kind == "create" and current is not None:
-                    return False
+                    return None
                 if w.kind == "update" and (current is None or current[1] != w.version):
-                    return False
+                    return None
+            moment = self.clock()
+            versions = []
             for w in writes:
                 current_doc = self._docs.get(w.path, ({}, 0))[0]
+                data = resolved(dict(w.data), moment)
                 if w.kind == "create":
-                    new = copy.deepcopy(dict(w.data))
+                    new = data
                 elif w.kind == "update":
-                    new = with_updates(current_doc, w.data)
+                    new = with_updates(current_doc, data)
                 else:
-                    new = merged(current_doc, w.data)
-                self.writes += 1
-                self._docs[w.path] = (new, self._tick())
-            return True
+                    new = merged(current_doc, data)
+                versions.append(self._tick())
+                self._docs[w.path] = (new, versions[-1])
+            return Committed(tuple(versions))
 
     def update(self, path: str, fields: Mapping[str, Any]) -> None:
         with self._lock:
             current = self._docs.get(path)
             if current is None:
                 raise Missing(path)
-            self.writes += 1
-            self._docs[path] = (with_updates(current[0], fields), self._tick())
+            self._docs[path] = (with_updates(current[0], resolved(dict(fields), self.clock())), self._tick())
 
     def increment(self, path: str, counter: str, fields: Mapping[str, Any]) -> int:
         with self._lock:
             doc = copy.deepcopy(self._docs.get(path, ({}, 0))[0])
             doc[counter] = int(doc.get(counter) or 0) + 1
-            doc.update(copy.deepcopy(dict(fields)))
-            self.writes += 1
+            doc.update(resolved(dict(fields), self.clock()))
             self._docs[path] = (doc, self._tick())
             return int(doc[counter])
 
@@ -223,14 +267,84 @@ class MemoryStore:
             if order_by:  # Firestore leaves out documents without the ordered field
                 docs = [d for d in docs if get_path(d, order_by) is not None]
                 docs.sort(key=lambda d: get_path(d, order_by), reverse=descending)
-            self.reads += max(1, len(docs[:limit]))
             return docs[:limit]
 
     def ids(self, collection: str) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
-            children = self._children(collection)
-            self.reads += max(1, len(children))
-            return children
+            return self._children(collection)
+
+
+@dataclass
+class Operations:
+    """Firestore operations as production bills them: documents read (a query: those it returns, at least one),
+    documents written, and the commits (round trips that write) they took."""
+
+    reads: int = 0
+    writes: int = 0
+    commits: int = 0
+
+    def __sub__(self, other: Operations) -> Operations:
+        return Operations(self.reads - other.reads, self.writes - other.writes, self.commits - other.commits)
+
+
+class Counting:
+    """A store that counts the operations made through it (the benchmark's and the unit tests' meter)."""
+
+    def __init__(self, store: Store) -> None:
+        self.inner = store
+        self.counted = Operations()
+        self._lock = threading.Lock()
+
+    def _count(self, reads: int = 0, writes: int = 0, commits: int = 0) -> None:
+        with self._lock:
+            self.counted.reads += reads
+            self.counted.writes += writes
+            self.counted.commits += commits
+
+    def snapshot(self) -> Operations:
+        """The counts so far (a copy: subtract two to count one call)."""
+        with self._lock:
+            return Operations(self.counted.reads, self.counted.writes, self.counted.commits)
+
+    def read(self, path: str) -> Snapshot:
+        self._count(reads=1)
+        return self.inner.read(path)
+
+    def create(self, path: str, data: Mapping[str, Any]) -> bool:
+        created = self.inner.create(path, data)
+        self._count(writes=int(created), commits=1)
+        return created
+
+    def commit(self, writes: Sequence[Write]) -> Committed | None:
+        done = self.inner.commit(writes)
+        self._count(writes=len(writes) if done is not None else 0, commits=1)
+        return done
+
+    def update(self, path: str, fields: Mapping[str, Any]) -> None:
+        self._count(writes=1, commits=1)
+        self.inner.update(path, fields)
+
+    def increment(self, path: str, counter: str, fields: Mapping[str, Any]) -> int:
+        count = self.inner.increment(path, counter, fields)
+        self._count(reads=int(isinstance(self.inner, FirestoreStore)), writes=1, commits=1)
+        return count
+
+    def query(
+        self,
+        collection: str,
+        where: Sequence[Filter] = (),
+        order_by: str = "",
+        descending: bool = False,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        docs = self.inner.query(collection, where, order_by=order_by, descending=descending, limit=limit)
+        self._count(reads=max(1, len(docs)))
+        return docs
+
+    def ids(self, collection: str) -> list[tuple[str, dict[str, Any]]]:
+        found = self.inner.ids(collection)
+        self._count(reads=max(1, len(found)))
+        return found
 
 
 class FirestoreStore:
@@ -244,40 +358,43 @@ class FirestoreStore:
 
     def read(self, path: str) -> Snapshot:
         snap = self._ref(path).get()
-        return Snapshot(snap.to_dict() or {}, snap.update_time) if snap.exists else Snapshot(None)
+        data = (snap.to_dict() or {}) if snap.exists else None
+        return Snapshot(data, snap.update_time if snap.exists else None, snap.read_time)
 
     def create(self, path: str, data: Mapping[str, Any]) -> bool:
         from google.api_core.exceptions import AlreadyExists
 
         try:
-            self._ref(path).create(dict(data))
+            self._ref(path).create(_server_times(data))
         except AlreadyExists:
             return False
         return True
 
-    def commit(self, writes: Sequence[Write]) -> bool:
-        from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition
+    def commit(self, writes: Sequence[Write]) -> Committed | None:
+        from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
         batch = self.db.batch()
         for w in writes:
             ref = self._ref(w.path)
+            data = _server_times(w.data)
             if w.kind == "create":
-                batch.create(ref, dict(w.data))
+                batch.create(ref, data)
             elif w.kind == "update":
-                batch.update(ref, dict(w.data), option=self.db.write_option(last_update_time=w.version))
+                batch.update(ref, data, option=self.db.write_option(last_update_time=w.version))
             else:
-                batch.set(ref, dict(w.data), merge=True)
+                batch.set(ref, data, merge=True)
         try:
-            batch.commit()
-        except (FailedPrecondition, AlreadyExists, Aborted):
-            return False
-        return True
+            results = batch.commit()
+        except (FailedPrecondition, AlreadyExists, Aborted, NotFound):
+            return None
+        # A write result's update_time is the document's new version (its last_update_time precondition next).
+        return Committed(tuple(r.update_time for r in results))
 
     def update(self, path: str, fields: Mapping[str, Any]) -> None:
         from google.api_core.exceptions import NotFound
 
         try:
-            self._ref(path).update(dict(fields))
+            self._ref(path).update(_server_times(fields))
         except NotFound as error:
             raise Missing(path) from error
 
@@ -285,7 +402,7 @@ class FirestoreStore:
         from google.cloud import firestore
 
         ref = self._ref(path)
-        ref.set({counter: firestore.Increment(1), **fields}, merge=True)
+        ref.set({counter: firestore.Increment(1), **_server_times(fields)}, merge=True)
         return int((ref.get().to_dict() or {}).get(counter, 1))
 
     def query(
@@ -308,3 +425,17 @@ class FirestoreStore:
 
     def ids(self, collection: str) -> list[tuple[str, dict[str, Any]]]:
         return [(d.id, d.to_dict() or {}) for d in self.db.collection(collection).stream()]
+
+
+def _server_times(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with ``SERVER_TIME`` as Firestore's ``SERVER_TIMESTAMP`` sentinel (a top-level or nested field)."""
+    from google.cloud import firestore
+
+    def convert(value: Any) -> Any:
+        if value is SERVER_TIME:
+            return firestore.SERVER_TIMESTAMP
+        if isinstance(value, Mapping):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return {k: convert(v) for k, v in data.items()}

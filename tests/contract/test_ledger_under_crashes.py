@@ -289,3 +289,45 @@ def test_a_models_lock_has_one_holder_and_a_dead_holders_lock_frees_itself(book:
     started = time.monotonic()
     with book.model_lock("digits", "promotion", lease=lease, wait=10):
         assert time.monotonic() - started < 5
+
+
+def test_leases_are_the_emulators_time_whatever_the_instances_clock_says(
+    book: ledger.Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance whose clock is an hour ahead takes over no live claim, and the claim it releases is free at once:
+    heartbeats are Firestore's SERVER_TIMESTAMP and leases are judged against the read's ``read_time``."""
+    from datetime import datetime, timedelta
+
+    from cd4ml.errors import Busy
+
+    true_now = events.now
+    other = ledger.Ledger.firestore(_db(book))
+    acts: list[str] = []
+
+    def act() -> dict[str, Any]:
+        acts.append("holder")
+        with monkeypatch.context() as patch:
+            patch.setattr(ledger, "now", lambda: true_now() + timedelta(hours=1))
+            with pytest.raises(Busy):
+                other.once(RUN, "job", lambda: _acted(acts, "ahead"), wait=0.2)
+        return {"job": "once"}
+
+    assert book.once(RUN, "job", act) == ({"job": "once"}, True) and acts == ["holder"]
+    claim = _db(book).document(f"runs/{RUN}/effects/job").get()
+    beat = claim.get("beat_at")
+    assert isinstance(beat, datetime) and beat <= claim.update_time  # the server's time of the write, not a string
+
+    def fails() -> dict[str, Any]:
+        raise ConnectionError("the external system went away mid-call")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger, "now", lambda: true_now() + timedelta(hours=1))
+        with pytest.raises(ConnectionError):
+            other.once(RUN, "flaky", fails)
+    assert book.once(RUN, "flaky", lambda: {"job": "new"}, recover=lambda: None, wait=0.2) == ({"job": "new"}, True)
+
+
+def _acted(acts: list[str], who: str) -> dict[str, Any]:
+    """An act that notes who carried it out."""
+    acts.append(who)
+    return {"job": who}
