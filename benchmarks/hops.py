@@ -36,6 +36,7 @@ from typing import Any
 from local_emulator import processes, pubsub_push
 from local_emulator import stack as local
 
+from benchmarks import operations
 from benchmarks.pipeline import GATED_MODEL, Pipeline, say
 from benchmarks.report import Check, Section, Summary, percentile
 from cd4ml import catalog
@@ -45,6 +46,8 @@ from cd4ml.events import (
     RUN_REQUESTED,
     TRAINING_COMPLETED,
     TRAINING_SUBMITTED,
+    format_time,
+    now,
     parse_time,
 )
 
@@ -193,7 +196,9 @@ def measure(pipeline: Pipeline, workdir: Path, samples: int, runs: int) -> Secti
     bare_ms = bare_hops(pipeline, samples, workdir)
     bare = Summary.of(bare_ms)
     say(f"hops: {runs} sequential runs of {GATED_MODEL}")
+    start = format_time(now())
     records = sequential_runs(pipeline, runs)
+    billed = operations.per_run(pipeline.stack.logs, [r["run_id"] for r in records], start, format_time(now()))
     orchestration = run_hops(records, ORCHESTRATION_HOPS)
     other = run_hops(records, OTHER_HOPS)
     pooled_ms = [v for values in orchestration.values() for v in values]
@@ -215,6 +220,11 @@ def measure(pipeline: Pipeline, workdir: Path, samples: int, runs: int) -> Secti
         f"cd4ml orchestration:   {pooled.text('ms')}",
     ]
     notes += [f"  {name + ':':21s}{Summary.of(v).text('ms')}" for name, v in orchestration.items()]
+    notes += [billed.text()]
+    notes += [
+        f"  {name + ':':21s}{tally['reads']:.1f} reads, {tally['writes']:.1f} writes in {tally['messages']:.1f} messages"
+        for name, tally in billed.by_stage.items()
+    ]
     notes += ["other hop (context, not checked; its stage does external work):"]
     notes += [f"  {name + ':':32s}{Summary.of(v).text('ms')}" for name, v in other.items()]
     return Section(
@@ -234,6 +244,14 @@ def measure(pipeline: Pipeline, workdir: Path, samples: int, runs: int) -> Secti
             "pooled": _raw(pooled),
             "ratio": ratio,
             "ratio_interval_90": [low, high],
+            "firestore_per_run": {
+                "reads": billed.reads,
+                "writes": billed.writes,
+                "commits": billed.commits,
+                "by_stage": billed.by_stage,
+                "tick_reads": billed.tick_reads,
+                "tick_writes": billed.tick_writes,
+            },
             "runs": [r["run_id"] for r in records],
         },
     )

@@ -34,6 +34,7 @@ from cd4ml.catalog import topic_id
 from cd4ml.events import RUN_REQUESTED, WATCH_TICKED, Event, format_time, now
 from cd4ml.manifest import Manifest
 from cd4ml.run import TERMINAL
+from cd4ml.runtime import METER
 from cd4ml.settings import Settings
 
 MODEL = "digits-bench"
@@ -233,6 +234,7 @@ def running(
     ``extra`` model folders are pushed too; ``supervised`` runs the functions behind local_emulator.supervisor.
     """
     os.environ["CD4ML_STATE_DIR"] = str(workdir / "state")
+    os.environ[METER] = "1"  # each function logs the Firestore operations of every message (benchmarks.operations)
     folders = [
         make_model(workdir),
         make_model(workdir, GATED_MODEL, threshold=1.01),

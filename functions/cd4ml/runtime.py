@@ -13,6 +13,7 @@ import contextvars
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from functools import cached_property
@@ -26,6 +27,11 @@ from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
 from cd4ml.run import TERMINAL, Run, RunId, is_run_id
 from cd4ml.settings import Settings
+from cd4ml.store import Counting, FirestoreStore
+
+#: Set (to anything) to log the Firestore reads, writes and commits each handled message cost (``python -m
+#: benchmarks`` sets it: what production bills per run). Not a CD4ML_ setting: the local stack passes it through.
+METER = "FIRESTORE_OPERATIONS_LOG"
 
 if TYPE_CHECKING:
     from cloudevents.http import CloudEvent
@@ -57,7 +63,8 @@ class Context:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger.firestore(clients.firestore_client(self.settings))
+        store = FirestoreStore(clients.firestore_client(self.settings))
+        return Ledger(Counting(store) if os.environ.get(METER) else store)
 
     @cached_property
     def bus(self) -> Bus:
@@ -286,6 +293,8 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
         ctx.reject(message, InvalidEvent("not a Pub/Sub message", [beyond]))
         raise push.Refused(413, beyond, logged=True)
     token = _HANDLING.set(message.message_id)
+    meter = ctx.ledger.store if os.environ.get(METER) else None
+    before = meter.mine() if isinstance(meter, Counting) else None
     try:
         handler(message, ctx)
     except PermanentError as error:
@@ -295,6 +304,15 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
             raise
         ctx.give_up(message, error)
     finally:
+        if isinstance(meter, Counting) and before is not None:
+            spent = meter.mine() - before
+            ctx.info(
+                "firestore operations",
+                message.attributes.get("ce-subject", ""),
+                reads=spent.reads,
+                writes=spent.writes,
+                commits=spent.commits,
+            )
         _HANDLING.reset(token)
 
 

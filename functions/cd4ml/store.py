@@ -288,23 +288,39 @@ class Operations:
 
 
 class Counting:
-    """A store that counts the operations made through it (the benchmark's and the unit tests' meter)."""
+    """A store that counts the operations made through it (the benchmark's and the unit tests' meter): in all
+    (``total``) and by the calling thread (``mine``: one handler's, as a request is served on one thread)."""
 
     def __init__(self, store: Store) -> None:
         self.inner = store
-        self.counted = Operations()
+        self._total = Operations()
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def _count(self, reads: int = 0, writes: int = 0, commits: int = 0) -> None:
+        mine = self._mine()
         with self._lock:
-            self.counted.reads += reads
-            self.counted.writes += writes
-            self.counted.commits += commits
+            for tally in (self._total, mine):
+                tally.reads += reads
+                tally.writes += writes
+                tally.commits += commits
 
-    def snapshot(self) -> Operations:
-        """The counts so far (a copy: subtract two to count one call)."""
+    def _mine(self) -> Operations:
+        tally: Operations | None = getattr(self._local, "tally", None)
+        if tally is None:
+            tally = self._local.tally = Operations()
+        return tally
+
+    def total(self) -> Operations:
+        """The counts so far, every thread's (a copy: subtract two to count what happened between)."""
         with self._lock:
-            return Operations(self.counted.reads, self.counted.writes, self.counted.commits)
+            return Operations(self._total.reads, self._total.writes, self._total.commits)
+
+    def mine(self) -> Operations:
+        """The counts so far of the calling thread (a copy)."""
+        tally = self._mine()
+        with self._lock:
+            return Operations(tally.reads, tally.writes, tally.commits)
 
     def read(self, path: str) -> Snapshot:
         self._count(reads=1)
