@@ -110,6 +110,7 @@ class Ledger:
         compute: Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, Any]],
         also: Callable[[Any], list[Write]] | None = None,
         attempts: int = 25,
+        on_conflict: Callable[[], None] | None = None,
     ) -> Any:
         """Read ``path``, ``compute(doc)`` → (updates or None, result), write the updates only if nobody wrote the
         document since the read (its version is the precondition; a create when it did not exist), and start
@@ -117,8 +118,8 @@ class Ledger:
 
         The first attempt computes on the version this instance last read or wrote, when it knows one
         (``_known``): the precondition proves it current, so the write needs no read; a conflict (or a compute
-        that would write nothing) reads again. Returns ``result``; contention that outlasts ``attempts`` is a
-        RetryableError (Pub/Sub redelivers).
+        that would write nothing) reads again. ``on_conflict()`` runs after a commit that failed. Returns ``result``;
+        contention that outlasts ``attempts`` is a RetryableError (Pub/Sub redelivers).
         """
         known = self._known_snapshot(path)
         for attempt in range(attempts):
@@ -132,6 +133,8 @@ class Ledger:
             if self._write_on(snap, path, updates, also(result) if also is not None else []):
                 return result
             known = None
+            if on_conflict is not None:
+                on_conflict()
             time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
         raise RetryableError(f"run ledger busy: {path} changed under {attempts} attempts to write it")
 
@@ -277,12 +280,22 @@ class Ledger:
             applied = apply(doc, change, format_time(now()))
             return (dict(applied.updates) if applied.changed else None), applied
 
-        def champion(applied: Any) -> list[Write]:
-            if applied.champion is None:
-                return []
-            return [Write("merge", f"{MODELS}/{applied.record['model']}", {"champion": dict(applied.champion)})]
+        taken: list[tuple[str, _Hold, dict[str, Any]]] = []
 
-        return dict(self._swap(self._run(run_id), compute, champion).record)
+        def champion(applied: Any) -> list[Write]:  # and the done marks waiting for this record (``deferring``)
+            taken[:] = self._pending()
+            deferred = [Write("update", path, fields, hold.version) for path, hold, fields in taken]
+            if applied.champion is None:
+                return deferred
+            model = f"{MODELS}/{applied.record['model']}"
+            return [Write("merge", model, {"champion": dict(applied.champion)}), *deferred]
+
+        recorded = self._swap(self._run(run_id), compute, champion, on_conflict=_flush_deferred)
+        waiting = _deferred()
+        waiting[:] = [
+            w for w in waiting if (w[1], w[2], w[3]) not in taken
+        ]  # the last commit (it succeeded) wrote them
+        return dict(recorded.record)
 
     def note_rejection(self, run_id: str, rejection: Mapping[str, Any]) -> None:
         """Note a rejected message on the run it names (the last ``KEEP_REJECTIONS``); the status is untouched.
@@ -489,8 +502,16 @@ class Ledger:
                 self._fenced(path, hold, _lease(timedelta(0)))
             raise
         acted = found is None
-        self._fenced(path, hold, {"state": "done", "result": result, "done_at": format_time(now())})
+        done = {"state": "done", "result": result, "done_at": format_time(now())}
+        if getattr(_DEFERRING, "on", False):
+            _deferred().append((self, path, hold, done))  # committed with the run's next record (``deferring``)
+        else:
+            self._fenced(path, hold, done)
         return result, acted
+
+    def _pending(self) -> list[tuple[str, _Hold, dict[str, Any]]]:
+        """The done marks this thread deferred on this ledger (``deferring``)."""
+        return [(path, hold, fields) for ledger, path, hold, fields in _deferred() if ledger is self]
 
     @contextlib.contextmanager
     def model_lock(self, model: str, name: str, lease: timedelta = LEASE, wait: float = 10.0) -> Iterator[None]:
@@ -548,6 +569,44 @@ class Ledger:
         finally:
             stop.set()
             thread.join(timeout=5)
+
+
+#: Per thread: whether claims' done marks wait for the next record (``deferring``), and those waiting.
+_DEFERRING = threading.local()
+
+
+def _deferred() -> list[tuple[Ledger, str, _Hold, dict[str, Any]]]:
+    waiting: list[tuple[Ledger, str, _Hold, dict[str, Any]]] | None = getattr(_DEFERRING, "waiting", None)
+    if waiting is None:
+        waiting = _DEFERRING.waiting = []
+    return waiting
+
+
+def _flush_deferred() -> None:
+    """Write alone (fenced by their holders) the done marks this thread deferred."""
+    waiting = _deferred()
+    while waiting:
+        ledger, path, hold, fields = waiting.pop(0)
+        ledger._fenced(path, hold, fields)
+
+
+@contextlib.contextmanager
+def deferring() -> Iterator[None]:
+    """While the body runs on this thread, a claim's done mark (``Ledger.once``) waits for the run's next
+    ``Ledger.record`` and commits with it: one commit fewer per effect, and none between the act and its event. On
+    exit, a mark no record took is written alone. ``runtime.dispatch`` runs every handler inside it.
+
+    The claim's version is the mark's precondition, so the mark is as fenced as when written alone; after a
+    conflict it is written alone (fenced by the holder) and the record goes on without it. Until then the claim
+    reads as claimed, its lease running: a duplicate delivery waits for the mark, and one after a crash asks
+    ``recover`` first, as after a crash between the act and the mark.
+    """
+    _DEFERRING.on = True
+    try:
+        yield
+    finally:
+        _DEFERRING.on = False
+        _flush_deferred()
 
 
 class _Hold:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import posixpath
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -258,6 +260,39 @@ def _validator() -> Draft202012Validator:
 
 def parse(document: Any, origin: str = "manifest") -> Manifest:
     """Validate a manifest (already YAML-decoded); InvalidManifest names every field and reason."""
+    problems = _problems_of(document)
+    if problems:
+        name = document.get("name") if isinstance(document, dict) else None
+        raise InvalidManifest(f"invalid {origin}" + (f" for model {name!r}" if name else ""), problems)
+    return _manifest(document)
+
+
+#: Problems of the manifests validated lately, by their canonical JSON: every stage parses its run's manifest on
+#: each message, and validating it (~4 ms, mostly jsonschema) was a tenth of a hop. Values only: a hit still
+#: builds a new Manifest.
+_VALIDATED: dict[str, list[str]] = {}
+_VALIDATED_KEEP = 32
+_VALIDATED_LOCK = threading.Lock()
+
+
+def _problems_of(document: Any) -> list[str]:
+    try:
+        key = json.dumps(document, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):  # not JSON (YAML dates, say): validated every time
+        return _problems(document)
+    with _VALIDATED_LOCK:
+        found = _VALIDATED.get(key)
+    if found is None:
+        found = _problems(document)
+        with _VALIDATED_LOCK:
+            if len(_VALIDATED) >= _VALIDATED_KEEP:
+                _VALIDATED.pop(next(iter(_VALIDATED)), None)
+            _VALIDATED[key] = found
+    return list(found)
+
+
+def _problems(document: Any) -> list[str]:
+    """Every problem of a manifest: its schema, then the rules a schema cannot say."""
     problems = [
         f"{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
         for e in sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
@@ -293,9 +328,11 @@ def parse(document: Any, origin: str = "manifest") -> Manifest:
             problems.append("data.source.bigquery: BigQuery sources are not supported yet; use gcs_prefix")
     if isinstance(document, dict) and isinstance(document.get("evaluation"), dict):
         problems += _evaluation_problems(document["evaluation"])
-    if problems:
-        name = document.get("name") if isinstance(document, dict) else None
-        raise InvalidManifest(f"invalid {origin}" + (f" for model {name!r}" if name else ""), problems)
+    return problems
+
+
+def _manifest(document: Any) -> Manifest:
+    """The Manifest of a valid manifest document."""
     t = document["training"]
     pool = t["worker_pool"]
     container = t.get("container", {})

@@ -23,7 +23,7 @@ from cd4ml import catalog, clients, logs, push
 from cd4ml.bus import Bus, bounded
 from cd4ml.errors import Busy, InvalidEvent, InvalidSettings, PermanentError
 from cd4ml.events import RUN_FAILED, Event, PubSubMessage, format_time, now, parse_time, plain
-from cd4ml.ledger import PUBLISHED, Ledger
+from cd4ml.ledger import PUBLISHED, Ledger, deferring
 from cd4ml.outcome import Outcome
 from cd4ml.run import TERMINAL, Run, RunId, is_run_id
 from cd4ml.settings import Settings
@@ -296,7 +296,8 @@ def dispatch(cloud_event: CloudEvent, handler: Handler) -> None:
     meter = ctx.ledger.store if os.environ.get(METER) else None
     before = meter.mine() if isinstance(meter, Counting) else None
     try:
-        handler(message, ctx)
+        with deferring():  # a claim's done mark commits with the run's record (ledger.deferring)
+            handler(message, ctx)
     except PermanentError as error:
         ctx.reject(message, error)
     except Exception as error:  # retryable: raised again (HTTP 500, redelivery) unless this was the last delivery

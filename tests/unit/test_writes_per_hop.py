@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from cd4ml import events
-from cd4ml.ledger import Ledger
+from cd4ml.ledger import Ledger, deferring
 from cd4ml.outcome import Outcome
 from cd4ml.store import Counting, MemoryStore, Operations
 from tests.stagekit import Kit
@@ -47,7 +47,7 @@ def test_conclude_writes_the_record_and_the_publish_mark_and_reads_nothing_more(
     assert record["published"] == [kit.bus.published[0].id]
 
 
-def test_a_hop_with_an_effect_costs_one_read_and_four_writes() -> None:
+def test_a_hop_with_an_effect_costs_one_read_four_writes_and_three_commits() -> None:
     kit, meter = _kit()
     before = meter.total()
     assert kit.ctx.ledger.run(RUN) is not None
@@ -55,11 +55,21 @@ def test_a_hop_with_an_effect_costs_one_read_and_four_writes() -> None:
     def act() -> dict[str, Any]:
         return {"job": SUBMITTED["job"]}
 
-    assert kit.ctx.ledger.once(RUN, "training-job", act) == ({"job": SUBMITTED["job"]}, True)
-    kit.ctx.conclude(RUN, _outcome())
+    with deferring():  # as runtime.dispatch runs every handler
+        assert kit.ctx.ledger.once(RUN, "training-job", act) == ({"job": SUBMITTED["job"]}, True)
+        kit.ctx.conclude(RUN, _outcome())
     spent = meter.total() - before
-    # The run read; the claim, the claim marked done, the record, the publish mark.
-    assert spent == Operations(reads=1, writes=4, commits=4), spent
+    # The run read; the claim; the record and the claim marked done in one commit; the publish mark.
+    assert spent == Operations(reads=1, writes=4, commits=3), spent
+    assert kit.ctx.ledger.once(RUN, "training-job", act) == ({"job": SUBMITTED["job"]}, False)
+
+
+def test_a_done_mark_no_record_took_is_written_when_the_handler_ends() -> None:
+    kit, _ = _kit()
+    with deferring():
+        assert kit.ctx.ledger.once(RUN, "training-job", lambda: {"job": "j"}) == ({"job": "j"}, True)
+    assert (kit.ctx.ledger.claim(RUN, "training-job") or {})["state"] == "done"
+    assert Ledger(kit.ledger.store).once(RUN, "training-job", lambda: {"job": "again"}) == ({"job": "j"}, False)
 
 
 def test_a_redelivered_conclusion_publishes_nothing_and_writes_nothing() -> None:
@@ -80,3 +90,14 @@ def test_a_record_on_a_run_written_by_another_instance_meanwhile_reads_it_again(
     record = kit.run(RUN)
     assert record["last_failure"] == {"stage": "x", "error": "y"}  # not lost: the precondition caught the stale copy
     assert record["training"]["job"] == SUBMITTED["job"] and record["published"] == [kit.bus.published[0].id]
+
+
+def test_a_deferred_done_mark_never_overwrites_a_claim_taken_over_meanwhile() -> None:
+    kit, _ = _kit()
+    with deferring():
+        kit.ctx.ledger.once(RUN, "training-job", lambda: {"job": "j"})
+        kit.ledger.store.update(f"runs/{RUN}/effects/training-job", {"holder": "successor"})  # taken over
+        kit.ctx.conclude(RUN, _outcome())
+    claim = kit.ctx.ledger.claim(RUN, "training-job") or {}
+    assert claim["holder"] == "successor" and claim["state"] == "claimed"
+    assert kit.run(RUN)["training"]["job"] == SUBMITTED["job"] and kit.bus.types() == [events.TRAINING_SUBMITTED]
