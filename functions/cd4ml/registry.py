@@ -35,6 +35,17 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 TIMEOUT = (5.0, 30.0)
+#: The share of a function's timeout (catalog.yaml) its registry calls may spend: every call's timeouts are capped
+#: by what is left, so the act (the alias move, its check) ends long before the platform stops the function and
+#: its lease's heartbeat (unbounded, the move's up to nine calls could take 9 × 35 s against promote's 120 s).
+BUDGET_SHARE = 0.4
+
+
+def budget(timeout_seconds: float) -> float:
+    """What a function with ``timeout_seconds`` may spend in registry calls."""
+    return timeout_seconds * BUDGET_SHARE
+
+
 PULL = "pull"
 PULL_PUSH = "pull,push"
 #: The token spec: "expires_in … If omitted, a default of 60 seconds should be assumed."
@@ -98,9 +109,17 @@ class Repository:
 class RegistryClient:
     """Reads and writes manifests; 5xx and connection trouble are retryable, 4xx but auth are permanent."""
 
-    def __init__(self, token: Callable[[], str] | None = None, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        token: Callable[[], str] | None = None,
+        session: requests.Session | None = None,
+        budget_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._token = token
         self._http = session or requests.Session()
+        self._clock = clock
+        self._deadline = None if budget_seconds is None else clock() + budget_seconds
         self._realms: dict[str, Challenge] = {}  # host → the realm and service its last challenge named
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # (host, scope) → (token, expiry)
 
@@ -136,7 +155,7 @@ class RegistryClient:
                 token = self._fetch_token(repo.host, self._realms[repo.host], scope)  # ask before acting
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
-            response = self._http.request(method, url, headers=headers, timeout=TIMEOUT, **kwargs)
+            response = self._http.request(method, url, headers=headers, timeout=self._timeout(), **kwargs)
             challenge = Challenge.of(response)
             # Unauthenticated: any Bearer challenge. With a token: only a challenge naming a scope (insufficient
             # scope, or an expired token) earns a new one; a bare 401/403 is a grant still missing: retried later.
@@ -145,10 +164,20 @@ class RegistryClient:
                 self._tokens.pop((repo.host, scope), None)
                 token = self._fetch_token(repo.host, challenge, _merge(scope, challenge.scope))
                 headers["Authorization"] = f"Bearer {token}"
-                response = self._http.request(method, url, headers=headers, timeout=TIMEOUT, **kwargs)
+                response = self._http.request(method, url, headers=headers, timeout=self._timeout(), **kwargs)
         except requests.RequestException as trouble:
             raise RetryableError(f"registry {repo.api} unreachable: {type(trouble).__name__}") from trouble
         return response
+
+    def _timeout(self) -> tuple[float, float]:
+        """TIMEOUT, both together capped by what is left of the client's budget; RetryableError once it is spent."""
+        if self._deadline is None:
+            return TIMEOUT
+        left = self._deadline - self._clock()
+        if left <= 0.5:
+            raise RetryableError("registry calls ran out of their time budget; the delivery is retried")
+        connect = min(TIMEOUT[0], left / 4)
+        return (connect, min(TIMEOUT[1], left - connect))
 
     def _cached(self, host: str, scope: str) -> str | None:
         token, expiry = self._tokens.get((host, scope), ("", 0.0))
@@ -159,7 +188,7 @@ class RegistryClient:
         auth = ("oauth2accesstoken", self._token()) if self._token else None
         params = {"service": challenge.service, "scope": scope} if challenge.service else {"scope": scope}
         try:
-            response = self._http.get(challenge.realm, params=params, auth=auth, timeout=TIMEOUT)
+            response = self._http.get(challenge.realm, params=params, auth=auth, timeout=self._timeout())
         except requests.RequestException as trouble:
             raise RetryableError(
                 f"registry token service {challenge.realm} unreachable: {type(trouble).__name__}"

@@ -162,7 +162,7 @@ def promotion(
 
 def promote(message: PubSubMessage, ctx: Context) -> None:
     """canary.succeeded → the alias moves to the image digest (once), then model.promoted: the run succeeds."""
-    from cd4ml import registry
+    from cd4ml import catalog, registry
 
     event = Event.from_message(message, [events.CANARY_SUCCEEDED])
     run = checked_run(ctx, event)  # its own canary's verdict succeeded, on the image its build reported
@@ -170,7 +170,9 @@ def promote(message: PubSubMessage, ctx: Context) -> None:
         return
     alias = parse(run.manifest).alias
     repo = registry.Repository.of(run.image.reference, ctx.settings.registry_api)
-    client = registry.RegistryClient(token=registry.adc_token)  # asked only when the registry challenges
+    client = registry.RegistryClient(  # the token is asked only when the registry challenges
+        token=registry.adc_token, budget_seconds=registry.budget(catalog.load().stage("promote").timeout_seconds)
+    )
     # One promotion of a model at a time, from the champion's read to its record (Ledger.model_lock).
     with ctx.ledger.model_lock(run.model, "promotion"):
         _promote(ctx, run, alias, repo, client)
