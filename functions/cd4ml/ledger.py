@@ -124,7 +124,13 @@ class Ledger:
         known = self._known_snapshot(path)
         for attempt in range(attempts):
             snap = known if known is not None else self._read(path)
-            updates, result = compute(snap.data)
+            try:
+                updates, result = compute(snap.data)
+            except Exception:
+                if known is None:
+                    raise
+                known = None  # refused on what this instance knew: only what the server holds may refuse
+                continue
             if updates is None:
                 if known is None:
                     return result
@@ -187,8 +193,9 @@ class Ledger:
     def _remember(self, path: str, snap: Snapshot) -> None:
         if not snap.exists or not path.startswith(f"{RUNS}/") or path.count("/") != 1:
             return
+        data = copy.deepcopy(snap.data)  # the caller may change its copy
         with self._known_lock:
-            self._known[path] = Snapshot(snap.data, snap.version)
+            self._known[path] = Snapshot(data, snap.version)
             self._known.move_to_end(path)
             while len(self._known) > KNOWN:
                 self._known.popitem(last=False)
@@ -292,9 +299,7 @@ class Ledger:
 
         recorded = self._swap(self._run(run_id), compute, champion, on_conflict=_flush_deferred)
         waiting = _deferred()
-        waiting[:] = [
-            w for w in waiting if (w[1], w[2], w[3]) not in taken
-        ]  # the last commit (it succeeded) wrote them
+        waiting[:] = [w for w in waiting if (w[1], w[2], w[3]) not in taken]  # the last (successful) commit wrote them
         return dict(recorded.record)
 
     def note_rejection(self, run_id: str, rejection: Mapping[str, Any]) -> None:

@@ -101,3 +101,16 @@ def test_a_deferred_done_mark_never_overwrites_a_claim_taken_over_meanwhile() ->
     claim = kit.ctx.ledger.claim(RUN, "training-job") or {}
     assert claim["holder"] == "successor" and claim["state"] == "claimed"
     assert kit.run(RUN)["training"]["job"] == SUBMITTED["job"] and kit.bus.types() == [events.TRAINING_SUBMITTED]
+
+
+def test_a_check_that_refuses_what_this_instance_knew_is_asked_again_of_what_the_server_holds() -> None:
+    kit, _ = _kit()
+    assert kit.ctx.ledger.run(RUN) is not None  # known: no approval yet
+    Ledger(kit.ledger.store).note(RUN, {"approval": {"state": "approved"}})  # another instance records one
+
+    def approved(record: Any) -> None:
+        if (record.get("approval") or {}).get("state") != "approved":
+            raise PermissionError("not approved")
+
+    kit.ctx.conclude(RUN, _outcome(), check=approved)
+    assert kit.bus.types() == [events.TRAINING_SUBMITTED]
