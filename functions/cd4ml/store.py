@@ -6,11 +6,13 @@ document paths (``runs/RUN``, ``runs/RUN/effects/NAME``). Field paths in ``updat
 Firestore's ``update()`` means: ``{"a.b": 1}`` sets one nested field, ``{"a": {...}}`` replaces the whole map.
 ``set_merge`` merges maps field by field, as Firestore's ``set(..., merge=True)``.
 
-Time is the server's: a write may hold ``SERVER_TIME`` (Firestore's ``SERVER_TIMESTAMP``: the server sets the field to
-the time it applies the write), and every read returns the server's time of the read (``Snapshot.read_time``,
-Firestore's ``read_time``: "the time at which a particular state was observed", google/firestore/v1). Leases are
-judged by those two alone, never by an instance's clock, so instances whose clocks disagree agree on who holds one.
-``MemoryStore``'s single clock stands in for the server's.
+Time is the server's: a write may hold ``SERVER_TIME`` (Firestore's ``SERVER_TIMESTAMP``, the REQUEST_TIME transform:
+"the time at which the server processed the request, with millisecond precision", google/firestore/v1 write.proto),
+and every read returns the server's time of the read (``Snapshot.read_time``: "the time at which a particular state
+was observed", google/firestore/v1 firestore.proto). Leases are judged by those two alone, never by an instance's
+clock, so instances whose clocks disagree agree on who holds one. On the emulator (measured here) the timestamp is
+at or before the write's own update_time, and a later read's read_time is after both. ``MemoryStore``'s single
+clock stands in for the server's.
 """
 
 from __future__ import annotations
