@@ -1,15 +1,15 @@
 """The local stack's IAM: per identity, a Pub/Sub (gRPC) port and a Cloud Storage (HTTP) port in front of the emulators.
 
 Each function process gets its own identity's two ports as PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST, so the
-unchanged code is refused locally what Terraform does not grant it in production (``iam_policy``: the grants of
+unchanged code is refused locally what Terraform does not grant it in production (``local_emulator.iam.policy``: the grants of
 terraform/iam_bindings.yaml over the catalog). One process serves every identity:
 
     python -m local_emulator.iam_proxy --project P --data-bucket D --artifact-bucket A \\
         --pubsub-upstream 127.0.0.1:PORT --storage-upstream http://127.0.0.1:PORT \\
         --token-key FILE --identity function:fetch_data=PUBSUB_PORT,STORAGE_PORT,METADATA_PORT [--identity ...]
 
-Each identity also gets a metadata server (``_metadata_server``: ``GCE_METADATA_HOST``), whose access tokens name it
-(``access_tokens``, signed with ``--token-key``): what the local registry's token service takes as its credential.
+Each identity also gets a metadata server (``local_emulator.iam.metadata_server``: ``GCE_METADATA_HOST``), whose access tokens name it
+(``local_emulator.iam.access_tokens``, signed with ``--token-key``): what the local registry's token service takes as its credential.
 An open port means ready. Identities: ``function:STAGE``, ``training``, ``build``, ``admin`` (unrestricted,
 but still held to Pub/Sub's publish limits).
 """

@@ -4,7 +4,7 @@ Publish needs ``pubsub.topics.publish`` on the topic (roles/pubsub.publisher, gr
 without it Pub/Sub answers PERMISSION_DENIED "User not authorized to perform this action." (the text every client
 reports, e.g. googleapis/nodejs-pubsub#1180, GoogleCloudPlatform/spring-cloud-gcp#2769). A function identity holds
 no other Pub/Sub permission in iam_bindings.yaml, so every other call from it is refused the same way; the admin
-identity passes everything. Every Publish, whoever sends it, is held to Pub/Sub's limits (``_pubsub_limits``).
+identity passes everything. Every Publish, whoever sends it, is held to Pub/Sub's limits (``limits``).
 """
 
 from __future__ import annotations

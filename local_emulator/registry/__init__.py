@@ -11,7 +11,7 @@ Pub/Sub emulator (PUBSUB_EMULATOR_HOST), data
         [--token-port T --token-key FILE]
 
 With ``--token-port`` the registry runs with Distribution's ``auth: token`` and this process serves the realm
-(``_registry_tokens``): every API call needs a token, issued to an identity of the local stack (its access token,
+(``tokens``): every API call needs a token, issued to an identity of the local stack (its access token,
 ``--token-key``) for the actions its Artifact Registry roles in terraform/iam_bindings.yaml grant on that repository.
 Ready when `GET http://HOST:P/v2/` answers (200, or 401 with token auth; the process logs "ready" then).
 """

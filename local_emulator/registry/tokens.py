@@ -5,10 +5,10 @@ that holds the actions it needs, and verifies the token as a JWT signed by a key
 bundle (``registry/auth/token``: issuer, audience = service, exp/nbf, an ``x5c`` chain up to the bundle). This
 service answers the realm as Artifact Registry's does for a service account: ``GET /v2/token?service=…&scope=…``
 with Basic auth ``oauth2accesstoken:ACCESS_TOKEN`` (https://cloud.google.com/artifact-registry/docs/docker/authentication#token),
-the access token being one of the local metadata servers' (``access_tokens``). Per the token spec
+the access token being one of the local metadata servers' (``local_emulator.iam.access_tokens``). Per the token spec
 (https://distribution.github.io/distribution/spec/auth/token/), the token holds "the intersection of the requested
 scope and the access the client has": each requested action that the identity's Artifact Registry roles grant on
-that repository (``iam_policy``: the same iam_bindings.yaml as Terraform), and no other. A missing or unknown access
+that repository (``local_emulator.iam.policy``: the same iam_bindings.yaml as Terraform), and no other. A missing or unknown access
 token is refused 401, as Artifact Registry refuses a token exchange it cannot authenticate.
 """
 

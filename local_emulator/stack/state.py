@@ -1,5 +1,5 @@
 """The local stack's state and environment: where it lives, the pids it started, the endpoints and settings each
-process gets. Shared by ``stack`` (up, down) and ``_stack_parts`` (starting each part), which import it; it imports
+process gets. Shared by ``stack`` (up, down) and ``parts`` (starting each part), which import it; it imports
 neither, so the stack has no import circle."""
 
 from __future__ import annotations

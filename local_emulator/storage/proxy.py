@@ -1,6 +1,6 @@
 """An HTTP proxy in front of the GCS emulator for one identity: each request authorized, then streamed through.
 
-What a request needs is decided by ``_storage_access.required``; a refusal is GCS's 403 JSON error, which
+What a request needs is decided by ``access.required``; a refusal is GCS's 403 JSON error, which
 google-cloud-storage raises as ``google.api_core.exceptions.Forbidden``. A resumable upload is authorized when
 its session starts (as GCS does) and its Location is rewritten to this proxy, so the data goes through it too.
 """

@@ -4,7 +4,7 @@ Vertex AI pip-installs the trainer package into its executor image, so a trainer
 the image ships plus what its package declares. Locally, two cached virtual environments (``python -m
 venv``, no system site-packages) stand in for that:
 
-* the *image layer*, per executor image: its framework pins (``_vertex_images``), keyed by the pins
+* the *image layer*, per executor image: its framework pins (``images``), keyed by the pins
   and the interpreter version;
 * the *package layer*, per image and package digest (sha256 of every package file, in order): a
   venv whose ``site-packages`` holds a ``.pth`` line pointing at the image layer (so pip sees the

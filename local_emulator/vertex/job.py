@@ -1,6 +1,6 @@
 """A local Vertex AI job as the runners see it: its context, how it ended, and helpers both runners share.
 
-Shared by ``_vertex_runner`` (Python packages) and ``_vertex_container`` (container images), so neither imports
+Shared by ``runner`` (Python packages) and ``container`` (container images), so neither imports
 the other's module at load time.
 """
 
@@ -32,7 +32,7 @@ class JobContext:
     base_env: Mapping[str, str]
     """The server's environment: where STORAGE_EMULATOR_HOST is found, and what pip runs with."""
     cache_dir: Path
-    """Where the trainer environments are cached (``_vertex_envs``)."""
+    """Where the trainer environments are cached (``envs``)."""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 python_package_spec: Vertex pip-installs the packages into the executor image and runs
 ``python -m python_module *args``. Here the packages are downloaded from GCS and pip-installed into
-a clean cached virtual environment standing in for the image (``_vertex_envs``: the image's
-framework pins from ``_vertex_images`` plus what the package declares, nothing from the stack's
+a clean cached virtual environment standing in for the image (``envs``: the image's
+framework pins from ``images`` plus what the package declares, nothing from the stack's
 interpreter), and the module runs with that environment's interpreter, in its own process group.
 
 container_spec: an image of the local registry runs in that image (``local_emulator.containers``:

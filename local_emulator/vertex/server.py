@@ -13,10 +13,10 @@ cancelling a finished job.
 
 A job goes QUEUED → PENDING (package download and install) → RUNNING → SUCCEEDED, FAILED or
 CANCELLED. A python_package trainer runs in a clean cached virtual environment holding only its
-executor image's framework pins and what its package declares (``_vertex_envs``, ``_vertex_images``:
+executor image's framework pins and what its package declares (``envs``, ``images``:
 only Vertex's prebuilt training containers are accepted); a container_spec job runs in its image,
 which must come from the local registry (``--registry``). The trainer gets only Vertex's environment
-(AIP_MODEL_DIR, CLUSTER_SPEC, …) plus the spec's env and STORAGE_EMULATOR_HOST: see ``_vertex_runner``.
+(AIP_MODEL_DIR, CLUSTER_SPEC, …) plus the spec's env and STORAGE_EMULATOR_HOST: see ``runner``.
 
 Run it with ``python -m local_emulator.vertex --host 127.0.0.1 --port P --state-dir DIR
 [--max-concurrent 2] [--cache-dir DIR] [--registry HOST:PORT]``: it logs JSON lines to stderr, prints nothing else, and on SIGTERM or
