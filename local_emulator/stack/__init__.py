@@ -54,10 +54,13 @@ def up(
     tick_seconds: float = 2.0,
     say: Callable[[str], None] = print,
     supervised: bool = False,
+    functions: bool = True,
 ) -> Stack:
     """Start everything, wait until ready, create topics, subscriptions and buckets, push the models.
 
     ``supervised``: the functions run behind ``local_emulator.stack.supervisor``, which restarts a crashed instance.
+    ``functions=False``: the emulators and stand-ins only (no function, model, scheduler or web view): what tests
+    that call handlers in-process need (tests/contract).
     """
     root = state_dir()
     existing = Stack.load(root)
@@ -75,12 +78,16 @@ def up(
         _start_ui,
     )
 
-    folders = usable_models(models if models is not None else default_models(), say)
+    folders = usable_models(models if models is not None else default_models(), say) if functions else []
     try:
         _start_services(stack)
         _apply_topology(stack, plan(catalog.load()))
         _start_delivery(stack, folders)
         say(f"emulators and stand-ins ready in {time.monotonic() - started:.1f} s")
+        if not functions:
+            stack.env = client_env(stack)
+            stack.save()
+            return stack
         _start_functions(stack, supervised)
         say(f"functions ready in {time.monotonic() - started:.1f} s")
         for folder in folders:
