@@ -168,6 +168,7 @@ class FakeVertex:
         self.jobs: dict[str, Any] = {}
         self.created: list[Any] = []
         self.refusal: Exception | None = None
+        self.outage = False
 
     def create_custom_job(self, *, parent: str, custom_job: Any, **options: Any) -> Any:
         if self.refusal is not None:
@@ -187,6 +188,8 @@ class FakeVertex:
         return [j for n, j in self.jobs.items() if n.startswith(prefix) and j.labels.get(key) == value]
 
     def get_custom_job(self, *, name: str, **options: Any) -> Any:
+        if self.outage:
+            raise exceptions.ServiceUnavailable("The service is currently unavailable.")  # type: ignore[no-untyped-call]
         if name not in self.jobs:
             raise exceptions.NotFound(f"CustomJob {name} not found")  # type: ignore[no-untyped-call]
         return self.jobs[name]
@@ -278,6 +281,25 @@ def test_a_job_vertex_refuses_fails_the_run_with_vertexs_reason() -> None:
     assert kit.bus.dead_letters == []
 
 
+def test_submit_training_dead_letters_a_data_fetched_that_breaks_its_schema() -> None:
+    vertex = FakeVertex()
+    kit = _training_kit("submit_training", vertex)
+    good = _fetched(kit)
+    data, attributes = good.to_message()
+    broken = json.loads(data)
+    broken["dataset"]["sha256"] = "not-a-digest"
+    message = PubSubMessage(
+        message_id="6001", publish_time=now(), attributes=attributes, data=json.dumps(broken).encode()
+    )
+    kit.deliver(training.submit_training, message=message)
+    [dead] = kit.bus.dead_letters
+    assert dead.error.startswith(f"invalid event {events.DATA_FETCHED} in message 6001: ")
+    assert "not-a-digest" in dead.error
+    assert vertex.created == [] and kit.bus.published == []
+    record = kit.run(RUN)
+    assert record["status"] == "running" and record["rejected_messages"][0]["reason"] == dead.error
+
+
 # --- watch_training ----------------------------------------------------------------------------------------------
 
 
@@ -314,6 +336,22 @@ def test_watch_training_reports_a_finished_job_once_with_the_model_it_left() -> 
     assert record["model_artifact"] == ARTIFACT and record["status"] == "running"
     kit.deliver(training.watch_training, message=_tick("9003"))  # the next tick: the job is no longer in flight
     assert len(kit.bus.published) == 1
+
+
+def test_watch_training_rides_out_a_vertex_outage_and_notes_since_when() -> None:
+    vertex = FakeVertex()
+    kit = _training_kit("watch_training", vertex)
+    job = _in_flight(kit, vertex)
+    vertex.outage = True
+    kit.deliver(training.watch_training, message=_tick())  # not raised: the other runs and the next tick go on
+    assert kit.bus.published == [] and kit.bus.dead_letters == []
+    assert kit.run(RUN)["status"] == "running" and kit.run(RUN)["training"]["unreadable_since"]
+    vertex.outage = False
+    _trained(kit.storage)
+    vertex.end(job, "JOB_STATE_SUCCEEDED")
+    kit.deliver(training.watch_training, message=_tick("9002"))
+    _emitted(kit, events.TRAINING_COMPLETED)
+    assert kit.run(RUN)["training"]["unreadable_since"] == ""
 
 
 def test_watch_training_fails_the_run_of_a_failed_job_with_vertexs_error() -> None:
