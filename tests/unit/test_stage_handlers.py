@@ -545,6 +545,20 @@ def test_note_arrival_ignores_what_is_no_watched_models_new_data(notice: PubSubM
     assert kit.ledger.arrivals(("pending", "==", True)) == [] and kit.bus.dead_letters == []
 
 
+def test_note_arrival_watches_the_folder_fetch_data_snapshots_even_when_the_prefix_has_no_slash() -> None:
+    # fetch_data snapshots gs://data/sources/digits/ for `gcs_prefix: sources/digits` (the schema allows it): an
+    # upload beside that folder (sources/digits-archive/) is no new data of the model, and must start no run.
+    kit = Kit("note_arrival")
+    _push_manifest(kit.storage, {**WATCHING, "data": {"source": {"gcs_prefix": "sources/digits"}}})
+    kit.deliver(arrival.note_arrival, message=_notification("sources/digits-archive/part-1.csv", 5))
+    kit.deliver(arrival.note_arrival, message=_notification("sources/digits.csv", 5))
+    assert kit.ledger.arrivals(("pending", "==", True)) == []
+    kit.deliver(arrival.note_arrival, message=_notification("sources/digits/part-1.csv", 5))
+    assert [a["object"] for a in kit.ledger.arrivals(("pending", "==", True))] == [
+        "gs://data/sources/digits/part-1.csv"
+    ]
+
+
 def test_note_arrival_dead_letters_a_message_that_is_not_a_storage_notification() -> None:
     kit = _arrival_kit()
     kit.deliver(arrival.note_arrival, message=_tick())
