@@ -143,6 +143,18 @@ def test_fetch_data_dead_letters_a_request_for_an_unknown_model_and_opens_no_run
     assert kit.bus.published == [] and kit.ledger.get("digits-20260101t030000z") is None
 
 
+def test_fetch_data_refuses_a_manifest_stored_under_another_models_name() -> None:
+    kit = Kit("fetch_data")
+    kit.storage.put("artifacts", "manifests/digits.yaml", yaml.safe_dump(manifest(name="iris")).encode())
+    _source_data(kit.storage)
+    kit.deliver(fetch.fetch_data, message=_golden("run_requested_valid.json"))
+    [dead] = kit.bus.dead_letters
+    assert dead.error == (
+        "invalid gs://artifacts/manifests/digits.yaml: name: 'iris' is not 'digits', the model it is stored for"
+    )
+    assert kit.bus.published == [] and kit.ledger.get("digits-20260101t030000z") is None
+
+
 def test_fetch_data_dead_letters_a_model_without_data_and_notes_it_on_the_run() -> None:
     kit = _fetch_kit()  # a manifest, nothing under its data source
     kit.deliver(fetch.fetch_data, message=_golden("run_requested_valid.json"))
