@@ -80,7 +80,9 @@ def watchers(notice: ObjectNotice, manifests: Iterable[Manifest], data_bucket: s
         on_new_data = (manifest.raw.get("trigger") or {}).get("on_new_data")
         if not on_new_data:
             continue
-        source = GcsPath.parse(resolve_gcs(manifest.data_source, data_bucket))
+        # The folder fetch_data snapshots (snapshot.take): a prefix without its slash names that folder too.
+        folder = resolve_gcs(manifest.data_source, data_bucket)
+        source = GcsPath.parse(folder if folder.endswith("/") else folder + "/")
         if source.bucket == notice.bucket and notice.name.startswith(source.name):
             found.append((manifest.name, int(on_new_data["quiet_seconds"])))
     return found
