@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from local_emulator import processes
 from local_emulator import stack as local
+from local_emulator.common import processes
 from tests.stagekit import Kit
 
 from benchmarks.report import percentile
