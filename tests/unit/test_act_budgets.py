@@ -6,15 +6,19 @@ stops its lease's heartbeat too, and a takeover then acts a second time.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
 
-from cd4ml import catalog, clients, registry, spinnaker
+from cd4ml import catalog, clients, events, registry, spinnaker
 from cd4ml.errors import RetryableError
+from cd4ml.stages import notify
+from tests.stagekit import Kit, event, manifest
 
 DIGEST = "sha256:" + "a" * 64
+RUN = "digits-20300101t030000z"
 
 
 def _timeout(stage: str) -> float:
@@ -74,3 +78,38 @@ def test_promotes_registry_calls_end_within_their_budget_when_every_call_hangs()
             client.tag(repo, DIGEST, "champion")
     assert clock.now - start <= budget < _timeout("promote") / 2
     assert session.calls >= 2  # it did call, each call capped by what was left
+
+
+def test_notifys_route_worst_case_is_well_under_its_function_timeout() -> None:
+    assert notify.route_worst_case() <= _timeout("notify") / 2
+
+
+def test_notify_starts_no_route_it_may_not_finish_and_the_redelivery_posts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    posted: list[str] = []
+
+    def post(url: str, payload: Any, channel: str) -> int:
+        posted.append(channel)
+        clock.now += 10  # a slow channel
+        return 200
+
+    monkeypatch.setattr(notify, "post", post)
+    monkeypatch.setattr(notify, "webhook_url", lambda template, channel: f"http://hooks.test/{channel}")
+    monkeypatch.setattr(notify, "time", SimpleNamespace(monotonic=clock, sleep=lambda seconds: None))
+    kit = Kit("notify")
+    routes = [{"channel": name, "format": "json"} for name in ("team-a", "team-b", "team-c")]
+    kit.seed(RUN, manifest=manifest(notify=routes))
+    failed = event(events.TRAINING_FAILED, RUN, {"model": "digits", "state": "JOB_STATE_FAILED", "error": "oom"})
+    deliveries = []
+    for _ in range(4):
+        try:
+            kit.deliver(notify.notify, failed)
+        except RetryableError:
+            deliveries.append(list(posted))
+            continue
+        deliveries.append(list(posted))
+        break
+    # 30 s a delivery, 26.65 s a route at worst: a route starts only while its worst case fits what is left.
+    assert deliveries == [["team-a"], ["team-a", "team-b"], ["team-a", "team-b", "team-c"]]
