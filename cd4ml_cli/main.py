@@ -324,8 +324,13 @@ def cmd_model_push(args: argparse.Namespace) -> int:
             if name:
                 manifest = models.read(folder)
                 seeded = "source data seeded from seed_data.py" if (folder / "seed_data.py").is_file() else "no data"
+                trainer = (
+                    "trainer image (built by the local Cloud Build)"
+                    if manifest.training.container_dockerfile
+                    else "trainer package"
+                )
                 print(
-                    f"model {name} pushed to the local stack: manifest, trainer package and serving files; {seeded}; "
+                    f"model {name} pushed to the local stack: manifest, {trainer} and serving files; {seeded}; "
                     + (
                         f"canary pipeline {manifest.canary_pipeline or name + '-canary'} on the local Gate; "
                         if manifest.canary_application
@@ -335,10 +340,16 @@ def cmd_model_push(args: argparse.Namespace) -> int:
                 )
                 return 0
     settings = _settings()
-    pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket)
+    pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket, settings)
     print(
         f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
         + (f", trainer package {pushed.package_uri}" if pushed.package_uri else "")
+        + (
+            f", trainer image {pushed.trainer_image.reference} ({pushed.trainer_image.digest}, Cloud Build "
+            f"build {pushed.trainer_image.build_id})"
+            if pushed.trainer_image
+            else ""
+        )
     )
     _policy_note(pushed.manifest)
     return 0
