@@ -6,11 +6,14 @@ folder of ``training.container.dockerfile`` goes to Cloud Storage as a tar.gz, o
 the model's own repository, and the build runs as the model's own build account (the only one that may push
 there), so a model's trainer image can replace no other model's. The source goes under ``builds/MODEL-`` in the
 artifact bucket, the one prefix that account may read. A run pins the tag to its digest when it submits the job.
+A push of the same source as the last successful build's builds nothing (the object's metadata names its image).
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import io
 import tarfile
 import time
@@ -27,6 +30,8 @@ DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
 _DONE = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
 _SKIP = {"__pycache__", ".pytest_cache", ".git"}
 _POLL_S = 1.0
+#: The source object's metadata after a successful build: what it pushed, by tag and digest, and the build.
+_IMAGE, _DIGEST, _BUILD = "cd4ml-image", "cd4ml-image-digest", "cd4ml-build-id"
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class TrainerImage:
     reference: str
     digest: str
     build_id: str
+    reused: bool = False  # the same source as the last successful build's: not built again
 
 
 def reference(registry: str, manifest: Manifest) -> str:
@@ -103,10 +109,13 @@ def push(settings: Settings, storage: Any, folder: Path, manifest: Manifest, tim
     if not settings.registry:
         raise Cd4mlError("a trainer image needs CD4ML_REGISTRY (terraform output registry) to push to")
     image = reference(settings.registry, manifest)
-    blob = storage.bucket(settings.artifact_bucket).blob(source_object(manifest.name))
-    blob.upload_from_string(
-        context((folder / manifest.training.container_dockerfile).parent), content_type="application/gzip"
-    )
+    source = context((folder / manifest.training.container_dockerfile).parent)
+    bucket = storage.bucket(settings.artifact_bucket)
+    built = _built_from(bucket.get_blob(source_object(manifest.name)), source, image)
+    if built is not None:
+        return built
+    blob = bucket.blob(source_object(manifest.name))
+    blob.upload_from_string(source, content_type="application/gzip")
     builds = clients.cloud_build_client(settings)
     operation = builds.create_build(
         project_id=settings.project,
@@ -129,4 +138,18 @@ def push(settings: Settings, storage: Any, folder: Path, manifest: Manifest, tim
             + (f"; its log: {build.log_url}" if build.log_url else "")
         )
     digest = build.results.images[0].digest if build.results.images else ""
+    blob.metadata = {_IMAGE: image, _DIGEST: digest, _BUILD: build_id}
+    blob.patch()  # the next push of the same source reuses this image (and so the runs' training cache)
     return TrainerImage(reference=image, digest=digest, build_id=build_id)
+
+
+def _built_from(blob: Any, source: bytes, image: str) -> TrainerImage | None:
+    """The image the last successful build of this very source pushed as ``image``; None when the source changed
+    (or never built): an image build is not byte-reproducible (layer times), so building unchanged source again
+    would give a new digest and retrain every run."""
+    if blob is None or blob.md5_hash != base64.b64encode(hashlib.md5(source).digest()).decode():
+        return None
+    recorded = blob.metadata or {}
+    if recorded.get(_IMAGE) != image or not recorded.get(_DIGEST):
+        return None
+    return TrainerImage(reference=image, digest=recorded[_DIGEST], build_id=recorded.get(_BUILD, ""), reused=True)
