@@ -416,9 +416,11 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     from cd4ml_cli import templates
 
     folder = templates.create(args.name, args.template, Path(args.dir) if args.dir else Path(args.name))
+    train = "" if args.template == "container" else f"`cd4ml model train {folder} --local`, "
+    push = "(builds its trainer image) " if args.template == "container" else ""
     print(
         f"model {args.name} ({args.template}) made in {folder}. Next: `cd4ml model check {folder}`, "
-        f"`cd4ml model train {folder} --local`, `cd4ml model push {folder}`, `cd4ml run {args.name} --wait`"
+        f"{train}`cd4ml model push {folder}` {push}, `cd4ml run {args.name} --wait`".replace(" ,", ",")
     )
     return 0
 
@@ -439,6 +441,7 @@ def cmd_model_check(args: argparse.Namespace) -> int:
     print(
         f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone}); "
         + ("executor image, trainer module and " if manifest.training.executor_image else "")
+        + ("trainer Dockerfile and " if manifest.training.container_dockerfile else "")
         + ("smoke requests found" if manifest.smoke else "no smoke test")
     )
     _policy_note(manifest)
