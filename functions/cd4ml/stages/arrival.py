@@ -162,6 +162,6 @@ def start_on_data(message: PubSubMessage, ctx: Context) -> None:
         if found is None:
             continue
         run_id, data = found
-        ctx.bus.publish(Event.new(events.RUN_REQUESTED, run_id, data, source=ctx.source))
+        ctx.request_run(run_id, data)
         ctx.ledger.answer_arrival(str(arrival["model"]), str(arrival["last_upload"]))
         ctx.info(f"new data quiet for {arrival['quiet_seconds']} s: run requested", run_id, model=data["model"])
