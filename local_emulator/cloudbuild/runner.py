@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -55,6 +56,8 @@ from local_emulator.containers.buildah import ImageStorage, qualified
 DEFAULT_TIMEOUT = timedelta(minutes=60)
 
 _log = logging.getLogger("cloudbuild")
+#: What a layer-cache image name keeps of a repository (containers-storage names: lower case, no port colon).
+_CACHE_NAME = re.compile(r"[^a-z0-9._/-]+")
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,8 @@ class BuildRunner:
                 )
             for tag, name in zip(command.tags, names, strict=False):
                 built[qualified(tag)] = name
+            if command.cache and command.tags:
+                self._keep_layers(names[0], command.tags[0])
         elif isinstance(command, DockerTag):
             source = built.get(qualified(command.source))
             if source is None:
@@ -333,6 +338,23 @@ class BuildRunner:
             if digest is None:
                 return Outcome(FAILURE, f"{prefix}: push of {command.image} failed: {result.tail(3)}", USER_BUILD_STEP)
         return None
+
+    def _keep_layers(self, image: str, tag: str) -> None:
+        """Hold the layers of ``image`` for the next build of ``tag``'s repository: buildah reuses an unchanged
+        instruction's layer only while an image holds it, and the build's own names are removed when it ends (with
+        their parents, once dangling). One image per repository holds them; the one it replaces is removed."""
+        holder = "localhost/cd4ml-layer-cache/" + _CACHE_NAME.sub("-", tag.rsplit(":", 1)[0].lower()).strip("-")
+        ids = {}
+        for name in (holder, image):
+            found = self._children.run(
+                self._storage.buildah("images", "--noheading", "--no-trunc", "--format", "{{.ID}}", name),
+                owner="layer-cache",
+                timeout=60,
+            )
+            ids[name] = found.output.strip() if found.ok else ""
+        self._children.run(self._storage.tag(image, holder), owner="layer-cache", timeout=60)
+        if ids[holder] and ids[holder] != ids[image]:
+            self._children.run(self._storage.buildah("rmi", ids[holder]), owner="layer-cache", timeout=120)
 
     def _run_in_image(
         self,

@@ -84,7 +84,8 @@ def test_docker_build_arguments_become_buildah_options() -> None:
             "ctx",
         ],
     )
-    assert command == DockerBuild(("r/a:1", "r/a:2"), "ci/Dockerfile", "ctx", ("--build-arg", "X=1"))
+    assert command == DockerBuild(("r/a:1", "r/a:2"), "ci/Dockerfile", "ctx", ("--build-arg", "X=1"), cache=False)
+    assert parse_docker_step(DOCKER, "", ["build", "-t", "r/a:1", "ctx"]).cache  # type: ignore[union-attr]
 
 
 def test_tag_and_push_steps_and_what_is_refused() -> None:
@@ -640,6 +641,27 @@ def test_run_steps_work_on_the_debian_base(local: LocalBuild) -> None:
     build = local.finished(operation.metadata.build.id)
     assert build.status == Status.SUCCESS, build.status_detail
     assert "stdlib-ok" in Path(build.log_url.removeprefix("file://")).read_text()
+
+
+@pytest.mark.emulator
+def test_an_unchanged_instruction_reuses_its_layer_in_the_next_build_unless_no_cache(local: LocalBuild) -> None:
+    """The stand-in keeps each repository's last layers (Cloud Build would rebuild them on a fresh worker: the image is
+    the same, the local build faster); a changed input rebuilds from there on, and `--no-cache` rebuilds everything."""
+    dockerfile = b"FROM python:3.11-slim\nCOPY deps.txt /deps.txt\nRUN cat /deps.txt > /installed\nCOPY model.joblib /model/\n"
+
+    def build(model: bytes, *flags: str) -> str:
+        context = local.upload({"Dockerfile": dockerfile, "deps.txt": b"numpy\n", "model.joblib": model})
+        image = f"{local.registry}/cd4ml/layers:{uuid.uuid4().hex[:8]}"
+        request = local.build(context, image, "layers")
+        request.steps[0].args[1:1] = list(flags)
+        done = local.finished(local.client.create_build(project_id=PROJECT, build=request).metadata.build.id)
+        assert done.status == Status.SUCCESS, done.status_detail
+        log = Path(done.log_url.removeprefix("file://")).read_text()
+        return log[log.index("RUN cat") :]
+
+    build(b"first")
+    assert "Using cache" in build(b"second").split("COPY model.joblib")[0]  # the RUN layer: reused
+    assert "Using cache" not in build(b"third", "--no-cache")
 
 
 @pytest.mark.emulator
