@@ -16,7 +16,7 @@ import nox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `nox` script does not add it; tests.terraform needs it
 
-from local_emulator.baseimage import DEBIAN_PACKAGES as _STACK_PACKAGES
+from local_emulator.containers.baseimage import DEBIAN_PACKAGES as _STACK_PACKAGES
 
 nox.options.sessions = ["tests", "terraform"]
 nox.options.reuse_existing_virtualenvs = True

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local_emulator import processes
 from local_emulator import stack as local
+from local_emulator.common import processes
 
 from benchmarks.pipeline import Pipeline, say
 from benchmarks.report import Check, Section

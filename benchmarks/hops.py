@@ -18,7 +18,7 @@ one is made, so it holds the upstream publish, the push delivery and the downstr
   as many samples fit the budget. They are requested one after the other, so nothing else competes for
   the two CPUs; the first one only warms up.
 
-Both kinds of hop are pushed by the stack's push relay (``local_emulator/pubsub_push.py``, long-polling pulls
+Both kinds of hop are pushed by the stack's push relay (``local_emulator/pubsub/push.py``, long-polling pulls
 on the emulator); that delivery is most of a hop and most of its noise. The check compares the p50 of the
 pooled orchestration hops with the p50 of the bare hop; a bootstrap 90% interval of that ratio is
 reported beside it, because the noise is of the order of the overhead being measured.
@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from local_emulator import processes, pubsub_push
 from local_emulator import stack as local
+from local_emulator.common import processes
+from local_emulator.pubsub import push as pubsub_push
 
 from benchmarks.pipeline import GATED_MODEL, Pipeline, say
 from benchmarks.report import Check, Section, Summary, percentile
@@ -99,7 +100,7 @@ def bare_hops(pipeline: Pipeline, samples: int, workdir: Path, seed: int = 7) ->
     )
     try:
         processes.wait_until(lambda: processes.port_open(port), what="the bare hop function", timeout=30, pid=pid)
-        # Pushed the way the stack's stages are (local_emulator/pubsub_push.py), so both sides wait for the same
+        # Pushed the way the stack's stages are (local_emulator/pubsub/push.py), so both sides wait for the same
         # delivery.
         delivery = catalog.load().delivery
         routes = []

@@ -230,7 +230,7 @@ def running(
 ) -> Iterator[Pipeline]:
     """A private local stack under ``workdir`` for the duration of the block; every process stopped by pid after.
 
-    ``extra`` model folders are pushed too; ``supervised`` runs the functions behind local_emulator.supervisor.
+    ``extra`` model folders are pushed too; ``supervised`` runs the functions behind local_emulator.stack.supervisor.
     """
     os.environ["CD4ML_STATE_DIR"] = str(workdir / "state")
     folders = [

@@ -4,7 +4,7 @@ The same CustomJob submit_training makes (args, hyperparameters as ``--name=valu
 environment), the package ``cd4ml model push`` uploads (models.sdist), installed in the local Vertex stand-in's
 clean environment for the executor image (only what the package and the image provide), run with the
 environment Vertex sets (``AIP_MODEL_DIR``, ``CLOUD_ML_*``, ``CLUSTER_SPEC``, ``TF_CONFIG``;
-local_emulator/_vertex_runner.trainer_environment). The data is a local snapshot: ``--data DIR``, or what the
+local_emulator/vertex/runner.trainer_environment). The data is a local snapshot: ``--data DIR``, or what the
 folder's ``seed_data.py`` writes. AIP_MODEL_DIR is a local folder, so the trainer must write there as it does to
 ``gs://`` (the examples do).
 """
@@ -65,10 +65,10 @@ def _dataset(path: Path) -> Any:
 
 def train(folder: Path, work: Path, data: Path | None = None) -> Trained:
     """Train the folder's model in ``work`` as Vertex would; Cd4mlError naming why it could not or did not."""
-    from local_emulator._vertex_envs import InstallFailed, default_cache_dir, trainer_env
-    from local_emulator._vertex_images import executor_image
-    from local_emulator._vertex_job import JobContext
-    from local_emulator._vertex_runner import trainer_environment
+    from local_emulator.vertex.envs import InstallFailed, default_cache_dir, trainer_env
+    from local_emulator.vertex.images import executor_image
+    from local_emulator.vertex.job import JobContext
+    from local_emulator.vertex.runner import trainer_environment
 
     from cd4ml.stages.training import custom_job
 

@@ -69,11 +69,11 @@ def check(folder: Path) -> Manifest:
 
 def _executor_problems(manifest: Manifest) -> list[str]:
     """A Python package job runs only on Vertex AI's prebuilt training containers (their list and its source:
-    local_emulator/_vertex_images.py)."""
+    local_emulator/vertex/images.py)."""
     if not manifest.training.executor_image:
         return []
     try:
-        from local_emulator._vertex_images import UnknownExecutorImage, executor_image
+        from local_emulator.vertex.images import UnknownExecutorImage, executor_image
     except ImportError:  # installed without the local stack: Vertex says so at the first run
         return []
     try:

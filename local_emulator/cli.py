@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 def _running() -> tuple[Path, dict[str, Any]] | None:
     """The running stack's state dir and state (stack.json), read without importing the stack's modules (they load
     every client library: seconds on a busy machine, for a command that only needs the endpoints)."""
-    from local_emulator import processes
+    from local_emulator.common import processes
 
     root = Path(os.environ.get("CD4ML_STATE_DIR", ".cd4ml")).resolve()
     try:

@@ -8,6 +8,7 @@ functions-framework would (a raw Pub/Sub push body turned into the CloudEvent a 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,20 @@ class MemoryBlob:
     def exists(self) -> bool:
         return self._key() in self._storage.objects
 
+    @property
+    def md5_hash(self) -> str | None:
+        """base64 of the content's MD5, as the object resource's ``md5Hash``."""
+        found = self._storage.objects.get(self._key())
+        return base64.b64encode(hashlib.md5(found[0]).digest()).decode() if found else None
+
+    @property
+    def crc32c(self) -> str | None:
+        """base64 of the content's big-endian CRC32C, as the object resource's ``crc32c``."""
+        import google_crc32c
+
+        found = self._storage.objects.get(self._key())
+        return base64.b64encode(google_crc32c.value(found[0]).to_bytes(4, "big")).decode() if found else None
+
     def upload_from_string(self, data: str | bytes, content_type: str = "") -> None:
         self._storage.put(self.bucket_name, self.name, data.encode() if isinstance(data, str) else data)
 
@@ -111,6 +126,11 @@ class MemoryBucket:
 
     def blob(self, name: str, chunk_size: int | None = None, generation: int | None = None) -> MemoryBlob:
         return MemoryBlob(self._storage, self.name, name, generation)
+
+    def get_blob(self, name: str) -> MemoryBlob | None:
+        """The object ``name`` with its metadata, None when it does not exist (as Bucket.get_blob)."""
+        blob = MemoryBlob(self._storage, self.name, name)
+        return blob if blob.exists() else None
 
     def copy_blob(
         self, blob: MemoryBlob, destination: MemoryBucket, new_name: str, source_generation: int | None = None
@@ -147,13 +167,15 @@ class MemoryStorage:
 class Kit:
     """A stage's Context on the in-memory ledger and bus, and helpers to seed runs and deliver events."""
 
-    def __init__(self, stage: str, ledger: Ledger | None = None, **overrides: str) -> None:
+    def __init__(
+        self, stage: str, ledger: Ledger | None = None, storage: MemoryStorage | None = None, **overrides: str
+    ) -> None:
         self.ctx = runtime.Context(settings(stage, **overrides))
         self.ledger = ledger or Ledger.in_memory()
         self.bus = MemoryBus()
         self.ctx.ledger = self.ledger  # cached_property: an instance attribute wins
         self.ctx.bus = self.bus  # type: ignore[assignment]
-        self.storage = MemoryStorage()
+        self.storage = storage or MemoryStorage()
         self.ctx.storage = self.storage
 
     def seed(self, run_id: str, **fields: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``python -m benchmarks.chaos`` (``nox -s chaos``): runs under faults on a private local stack; nothing lost,
 nothing done twice, every bad input and outage handled. Exit 1 otherwise.
 
-Phases, on one stack whose functions run behind ``local_emulator.supervisor`` (restarted after a crash) and
+Phases, on one stack whose functions run behind ``local_emulator.stack.supervisor`` (restarted after a crash) and
 whose every stage subscription has two twins (each message delivered 3 times):
 
 1. storm: N runs at once, each requested twice (a scheduler firing its slot twice) plus one real scheduler slot
@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from local_emulator import faults
 from local_emulator import stack as local
+from local_emulator.common import faults
 from local_emulator.scheduler import scheduler_attributes
-from local_emulator.topology import plan, subscribe
+from local_emulator.stack.topology import plan, subscribe
 
 from benchmarks.chaos import bad_inputs, models, verdicts
 from benchmarks.pipeline import SOURCE, Pipeline, exit_on_sigterm, running, say

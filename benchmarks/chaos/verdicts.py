@@ -12,7 +12,7 @@ from typing import Any
 
 from cd4ml_cli.deadletters import held_messages
 from cd4ml_cli.deadletters import subscriber as _subscriber
-from local_emulator import _gate_tls
+from local_emulator.spinnaker import tls as _gate_tls
 
 from benchmarks.chaos.bad_inputs import Case
 from benchmarks.concurrency import _builds, _duplicates, _jobs

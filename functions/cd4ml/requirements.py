@@ -6,13 +6,14 @@ have recorded, and ``check`` compares the event with them before anything happen
 refused as a PermanentError: dead-lettered with the reason, noted on the run (``rejected_messages``), the run's
 status unchanged — the real step may still come.
 
-``REQUIRES`` is the registry: stage name → the checks, in order. A check is a pure function of the run record
-and the event; it returns what the record says instead ("" when the fact holds).
+Each stage declares its checks in the registry of stages (``cd4ml.stages.STAGES``, ``requires``), in order. A
+check is a pure function of the run record and the event; it returns what the record says instead ("" when the
+fact holds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from cd4ml.errors import PermanentError
 from cd4ml.events import Event
@@ -77,22 +78,14 @@ def canary_succeeded(run: Run, event: Event) -> str:
     return ""
 
 
-#: stage → what it requires of the run record (beyond a running run, which every stage requires).
-REQUIRES: Mapping[str, tuple[Check, ...]] = {
-    "build_image": (evaluated_model, approval_applied),
-    "trigger_canary": (built_image,),
-    "promote": (canary_succeeded, built_image),
-}
+def problems(checks: tuple[Check, ...], run: Run, event: Event) -> list[str]:
+    """What the record says against the event, for every one of ``checks`` (empty: the event agrees)."""
+    return [p for p in (check(run, event) for check in checks) if p]
 
 
-def problems(stage: str, run: Run, event: Event) -> list[str]:
-    """What the record says against the event, for every check of ``stage`` (empty: the event agrees)."""
-    return [p for p in (check(run, event) for check in REQUIRES.get(stage, ())) if p]
-
-
-def check(stage: str, run: Run, event: Event) -> None:
+def check(stage: str, checks: tuple[Check, ...], run: Run, event: Event) -> None:
     """RecordDisagrees naming every problem when the run record does not hold what ``stage`` requires."""
-    found = problems(stage, run, event)
+    found = problems(checks, run, event)
     if found:
         raise RecordDisagrees(
             f"{stage} refused {event.type} {event.id} (nothing done, run {run.run_id} unchanged): "

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cd4ml import catalog, clients, logs, push
 from cd4ml.bus import Bus, bounded
 from cd4ml.errors import Busy, InvalidEvent, InvalidSettings, PermanentError
-from cd4ml.events import RUN_FAILED, Event, PubSubMessage, format_time, now, parse_time, plain
+from cd4ml.events import RUN_FAILED, RUN_REQUESTED, Event, PubSubMessage, format_time, now, parse_time, plain
 from cd4ml.ledger import PUBLISHED, Ledger
 from cd4ml.outcome import Outcome
 from cd4ml.run import TERMINAL, Run, RunId, is_run_id
@@ -48,6 +48,14 @@ class Context:
             return catalog.load().stage(self.settings.stage).observer
         except KeyError:
             return False
+
+    @cached_property
+    def emits(self) -> tuple[str, ...]:
+        """The events this stage may emit (catalog ``emits``): ``conclude`` lets out no other."""
+        try:
+            return catalog.load().stage(self.settings.stage).emits
+        except KeyError:
+            return ()
 
     @property
     def source(self) -> str:
@@ -105,6 +113,8 @@ class Context:
             self.info(outcome.note, run_id)
             return None
         type_, data = outcome.emit
+        if type_ not in self.emits:
+            raise Undeclared(f"stage {self.settings.stage} may not emit {type_}: catalog.yaml declares {self.emits}")
         event = Event.new(type_, run_id, data, source=self.source)
         outbox = {**event.summary(), "data": plain(event.data)}
         if type_ == RUN_FAILED:
@@ -130,6 +140,19 @@ class Context:
         self.bus.publish(event)
         self.ledger.note_published(run_id, event.id)
         self.info(f"emitted {type_}", run_id, event_id=event.id, event_type=type_)
+        return event
+
+    def request_run(self, run_id: str, data: Mapping[str, Any]) -> Event:
+        """Publish run.requested for a run that has no record yet (fetch_data opens it, once per run id). The one
+        event published without a run's outbox: the caller marks its own source answered after this returns, so a
+        crash in between requests the same run id again, which fetch_data takes once."""
+        if RUN_REQUESTED not in self.emits:
+            raise Undeclared(
+                f"stage {self.settings.stage} may not emit {RUN_REQUESTED}: catalog.yaml declares {self.emits}"
+            )
+        event = Event.new(RUN_REQUESTED, run_id, data, source=self.source)
+        self.bus.publish(event)
+        self.info(f"emitted {RUN_REQUESTED}", run_id, event_id=event.id, event_type=RUN_REQUESTED)
         return event
 
     def flush_outbox(self, older_than_seconds: float = 30.0) -> int:
@@ -237,6 +260,10 @@ class Context:
         )
 
 
+class Undeclared(Exception):
+    """A stage tried to emit an event its catalog entry does not declare: a defect, never published."""
+
+
 class _Ended(Exception):
     """The run ended before this ending could be recorded: the first ending stands, and is the one announced."""
 
@@ -326,13 +353,13 @@ def active_run(ctx: Context, event: Event) -> Run | None:
 
 
 def checked_run(ctx: Context, event: Event) -> Run | None:
-    """The event's running run once it holds what this stage requires of it (``requirements.REQUIRES``);
-    RecordDisagrees (a PermanentError: dead letter, reason, run unchanged) when the record says otherwise."""
-    from cd4ml import requirements
+    """The event's running run once it holds what this stage requires of it (its ``requires`` in the registry of
+    stages); RecordDisagrees (a PermanentError: dead letter, reason, run unchanged) when the record says otherwise."""
+    from cd4ml import requirements, stages
 
     run = active_run(ctx, event)
     if run is not None:
-        requirements.check(ctx.settings.stage, run, event)
+        requirements.check(ctx.settings.stage, stages.stage(ctx.settings.stage).requires, run, event)
     return run
 
 

@@ -71,7 +71,7 @@ class Contract:
 
 
 @pytest.fixture(scope="session")
-def contract(stack: Any) -> Iterator[Contract]:
+def contract(services: Any) -> Iterator[Contract]:
     from cd4ml_models import folder as models
     from google.cloud import pubsub_v1
     from local_emulator import stack as local
@@ -80,7 +80,7 @@ def contract(stack: Any) -> Iterator[Contract]:
     from cd4ml.settings import Settings
 
     saved = dict(os.environ)
-    os.environ.update(local.client_env(stack))
+    os.environ.update(local.client_env(services))
     os.environ.update(
         {
             "CD4ML_PROJECT": PROJECT,
@@ -105,7 +105,7 @@ def contract(stack: Any) -> Iterator[Contract]:
     logs.configure()
     logging.getLogger("cd4ml").propagate = True  # so caplog sees what the handlers log
     try:
-        yield Contract(stack)
+        yield Contract(services)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from cd4ml_cli.deadletters import held_messages
 from cd4ml_cli.deadletters import subscriber as _subscriber
-from local_emulator import processes
 from local_emulator import stack as local
+from local_emulator.common import processes
 
 PUBSUB_EMULATOR = local.GCLOUD_PLATFORM / "pubsub-emulator/bin/cloud-pubsub-emulator"
 pytestmark = pytest.mark.skipif(not PUBSUB_EMULATOR.exists(), reason="needs the gcloud Pub/Sub emulator")

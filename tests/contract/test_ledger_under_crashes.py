@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from local_emulator import processes
 from local_emulator import stack as local
+from local_emulator.common import processes
 
 from cd4ml import events, ledger
 from cd4ml.events import Event, now

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from google.api_core.exceptions import Forbidden, InvalidArgument, PermissionDenied
-from local_emulator import iam_proxy, processes
+from local_emulator import iam_proxy
 from local_emulator import stack as local
+from local_emulator.common import processes
 
 from cd4ml import catalog, clients, events
 from cd4ml.bus import Bus

@@ -1,4 +1,4 @@
-"""Push delivery in front of the Pub/Sub emulator (local_emulator/pubsub_push.py), against the real emulator.
+"""Push delivery in front of the Pub/Sub emulator (local_emulator/pubsub/push.py), against the real emulator.
 
 The emulator's own push parks failing messages for good once several fail together (its retry timer dies): the
 chaos storm's runs waited forever. These tests hold the relay to what Pub/Sub documents for push subscriptions.
@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_emulator import processes, pubsub_push
 from local_emulator import stack as local
+from local_emulator.common import processes
+from local_emulator.pubsub import push as pubsub_push
 
 EMULATOR = local.GCLOUD_PLATFORM / "pubsub-emulator/bin/cloud-pubsub-emulator"
 pytestmark = pytest.mark.skipif(not EMULATOR.exists(), reason="needs the gcloud Pub/Sub emulator")

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import requests
-from local_emulator import access_tokens, processes
-from local_emulator.access_tokens import Minter
+from local_emulator.common import processes
+from local_emulator.iam import access_tokens
+from local_emulator.iam.access_tokens import Minter
 
 from cd4ml import identities
 from cd4ml import registry as docker_registry

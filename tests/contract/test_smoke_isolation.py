@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from local_emulator._build_container_step import _own_loopback
+from local_emulator.cloudbuild.container_step import _own_loopback
 
 pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
 

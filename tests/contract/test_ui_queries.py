@@ -27,11 +27,11 @@ def _run(n: int, status: str, model: str = MODEL, promoted: bool = False) -> dic
 
 
 @pytest.fixture(scope="module")
-def book(stack: Any) -> FirestoreLedger:
+def book(services: Any) -> FirestoreLedger:
     from google.cloud import firestore
     from local_emulator import stack as local
 
-    env = local.client_env(stack)
+    env = local.client_env(services)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FIRESTORE_EMULATOR_HOST", env["FIRESTORE_EMULATOR_HOST"])
         db = firestore.Client(project=env["CD4ML_PROJECT"])

@@ -40,8 +40,8 @@ class Pipeline:
 
     def registry_creds(self, identity: str = "admin") -> str:
         """``oauth2accesstoken:TOKEN`` of a stack identity: the registry has token auth (admin: the project owner)."""
-        from local_emulator._stack_parts import token_key
-        from local_emulator.access_tokens import Minter
+        from local_emulator.iam.access_tokens import Minter
+        from local_emulator.stack.parts import token_key
 
         return f"oauth2accesstoken:{Minter.from_file(token_key(self.stack)).mint(identity)}"
 

@@ -131,7 +131,7 @@ def _await_runs(pipeline: Pipeline, model: str, count: int, timeout: float = 90.
 def test_uploads_start_exactly_one_run_once_quiet_and_duplicated_notifications_start_none(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    from local_emulator._storage_notifications import message
+    from local_emulator.storage.notifications import message
 
     model, source, quiet = "digits-arrivals", "sources/digits-arrivals/", 3
     # Pushing the model seeds its source prefix: that upload alone starts one run.

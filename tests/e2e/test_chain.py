@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
-from local_emulator import _gate_tls
+from local_emulator.spinnaker import tls as _gate_tls
 
 from cd4ml import catalog, events
 from cd4ml.events import Event

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_emulator import _gate_tls
+from local_emulator.spinnaker import tls as _gate_tls
 
 from cd4ml import events
 from tests.e2e.conftest import EXAMPLE, Pipeline

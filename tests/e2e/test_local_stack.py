@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from local_emulator import processes
+from local_emulator.common import processes
 
 REPO = Path(__file__).resolve().parents[2]
 

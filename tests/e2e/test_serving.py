@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
-from local_emulator import containers, processes
-from local_emulator._vertex_envs import default_cache_dir, trainer_env
-from local_emulator._vertex_images import executor_image
+from local_emulator import containers
+from local_emulator.common import processes
+from local_emulator.vertex.envs import default_cache_dir, trainer_env
+from local_emulator.vertex.images import executor_image
 
 from cd4ml import clients
 from tests.e2e.conftest import EXAMPLE, Pipeline

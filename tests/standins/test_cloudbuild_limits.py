@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from google.cloud.devtools import cloudbuild_v1
-from local_emulator._build_validation import InvalidBuild, validate
+from local_emulator.cloudbuild.validation import InvalidBuild, validate
 
 
 def _build(arg: str) -> cloudbuild_v1.Build:

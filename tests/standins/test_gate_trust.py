@@ -1,7 +1,7 @@
 """Who may talk to Gate and start what: x509 authentication on the Gate stand-in, and one key per model.
 
 Gate authenticates every call but ``POST /webhooks/**`` (gate-core AuthConfig) when auth is on; each model's
-pipeline trigger (local_emulator/_stack_parts.gate_config, as README's Spinnaker setup has a user paste) holds that
+pipeline trigger (local_emulator/stack/parts.gate_config, as README's Spinnaker setup has a user paste) holds that
 model's key and name as payload constraints and its repository as the expected artifact, matched as Echo does.
 In-process servers only: no process is spawned."""
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from local_emulator import _gate_tls
-from local_emulator.spinnaker_gate import GateState, make_server, parse_config, tls_context
+from local_emulator.spinnaker import GateState, make_server, parse_config, tls_context
+from local_emulator.spinnaker import tls as _gate_tls
 from local_emulator.stack import gate_config
 
 from cd4ml import gate_credentials, identities, spinnaker

@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from local_emulator.baseimage import BaseImageSpec, default_cache_dir, ensure_base_image
+from local_emulator.containers.baseimage import BaseImageSpec, default_cache_dir, ensure_base_image
 
 _CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
 

@@ -37,11 +37,9 @@ from cd4ml_models import folder as models
 from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import CloudBuildGrpcTransport
-from local_emulator import processes
-from local_emulator._build_buildah import ImageStorage, qualified
-from local_emulator._build_runner import BuildRunner, missing_images
-from local_emulator._build_service import CloudBuildService, build_id_of_operation, operation_name
-from local_emulator._build_steps import (
+from local_emulator.cloudbuild.runner import BuildRunner, missing_images
+from local_emulator.cloudbuild.service import CloudBuildService, build_id_of_operation, operation_name
+from local_emulator.cloudbuild.steps import (
     DockerBuild,
     DockerPush,
     DockerRun,
@@ -52,9 +50,11 @@ from local_emulator._build_steps import (
     parse_filter,
     substitute,
 )
-from local_emulator._build_store import BuildStore
-from local_emulator._service import ChildGroups
-from local_emulator.access_tokens import Minter, new_key
+from local_emulator.cloudbuild.store import BuildStore
+from local_emulator.common import processes
+from local_emulator.common.service import ChildGroups
+from local_emulator.containers.buildah import ImageStorage, qualified
+from local_emulator.iam.access_tokens import Minter, new_key
 
 from cd4ml import smoke
 from cd4ml.gcs import GcsPath
@@ -749,7 +749,7 @@ def test_unknown_builds_and_bad_filters_are_refused(local: LocalBuild) -> None:
 @pytest.mark.emulator
 def test_vfs_driver_and_an_oci_layout_base_image(local: LocalBuild, tmp_path: Path) -> None:
     """A second server: vfs storage (for hosts without overlay) and FROM mapped to an OCI layout directory."""
-    from local_emulator.baseimage import BaseImageSpec, write_oci_layout
+    from local_emulator.containers.baseimage import BaseImageSpec, write_oci_layout
 
     rootfs = tmp_path / "rootfs.tar"
     with tarfile.open(rootfs, "w") as tar:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_emulator import containers, processes
-from local_emulator._build_buildah import ImageStorage
+from local_emulator import containers
+from local_emulator.common import processes
 from local_emulator.containers import ContainerError, ImageConfig
+from local_emulator.containers.buildah import ImageStorage
 from local_emulator.registry import registry_config
 
 #: Host files that make a working shell image: dash as /bin/sh, sleep, and what they link against.

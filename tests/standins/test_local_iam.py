@@ -8,11 +8,11 @@ import grpc
 import pytest
 import yaml
 from google.pubsub_v1.types import PublishRequest, PubsubMessage
-from local_emulator import iam_policy
-from local_emulator._pubsub_limits import publish_problem
-from local_emulator._pubsub_proxy import NOT_AUTHORIZED, publish_refusal
-from local_emulator._storage_access import Need, denial, required
-from local_emulator.iam_policy import Policy
+from local_emulator.iam import policy as iam_policy
+from local_emulator.iam.policy import Policy
+from local_emulator.pubsub.limits import publish_problem
+from local_emulator.pubsub.proxy import NOT_AUTHORIZED, publish_refusal
+from local_emulator.storage.access import Need, denial, required
 
 from cd4ml import catalog
 

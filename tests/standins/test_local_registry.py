@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_emulator import processes
-from local_emulator.baseimage import BaseImageSpec, write_oci_layout
+from local_emulator.common import processes
+from local_emulator.containers.baseimage import BaseImageSpec, write_oci_layout
 from local_emulator.registry import GcrMessage, gcr_messages, registry_config
 
 PROJECT = "registry-test"

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_emulator import processes
-from local_emulator.spinnaker_gate import (
+from local_emulator.common import processes
+from local_emulator.spinnaker import (
     TEST_DOUBLE_HEADER,
     ConfigError,
     GateState,
@@ -320,7 +320,7 @@ def test_cli_serves_a_yaml_config_and_exits_cleanly_on_sigterm(tmp_path: Path) -
         [
             sys.executable,
             "-m",
-            "local_emulator.spinnaker_gate",
+            "local_emulator.spinnaker",
             "--port",
             str(port),
             "--state-dir",
@@ -350,7 +350,7 @@ def test_cli_serves_a_yaml_config_and_exits_cleanly_on_sigterm(tmp_path: Path) -
 
 
 def _canary_record(status: str, stage: str = "") -> dict[str, Any]:
-    from local_emulator._gate_pipelines import DEFAULT_STAGES
+    from local_emulator.spinnaker.pipelines import DEFAULT_STAGES
 
     return {
         "id": "x",
@@ -362,7 +362,7 @@ def _canary_record(status: str, stage: str = "") -> dict[str, Any]:
 
 
 def test_an_execution_runs_its_stages_in_turn_to_success() -> None:
-    from local_emulator._orca_execution import render_execution
+    from local_emulator.spinnaker.orca_execution import render_execution
 
     early = render_execution(_canary_record("SUCCEEDED"), 1500)
     assert early["status"] == "RUNNING"
@@ -373,7 +373,7 @@ def test_an_execution_runs_its_stages_in_turn_to_success() -> None:
 
 @pytest.mark.parametrize("status", ["TERMINAL", "CANCELED", "STOPPED"])
 def test_an_execution_can_end_without_success_at_a_chosen_stage(status: str) -> None:
-    from local_emulator._orca_execution import render_execution
+    from local_emulator.spinnaker.orca_execution import render_execution
 
     ended = render_execution(_canary_record(status, "Canary analysis"), 10_000)
     assert ended["status"] == status and ended["canceled"] is (status == "CANCELED")
@@ -381,7 +381,7 @@ def test_an_execution_can_end_without_success_at_a_chosen_stage(status: str) -> 
 
 
 def test_an_execution_told_to_keep_running_never_ends() -> None:
-    from local_emulator._orca_execution import render_execution
+    from local_emulator.spinnaker.orca_execution import render_execution
 
     forever = render_execution(_canary_record("RUNNING"), 10**9)
     assert forever["status"] == "RUNNING" and forever["endTime"] is None

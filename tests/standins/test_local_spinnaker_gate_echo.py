@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_emulator._echo_matching import (
+from local_emulator.spinnaker import GateState, parse_config
+from local_emulator.spinnaker.echo_matching import (
     EventDropped,
     TriggerSkipped,
     any_artifacts_match_expected,
@@ -22,7 +23,6 @@ from local_emulator._echo_matching import (
     java_string,
     json_path_values,
 )
-from local_emulator.spinnaker_gate import GateState, parse_config
 
 # --- ArtifactMatcherSpec ---------------------------------------------------------------------------------
 MATCH = {"one": "one", "two": "two", "three": "three"}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_emulator.spinnaker_gate import GateState, SearchError, parse_config
+from local_emulator.spinnaker import GateState, SearchError, parse_config
 
 CONFIG = {
     "pipelines": [

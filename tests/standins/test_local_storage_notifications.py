@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 import pytest
-from local_emulator import iam_policy
-from local_emulator._storage_notifications import Notifications, message
+from local_emulator.iam import policy as iam_policy
+from local_emulator.storage.notifications import Notifications, message
 
 PROJECT, DATA = "cd4ml-local", "cd4ml-local-data"
 TOPIC = f"//pubsub.googleapis.com/projects/{PROJECT}/topics/cd4ml-data-arrivals"

@@ -28,8 +28,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.services.job_service.transports.grpc import JobServiceGrpcTransport
 from google.cloud.storage import Client as StorageClient
-from local_emulator._vertex_envs import default_cache_dir
-from local_emulator.vertex import VertexServer, serve
+from local_emulator.vertex.envs import default_cache_dir
+from local_emulator.vertex.server import VertexServer, serve
 
 REPO = Path(__file__).resolve().parents[2]
 PARENT = "projects/test-project/locations/us-central1"
@@ -37,7 +37,7 @@ BUCKET = "cd4ml-test"
 JobState = aiplatform_v1.JobState
 TERMINAL = {JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED}
 # The image examples/digits trains on; its local stand-in environment has scikit-learn 1.6.1,
-# numpy, pandas, scipy, joblib and google-cloud-storage (local_emulator/_vertex_images.py).
+# numpy, pandas, scipy, joblib and google-cloud-storage (local_emulator/vertex/images.py).
 EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:latest"
 LOCAL_REGISTRY = "127.0.0.1:1"  # nothing listens there: pulls fail fast
 
@@ -91,7 +91,7 @@ if __name__ == "__main__":
 
 
 def _free_port() -> int:
-    from local_emulator import processes
+    from local_emulator.common import processes
 
     return processes.free_port()
 

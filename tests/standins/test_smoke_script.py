@@ -34,7 +34,7 @@ def test_the_script_serves_checks_and_writes_builder_output(tmp_path: Path) -> N
         '{"request": {"instances": [[1]]}, "expected": {"predictions": [7]}}\n'
         '{"request": {"instances": [[2]]}, "expected": {"predictions": [2]}}\n'
     )
-    from local_emulator import processes
+    from local_emulator.common import processes
 
     port = processes.free_port()
     outputs = tmp_path / "outputs"

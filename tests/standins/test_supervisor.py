@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from local_emulator import faults
+from local_emulator.common import faults
 
 
 def test_the_worst_moment_kills_the_calling_instance_and_nothing_else() -> None:
@@ -52,7 +52,7 @@ _STUBBORN_SERVER = (
 def test_an_instance_serves_one_request_at_a_time_and_a_crash_takes_only_its_own(tmp_path: Path) -> None:
     # Found by the chaos session: one multi-threaded instance per function made every crash kill all requests in
     # flight; Cloud Run functions serve one request per instance (default concurrency 1) and start more.
-    from local_emulator.supervisor import Service
+    from local_emulator.stack.supervisor import Service
 
     service = Service("stage", [sys.executable, "-c", _STUBBORN_SERVER], dict(os.environ), tmp_path / "log", 2)
     first, second = service.acquire(), service.acquire()
@@ -73,8 +73,8 @@ def test_the_supervisor_leaves_no_instance_behind(tmp_path: Path) -> None:
     # Found by the chaos session: instances stopped one by one (3 s grace each) outlasted the stack's 10 s for the
     # supervisor, which was SIGKILLed midway and left the rest running. Now all at once; even instances that
     # ignore SIGTERM are gone within the grace period, and a stopped function starts no instance.
-    from local_emulator import processes
-    from local_emulator.supervisor import Supervisor
+    from local_emulator.common import processes
+    from local_emulator.stack.supervisor import Supervisor
 
     spec = {
         "log_dir": str(tmp_path),

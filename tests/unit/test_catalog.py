@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from cd4ml import catalog
@@ -34,11 +33,6 @@ def test_every_dead_letter_that_names_a_run_reaches_on_dead_letter() -> None:
         if s.trigger.startswith(catalog.EVENT_PREFIX) and s.trigger != "cd4ml.watch.ticked.v1" and not s.observer
     }
     assert set(cat.stage("on_dead_letter").triggers) == {catalog.dead_letter_topic(s) for s in chain}
-
-
-def test_every_stage_has_a_handler_in_main() -> None:
-    handlers = {n.name for n in ast.parse(MAIN.read_text()).body if isinstance(n, ast.FunctionDef)}
-    assert {s.name for s in catalog.load().stages} <= handlers
 
 
 def test_settings_fields_are_exactly_the_catalog_settings() -> None:

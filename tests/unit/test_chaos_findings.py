@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from cd4ml_models import folder as models
-from local_emulator import faults
+from local_emulator.common import faults
 
 from cd4ml import events, spinnaker
 from cd4ml.errors import RetryableError
@@ -258,7 +258,7 @@ def test_picked_ports_avoid_the_ephemeral_range_and_are_never_picked_twice() -> 
     """CI failed at start-up when a port picked for a stand-in was taken, before the stand-in bound it, by one of
     the thousands of outgoing connections (ephemeral ports) or by another pick: picks now come from below the
     kernel's ephemeral range and are reserved machine-wide for a while."""
-    from local_emulator import processes
+    from local_emulator.common import processes
 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     picks = [processes.free_port() for _ in range(200)]
@@ -286,7 +286,7 @@ def test_a_body_that_is_not_json_text_gets_400_naming_the_problem(monkeypatch: p
 def test_the_push_relay_backs_off_as_the_retry_policy_says() -> None:
     """Pub/Sub's retry policy: exponential backoff from the minimum, capped at the maximum (the emulator's own push
     retried after 1 s, then ~15-25 s, and parked messages for good once several failed together)."""
-    from local_emulator import pubsub_push
+    from local_emulator.pubsub import push as pubsub_push
 
     route = pubsub_push.Route("projects/p/subscriptions/s", "http://x", 10, 600, 600)
     assert [pubsub_push.backoff_seconds(route, n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 320, 600, 600]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from functions_framework import create_app
-from local_emulator import token_issuer
+from local_emulator.iam import token_issuer
 
 from cd4ml import events, runtime
 from cd4ml.events import format_time, now

@@ -2,7 +2,9 @@
 
 - the deployed library (functions/) imports neither the local stack, the command nor the web view;
 - the local stack never imports the command (the command is a plugin host; the stack is its plugin);
-- no import circle among the local stack's modules.
+- no import circle among the local stack's modules, nor among its packages (one per service, plus ``common``);
+- the local stack's top level holds no module but the ``cd4ml local`` plugin (``cli``), so it stays one package per
+  service.
 """
 
 from __future__ import annotations
@@ -41,14 +43,36 @@ def test_the_local_stack_never_imports_the_command() -> None:
 
 
 def _graph() -> dict[str, set[str]]:
+    """Each local stack module and the modules it imports.
+
+    An imported name counts for the most specific module it names: ``local_emulator.vertex.envs.trainer_env`` is an
+    edge to ``local_emulator.vertex.envs``, not to the package ``local_emulator.vertex`` that Python runs first (a
+    circle through a package's ``__init__`` matters only when it reads the package's own names, which is an import
+    of the package itself: ``from local_emulator.vertex import name``)."""
     modules = {
         ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
         for path in (REPO / "local_emulator").rglob("*.py")
     }
+
+    def target(name: str) -> str | None:
+        return max((m for m in modules if name == m or name.startswith(m + ".")), key=len, default=None)
+
     return {
-        name: {m for m in modules if m != name and any(i == m or i.startswith(m + ".") for i in _imports(path))}
+        name: {t for i in _imports(path) if (t := target(i)) is not None and t != name}
         for name, path in modules.items()
     }
+
+
+def _package(module: str) -> str:
+    """The local stack package a module belongs to: ``local_emulator.vertex.envs`` → ``local_emulator.vertex``."""
+    return ".".join(module.split(".")[:2])
+
+
+def _package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    packages: dict[str, set[str]] = {_package(name): set() for name in graph}
+    for name, imported in graph.items():
+        packages[_package(name)] |= {_package(m) for m in imported} - {_package(name)}
+    return packages
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -76,6 +100,31 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_local_stack_has_no_import_circle() -> None:
     assert " → ".join(_cycle(_graph())) == ""
+
+
+def test_the_local_stack_packages_have_no_import_circle() -> None:
+    assert " → ".join(_cycle(_package_graph(_graph()))) == ""
+
+
+def test_the_local_stack_is_one_package_per_service() -> None:
+    """Only the ``cd4ml local`` plugin (pyproject's ``cd4ml.cli`` entry point) is a module at the top; every
+    folder is a package."""
+    top = REPO / "local_emulator"
+    assert sorted(p.name for p in top.glob("*.py")) == ["__init__.py", "cli.py"]
+    assert [
+        d.name for d in top.iterdir() if d.is_dir() and d.name != "__pycache__" and not (d / "__init__.py").exists()
+    ] == []
+
+
+def test_a_package_circle_is_found_when_modules_of_two_packages_import_each_other() -> None:
+    graph = {
+        "local_emulator.a.x": {"local_emulator.b.y"},
+        "local_emulator.b.y": set(),
+        "local_emulator.b.z": {"local_emulator.a"},
+        "local_emulator.a": set(),
+    }
+    assert _cycle(graph) == []
+    assert _cycle(_package_graph(graph)) == ["local_emulator.a", "local_emulator.b", "local_emulator.a"]
 
 
 def test_a_circle_is_found_when_there_is_one() -> None:

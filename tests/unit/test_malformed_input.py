@@ -22,7 +22,7 @@ _ATTRIBUTES = {"ce-specversion": "1.0", "ce-type": events.RUN_REQUESTED, "ce-sou
 
 class _Publisher:
     """Records what is published (the Pub/Sub client's ``publish`` signature), refusing what Pub/Sub refuses as the
-    local stack's Pub/Sub does (``local_emulator._pubsub_limits``), or everything when ``refuse`` says so."""
+    local stack's Pub/Sub does (``local_emulator.pubsub.limits``), or everything when ``refuse`` says so."""
 
     def __init__(self, refuse: str = "") -> None:
         self.published: list[tuple[str, bytes, dict[str, str]]] = []
@@ -31,7 +31,7 @@ class _Publisher:
     def publish(self, topic: str, data: bytes, **attributes: str) -> Future[str]:
         from google.api_core.exceptions import InvalidArgument
         from google.pubsub_v1 import PublishRequest, PubsubMessage
-        from local_emulator._pubsub_limits import publish_problem
+        from local_emulator.pubsub.limits import publish_problem
 
         request = PublishRequest(topic=topic, messages=[PubsubMessage(data=data, attributes=attributes)])
         problem = self.refuse or publish_problem(request, PublishRequest.pb(request).ByteSize())

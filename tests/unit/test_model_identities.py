@@ -10,9 +10,9 @@ from typing import Any, cast
 
 import pytest
 from cd4ml_models import folder as models
-from local_emulator import iam_policy
-from local_emulator.access_tokens import Minter, new_key
 from local_emulator.cloudbuild import push_credentials
+from local_emulator.iam import policy as iam_policy
+from local_emulator.iam.access_tokens import Minter, new_key
 
 from cd4ml import identities
 from cd4ml.events import PubSubMessage

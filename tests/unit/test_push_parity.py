@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from local_emulator import pubsub_push, topology
-from local_emulator.supervisor import forwarded_headers
+from local_emulator.pubsub import push as pubsub_push
+from local_emulator.stack import topology
+from local_emulator.stack.supervisor import forwarded_headers
 
 from cd4ml import catalog
 

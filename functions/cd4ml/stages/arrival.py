@@ -80,7 +80,9 @@ def watchers(notice: ObjectNotice, manifests: Iterable[Manifest], data_bucket: s
         on_new_data = (manifest.raw.get("trigger") or {}).get("on_new_data")
         if not on_new_data:
             continue
-        source = GcsPath.parse(resolve_gcs(manifest.data_source, data_bucket))
+        # The folder fetch_data snapshots (snapshot.take): a prefix without its slash names that folder too.
+        folder = resolve_gcs(manifest.data_source, data_bucket)
+        source = GcsPath.parse(folder if folder.endswith("/") else folder + "/")
         if source.bucket == notice.bucket and notice.name.startswith(source.name):
             found.append((manifest.name, int(on_new_data["quiet_seconds"])))
     return found
@@ -162,6 +164,6 @@ def start_on_data(message: PubSubMessage, ctx: Context) -> None:
         if found is None:
             continue
         run_id, data = found
-        ctx.bus.publish(Event.new(events.RUN_REQUESTED, run_id, data, source=ctx.source))
+        ctx.request_run(run_id, data)
         ctx.ledger.answer_arrival(str(arrival["model"]), str(arrival["last_upload"]))
         ctx.info(f"new data quiet for {arrival['quiet_seconds']} s: run requested", run_id, model=data["model"])
