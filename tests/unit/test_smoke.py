@@ -243,13 +243,18 @@ def test_the_digits_golden_set_is_valid_and_held_out() -> None:
 # --- on_build ------------------------------------------------------------------------------------------------
 
 
-def _notice(status: str, result: dict[str, Any] | None, failed: str = "") -> PubSubMessage:
-    steps = [
-        {"name": "gcr.io/cloud-builders/docker", "status": "SUCCESS"},
-        {"name": "r/digits:x", "id": delivery.SMOKE_STEP, "status": "SUCCESS"},
-        {"name": "r/digits:x", "id": delivery.VERDICT_STEP, "status": failed or "SUCCESS"},
-    ]
-    outputs = ["", base64.b64encode(json.dumps(result).encode()).decode() if result else "", ""]
+def _notice(
+    status: str, result: dict[str, Any] | None, failed: str = "", at: str = delivery.VERDICT_STEP
+) -> PubSubMessage:
+    """Cloud Build's message about a build_image build: docker build, the smoke run, report, verdict (``at`` failed)."""
+    steps = [{"name": delivery.DOCKER_BUILDER, "status": "SUCCESS"}]
+    for step, name in (
+        (delivery.RUN_STEP, delivery.DOCKER_BUILDER),
+        (delivery.SMOKE_STEP, delivery.CHECKER_IMAGE),
+        (delivery.VERDICT_STEP, delivery.CHECKER_IMAGE),
+    ):
+        steps.append({"name": name, "id": step, "status": (failed or "SUCCESS") if step == at else "SUCCESS"})
+    outputs = ["", "", base64.b64encode(json.dumps(result).encode()).decode() if result else "", ""]
     build = {
         "id": "b1",
         "status": status,
@@ -329,19 +334,24 @@ def test_a_failed_smoke_step_without_its_result_still_says_so() -> None:
     assert outcome.error is not None
     assert f"smoke test failed in step {delivery.VERDICT_STEP} (no result returned; see the log)" in outcome.error
     assert "smoke" not in outcome.record and "failed_checks" not in outcome.data
+    # The run step fails when the container cannot start the checker (an image without python3: exit 127).
+    notice = delivery.BuildNotice.of(_notice("FAILURE", None, "FAILURE", at=delivery.RUN_STEP))
+    outcome = delivery.build_reported(notice, _run())
+    assert outcome.error is not None
+    assert f"smoke test failed in step {delivery.RUN_STEP} (no result returned; see the log)" in outcome.error
 
 
 def test_outputs_that_are_not_a_smoke_result_are_ignored() -> None:
     message = _notice("SUCCESS", None)
     build = json.loads(message.data)
-    build["results"]["buildStepOutputs"][1] = base64.b64encode(b"[1, 2]").decode()
+    build["results"]["buildStepOutputs"][2] = base64.b64encode(b"[1, 2]").decode()
     assert delivery.smoke_result(build) is None
-    build["results"]["buildStepOutputs"][1] = "%%%"
+    build["results"]["buildStepOutputs"][2] = "%%%"
     assert delivery.smoke_result(build) is None
     build["results"]["buildStepOutputs"] = []
     assert delivery.smoke_result(build) is None
     odd = PASSED | {"agreed": "39", "failures": ["x" * 1000] * 20}
-    build["results"]["buildStepOutputs"] = ["", base64.b64encode(json.dumps(odd).encode()).decode()]
+    build["results"]["buildStepOutputs"] = ["", "", base64.b64encode(json.dumps(odd).encode()).decode()]
     kept = delivery.smoke_result(build)
     assert kept is not None and "agreed" not in kept and len(kept["failures"]) == 10
 
