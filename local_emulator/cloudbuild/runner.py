@@ -318,7 +318,9 @@ class BuildRunner:
             ]
             internal.extend(names)
             result = self._command(
-                self._storage.bud(context=context, dockerfile=dockerfile, tags=names, options=command.options),
+                self._storage.bud(
+                    context=context, dockerfile=dockerfile, tags=names, options=command.options, layers=command.cache
+                ),
                 build.id,
                 deadline,
                 log_file,

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 # Ports the stack picks for its servers come from below the kernel's ephemeral range, so no outgoing connection
@@ -106,15 +106,27 @@ def alive(pid: int) -> bool:
 
 def stop(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process group led by ``pid``, then SIGKILL what is left after ``timeout``."""
+    stop_all([pid], timeout)
+
+
+def stop_all(pids: Iterable[int], timeout: float = 10.0) -> None:
+    """SIGTERM every process group led by one of ``pids`` at once, then SIGKILL what is left after ``timeout``:
+    the groups wind down together (a stack's dozen processes took ~20 s one after another)."""
+    left = set(pids)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
         deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 2.0)
-        while time.monotonic() < deadline:
-            _reap(pid)
-            if not _group_alive(pid):
-                return
-            time.sleep(0.05)
+        while left and time.monotonic() < deadline:
+            for pid in list(left):
+                _reap(pid)
+            alive = _groups_alive(left)
+            left = {pid for pid in left if pid in alive}
+            if left:
+                time.sleep(0.05)
+        if not left:
+            return
 
 
 def _reap(pid: int) -> None:
@@ -122,7 +134,9 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _group_alive(pgid: int) -> bool:
+def _groups_alive(pgids: set[int]) -> set[int]:
+    """Which of ``pgids`` still lead a process group with a live (not zombie) member."""
+    alive: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -131,9 +145,9 @@ def _group_alive(pgid: int) -> bool:
                 fields = f.read().split(") ", 1)[1].split()
         except (FileNotFoundError, IndexError, ProcessLookupError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            alive.add(int(fields[2]))
+    return alive
 
 
 def wait_until(

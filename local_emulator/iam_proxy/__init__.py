@@ -110,8 +110,15 @@ class Proxies:
     def stop(self) -> None:
         for server in self._grpc:
             server.stop(grace=0)
-        for http in [*self._http, *self._metadata]:
-            http.shutdown()
+        # All at once: each shutdown() waits for its serve_forever loop's next poll (0.5 s), and with a listener per
+        # model identity one after another outlasted `local down`'s 10 s grace.
+        servers = [*self._http, *self._metadata]
+        closing = [threading.Thread(target=http.shutdown, daemon=True) for http in servers]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join(timeout=5)
+        for http in servers:
             http.server_close()
 
 

@@ -178,11 +178,11 @@ def down(stack: Stack | None = None, say: Callable[[str], None] = print) -> bool
     on_disk = Stack.load(stack.root)
     pids = on_disk.pids if on_disk is not None else stack.pids
     # Functions and the scheduler first, so nothing publishes into emulators that are going away.
-    order = sorted(pids, key=lambda n: (not n.startswith(("fn-", "scheduler")), n))
-    for name in order:
-        processes.stop(pids[name])
+    first = [pid for name, pid in pids.items() if name.startswith(("fn-", "scheduler"))]
+    processes.stop_all(first)
+    processes.stop_all(pid for name, pid in pids.items() if not name.startswith(("fn-", "scheduler")))
     (stack.root / STATE_FILE).unlink(missing_ok=True)
-    say(f"stopped {len(order)} processes")
+    say(f"stopped {len(pids)} processes")
     return True
 
 
