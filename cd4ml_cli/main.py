@@ -8,14 +8,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cd4ml import clients
 from cd4ml.errors import Cd4mlError
-from cd4ml.settings import Settings
 from cd4ml_cli import reach
-from cd4ml_cli.deadletters import held_by_stage, held_messages
-from cd4ml_cli.deadletters import subscriber as _subscriber
+
+if TYPE_CHECKING:
+    from cd4ml.settings import Settings
+
+# Client libraries are imported by the commands that use them, not here: a fresh `cd4ml run TYPO` must answer in
+# well under two seconds, and google.cloud.* with gRPC and protobuf take longer than that on a busy machine.
 
 PLUGIN_GROUP = "cd4ml.cli"
 #: Plugins that ship with the command itself (same shape as the entry points): ``cd4ml ui``.
@@ -53,6 +55,8 @@ def _use_plugin_environment_if_unconfigured() -> None:
 
 
 def _settings() -> Settings:
+    from cd4ml.settings import Settings
+
     _use_plugin_environment_if_unconfigured()
     env = {**os.environ}
     if not env.get("CD4ML_PROJECT"):
@@ -92,17 +96,11 @@ def ordered(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def known_models(settings: Settings) -> list[str] | None:
-    """The models whose manifest is in the artifact bucket; None when the caller may not list them."""
-    from google.api_core.exceptions import Forbidden, PermissionDenied
+    """The models whose manifest is in the artifact bucket; None when the caller may not list them (the run request
+    itself is the check then: fetch_data dead-letters an unknown model)."""
+    from cd4ml_cli import known_models as listing
 
-    prefix = "manifests/"  # cd4ml.manifest.manifest_object's folder (that module loads jsonschema: a second here)
-    try:
-        blobs = clients.storage_client(settings).list_blobs(
-            settings.artifact_bucket, prefix=prefix, timeout=reach.CALL_TIMEOUT, retry=reach.retry()
-        )
-        return sorted(b.name.removeprefix(prefix).removesuffix(".yaml") for b in blobs if b.name.endswith(".yaml"))
-    except (Forbidden, PermissionDenied):
-        return None  # the run request itself is the check then: fetch_data dead-letters an unknown model
+    return listing.names(settings.artifact_bucket, os.environ, reach.CALL_TIMEOUT, reach.fix())
 
 
 def require_model(settings: Settings, model: str) -> None:
@@ -115,7 +113,7 @@ def require_model(settings: Settings, model: str) -> None:
     close = difflib.get_close_matches(model, known, n=1)
     raise Cd4mlError(
         f"no model {model!r} in gs://{settings.artifact_bucket}/manifests/"
-        + (f": did you mean {close[0]!r}?" if close else f" (known: {', '.join(known) or 'none'})")
+        + (f": did you mean {close[0]!r}?" if close else f" (known: {', '.join(known) or 'none'}).")
         + " A new model is added with `cd4ml model push FOLDER`"
     )
 
@@ -154,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cd4ml import ledger
+    from cd4ml import clients, ledger
     from cd4ml_cli.follow import follow, read_run
     from cd4ml_cli.timeline import render
 
@@ -185,6 +183,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """Show what stages rejected or gave up on, from the dead-letter hold subscriptions; leaves them there."""
     from cd4ml import catalog
+    from cd4ml_cli.deadletters import held_by_stage
+    from cd4ml_cli.deadletters import subscriber as _subscriber
 
     settings = _settings()
     subscriber = _subscriber()
@@ -224,7 +224,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     """Each model's champion: which run, which image (by digest), its metrics, since when."""
     settings = _settings()
-    from cd4ml import ledger
+    from cd4ml import clients, ledger
 
     db = clients.firestore_client(settings)
     champions = []
@@ -252,6 +252,8 @@ _DEAD_LETTER_ATTRIBUTES = ("cd4ml-",)
 def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     """Republish held messages to their stage's input topic (all, one stage, or one id), then acknowledge them."""
     from cd4ml import catalog
+    from cd4ml_cli.deadletters import held_messages
+    from cd4ml_cli.deadletters import subscriber as _subscriber
 
     if not (args.all or args.stage or args.id):
         raise Cd4mlError("say what to replay: --all, --stage STAGE or --id MESSAGE_ID")
@@ -324,8 +326,13 @@ def cmd_model_push(args: argparse.Namespace) -> int:
             if name:
                 manifest = models.read(folder)
                 seeded = "source data seeded from seed_data.py" if (folder / "seed_data.py").is_file() else "no data"
+                trainer = (
+                    "trainer image (built by the local Cloud Build when its folder changed)"
+                    if manifest.training.container_dockerfile
+                    else "trainer package"
+                )
                 print(
-                    f"model {name} pushed to the local stack: manifest, trainer package and serving files; {seeded}; "
+                    f"model {name} pushed to the local stack: manifest, {trainer} and serving files; {seeded}; "
                     + (
                         f"canary pipeline {manifest.canary_pipeline or name + '-canary'} on the local Gate; "
                         if manifest.canary_application
@@ -334,11 +341,20 @@ def cmd_model_push(args: argparse.Namespace) -> int:
                     + f"scheduled {manifest.schedule!r} ({manifest.time_zone}). `cd4ml run {name} --wait` runs it now"
                 )
                 return 0
+    from cd4ml import clients
+
     settings = _settings()
-    pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket)
+    pushed = models.push(clients.storage_client(settings), Path(args.folder), settings.artifact_bucket, settings)
     print(
         f"model {pushed.manifest.name}: manifest {pushed.manifest_uri}"
         + (f", trainer package {pushed.package_uri}" if pushed.package_uri else "")
+        + (
+            f", trainer image {pushed.trainer_image.reference} ({pushed.trainer_image.digest}, "
+            + ("unchanged since " if pushed.trainer_image.reused else "")
+            + f"Cloud Build build {pushed.trainer_image.build_id})"
+            if pushed.trainer_image
+            else ""
+        )
     )
     _policy_note(pushed.manifest)
     return 0
@@ -358,6 +374,7 @@ def cmd_model_train(args: argparse.Namespace) -> int:
 
 def cmd_data_upload(args: argparse.Namespace) -> int:
     """Upload a file or a folder's files to where the model's manifest says its source data is."""
+    from cd4ml import clients
     from cd4ml.errors import InvalidManifest
     from cd4ml.manifest import loads, manifest_object, resolve_gcs
 
@@ -399,9 +416,11 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     from cd4ml_cli import templates
 
     folder = templates.create(args.name, args.template, Path(args.dir) if args.dir else Path(args.name))
+    train = "" if args.template == "container" else f"`cd4ml model train {folder} --local`, "
+    push = "(builds its trainer image) " if args.template == "container" else ""
     print(
         f"model {args.name} ({args.template}) made in {folder}. Next: `cd4ml model check {folder}`, "
-        f"`cd4ml model train {folder} --local`, `cd4ml model push {folder}`, `cd4ml run {args.name} --wait`"
+        f"{train}`cd4ml model push {folder}` {push}, `cd4ml run {args.name} --wait`".replace(" ,", ",")
     )
     return 0
 
@@ -422,6 +441,7 @@ def cmd_model_check(args: argparse.Namespace) -> int:
     print(
         f"model {manifest.name}: manifest is valid (schedule {manifest.schedule!r} {manifest.time_zone}); "
         + ("executor image, trainer module and " if manifest.training.executor_image else "")
+        + ("trainer Dockerfile and " if manifest.training.container_dockerfile else "")
         + ("smoke requests found" if manifest.smoke else "no smoke test")
     )
     _policy_note(manifest)

@@ -52,6 +52,11 @@ def probe_emulators(env: Mapping[str, str] | None = None) -> None:
             ) from refused
 
 
+def fix() -> str:
+    """What to do when a service does not answer: the local stack's fix with emulators configured, else the cloud's."""
+    return _FIX_LOCAL if any(os.environ.get(variable) for variable, _ in _EMULATORS) else _FIX_CLOUD
+
+
 def explain(error: BaseException) -> str:
     """One line for a Google API error that reached the command: what failed, and what to do."""
     from google.api_core import exceptions

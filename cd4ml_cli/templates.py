@@ -1,7 +1,8 @@
 """``cd4ml model init NAME --template KIND``: a model folder that passes ``model check`` and runs end to end as made.
 
-Each template is a scikit-learn linear model on a data set scikit-learn ships (iris for the classifier, diabetes
-for the regressor), a trainer package for Vertex AI's sklearn-cpu.1-6 executor image, a serving image that needs
+Each template is a linear model on a data set scikit-learn ships (iris for the classifier, diabetes for the
+regressor and the container), a trainer package for Vertex AI's sklearn-cpu.1-6 executor image (``container``: a
+trainer image of its own, built from ``trainer/Dockerfile`` by ``cd4ml model push``), a serving image that needs
 no pip install (the model is its coefficients as JSON, served by the standard library), golden requests drawn
 from the held-out split the trainer evaluates on, and seed data for the local stack. Replace the data and the
 estimator, keep the contracts (the trainer's outputs, the serving routes) and the folder keeps working.
@@ -54,6 +55,16 @@ TEMPLATES = {
         smoke_extra="    abs_tolerance: 100                      # a prediction within 100 of the true target agrees\n",
         description="a ridge regression (diabetes progression, scikit-learn's copy)",
     ),
+    "container": Template(
+        loader="load_diabetes",
+        target="target",
+        estimator="",  # trainer/task.py solves the ridge regression itself: the image has no scikit-learn
+        hyperparameter=("alpha", "0.1"),
+        evaluation="  metric: rmse\n  direction: minimize                      # lower is better\n  threshold: 65\n"
+        "  max_regression_relative: 0.02           # at most 2 % worse than the champion",
+        smoke_extra="    abs_tolerance: 100                      # a prediction within 100 of the true target agrees\n",
+        description="a ridge regression trained in an image of its own (diabetes progression, scikit-learn's copy)",
+    ),
 }
 
 _MANIFEST = """\
@@ -67,10 +78,7 @@ data:
 training:
   worker_pool:
     machine_type: n1-standard-4
-  python_package:
-    executor_image: us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:latest
-    package_uris: [packages/{name}/trainer-0.1.0.tar.gz]
-    python_module: trainer.task
+{trainer}
   args: [--test-size=0.25, --seed=7]
   hyperparameters:
     {hp_name}: {hp_value}
@@ -90,6 +98,18 @@ canary:                                     # the Spinnaker pipeline a webhook s
   webhook_source: cd4ml-{name}
   pipeline: {name}-canary
 """
+
+_PYTHON_PACKAGE = """\
+  python_package:
+    executor_image: us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-6:latest
+    package_uris: [packages/{name}/trainer-0.1.0.tar.gz]
+    python_module: trainer.task"""
+
+_CONTAINER = """\
+  container:                                # a trainer image of the model's own ({{registry}}: its repository)
+    image_uri: "{{registry}}/{name}-trainer:latest"   # a run pins this tag to its digest when it submits the job
+    dockerfile: trainer/Dockerfile          # `cd4ml model push` builds trainer/ with Cloud Build and pushes image_uri
+    command: [python3, -m, trainer.task]    # replaces the image's ENTRYPOINT; args and hyperparameters follow"""
 
 _SETUP = '''\
 """The {name} trainer, packaged the way Vertex AI's Python package training expects."""
@@ -272,6 +292,202 @@ if __name__ == "__main__":
     sys.exit(main())
 '''
 
+_CONTAINER_TASK = """\
+\"\"\"Train {name} on the run's snapshot in its own image; write the model and its held-out metrics to AIP_MODEL_DIR.
+
+Vertex AI runs the manifest's training.container.command (it replaces the image's ENTRYPOINT) followed by the
+manifest's args and each hyperparameter as ``--name=value``, with AIP_MODEL_DIR set (gs://…, or a local folder);
+cd4ml adds CD4ML_DATASET_URI (the run's snapshot of data.source). The contract: exactly one ``model.*`` file, and
+``metrics.json`` with {{"metrics": {{name: number}}, "model_sha256": sha256 of the model file}}.
+
+The standard library only, so the image needs no pip install and builds in seconds: a ridge regression solved
+exactly, Cloud Storage through its JSON API with the job's credentials from the metadata server (STORAGE_EMULATOR_HOST,
+when set, is a local emulator: no credentials). Replace the estimator and the I/O with your libraries as you need.
+\"\"\"
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import sys
+import urllib.parse
+import urllib.request
+from typing import Any
+
+TARGET = "{target}"
+_METADATA_TOKEN = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+
+
+def read_dataset(uri: str) -> tuple[list[str], list[list[float]], list[float]]:
+    \"\"\"Every CSV under the snapshot (gs:// prefix or local folder): feature names, features, targets.\"\"\"
+    names: list[str] = []
+    rows: list[list[float]] = []
+    targets: list[float] = []
+    for text in _csv_texts(uri):
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader)
+        if header[-1] != TARGET:
+            raise ValueError(f"expected the last column to be {{TARGET!r}}, got {{header[-1]!r}}")
+        names = header[:-1]
+        for row in reader:
+            rows.append([float(v) for v in row[:-1]])
+            targets.append(float(row[-1]))
+    if not rows:
+        raise ValueError(f"no rows under {{uri}}")
+    return names, rows, targets
+
+
+def split(features: list[list[float]], targets: list[float], test_size: float, seed: int) -> Any:
+    \"\"\"The held-out split: the same for every run with the same data and seed (make_golden.py uses it too).\"\"\"
+    order = list(range(len(targets)))
+    random.Random(seed).shuffle(order)
+    cut = len(order) - math.ceil(test_size * len(order))
+    train, test = order[:cut], order[cut:]
+    return (
+        [features[i] for i in train],
+        [features[i] for i in test],
+        [targets[i] for i in train],
+        [targets[i] for i in test],
+    )
+
+
+def fit(x: list[list[float]], y: list[float], alpha: float) -> dict[str, Any]:
+    \"\"\"Ridge regression with an intercept: (Xc'Xc + alpha I) w = Xc'yc on centred data, as serve.py reads it.\"\"\"
+    n, d = len(x), len(x[0])
+    x_mean = [sum(row[j] for row in x) / n for j in range(d)]
+    y_mean = sum(y) / n
+    xc = [[row[j] - x_mean[j] for j in range(d)] for row in x]
+    a = [[sum(r[i] * r[j] for r in xc) + (alpha if i == j else 0.0) for j in range(d)] for i in range(d)]
+    b = [sum(r[i] * (t - y_mean) for r, t in zip(xc, y, strict=True)) for i in range(d)]
+    coef = _solve(a, b)
+    intercept = y_mean - sum(c * m for c, m in zip(coef, x_mean, strict=True))
+    return {{"kind": "linear-regressor", "coef": coef, "intercept": intercept}}
+
+
+def predict(model: dict[str, Any], row: list[float]) -> float:
+    return float(model["intercept"] + sum(c * v for c, v in zip(model["coef"], row, strict=True)))
+
+
+def evaluate(model: dict[str, Any], x: list[list[float]], y: list[float]) -> dict[str, float]:
+    \"\"\"The metrics the gate reads, on rows the model never saw.\"\"\"
+    errors = [predict(model, row) - t for row, t in zip(x, y, strict=True)]
+    mean = sum(y) / len(y)
+    total = sum((t - mean) ** 2 for t in y)
+    return {{
+        "rmse": math.sqrt(sum(e * e for e in errors) / len(errors)),
+        "mae": sum(abs(e) for e in errors) / len(errors),
+        "r2": 1.0 - sum(e * e for e in errors) / total,
+    }}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--test-size", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--{hp_name}", type=float, default={hp_value})
+    args = parser.parse_args(argv)
+    names, features, targets = read_dataset(os.environ["CD4ML_DATASET_URI"])
+    x_train, x_test, y_train, y_test = split(features, targets, args.test_size, args.seed)
+    model = fit(x_train, y_train, args.{hp_name})
+    model["features"] = names
+    data = json.dumps(model, sort_keys=True).encode()
+    report = {{
+        "metrics": evaluate(model, x_test, y_test),
+        "model_file": "model.json",
+        "model_sha256": hashlib.sha256(data).hexdigest(),
+        "train_rows": len(y_train),
+        "test_rows": len(y_test),
+    }}
+    _save(data, "model.json")
+    _save(json.dumps(report, indent=2).encode(), "metrics.json")
+    print(json.dumps(report), file=sys.stderr)
+    return 0
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    \"\"\"Gaussian elimination with partial pivoting (a is symmetric positive definite for alpha > 0).\"\"\"
+    d = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for col in range(d):
+        pivot = max(range(col, d), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, d):
+            factor = m[r][col] / m[col][col]
+            for c in range(col, d + 1):
+                m[r][c] -= factor * m[col][c]
+    out = [0.0] * d
+    for r in range(d - 1, -1, -1):
+        out[r] = (m[r][d] - sum(m[r][c] * out[c] for c in range(r + 1, d))) / m[r][r]
+    return out
+
+
+def _csv_texts(uri: str) -> list[str]:
+    if not uri.startswith("gs://"):
+        return [open(os.path.join(uri, n)).read() for n in sorted(os.listdir(uri)) if n.endswith(".csv")]
+    bucket, _, prefix = uri[5:].partition("/")
+    names: list[str] = []
+    page = ""
+    while True:
+        query = urllib.parse.urlencode({{"prefix": prefix, **({{"pageToken": page}} if page else {{}})}})
+        listing = json.loads(_call("GET", f"/storage/v1/b/{{bucket}}/o?{{query}}"))
+        names += [item["name"] for item in listing.get("items", [])]
+        page = listing.get("nextPageToken", "")
+        if not page:
+            break
+    return [
+        _call("GET", f"/storage/v1/b/{{bucket}}/o/{{urllib.parse.quote(n, safe='')}}?alt=media").decode()
+        for n in sorted(names)
+        if n.endswith(".csv")
+    ]
+
+
+def _save(data: bytes, name: str) -> None:
+    target = os.environ["AIP_MODEL_DIR"].rstrip("/") + "/" + name
+    if target.startswith("gs://"):
+        bucket, _, path = target[5:].partition("/")
+        query = urllib.parse.urlencode({{"uploadType": "media", "name": path}})
+        _call("POST", f"/upload/storage/v1/b/{{bucket}}/o?{{query}}", data)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+
+
+def _call(method: str, path: str, data: bytes | None = None) -> bytes:
+    \"\"\"One Cloud Storage JSON API call (https://cloud.google.com/storage/docs/json_api).\"\"\"
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    base = (emulator if "://" in emulator else f"http://{{emulator}}") if emulator else "https://storage.googleapis.com"
+    headers = {{"Content-Type": "application/octet-stream"}} if data is not None else {{}}
+    if not emulator:
+        request = urllib.request.Request(_METADATA_TOKEN, headers={{"Metadata-Flavor": "Google"}})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            headers["Authorization"] = "Bearer " + json.load(response)["access_token"]
+    request = urllib.request.Request(base.rstrip("/") + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return bytes(response.read())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+_TRAINER_DOCKERFILE = """\
+# The trainer image: the training script on a Python base, no pip install (it uses the standard library only).
+# `cd4ml model push` builds this folder with Cloud Build and pushes training.container.image_uri.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+WORKDIR /opt
+COPY __init__.py task.py /opt/trainer/
+ENV PYTHONPATH=/opt PYTHONUNBUFFERED=1
+ENTRYPOINT ["python3", "-m", "trainer.task"]
+"""
+
 _DOCKERFILE = """\
 # The serving image: the model (its coefficients as JSON) and a standard-library HTTP server, no pip install.
 # cd4ml's build passes BASE_IMAGE (serving.base_image) and puts the trained model at model/ in the context.
@@ -400,24 +616,35 @@ def files(name: str, kind: str) -> dict[str, str]:
     """The template's files (path → text) for model ``name``."""
     t = TEMPLATES[kind]
     hp_name, hp_value = t.hyperparameter
-    return {
+    container = kind == "container"
+    common = {
         "manifest.yaml": _MANIFEST.format(
             name=name,
             description=t.description,
+            trainer=(_CONTAINER if container else _PYTHON_PACKAGE).format(name=name),
             hp_name=hp_name,
             hp_value=hp_value,
             evaluation=t.evaluation,
             smoke_extra=t.smoke_extra,
         ),
-        "setup.py": _SETUP.format(name=name),
         "seed_data.py": _SEED.format(loader=t.loader, target=t.target),
         "make_golden.py": _GOLDEN.format(classifier=kind == "sklearn-classifier"),
         "trainer/__init__.py": "",
+        "serving/Dockerfile": _DOCKERFILE,
+        "serving/serve.py": _SERVE,
+    }
+    if container:
+        return {
+            **common,
+            "trainer/Dockerfile": _TRAINER_DOCKERFILE,
+            "trainer/task.py": _CONTAINER_TASK.format(name=name, target=t.target, hp_name=hp_name, hp_value=hp_value),
+        }
+    return {
+        **common,
+        "setup.py": _SETUP.format(name=name),
         "trainer/task.py": _TASK.format(
             name=name, target=t.target, estimator=t.estimator, hp_name=hp_name, hp_value=hp_value
         ),
-        "serving/Dockerfile": _DOCKERFILE,
-        "serving/serve.py": _SERVE,
     }
 
 

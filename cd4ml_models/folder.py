@@ -21,6 +21,9 @@ from cd4ml.smoke import read_golden
 if TYPE_CHECKING:
     from google.cloud import storage
 
+    from cd4ml.settings import Settings
+    from cd4ml_models.trainer_image import TrainerImage
+
 MANIFEST = "manifest.yaml"
 _SKIP = {"__pycache__", ".pytest_cache", ".git", "serving", "data", "build", "dist"}
 
@@ -32,6 +35,7 @@ class Pushed:
     manifest: Manifest
     manifest_uri: str
     package_uri: str | None
+    trainer_image: TrainerImage | None = None
 
 
 def read(folder: Path) -> Manifest:
@@ -43,6 +47,11 @@ def read(folder: Path) -> Manifest:
     outside = _outside(folder, manifest)
     if outside:
         raise InvalidManifest(f"invalid {folder}: a push uploads only what is inside the model folder", outside)
+    trainer = manifest.training.container_dockerfile
+    if trainer and not (folder / trainer).is_file():
+        raise InvalidManifest(
+            f"invalid {file}", [f"training.container.dockerfile: {trainer} does not exist in {folder}"]
+        )
     if not (folder / manifest.dockerfile).is_file():
         raise InvalidManifest(
             f"invalid {file}", [f"serving.dockerfile: {manifest.dockerfile} does not exist in {folder}"]
@@ -104,6 +113,8 @@ def _outside(folder: Path, manifest: Manifest) -> list[str]:
     root = folder.resolve()
     problems = []
     named = {"serving.dockerfile": manifest.dockerfile}
+    if manifest.training.container_dockerfile:
+        named["training.container.dockerfile"] = manifest.training.container_dockerfile
     if manifest.smoke is not None:
         named["serving.smoke.requests"] = manifest.smoke.requests
     for field, relative in named.items():
@@ -149,9 +160,18 @@ def sdist(folder: Path, name: str) -> bytes:
     return packed.getvalue()
 
 
-def push(client: storage.Client, folder: Path, artifact_bucket: str) -> Pushed:
-    """Validate, then upload the manifest (and the trainer package, when the folder has a setup.py)."""
+def push(client: storage.Client, folder: Path, artifact_bucket: str, settings: Settings | None = None) -> Pushed:
+    """Validate, build and push the trainer image (``training.container.dockerfile``, with Cloud Build: needs
+    ``settings``), then upload the trainer package (when the folder has a setup.py), the serving files and, last,
+    the manifest: a failed image build leaves the model as it was."""
     manifest = check(folder)
+    trainer = None
+    if manifest.training.container_dockerfile:
+        from cd4ml_models import trainer_image
+
+        if settings is None:
+            raise InvalidManifest(f"{folder}: building its trainer image needs the deployment's settings")
+        trainer = trainer_image.push(settings, client, folder, manifest)
     package_uri = None
     if manifest.training.package_uris and (folder / "setup.py").is_file():
         package = GcsPath.parse(resolve_gcs(manifest.training.package_uris[0], artifact_bucket))
@@ -159,13 +179,13 @@ def push(client: storage.Client, folder: Path, artifact_bucket: str) -> Pushed:
             sdist(folder, package.name.rsplit("/", 1)[-1]), content_type="application/gzip"
         )
         package_uri = package.uri
-    target = GcsPath(artifact_bucket, manifest_object(manifest.name))
-    client.bucket(target.bucket).blob(target.name).upload_from_string(
-        (folder / MANIFEST).read_text(), content_type="application/yaml"
-    )
     serving = (folder / manifest.dockerfile).parent
     for path in sorted(serving.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
             name = f"serving/{manifest.name}/{path.relative_to(serving)}"
             client.bucket(artifact_bucket).blob(name).upload_from_filename(str(path))
-    return Pushed(manifest=manifest, manifest_uri=target.uri, package_uri=package_uri)
+    target = GcsPath(artifact_bucket, manifest_object(manifest.name))
+    client.bucket(target.bucket).blob(target.name).upload_from_string(
+        (folder / MANIFEST).read_text(), content_type="application/yaml"
+    )
+    return Pushed(manifest=manifest, manifest_uri=target.uri, package_uri=package_uri, trainer_image=trainer)

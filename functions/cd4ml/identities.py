@@ -30,6 +30,11 @@ def service_account(template: str, kind: str, model: str) -> str:
     return template.replace("{account}", account_id(kind, model))
 
 
+def model_registry(registry: str, model: str) -> str:
+    """The model's own repository: ``REGISTRY`` with ``{model}`` standing for the model (a repository per model)."""
+    return registry.rstrip("/").replace("{model}", model)
+
+
 def image_repository(registry: str, model: str) -> str:
-    """``REGISTRY/MODEL``, ``{model}`` in the registry standing for the model (a repository per model)."""
-    return f"{registry.rstrip('/').replace('{model}', model)}/{model}"
+    """``REGISTRY/MODEL``: the model's serving images, in its own repository."""
+    return f"{model_registry(registry, model)}/{model}"

@@ -35,6 +35,7 @@ class Training:
     args: tuple[str, ...]
     hyperparameters: Mapping[str, str | int | float | bool]
     timeout_seconds: int
+    container_dockerfile: str = ""  # the trainer image's Dockerfile in the model folder: `cd4ml model push` builds it
 
 
 MAXIMIZE = "maximize"
@@ -258,6 +259,33 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(catalog.schema("manifest"))
 
 
+#: In ``training.container.image_uri``: the model's own repository (``CD4ML_REGISTRY`` with ``{model}``).
+REGISTRY_PLACEHOLDER = "{registry}"
+
+
+def _container_problems(container: Mapping[str, Any] | None) -> list[str]:
+    """``{registry}`` only as the start of the image reference; a Dockerfile to build only for an image of the
+    model's own repository (the one its push may write) and inside the model folder."""
+    if not container:
+        return []
+    image, dockerfile = str(container["image_uri"]), container.get("dockerfile")
+    problems = []
+    if REGISTRY_PLACEHOLDER in image.removeprefix(REGISTRY_PLACEHOLDER + "/"):
+        problems.append(
+            f"training.container.image_uri: {image!r}: {REGISTRY_PLACEHOLDER} may only begin the reference, as in "
+            f"{REGISTRY_PLACEHOLDER}/NAME-trainer:latest"
+        )
+    if dockerfile is not None and not image.startswith(REGISTRY_PLACEHOLDER + "/"):
+        problems.append(
+            f"training.container.image_uri: {image!r} must start with {REGISTRY_PLACEHOLDER}/ when "
+            "training.container.dockerfile is set: `cd4ml model push` pushes the trainer image to the model's own "
+            "repository only"
+        )
+    if dockerfile is not None and (str(dockerfile).startswith("/") or ".." in str(dockerfile).split("/")):
+        problems.append(f"training.container.dockerfile: {dockerfile} must be a path inside the model folder")
+    return problems
+
+
 def parse(document: Any, origin: str = "manifest") -> Manifest:
     """Validate a manifest (already YAML-decoded); InvalidManifest names every field and reason."""
     problems = _problems_of(document)
@@ -324,6 +352,7 @@ def _problems(document: Any) -> list[str]:
                 f"canary.webhook_source: {source!r} is not {webhook_source(document['name'])!r}; the webhook source is "
                 "derived from the model's name (drop the field), so a manifest cannot start another model's pipeline"
             )
+        problems += _container_problems(document["training"].get("container"))
         if "bigquery" in document["data"]["source"]:
             problems.append("data.source.bigquery: BigQuery sources are not supported yet; use gcs_prefix")
     if isinstance(document, dict) and isinstance(document.get("evaluation"), dict):
@@ -354,6 +383,7 @@ def _manifest(document: Any) -> Manifest:
             args=tuple(t.get("args", ())),
             hyperparameters=dict(t.get("hyperparameters", {})),
             timeout_seconds=t.get("timeout_seconds", 3600),
+            container_dockerfile=container.get("dockerfile", ""),
         ),
         evaluation=_evaluation(document["evaluation"]),
         dockerfile=document["serving"]["dockerfile"],

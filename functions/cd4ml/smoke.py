@@ -1,23 +1,25 @@
 """The smoke test of a serving image, run inside the image by its own Cloud Build build: stdlib only.
 
-build_image copies this file into the build context as ``cd4ml_smoke.py``. Two build steps run it in
-the image just built (Cloud Build runs a step in an image a previous step built: BuildStep.name,
-cloudbuild.proto), before ``images`` are pushed (pushed only "upon the successful completion of all
-build steps", Artifacts.images):
+build_image copies this file into the build context as ``cd4ml_smoke.py`` and into ``cd4ml-smoke/`` beside the
+golden file. Three build steps run it before ``images`` are pushed (pushed only "upon the successful completion of
+all build steps", Artifacts.images): ``check`` in the image just built, started by ``docker run --network=none``
+with only ``cd4ml-smoke/`` mounted (the model's code gets no network, so no metadata server and no credential);
+``report`` and ``verdict`` in a fixed Python image cd4ml chooses, never the model's:
 
-    python3 cd4ml_smoke.py check --golden G.jsonl --model-sha256 SHA --min-agreement 0.9 --latency-ms 2000 \\
-        [--port 8080] [--health-path /health] [--startup-seconds 60] [--abs-tolerance A] [--rel-tolerance R] \\
-        --result R.json -- SERVER COMMAND...
+    python3 /cd4ml-smoke/cd4ml_smoke.py check --golden G.jsonl --model-sha256 SHA --min-agreement 0.9 \\
+        --latency-ms 2000 [--port 8080] [--health-path /health] [--startup-seconds 60] [--abs-tolerance A] \\
+        [--rel-tolerance R] --result R.json -- SERVER COMMAND...
+    python3 cd4ml_smoke.py report R.json
     python3 cd4ml_smoke.py verdict R.json
 
 ``check`` starts the server, waits for /health, checks that it reports the model's sha256 (its
 ``model_sha256``), sends each golden request (``{"request": BODY, "expected": PART}``, one JSON object
-a line) to ``POST /predict``, measures agreement and per-request latency, writes the result JSON to R
-and to ``$BUILDER_OUTPUT/output`` (Cloud Build returns it in ``results.buildStepOutputs[i]``; "Only the
-first 50KB of data is stored", Results.build_step_outputs) and exits 0 whatever the verdict, so the
-output is kept. ``verdict`` fails the build (exit 1) with the reason when the result did not pass.
-cd4ml's on_build reads the same result (``result_of``) to record ``smoke`` on the run and to name the
-failing check in ``image.failed``.
+a line) to ``POST /predict``, measures agreement and per-request latency, writes the result JSON to R and exits 0
+whatever the verdict. ``report`` copies R (or a failed result saying none was written) to ``$BUILDER_OUTPUT/output``
+(Cloud Build returns it in ``results.buildStepOutputs[i]``; "Only the first 50KB of data is stored",
+Results.build_step_outputs) and exits 0, so the output is kept. ``verdict`` fails the build (exit 1) with the
+reason when the result did not pass. cd4ml's on_build reads the reported result (``smoke_result``) to record
+``smoke`` on the run and to name the failing check in ``image.failed``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ CHECKS = ("health", "sha256", "agreement", "latency")
 SCRIPT = os.path.abspath(__file__)
 #: Cloud Build keeps 50 KB of a step's output; the result stays far below that (failures are capped).
 MAX_FAILURES = 5
+#: What ``report`` reads of a result: far more than a result takes, and within what Cloud Build keeps (50 KB).
+MAX_RESULT = 48 * 1024
 _MAX_TEXT = 300
 
 
@@ -283,6 +287,29 @@ def _write(result: dict[str, Any], path: str) -> None:
             file.write(text)
 
 
+def _report(path: str) -> None:
+    """The result ``check`` wrote, to ``$BUILDER_OUTPUT/output`` (a failed result when there is none or it is not a
+    JSON object: the server's container may have written anything there)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            result = json.loads(file.read(MAX_RESULT))
+        if not isinstance(result, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as bad:
+        result = {
+            "passed": False,
+            "checks": dict.fromkeys(CHECKS, False),
+            "failed": list(CHECKS),
+            "reason": f"health: the smoke test left no result ({_short(str(bad))})",
+        }
+    outputs = os.environ.get("BUILDER_OUTPUT")
+    if outputs:
+        os.makedirs(outputs, exist_ok=True)
+        with open(os.path.join(outputs, "output"), "w", encoding="utf-8") as file:
+            file.write(json.dumps(result, separators=(",", ":")))
+    print(json.dumps(result, indent=1))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cd4ml_smoke.py", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="action", required=True)
@@ -300,7 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("command", nargs="+")
     verdict = sub.add_parser("verdict")
     verdict.add_argument("result")
+    report = sub.add_parser("report")
+    report.add_argument("result")
     args = parser.parse_args(argv)
+    if args.action == "report":
+        _report(args.result)
+        return 0
     if args.action == "verdict":
         with open(args.result, encoding="utf-8") as file:
             result = json.load(file)

@@ -31,6 +31,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,19 +77,15 @@ class Settings:
     token_key: Path | None = None  # the stack's access-token key: pushes then authenticate as the build's account
 
 
-def push_credentials(project: str, token_key: Path) -> Callable[[str], str | None]:
-    """``oauth2accesstoken:TOKEN`` of a build's service account, as Cloud Build's pusher uses its access token
-    (https://cloud.google.com/artifact-registry/docs/docker/authentication#token); None for an account the IAM
-    bindings do not know (Cloud Build's legacy default account among them): the push then goes unauthenticated
-    and a registry with token auth refuses it."""
+def _identities(project: str) -> Callable[[str], str | None]:
+    """A build's service account → its stack identity; None for an account the IAM bindings do not know (Cloud
+    Build's legacy default account among them) and for the admin."""
     from local_emulator.iam import policy as iam_policy
-    from local_emulator.iam.access_tokens import Minter
 
-    minter = Minter.from_file(token_key)
     policy = iam_policy.load(project, "", "")
     identities = {policy.principal(identity): identity for identity in policy.identities()}
 
-    def credentials(service_account: str) -> str | None:
+    def identity_of(service_account: str) -> str | None:
         email = service_account.rsplit("/", 1)[-1]
         identity = identities.get(email)
         if (
@@ -97,11 +94,45 @@ def push_credentials(project: str, token_key: Path) -> Callable[[str], str | Non
             and email.endswith(f"@{project}.iam.gserviceaccount.com")
         ):
             identity = f"build:{email.split('@', 1)[0]}"  # a model's own build account (iam_policy.MODEL_BUILD)
-        if identity is None or identity == iam_policy.ADMIN:
-            return None
-        return f"oauth2accesstoken:{minter.mint(identity)}"
+        return None if identity == iam_policy.ADMIN else identity
+
+    return identity_of
+
+
+def push_credentials(project: str, token_key: Path) -> Callable[[str], str | None]:
+    """``oauth2accesstoken:TOKEN`` of a build's service account, as Cloud Build's pusher uses its access token
+    (https://cloud.google.com/artifact-registry/docs/docker/authentication#token); None for an account the IAM
+    bindings do not know (Cloud Build's legacy default account among them): the push then goes unauthenticated
+    and a registry with token auth refuses it."""
+    from local_emulator.iam.access_tokens import Minter
+
+    minter = Minter.from_file(token_key)
+    identity_of = _identities(project)
+
+    def credentials(service_account: str) -> str | None:
+        identity = identity_of(service_account)
+        return None if identity is None else f"oauth2accesstoken:{minter.mint(identity)}"
 
     return credentials
+
+
+def step_metadata(project: str, token_key: Path) -> Callable[[str], AbstractContextManager[Path | None]]:
+    """For a build's service account, its metadata server (``network.serve_metadata``) while the build runs:
+    every step on the ``cloudbuild`` network gets that account's token, as on Cloud Build. None (no server, nothing
+    at 169.254.169.254) for an account the stack does not know."""
+    from local_emulator.cloudbuild.network import serve_metadata
+    from local_emulator.iam.access_tokens import Minter
+
+    minter = Minter.from_file(token_key)
+    identity_of = _identities(project)
+
+    def metadata(service_account: str) -> AbstractContextManager[Path | None]:
+        identity = identity_of(service_account)
+        if identity is None:
+            return nullcontext(None)
+        return serve_metadata(identity, service_account.rsplit("/", 1)[-1], project, minter)
+
+    return metadata
 
 
 def serve(settings: Settings, stop: threading.Event) -> int:
@@ -129,7 +160,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
 
     store = BuildStore(settings.state_dir / "builds")
     credentials = push_credentials(settings.project, settings.token_key) if settings.token_key else None
-    runner = BuildRunner(settings.state_dir, store, storage, children, notify, credentials)
+    metadata = step_metadata(settings.project, settings.token_key) if settings.token_key else None
+    runner = BuildRunner(settings.state_dir, store, storage, children, notify, credentials, metadata)
     for build in store.load():
         build.status = INTERNAL_ERROR
         build.status_detail = "local Cloud Build restarted while the build was queued or running"

@@ -11,16 +11,18 @@ image's Env, then the step's ``env``, then ``BUILDER_OUTPUT``: what the step wri
 stored" (Results.build_step_outputs).
 
 Locally: ``buildah from --pull-never`` of the image in the build's storage, ``buildah run --isolation chroot``
-(crun isolation fails on this kind of machine) inside ``unshare --net`` (a network namespace with loopback only: the
-step's own localhost, as a container has), the workspace and an outputs folder bind-mounted; the working
-container is removed afterwards. The local Cloud Build never pulls, so any other image fails the
-step with a message saying what it can run.
+(crun isolation fails on this kind of machine) inside a network namespace of its own (``cloudbuild.network``: the
+step's own localhost, as a container has, and on Cloud Build's ``cloudbuild`` network the build account's metadata
+server at 169.254.169.254 / ``metadata.google.internal``), the workspace and an outputs folder bind-mounted; the
+working container is removed afterwards. A docker step's ``docker run`` (``run_docker``) runs the same way with only
+what its flags give: its ``-v`` binds of the workspace, its ``-e``, ``-w``, ``--entrypoint``, and its network
+(``--network=none``: loopback only, no metadata server). The local Cloud Build never pulls, so any other image fails
+the step with a message saying what it can run.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from pathlib import Path
 
 from google.cloud.devtools.cloudbuild_v1.types import cloudbuild
 
-from local_emulator.cloudbuild.steps import StepError
+from local_emulator.cloudbuild.network import CLOUDBUILD, NONE, hosts, isolated
+from local_emulator.cloudbuild.steps import DockerRun, StepError
 from local_emulator.common.service import CommandResult
 from local_emulator.containers import ImageConfig
 from local_emulator.containers.buildah import ImageStorage
@@ -84,57 +87,149 @@ def unknown_image(name: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How one container runs: what, with which environment, mounts (host, container, read-only), and where."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    mounts: tuple[tuple[Path, str, bool], ...]
+    workdir: str
+
+
+def run_container(
+    storage: ImageStorage,
+    image: str,
+    network: str,
+    plan: Callable[[ImageConfig], Launch],
+    run: Run,
+    cleanup: Run,
+    label: str,
+    metadata: Path | None = None,
+) -> CommandResult:
+    """Run one container of ``image`` (in the build's storage) on ``network`` to its end, as ``plan`` lays it out from
+    the image's config; StepError when the image is not there or gives nothing to run. ``metadata``: the Unix socket
+    of the build account's metadata server, which the ``cloudbuild`` network serves at 169.254.169.254."""
+    name = f"cd4ml-step-{label}-{uuid.uuid4().hex[:8]}"
+    created = run(storage.buildah("from", "--name", name, "--pull-never", "--quiet", *hosts(network, metadata), image))
+    if not created.ok:
+        raise StepError(f"{unknown_image(image)} ({created.tail(1)})")
+    try:
+        inspected = run(storage.buildah("inspect", "--type", "container", name))
+        if not inspected.ok:
+            raise StepError(f"cannot read the config of {image}: {inspected.tail(1)}")
+        config = ImageConfig.from_oci(json.loads(inspected.output)["OCIv1"].get("config") or {})
+        launch = plan(config)
+        options = ["run", "--isolation", "chroot", "--network", "host"]
+        if launch.workdir:
+            options += ["--workingdir", launch.workdir]
+        for host, inside, read_only in launch.mounts:
+            options += ["--volume", f"{host}:{inside}" + (":ro" if read_only else "")]
+        for key, value in launch.env:
+            options += ["--env", f"{key}={value}"]
+        if config.user:
+            options += ["--user", config.user]
+        return run(isolated(storage.buildah(*options, name, "--", *launch.argv), network, metadata))
+    finally:
+        cleanup(storage.buildah("rm", name))
+
+
+@dataclass(frozen=True)
+class _StepPlan:
+    """A Cloud Build step: the workspace and $BUILDER_OUTPUT mounted, on the ``cloudbuild`` network."""
+
+    step: ContainerStep
+    workspace: Path
+    outputs: Path
+
+    def __call__(self, config: ImageConfig) -> Launch:
+        workdir = f"{WORKSPACE}/{self.step.dir}".rstrip("/") if self.step.dir else WORKSPACE
+        return Launch(
+            tuple(command(config, self.step.entrypoint, self.step.args)),
+            tuple(environment(config, self.step.env).items()),
+            ((self.workspace, WORKSPACE, False), (self.outputs, BUILDER_OUTPUT, False)),
+            workdir,
+        )
+
+
 def run_step(
-    storage: ImageStorage, step: ContainerStep, workspace: Path, outputs: Path, run: Run, cleanup: Run, label: str
+    storage: ImageStorage,
+    step: ContainerStep,
+    workspace: Path,
+    outputs: Path,
+    run: Run,
+    cleanup: Run,
+    label: str,
+    metadata: Path | None = None,
 ) -> tuple[CommandResult, bytes]:
     """Run the step to its end; (its result, the first 50 KB of its ``$BUILDER_OUTPUT/output``, b"" if none).
 
     StepError when the image is not in storage or gives nothing to run. ``run`` runs one argv (with the
     build's deadline, cancellation and log); ``cleanup`` removes the working container even then; ``label`` names it.
+    The step is on the ``cloudbuild`` network: ``metadata`` (the build account's metadata server) answers it.
     """
-    name = f"cd4ml-step-{label}-{uuid.uuid4().hex[:8]}"
-    created = run(storage.buildah("from", "--name", name, "--pull-never", "--quiet", step.image))
-    if not created.ok:
-        raise StepError(f"{unknown_image(step.image)} ({created.tail(1)})")
-    try:
-        inspected = run(storage.buildah("inspect", "--type", "container", name))
-        if not inspected.ok:
-            raise StepError(f"cannot read the config of {step.image}: {inspected.tail(1)}")
-        config = ImageConfig.from_oci(json.loads(inspected.output)["OCIv1"].get("config") or {})
-        argv = command(config, step.entrypoint, step.args)
-        outputs.mkdir(parents=True, exist_ok=True)
-        workdir = f"{WORKSPACE}/{step.dir}".rstrip("/") if step.dir else WORKSPACE
-        options = [
-            "run",
-            "--isolation",
-            "chroot",
-            "--network",
-            "host",
-            "--workingdir",
-            workdir,
-            "--volume",
-            f"{workspace}:{WORKSPACE}",
-            "--volume",
-            f"{outputs}:{BUILDER_OUTPUT}",
-        ]
-        for key, value in environment(config, step.env).items():
-            options += ["--env", f"{key}={value}"]
-        if config.user:
-            options += ["--user", config.user]
-        result = run(_own_loopback(storage.buildah(*options, name, "--", *argv)))
-        output = outputs / "output"
-        data = output.read_bytes()[:MAX_OUTPUT] if output.is_file() else b""
-        return result, data
-    finally:
-        cleanup(storage.buildah("rm", name))
+    outputs.mkdir(parents=True, exist_ok=True)
+    plan = _StepPlan(step, workspace, outputs)
+    result = run_container(storage, step.image, CLOUDBUILD, plan, run, cleanup, label, metadata)
+    output = outputs / "output"
+    data = output.read_bytes()[:MAX_OUTPUT] if output.is_file() else b""
+    return result, data
+
+
+@dataclass(frozen=True)
+class _RunPlan:
+    """A container a docker step starts (``docker run``): only what its flags give it."""
+
+    command: DockerRun
+    mounts: tuple[tuple[Path, str, bool], ...]
+
+    def __call__(self, config: ImageConfig) -> Launch:
+        # `docker run IMAGE ARGS`: ARGS replace the image's Cmd; --entrypoint replaces its Entrypoint and clears Cmd.
+        if self.command.entrypoint is not None:
+            argv = [self.command.entrypoint, *self.command.args] if self.command.entrypoint else list(self.command.args)
+        else:
+            argv = [*config.entrypoint, *(self.command.args or config.cmd)]
+        if not argv:
+            raise StepError("docker: Error response from daemon: no command specified")
+        env = config.environment(dict(entry.split("=", 1) for entry in self.command.env))
+        return Launch(tuple(argv), tuple(env.items()), self.mounts, self.command.workdir)
+
+
+def run_docker(
+    storage: ImageStorage,
+    image: str,
+    command: DockerRun,
+    workspace: Path,
+    run: Run,
+    cleanup: Run,
+    label: str,
+    metadata: Path | None = None,
+) -> CommandResult:
+    """``docker run`` from a docker step, to its end. The docker builder talks to the worker's Docker daemon, whose
+    ``/workspace`` is the build's workspace (a bind of ``/workspace`` sees the step's files: cloud-builders#323);
+    other host paths are the worker's own, which the local Cloud Build does not have (refused). A missing host
+    directory is created, as ``docker run -v`` does."""
+    mounts: list[tuple[Path, str, bool]] = []
+    for mount in command.mounts:
+        if mount.host != WORKSPACE and not mount.host.startswith(WORKSPACE + "/"):
+            raise StepError(
+                f"docker run -v {mount.host}:… is not supported by the local Cloud Build: only {WORKSPACE} and "
+                "folders in it are the worker's paths here"
+            )
+        host = (workspace / mount.host[len(WORKSPACE) :].lstrip("/")).resolve()
+        if not host.is_relative_to(workspace.resolve()):
+            raise StepError(f"docker run -v {mount.host}: leaves {WORKSPACE}")
+        host.mkdir(parents=True, exist_ok=True)
+        mounts.append((host, mount.container, mount.read_only))
+    plan = _RunPlan(command, tuple(mounts))
+    return run_container(storage, image, command.network, plan, run, cleanup, label, metadata)
 
 
 def _own_loopback(argv: list[str]) -> list[str]:
-    """argv in a network namespace of its own with only loopback up: as each Cloud Build step has its own
-    container network stack, two steps (of concurrent builds) can both listen on 8080, and no host service
-    answers in their place. Unlike Cloud Build's `cloudbuild` network, it has no route out."""
-    ip = shutil.which("ip") or "/usr/sbin/ip"
-    return ["unshare", "--net", "--", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh", *argv]
+    """argv in a network namespace of its own with only loopback up (Docker's ``none`` network): as each Cloud Build
+    step has its own container network stack, two steps (of concurrent builds) can both listen on 8080, and no host
+    service answers in their place."""
+    return isolated(argv, NONE, None)
 
 
 def step_image(name: str, built: Mapping[str, str], qualified: Callable[[str], str]) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -16,12 +18,13 @@ from typing import IO
 
 from google.cloud.devtools.cloudbuild_v1.types import cloudbuild
 
-from local_emulator.cloudbuild.container_step import ContainerStep, run_step, step_image, unsupported
+from local_emulator.cloudbuild.container_step import ContainerStep, run_docker, run_step, step_image, unsupported
 from local_emulator.cloudbuild.source import SourceError, fetch_source
 from local_emulator.cloudbuild.steps import (
     DOCKER_BUILDERS,
     DockerBuild,
     DockerPush,
+    DockerRun,
     DockerTag,
     StepError,
     builder_name,
@@ -55,6 +58,8 @@ from local_emulator.containers.buildah import ImageStorage, qualified
 DEFAULT_TIMEOUT = timedelta(minutes=60)
 
 _log = logging.getLogger("cloudbuild")
+#: What a layer-cache image name keeps of a repository (containers-storage names: lower case, no port colon).
+_CACHE_NAME = re.compile(r"[^a-z0-9._/-]+")
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,12 @@ class BuildRunner:
         children: ChildGroups,
         notify: Callable[[cloudbuild.Build], None],
         credentials: Callable[[str], str | None] | None = None,
+        metadata: Callable[[str], AbstractContextManager[Path | None]] | None = None,
     ) -> None:
         self._store = store
+        # The build's service account → its metadata server (a Unix socket) for the build's duration, which steps on
+        # the `cloudbuild` network reach at 169.254.169.254 (as on Cloud Build); None: no account to serve.
+        self._metadata = metadata or (lambda account: nullcontext(None))
         # The build's service account (Build.service_account) → USER:PASSWORD for its pushes (Cloud Build pushes
         # `images` and docker-push steps as that account); None: no credentials.
         self._credentials = credentials or (lambda account: None)
@@ -182,8 +191,11 @@ class BuildRunner:
         workspace = self._work / build_id
         internal: list[str] = []
         try:
-            with self.log_path(build_id).open("a", encoding="utf-8") as log_file:
-                outcome = self._execute(build, workspace, log_file, deadline, internal)
+            with (
+                self.log_path(build_id).open("a", encoding="utf-8") as log_file,
+                self._metadata(build.service_account) as metadata,
+            ):
+                outcome = self._execute(build, workspace, log_file, deadline, internal, metadata)
                 log_file.write(f"FINISHED {outcome.status.name} {outcome.detail}\n")
         except _Cancelled:
             outcome = (
@@ -216,7 +228,13 @@ class BuildRunner:
         return result
 
     def _execute(
-        self, build: cloudbuild.Build, workspace: Path, log_file: IO[str], deadline: float, internal: list[str]
+        self,
+        build: cloudbuild.Build,
+        workspace: Path,
+        log_file: IO[str],
+        deadline: float,
+        internal: list[str],
+        metadata: Path | None = None,
     ) -> Outcome:
         if build.options.dynamic_substitutions:
             detail = "options.dynamic_substitutions (bash-style ${VAR/a/b}) is not supported by the local Cloud Build"
@@ -242,7 +260,7 @@ class BuildRunner:
             step.timing = cloudbuild.TimeSpan(start_time=started)
             self._store.put(build)
             log_file.write(f"Step #{index} ({step.name} {' '.join(step.args)})\n")
-            failure = self._run_step(build, index, values, workspace, log_file, deadline, built, internal)
+            failure = self._run_step(build, index, values, workspace, log_file, deadline, built, internal, metadata)
             step.timing = span(started)
             step.status = FAILURE if failure else SUCCESS
             self._store.put(build)
@@ -274,6 +292,7 @@ class BuildRunner:
         deadline: float,
         built: dict[str, str],
         internal: list[str],
+        metadata: Path | None = None,
     ) -> Outcome | None:
         step = build.steps[index]
         prefix = f'Build step failure: build step {index} "{step.name}" failed'
@@ -282,7 +301,7 @@ class BuildRunner:
             if not cwd.is_relative_to(workspace.resolve()) or not cwd.is_dir():
                 raise StepError(f"step dir {step.dir_!r} is not a directory in the workspace")
             if builder_name(substitute(step.name, values)) not in DOCKER_BUILDERS:
-                return self._run_in_image(build, index, values, workspace, log_file, deadline, built)
+                return self._run_in_image(build, index, values, workspace, log_file, deadline, built, metadata)
             command = parse_docker_step(
                 substitute(step.name, values),
                 substitute(step.entrypoint, values),
@@ -302,7 +321,9 @@ class BuildRunner:
             ]
             internal.extend(names)
             result = self._command(
-                self._storage.bud(context=context, dockerfile=dockerfile, tags=names, options=command.options),
+                self._storage.bud(
+                    context=context, dockerfile=dockerfile, tags=names, options=command.options, layers=command.cache
+                ),
                 build.id,
                 deadline,
                 log_file,
@@ -316,6 +337,8 @@ class BuildRunner:
                 )
             for tag, name in zip(command.tags, names, strict=False):
                 built[qualified(tag)] = name
+            if command.cache and command.tags:
+                self._keep_layers(names[0], command.tags[0])
         elif isinstance(command, DockerTag):
             source = built.get(qualified(command.source))
             if source is None:
@@ -330,7 +353,42 @@ class BuildRunner:
             digest, result = self._push(source, command.image, build, deadline, log_file)
             if digest is None:
                 return Outcome(FAILURE, f"{prefix}: push of {command.image} failed: {result.tail(3)}", USER_BUILD_STEP)
+        elif isinstance(command, DockerRun):
+            try:
+                result = run_docker(
+                    self._storage,
+                    step_image(command.image, built, qualified),
+                    command,
+                    workspace,
+                    lambda argv: self._command(argv, build.id, deadline, log_file),
+                    lambda argv: self._children.run(argv, owner=f"cleanup-{build.id}", timeout=60),
+                    f"{build.id[:8]}-{index}",
+                    metadata,
+                )
+            except StepError as error:
+                return Outcome(FAILURE, f"{prefix}: {error}", USER_BUILD_STEP)
+            if not result.ok:
+                return Outcome(
+                    FAILURE, f"{prefix}: step exited with non-zero status: {result.returncode}", USER_BUILD_STEP
+                )
         return None
+
+    def _keep_layers(self, image: str, tag: str) -> None:
+        """Hold the layers of ``image`` for the next build of ``tag``'s repository: buildah reuses an unchanged
+        instruction's layer only while an image holds it, and the build's own names are removed when it ends (with
+        their parents, once dangling). One image per repository holds them; the one it replaces is removed."""
+        holder = "localhost/cd4ml-layer-cache/" + _CACHE_NAME.sub("-", tag.rsplit(":", 1)[0].lower()).strip("-")
+        ids = {}
+        for name in (holder, image):
+            found = self._children.run(
+                self._storage.buildah("images", "--noheading", "--no-trunc", "--format", "{{.ID}}", name),
+                owner="layer-cache",
+                timeout=60,
+            )
+            ids[name] = found.output.strip() if found.ok else ""
+        self._children.run(self._storage.tag(image, holder), owner="layer-cache", timeout=60)
+        if ids[holder] and ids[holder] != ids[image]:
+            self._children.run(self._storage.buildah("rmi", ids[holder]), owner="layer-cache", timeout=120)
 
     def _run_in_image(
         self,
@@ -341,6 +399,7 @@ class BuildRunner:
         log_file: IO[str],
         deadline: float,
         built: Mapping[str, str],
+        metadata: Path | None = None,
     ) -> Outcome | None:
         """A step in an image built earlier in the build or a base image; its $BUILDER_OUTPUT/output kept."""
         step = build.steps[index]
@@ -367,6 +426,7 @@ class BuildRunner:
                 lambda argv: self._command(argv, build.id, deadline, log_file),
                 lambda argv: self._children.run(argv, owner=f"cleanup-{build.id}", timeout=60),
                 f"{build.id[:8]}-{index}",
+                metadata,
             )
         except StepError as error:
             return Outcome(FAILURE, f"{prefix}: {str(error).replace(container.image, name)}", USER_BUILD_STEP)

@@ -13,7 +13,8 @@ DOCKER_BUILDERS = frozenset({"gcr.io/cloud-builders/docker", "docker", "docker.i
 # (GoogleCloudPlatform/cloud-build-local subst/subst.go, FindTemplateParameters; `$foo` stays literal).
 _PARAMETER = re.compile(r"\$(?:(\$)|\{([A-Z_][A-Z0-9_]*)\}|([A-Z_][A-Z0-9_]*))")
 
-# docker build flags: passed on to buildah bud, or accepted and ignored (no cache, never pull, one platform).
+# docker build flags: passed on to buildah bud, or accepted and ignored (never pull, one platform); --no-cache turns
+# off the reuse of unchanged layers across builds (the stand-in's layer cache, see DockerBuild.cache).
 _PASSED_WITH_VALUE = {
     "--build-arg": "--build-arg",
     "--label": "--label",
@@ -67,6 +68,10 @@ class DockerBuild:
     dockerfile: str | None
     context: str
     options: tuple[str, ...]
+    #: Reuse the layers of an earlier build whose instruction and inputs were the same (buildah --layers). Cloud Build
+    #: builds every layer on a fresh worker unless the build asks `--cache-from`; the image is the same either way,
+    #: only a local build is faster (the serving image's `pip install` layer: ~1 min per build). `--no-cache`: off.
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,72 @@ class DockerPush:
     image: str
 
 
-DockerCommand = DockerBuild | DockerTag | DockerPush
+@dataclass(frozen=True)
+class Mount:
+    """`-v HOST:CONTAINER[:ro|rw]`: a host directory (an absolute path) bound into the container."""
+
+    host: str
+    container: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class DockerRun:
+    """`docker run` of the subset the local Cloud Build runs: one container to its end, on a named network."""
+
+    image: str
+    args: tuple[str, ...]
+    network: str
+    entrypoint: str | None = None
+    env: tuple[str, ...] = ()
+    workdir: str = ""
+    mounts: tuple[Mount, ...] = ()
+
+
+DockerCommand = DockerBuild | DockerTag | DockerPush | DockerRun
+
+#: `docker run` networks the local Cloud Build gives a container (the local network module models both).
+RUN_NETWORKS = frozenset({"none", "cloudbuild"})
+_RUN_WITH_VALUE = frozenset({"--network", "--net", "-v", "--volume", "-w", "--workdir", "--entrypoint", "-e", "--env"})
+_RUN_IGNORED_WITH_VALUE = frozenset({"--name"})
+_RUN_IGNORED_SWITCHES = frozenset({"--rm"})
+# docker run flags Docker knows that the local Cloud Build does not model: refused by name, not as unknown.
+_RUN_UNSUPPORTED = frozenset(
+    {
+        "-d",
+        "--detach",
+        "-i",
+        "--interactive",
+        "-t",
+        "--tty",
+        "-p",
+        "--publish",
+        "-P",
+        "--publish-all",
+        "-u",
+        "--user",
+        "--privileged",
+        "--add-host",
+        "--dns",
+        "--mount",
+        "--volumes-from",
+        "--link",
+        "--cap-add",
+        "--pid",
+        "--ipc",
+        "--env-file",
+        "--read-only",
+        "--tmpfs",
+        "--platform",
+        "--pull",
+        "-h",
+        "--hostname",
+        "--init",
+        "--expose",
+    }
+)
+#: A named volume's name, as Docker checks it (daemon/names: RestrictedNamePattern).
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 
 def _split_flag(arg: str) -> tuple[str, str | None]:
@@ -100,6 +170,7 @@ def parse_docker_build(args: Sequence[str]) -> DockerBuild:
     dockerfile: str | None = None
     options: list[str] = []
     positional: list[str] = []
+    cache = True
     index = 0
     while index < len(args):
         arg = args[index]
@@ -122,13 +193,103 @@ def parse_docker_build(args: Sequence[str]) -> DockerBuild:
             dockerfile = value
         elif flag in _PASSED_WITH_VALUE:
             options += [_PASSED_WITH_VALUE[flag], str(value)]
+        elif flag == "--no-cache":
+            cache = False
         elif flag in _IGNORED_WITH_VALUE or flag in _IGNORED_SWITCHES:
             continue
         else:
             raise StepError(f"docker build flag {flag} is not supported by the local Cloud Build")
     if len(positional) != 1:
         raise StepError(f"docker build needs exactly one context path, got {positional or 'none'}")
-    return DockerBuild(tuple(tags), dockerfile, positional[0], tuple(options))
+    return DockerBuild(tuple(tags), dockerfile, positional[0], tuple(options), cache)
+
+
+def _mount(spec: str) -> Mount:
+    """`-v` as Docker reads it: HOST:CONTAINER[:MODE]; Docker's words for what it refuses."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise StepError(f"docker: invalid spec: {spec}: only HOST:CONTAINER[:ro|rw] bind mounts are supported here")
+    host, container, mode = parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"
+    if not host.startswith("/"):
+        if not _VOLUME_NAME.match(host):
+            raise StepError(
+                f'docker: Error response from daemon: create {host}: "{host}" includes invalid characters for a local '
+                'volume name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host directory, '
+                "use absolute path"
+            )
+        raise StepError(
+            f"named volume {host!r} of docker run is not supported by the local Cloud Build (bind mounts are)"
+        )
+    if not container.startswith("/"):
+        raise StepError(
+            f"docker: Error response from daemon: invalid volume specification: '{spec}': "
+            f"invalid mount config for type \"bind\": invalid mount path: '{container}' mount path must be absolute"
+        )
+    if mode not in ("ro", "rw"):
+        raise StepError(f"mount mode {mode!r} of docker run is not supported by the local Cloud Build (ro, rw are)")
+    return Mount(host, container, mode == "ro")
+
+
+def parse_docker_run(args: Sequence[str]) -> DockerRun:
+    """Read `docker run` arguments (without the leading "run"): flags, then IMAGE, then the container's arguments.
+
+    Docker refuses an unknown flag, no image, a relative mount path or working directory, an invalid volume name
+    (its own words here). Networks: `none` (loopback only) and `cloudbuild` (the build's network, with the metadata
+    server); Docker's default bridge and the others are not modelled, so a run without `--network` is refused.
+    """
+    network = ""
+    entrypoint: str | None = None
+    env: list[str] = []
+    workdir = ""
+    mounts: list[Mount] = []
+    index = 0
+    while index < len(args) and args[index].startswith("-") and args[index] != "-":
+        flag, value = _split_flag(args[index])
+        index += 1
+        if flag == "--":
+            break
+        if flag in _RUN_WITH_VALUE or flag in _RUN_IGNORED_WITH_VALUE:
+            if value is None:
+                if index >= len(args):
+                    raise StepError(f"docker: flag needs an argument: {flag}")
+                value = args[index]
+                index += 1
+        elif value is not None and flag in _RUN_IGNORED_SWITCHES and value not in ("true", "false"):
+            raise StepError(f'docker: invalid argument "{value}" for "{flag}" flag')
+        if flag in ("--network", "--net"):
+            network = str(value)
+        elif flag in ("-v", "--volume"):
+            mounts.append(_mount(str(value)))
+        elif flag in ("-w", "--workdir"):
+            if not str(value).startswith("/"):
+                raise StepError(
+                    "docker: Error response from daemon: the working directory "
+                    f"'{value}' is invalid, it needs to be an absolute path"
+                )
+            workdir = str(value)
+        elif flag == "--entrypoint":
+            entrypoint = str(value)
+        elif flag in ("-e", "--env"):
+            if "=" not in str(value):
+                raise StepError(
+                    f"docker run -e {value} (taken from the step's environment) is not supported by the "
+                    "local Cloud Build: give NAME=VALUE"
+                )
+            env.append(str(value))
+        elif flag in _RUN_IGNORED_WITH_VALUE or flag in _RUN_IGNORED_SWITCHES:
+            continue
+        elif flag in _RUN_UNSUPPORTED:
+            raise StepError(f"docker run flag {flag} is not supported by the local Cloud Build")
+        else:
+            raise StepError(f"docker: unknown flag: {flag}")
+    if index >= len(args):
+        raise StepError('docker: "docker run" requires at least 1 argument.')
+    if network not in RUN_NETWORKS:
+        raise StepError(
+            f"docker run {'--network=' + network if network else 'without --network (the default bridge)'} is not "
+            "supported by the local Cloud Build: give --network=none (loopback only) or --network=cloudbuild"
+        )
+    return DockerRun(args[index], tuple(args[index + 1 :]), network, entrypoint, tuple(env), workdir, tuple(mounts))
 
 
 def parse_docker_step(name: str, entrypoint: str, args: Sequence[str]) -> DockerCommand:
@@ -152,7 +313,9 @@ def parse_docker_step(name: str, entrypoint: str, args: Sequence[str]) -> Docker
         return DockerTag(rest[0], rest[1])
     if command == "push" and len(rest) == 1:
         return DockerPush(rest[0])
-    raise StepError(f"`docker {' '.join(args)}` is not supported by the local Cloud Build (build, tag, push are)")
+    if command == "run":
+        return parse_docker_run(rest)
+    raise StepError(f"`docker {' '.join(args)}` is not supported by the local Cloud Build (build, tag, push, run are)")
 
 
 BuildFields = Mapping[str, object]

@@ -68,9 +68,11 @@ class ImageConfig:
             user=str(config.get("User") or ""),
         )
 
-    def command(self, argv: Sequence[str] | None) -> list[str]:
-        """argv itself when given; else Entrypoint + Cmd, as `docker run IMAGE` with no arguments runs."""
-        command = list(argv) if argv is not None else [*self.entrypoint, *self.cmd]
+    def command(self, argv: Sequence[str] | None, args: Sequence[str] | None = None) -> list[str]:
+        """argv itself when given; else Entrypoint + args when args are given (`docker run IMAGE ARGS`: they replace
+        Cmd); else Entrypoint + Cmd, as `docker run IMAGE` with no arguments runs."""
+        after = self.cmd if args is None else tuple(args)
+        command = list(argv) if argv is not None else [*self.entrypoint, *after]
         if not command:
             raise ContainerError("the image has neither Entrypoint nor Cmd and no argv was given")
         return command
@@ -173,8 +175,10 @@ def start(
     state_dir: Path,
     log: Path,
     creds: str | None = None,
+    args: Sequence[str] | None = None,
 ) -> Container:
-    """Pull reference from the local registry and run it (argv, or the image's Entrypoint + Cmd) in the background.
+    """Pull reference from the local registry and run it (argv, or the image's Entrypoint + ``args`` or Cmd) in the
+    background.
 
     ``creds`` (``oauth2accesstoken:TOKEN``) answers the registry's token challenge when it has token auth.
     The container's stdout and stderr are appended to log. Images are kept in storage under
@@ -185,7 +189,7 @@ def start(
     storage = _pull_and_create(reference, name, state_dir, children, creds)
     try:
         config = _config(storage, name, children)
-        command = config.command(argv)
+        command = config.command(argv, args)
         run = ["run", "--isolation", "chroot", "--network", "host"]
         for key, value in config.environment(env).items():
             run += ["--env", f"{key}={value}"]

@@ -56,8 +56,10 @@ class ImageStorage:
         dockerfile: Path | None,
         tags: Sequence[str],
         options: Sequence[str],
+        layers: bool = False,
     ) -> list[str]:
-        """argv for `buildah bud` that never pulls: FROM must name an image already in this storage."""
+        """argv for `buildah bud` that never pulls: FROM must name an image already in this storage; ``layers``
+        keeps each instruction's layer and reuses it when a later build repeats the instruction on the same inputs."""
         argv = self.buildah(
             "bud",
             "--isolation",
@@ -65,7 +67,7 @@ class ImageStorage:
             "--pull-never",
             "--signature-policy",
             str(self.policy),
-            "--layers=false",
+            f"--layers={'true' if layers else 'false'}",
         )
         if dockerfile is not None:
             argv += ["--file", str(dockerfile)]

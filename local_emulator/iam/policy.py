@@ -157,11 +157,15 @@ class Policy:
         return identity == ADMIN or topic in self.topics(identity, permission)
 
     def allows_image(self, identity: str, action: str, repository: str) -> bool:
-        """Docker Registry ``action`` (pull, push, delete) on the local registry's repository ``cd4ml/MODEL``."""
+        """Docker Registry ``action`` (pull, push, delete) on an image of the local registry's repository
+        ``cd4ml-MODEL``: any image in it (``MODEL``, the serving images; ``MODEL-trainer``, a trainer image), as
+        Artifact Registry's IAM stops at the repository."""
         if identity == ADMIN:
             return True
-        model = repository.rpartition("/")[2]
-        if not model or repository != image_repository(IMAGES_PATH, model):
+        head, _, image = repository.partition("/")
+        prefix, _, suffix = IMAGES_PATH.partition("{model}")
+        model = head[len(prefix) : len(head) - len(suffix)] if head.startswith(prefix) and head.endswith(suffix) else ""
+        if not model or not image or image_repository(IMAGES_PATH, model).partition("/")[0] != head:
             return False
         own_build = f"build:{account_id('build', model)}"
         return any(

@@ -483,7 +483,7 @@ def push_model(stack: Stack, folder: Path) -> str:
 
     _set_client_env(stack)
     storage = clients.storage_client(_cli_settings())
-    pushed = models.push(storage, folder, ARTIFACT_BUCKET)
+    pushed = models.push(storage, folder, ARTIFACT_BUCKET, _deployment_settings(stack))
     jobs = _jobs_dir(stack)
     jobs.mkdir(parents=True, exist_ok=True)
     (jobs / f"{pushed.manifest.name}.yaml").write_text((folder / models.MANIFEST).read_text())
@@ -507,6 +507,17 @@ def push_model(stack: Stack, folder: Path) -> str:
 
 def _set_client_env(stack: Stack) -> None:
     os.environ.update(_emulator_env(stack))
+
+
+def _deployment_settings(stack: Stack) -> Any:
+    """The stack's settings as a deployment's CLI has them (a trainer image's push needs Cloud Build and the
+    registry); None before Cloud Build is up."""
+    if "cloudbuild" not in stack.endpoints:
+        return None
+    from cd4ml.settings import Settings
+    from local_emulator.stack.state import client_env
+
+    return Settings.from_env(client_env(stack))
 
 
 def _cli_settings() -> Any:

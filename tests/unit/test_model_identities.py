@@ -85,6 +85,17 @@ def test_locally_a_models_build_account_writes_its_own_repository_only(policy: i
     assert not policy.allows_image("build", "push", "cd4ml-alpha/alpha")  # the shared storage port has no image rights
 
 
+def test_locally_a_models_trainer_image_is_in_its_own_repository(policy: iam_policy.Policy) -> None:
+    build_a = f"build:{identities.account_id('build', 'alpha')}"
+    # Artifact Registry's IAM stops at the repository: any image in cd4ml-alpha is alpha's (its trainer image too)
+    assert policy.allows_image(build_a, "push", "cd4ml-alpha/alpha-trainer")
+    assert not policy.allows_image(build_a, "push", "cd4ml-beta/alpha-trainer")
+    assert not policy.allows_image(build_a, "push", "cd4ml-alpha")  # a repository, no image
+    # submit_training pins a trainer tag to its digest: it reads, and writes nothing
+    assert policy.allows_image("function:submit_training", "pull", "cd4ml-beta/beta-trainer")
+    assert not policy.allows_image("function:submit_training", "push", "cd4ml-beta/beta-trainer")
+
+
 def test_the_cloud_build_stand_in_pushes_as_the_builds_own_account(tmp_path: Path) -> None:
     key = new_key(tmp_path / "key")
     credentials = push_credentials("p", key)

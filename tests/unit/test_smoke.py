@@ -163,6 +163,65 @@ def test_the_build_passes_the_manifests_tolerances_to_the_checker_only_when_give
     assert args[args.index("--abs-tolerance") + 1] == "5.0" and args[args.index("--rel-tolerance") + 1] == "0.01"
 
 
+def test_the_models_code_runs_with_no_network_and_no_credential_in_the_build() -> None:
+    """On Cloud Build every step's own container is on the `cloudbuild` network, where the metadata server hands out
+    the build account's token (build-config-file-schema#network); so no step may run in the model's image. Its
+    server and the checker run in a container the docker builder starts with `--network=none` (a loopback interface
+    alone), seeing only the smoke folder; report and verdict run in cd4ml's own checker image."""
+    import yaml
+
+    from cd4ml.manifest import parse
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits" / "manifest.yaml").read_text())
+    image = "r/digits:x"
+    steps = delivery.smoke_steps(parse(doc), image, SHA)
+    assert [(s.id, s.name) for s in steps] == [
+        (delivery.RUN_STEP, delivery.DOCKER_BUILDER),
+        (delivery.SMOKE_STEP, delivery.CHECKER_IMAGE),
+        (delivery.VERDICT_STEP, delivery.CHECKER_IMAGE),
+    ]
+    assert image not in [s.name for s in steps]  # no step runs in the model's image
+    run = list(steps[0].args)
+    flags = run[: run.index(image)]
+    assert flags == [
+        "run",
+        "--rm",
+        "--network=none",
+        f"--volume=/workspace/{delivery.SMOKE_DIR}:{delivery.SMOKE_MOUNT}",
+        "--entrypoint=python3",
+    ]
+    # No credential reaches it: no environment, no other mount (the docker socket, a gcloud config), no env of the step.
+    assert not any(f.startswith(("-e", "--env", "--network=cloudbuild", "--mount")) for f in flags)
+    assert all(not s.env and not s.secret_env and not s.volumes for s in steps)
+    inside = run[run.index(image) + 1 :]
+    assert inside[:2] == [f"{delivery.SMOKE_MOUNT}/{delivery.SMOKE_SCRIPT}", "check"]
+    assert inside[inside.index("--golden") + 1] == f"{delivery.SMOKE_MOUNT}/{delivery.SMOKE_GOLDEN}"
+    assert inside[inside.index("--result") + 1] == f"{delivery.SMOKE_MOUNT}/result.json"
+    assert inside[inside.index("--") + 1 :] == ["python3", "/opt/serve.py"]
+    assert [list(s.args) for s in steps[1:]] == [
+        [delivery.SMOKE_SCRIPT, "report", delivery.SMOKE_RESULT],
+        [delivery.SMOKE_SCRIPT, "verdict", delivery.SMOKE_RESULT],
+    ]
+    # What the run step writes (/cd4ml-smoke/result.json), as report and verdict see it from /workspace.
+    assert f"{delivery.SMOKE_DIR}/result.json" == delivery.SMOKE_RESULT
+
+
+def test_report_keeps_the_result_or_says_there_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's container writes the result; report copies it to $BUILDER_OUTPUT/output, or a failed one."""
+    monkeypatch.setenv("BUILDER_OUTPUT", str(tmp_path / "out"))
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"passed": True, "failed": []}))
+    assert smoke.main(["report", str(result)]) == 0
+    assert json.loads((tmp_path / "out" / "output").read_text()) == {"passed": True, "failed": []}
+    for written in (None, "[1]", "{nope"):
+        result.unlink(missing_ok=True)
+        if written is not None:
+            result.write_text(written)
+        assert smoke.main(["report", str(result)]) == 0
+        reported = json.loads((tmp_path / "out" / "output").read_text())
+        assert reported["passed"] is False and reported["reason"].startswith("health: the smoke test left no result")
+
+
 def test_golden_files_are_checked_line_by_line() -> None:
     assert [g.line for g in smoke.read_golden('{"request": 1, "expected": 2}\n\n{"request": 3, "expected": 4}\n')] == [
         1,
@@ -184,13 +243,18 @@ def test_the_digits_golden_set_is_valid_and_held_out() -> None:
 # --- on_build ------------------------------------------------------------------------------------------------
 
 
-def _notice(status: str, result: dict[str, Any] | None, failed: str = "") -> PubSubMessage:
-    steps = [
-        {"name": "gcr.io/cloud-builders/docker", "status": "SUCCESS"},
-        {"name": "r/digits:x", "id": delivery.SMOKE_STEP, "status": "SUCCESS"},
-        {"name": "r/digits:x", "id": delivery.VERDICT_STEP, "status": failed or "SUCCESS"},
-    ]
-    outputs = ["", base64.b64encode(json.dumps(result).encode()).decode() if result else "", ""]
+def _notice(
+    status: str, result: dict[str, Any] | None, failed: str = "", at: str = delivery.VERDICT_STEP
+) -> PubSubMessage:
+    """Cloud Build's message about a build_image build: docker build, the smoke run, report, verdict (``at`` failed)."""
+    steps = [{"name": delivery.DOCKER_BUILDER, "status": "SUCCESS"}]
+    for step, name in (
+        (delivery.RUN_STEP, delivery.DOCKER_BUILDER),
+        (delivery.SMOKE_STEP, delivery.CHECKER_IMAGE),
+        (delivery.VERDICT_STEP, delivery.CHECKER_IMAGE),
+    ):
+        steps.append({"name": name, "id": step, "status": (failed or "SUCCESS") if step == at else "SUCCESS"})
+    outputs = ["", "", base64.b64encode(json.dumps(result).encode()).decode() if result else "", ""]
     build = {
         "id": "b1",
         "status": status,
@@ -270,19 +334,24 @@ def test_a_failed_smoke_step_without_its_result_still_says_so() -> None:
     assert outcome.error is not None
     assert f"smoke test failed in step {delivery.VERDICT_STEP} (no result returned; see the log)" in outcome.error
     assert "smoke" not in outcome.record and "failed_checks" not in outcome.data
+    # The run step fails when the container cannot start the checker (an image without python3: exit 127).
+    notice = delivery.BuildNotice.of(_notice("FAILURE", None, "FAILURE", at=delivery.RUN_STEP))
+    outcome = delivery.build_reported(notice, _run())
+    assert outcome.error is not None
+    assert f"smoke test failed in step {delivery.RUN_STEP} (no result returned; see the log)" in outcome.error
 
 
 def test_outputs_that_are_not_a_smoke_result_are_ignored() -> None:
     message = _notice("SUCCESS", None)
     build = json.loads(message.data)
-    build["results"]["buildStepOutputs"][1] = base64.b64encode(b"[1, 2]").decode()
+    build["results"]["buildStepOutputs"][2] = base64.b64encode(b"[1, 2]").decode()
     assert delivery.smoke_result(build) is None
-    build["results"]["buildStepOutputs"][1] = "%%%"
+    build["results"]["buildStepOutputs"][2] = "%%%"
     assert delivery.smoke_result(build) is None
     build["results"]["buildStepOutputs"] = []
     assert delivery.smoke_result(build) is None
     odd = PASSED | {"agreed": "39", "failures": ["x" * 1000] * 20}
-    build["results"]["buildStepOutputs"] = ["", base64.b64encode(json.dumps(odd).encode()).decode()]
+    build["results"]["buildStepOutputs"] = ["", "", base64.b64encode(json.dumps(odd).encode()).decode()]
     kept = delivery.smoke_result(build)
     assert kept is not None and "agreed" not in kept and len(kept["failures"]) == 10
 

@@ -48,3 +48,18 @@ def test_the_record_checks_a_stage_applies_are_the_ones_it_registers() -> None:
     assert stages.stage("promote").requires  # canary verdict and built image: the record is the truth
     with pytest.raises(KeyError, match="stages are fetch_data"):
         stages.stage("nope")
+
+
+def test_no_stage_publishes_or_dead_letters_but_through_the_runtime() -> None:
+    """Publishing is the runtime's (conclude's outbox, request_run, reject's dead letter): a stage module never
+    touches the bus, so no event leaves a stage unrecorded or undeclared."""
+    import ast
+
+    folder = Path(stages.__file__).parent
+    offenders = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(folder.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "bus"
+    ]
+    assert offenders == []

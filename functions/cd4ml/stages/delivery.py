@@ -35,9 +35,18 @@ RUN_TAG = "cd4ml-run-"
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
 BUILD_FAILED = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
 SMOKE_SCRIPT = "cd4ml_smoke.py"
-SMOKE_RESULT = "cd4ml_smoke_result.json"
+#: The one folder of the workspace the server's container sees (mounted at /cd4ml-smoke): the checker, the golden
+#: file and the result. Nothing else of the workspace (the checker later steps run, the context) is within its reach.
+SMOKE_DIR = "cd4ml-smoke"
+SMOKE_MOUNT = "/cd4ml-smoke"
+SMOKE_GOLDEN = "golden.jsonl"
+SMOKE_RESULT = f"{SMOKE_DIR}/result.json"
+RUN_STEP = "cd4ml-smoke-run"
 SMOKE_STEP = "cd4ml-smoke"
 VERDICT_STEP = "cd4ml-smoke-verdict"
+#: Where report and verdict run: a Python image cd4ml names, never the model's (a step in the model's image would
+#: run the model team's code, its interpreter included, on the ``cloudbuild`` network, with the build's token).
+CHECKER_IMAGE = "python:3.11-slim"
 #: A build's whole time budget (Build.timeout): image build, smoke test and push.
 BUILD_TIMEOUT = timedelta(minutes=20)
 
@@ -55,14 +64,15 @@ def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: 
     where, and the generation written, which the build then fetches (an object replaced after the model's hash was
     checked is not the one built).
 
-    With a smoke test, the checker (cd4ml/smoke.py) goes in as ``cd4ml_smoke.py``; the golden file is already
-    in the serving folder.
+    With a smoke test, the checker (cd4ml/smoke.py) goes in as ``cd4ml_smoke.py`` (which report and verdict run) and,
+    with a copy of the golden file, into ``cd4ml-smoke/`` (all that the server's container sees).
     """
     bucket = ctx.storage.bucket(ctx.settings.artifact_bucket)
     serving = GcsPath(ctx.settings.artifact_bucket, f"serving/{manifest.name}/")
     files = list_objects(ctx.storage, serving)
     dockerfile = os.path.basename(manifest.dockerfile)
     names = {b.name for b in files}
+    golden = serving.name + manifest.smoke.in_context(manifest.dockerfile) if manifest.smoke else ""
     if serving.name + dockerfile not in names:
         raise PermanentError(f"no {dockerfile} at {serving.uri}: push the model again (`cd4ml model push`)")
     if manifest.smoke and serving.name + manifest.smoke.in_context(manifest.dockerfile) not in names:
@@ -77,8 +87,11 @@ def build_context(ctx: Context, manifest: Manifest, artifact: Artifact, run_id: 
         with tarfile.open(archive, "w:gz") as tar:
             for blob in files:
                 _add(tar, blob, blob.name[len(serving.name) :], tmp)
+                if blob.name == golden:
+                    _add(tar, blob, f"{SMOKE_DIR}/{SMOKE_GOLDEN}", tmp)
             if manifest.smoke:
                 tar.add(smoke.SCRIPT, arcname=SMOKE_SCRIPT)
+                tar.add(smoke.SCRIPT, arcname=f"{SMOKE_DIR}/{SMOKE_SCRIPT}")
             found = _add(
                 tar, ctx.storage.bucket(model.bucket).blob(model.name), f"model/{os.path.basename(model.name)}", tmp
             )
@@ -165,14 +178,19 @@ def _tolerances(test: Any) -> list[str]:
 
 
 def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
-    """The smoke test's two steps, run in the image just built (BuildStep.name: "If you built an image in a previous
-    build step, it ... is available to use as the name for a later build step"), from /workspace.
+    """The smoke test's three steps: the model's server and the checker in the image just built, with no network
+    and no credential; then the result reported and judged in ``CHECKER_IMAGE``.
 
-    ``cd4ml-smoke`` always exits 0 once it wrote its result to ``$BUILDER_OUTPUT/output`` (returned in
-    ``results.buildStepOutputs``), ``cd4ml-smoke-verdict`` fails the build when the result did not pass. Every
-    value is literal (a ``$`` escaped as ``$$``): no substitution for MUST_MATCH to refuse, and ``$BUILDER_OUTPUT``
-    "is read-only and can't be substituted" (Results.build_step_outputs), so the checker reads it from its
-    environment.
+    ``cd4ml-smoke-run`` is a docker builder step, ``docker run --network=none``: on Cloud Build every step's own
+    container is on the ``cloudbuild`` network, where the metadata server hands out the build account's token
+    (https://cloud.google.com/build/docs/build-config-file-schema#network), but a container a docker step starts
+    is on the network its flags name, and Docker's ``none`` network is a loopback interface alone
+    (https://docs.docker.com/engine/network/drivers/none/): the server and the checker talk over 127.0.0.1 and
+    nothing answers anywhere else. It sees only ``/workspace/cd4ml-smoke`` (``-v``: the docker daemon's
+    ``/workspace`` is the build's, cloud-builders#323), runs with the image's own working directory and user, and
+    exits 0 once the result is written. ``cd4ml-smoke`` copies the result to ``$BUILDER_OUTPUT/output`` (returned in
+    ``results.buildStepOutputs``), ``cd4ml-smoke-verdict`` fails the build when it did not pass. Every value is
+    literal (a ``$`` escaped as ``$$``): no substitution for MUST_MATCH to refuse.
     """
     from google.cloud.devtools import cloudbuild_v1 as cb
 
@@ -182,7 +200,7 @@ def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
     check = [
         "check",
         "--golden",
-        test.in_context(manifest.dockerfile),
+        f"{SMOKE_MOUNT}/{SMOKE_GOLDEN}",
         "--model-sha256",
         model_sha256,
         "--min-agreement",
@@ -197,18 +215,28 @@ def smoke_steps(manifest: Manifest, image: str, model_sha256: str) -> list[Any]:
         f"{test.startup_seconds:g}",
         *_tolerances(test),
         "--result",
-        SMOKE_RESULT,
+        f"{SMOKE_MOUNT}/result.json",
         "--",
         *test.command,
     ]
+    isolated = [
+        "run",
+        "--rm",
+        "--network=none",
+        f"--volume=/workspace/{SMOKE_DIR}:{SMOKE_MOUNT}",
+        "--entrypoint=python3",
+        image,
+        f"{SMOKE_MOUNT}/{SMOKE_SCRIPT}",
+        *check,
+    ]
     return [
+        cb.BuildStep(name=DOCKER_BUILDER, id=RUN_STEP, args=[arg.replace("$", "$$") for arg in isolated]),
         cb.BuildStep(
-            name=image,
-            id=SMOKE_STEP,
-            entrypoint="python3",
-            args=[SMOKE_SCRIPT, *(arg.replace("$", "$$") for arg in check)],
+            name=CHECKER_IMAGE, id=SMOKE_STEP, entrypoint="python3", args=[SMOKE_SCRIPT, "report", SMOKE_RESULT]
         ),
-        cb.BuildStep(name=image, id=VERDICT_STEP, entrypoint="python3", args=[SMOKE_SCRIPT, "verdict", SMOKE_RESULT]),
+        cb.BuildStep(
+            name=CHECKER_IMAGE, id=VERDICT_STEP, entrypoint="python3", args=[SMOKE_SCRIPT, "verdict", SMOKE_RESULT]
+        ),
     ]
 
 
@@ -392,7 +420,7 @@ def build_reported(notice: BuildNotice, run: Run) -> Outcome:
         if notice.smoke is not None and not notice.smoke["passed"]:
             checks = list(notice.smoke["failed"])
             detail = f"smoke test failed: {notice.smoke['reason']}"
-        elif notice.failed_step in (SMOKE_STEP, VERDICT_STEP):
+        elif notice.failed_step in (RUN_STEP, SMOKE_STEP, VERDICT_STEP):
             # Cloud Build documents no buildStepOutputs for a failed build: name the step, point at the log.
             detail = f"smoke test failed in step {notice.failed_step} (no result returned; see the log): {detail}"
         error = f"Cloud Build {notice.build_id} ended {notice.status}: {detail} (log: {notice.log_url or 'none'})"

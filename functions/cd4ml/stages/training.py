@@ -15,7 +15,7 @@ from cd4ml.bus import bounded
 from cd4ml.errors import PermanentError, RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.gcs import GcsPath, digest, list_objects
-from cd4ml.manifest import Manifest, parse, resolve_gcs
+from cd4ml.manifest import REGISTRY_PLACEHOLDER, Manifest, parse, resolve_gcs
 from cd4ml.outcome import Outcome
 from cd4ml.payloads import Artifact, DataFetched
 from cd4ml.run import Run, Training
@@ -171,7 +171,11 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
     def create() -> dict[str, Any]:
         # The cache is read inside the claim: a redelivery finds this decision recorded and makes no second job.
         # The key is recorded with the cache off too: that training still feeds the cache (--no-cache only never reads it).
-        key = training_key(ctx, manifest, dataset)
+        try:
+            job_manifest = with_trainer_image(ctx, manifest)
+        except PermanentError as missing:
+            return {"job": "", "refused": missing.message}
+        key = training_key(ctx, job_manifest, dataset)
         entry = ctx.ledger.cached(f"{cache.TRAINING}-{key}") if key and on else None
         reused_from, why = cache.reused(key, entry, on)
         decided = {"key": key, "why": why, "decision": "reused" if reused_from else ("trained" if on else "off")}
@@ -181,7 +185,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
         try:
             job = ctx.jobs.create_custom_job(
                 parent=ctx.settings.location,
-                custom_job=custom_job(ctx, run_id, manifest, dataset),
+                custom_job=custom_job(ctx, run_id, job_manifest, dataset),
                 timeout=clients.CALL_SECONDS,
             )
         except (
@@ -292,6 +296,36 @@ def _check(ctx: Context, run: Run) -> None:
         return
     if outcome.emit is not None:
         ctx.conclude(run.run_id, outcome)
+
+
+def with_trainer_image(ctx: Context, manifest: Manifest) -> Manifest:
+    """The manifest with its trainer image as the job runs it: ``{registry}`` is the model's own repository, and a tag
+    there is pinned to the digest it points at now, so the training cache key follows the image's content and the
+    job runs exactly the image looked at. PermanentError when that tag does not exist (nothing was pushed)."""
+    from dataclasses import replace
+
+    image = manifest.training.container_image
+    if not image.startswith(REGISTRY_PLACEHOLDER + "/"):
+        return manifest  # another registry's image: run and keyed as written (pin it by digest)
+    if not ctx.settings.registry:
+        raise PermanentError(f"training.container.image_uri {image!r} needs CD4ML_REGISTRY, which is not set")
+    reference = identities.model_registry(ctx.settings.registry, manifest.name) + image.removeprefix(
+        REGISTRY_PLACEHOLDER
+    )
+    if "@" not in reference:
+        from cd4ml import registry
+
+        repo = registry.Repository.of(reference, ctx.settings.registry_api)
+        last = reference.rsplit("/", 1)[-1]
+        tag = last.rsplit(":", 1)[1] if ":" in last else "latest"
+        found = registry.RegistryClient(token=registry.adc_token).digest(repo, tag)
+        if found is None:
+            raise PermanentError(
+                f"the trainer image {reference} does not exist: `cd4ml model push FOLDER` builds and pushes it "
+                "(training.container.dockerfile)"
+            )
+        reference = f"{repo.host}/{repo.path}@{found}"
+    return replace(manifest, training=replace(manifest.training, container_image=reference))
 
 
 def training_key(ctx: Context, manifest: Manifest, dataset: Dataset) -> str:
