@@ -271,6 +271,7 @@ class Ledger:
         ``check(record)`` runs on the record as read, inside the optimistic write, and may raise to refuse the
         change (a decision on a run that ended meanwhile): what it checked is what the write's precondition holds.
         """
+        _only_facts(fields or {})
         change = Change(
             event=event.summary() if event is not None else None,
             fields=dict(fields or {}),
@@ -410,6 +411,7 @@ class Ledger:
         No transaction, so concurrent notes on one run never contend; status and events are not touched.
         Missing (a LookupError) when the run does not exist.
         """
+        _only_facts(fields)
         self._store.update(self._run(run_id), {**fields, "updated_at": format_time(now())})
 
     def _reclaim(self, path: str, lease: timedelta, wait: float, hold: _Hold) -> tuple[str, dict[str, Any] | None]:
@@ -658,3 +660,15 @@ def _claim_state(snap: Snapshot) -> str:
 
 def _has_server_time(updates: Mapping[str, Any]) -> bool:
     return any(v is SERVER_TIME or (isinstance(v, Mapping) and _has_server_time(v)) for v in updates.values())
+
+
+#: What only ``Context.conclude`` changes on a run (through ``Ledger.record``'s event, status and outbox): a stage's
+#: fields never name them, so no stage ends, resumes or announces a run behind the runtime's back.
+RUNTIME_FIELDS = frozenset({"status", "events", "outbox", PUBLISHED, "outbox_pending"})
+
+
+def _only_facts(fields: Mapping[str, Any]) -> None:
+    """ValueError when ``fields`` name a field the runtime owns (a defect in the caller, never data)."""
+    owned = sorted({key.split(".", 1)[0] for key in fields} & RUNTIME_FIELDS)
+    if owned:
+        raise ValueError(f"{', '.join(owned)} change only through Context.conclude (the one writer of a run's status)")

@@ -63,3 +63,15 @@ def test_no_stage_publishes_or_dead_letters_but_through_the_runtime() -> None:
         if isinstance(node, ast.Attribute) and node.attr == "bus"
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("field", ["status", "events", "outbox", "published"])
+def test_a_stage_cannot_write_what_only_conclude_changes(field: str) -> None:
+    """A note or a record of facts naming the run's status, events or outbox is refused: the run stays as it was."""
+    kit = Kit("watch_training")
+    kit.seed("digits-20260101t000000z")
+    with pytest.raises(ValueError, match="only through Context.conclude"):
+        kit.ledger.note("digits-20260101t000000z", {field: "succeeded"})
+    with pytest.raises(ValueError, match="only through Context.conclude"):
+        kit.ledger.record("digits-20260101t000000z", fields={f"{field}.x": 1})
+    assert kit.run("digits-20260101t000000z")["status"] == "running"
