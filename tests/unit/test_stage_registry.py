@@ -70,8 +70,8 @@ def test_a_stage_cannot_write_what_only_conclude_changes(field: str) -> None:
     """A note or a record of facts naming the run's status, events or outbox is refused: the run stays as it was."""
     kit = Kit("watch_training")
     kit.seed("digits-20260101t000000z")
-    with pytest.raises(ValueError, match="only through Context.conclude"):
+    with pytest.raises(ValueError, match=r"only through Context\.conclude"):
         kit.ledger.note("digits-20260101t000000z", {field: "succeeded"})
-    with pytest.raises(ValueError, match="only through Context.conclude"):
+    with pytest.raises(ValueError, match=r"only through Context\.conclude"):
         kit.ledger.record("digits-20260101t000000z", fields={f"{field}.x": 1})
     assert kit.run("digits-20260101t000000z")["status"] == "running"
