@@ -1,4 +1,5 @@
-"""Sessions: tests (the README's test command), unit, standins and contract (its tiers), demo, lint, terraform, bench.
+"""Sessions: tests (the README's test command), e2e (the long flows), unit, standins and contract (tiers of tests),
+demo, lint, terraform, bench, chaos. CI runs tests, e2e and terraform.
 
 Every option is declared here once; Debian tools the local stack needs are installed when run as root
 (as CI does), otherwise the exact apt-get line is printed.
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `nox` script doe
 
 from local_emulator.containers.baseimage import DEBIAN_PACKAGES as _STACK_PACKAGES
 
-nox.options.sessions = ["tests", "terraform"]
+nox.options.sessions = ["tests", "e2e", "terraform"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -58,11 +59,22 @@ def _emulators(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit, contract and end-to-end tests on the local stack (pytest args pass through)."""
+    """The README's test command: unit, stand-in and contract tests, and the end-to-end tests on the local stack
+    but the long flows (``-m flow``: ``nox -s e2e``); pytest arguments pass through."""
+    _debian(session)
+    _emulators(session)
+    _install(session)
+    session.run("pytest", *(session.posargs or ["tests", "--ignore=tests/terraform", "-m", "not flow"]))
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """The long end-to-end flows (``@pytest.mark.flow``): down/up ×3, each model template from init to promotion,
+    the caches, a regression gate, the web view in Chromium, Gate outages and deadlines; pytest arguments pass."""
     _debian(session, BROWSER)
     _emulators(session)
     _install(session)
-    session.run("pytest", *(session.posargs or ["tests", "--ignore=tests/terraform"]))
+    session.run("pytest", *(session.posargs or ["tests/e2e", "-m", "flow"]))
 
 
 @nox.session

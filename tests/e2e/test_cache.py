@@ -11,10 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cd4ml import clients, events
 from cd4ml.stages.delivery import RUN_TAG
 from cd4ml.stages.training import RUN_LABEL
 from tests.e2e.conftest import Pipeline
+
+#: A long flow: `nox -s e2e` runs it (CI does), the README's test command does not.
+pytestmark = pytest.mark.flow
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "digits-cache"

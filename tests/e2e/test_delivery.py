@@ -134,6 +134,7 @@ def test_a_canary_that_fails_ends_the_run_failed_and_leaves_the_champion(
     assert champion is not None and champion["run_id"] == delivered["run_id"]
 
 
+@pytest.mark.flow
 def test_a_canary_that_never_ends_fails_at_its_deadline(
     pipeline: Pipeline, delivered: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -199,6 +200,7 @@ def test_a_failing_build_ends_the_run_failed_with_the_reason(pipeline: Pipeline,
     assert "log:" in run["error"]["message"]
 
 
+@pytest.mark.flow
 def test_a_wrong_key_is_refused_by_the_gate_and_reported(pipeline: Pipeline) -> None:
     key_file = _key_file(pipeline, "digits")
     key = key_file.read_text()
@@ -216,6 +218,7 @@ def test_a_wrong_key_is_refused_by_the_gate_and_reported(pipeline: Pipeline) -> 
     )
 
 
+@pytest.mark.flow
 def test_a_gate_outage_shorter_than_the_retry_budget_delays_the_canary_but_loses_nothing(pipeline: Pipeline) -> None:
     """Gate unreachable is retried by redelivery (not the run's fault); once it is back, exactly one execution."""
     import time

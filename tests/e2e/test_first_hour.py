@@ -15,6 +15,9 @@ import pytest
 
 from cd4ml import clients
 
+#: A long flow: `nox -s e2e` runs it (CI does), the README's test command does not.
+pytestmark = pytest.mark.flow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

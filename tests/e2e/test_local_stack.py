@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from local_emulator.common import processes
+
+#: A long flow: `nox -s e2e` runs it (CI does), the README's test command does not.
+pytestmark = pytest.mark.flow
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+#: A long flow: `nox -s e2e` runs it (CI does), the README's test command does not.
+pytestmark = pytest.mark.flow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "diabetes"
 MODEL = "diabetes-gate"

@@ -12,9 +12,12 @@ from tests.e2e.conftest import Pipeline
 
 pytest.importorskip("playwright", reason="Playwright drives the system Chromium (installed by nox -s tests)")
 if not Path("/usr/bin/chromium").exists():
-    pytest.skip("Debian's chromium is not installed (nox -s tests installs it)", allow_module_level=True)
+    pytest.skip("Debian's chromium is not installed (nox -s e2e installs it)", allow_module_level=True)
 
 from cd4ml_ui.screenshots import browser
+
+#: A long flow: `nox -s e2e` runs it (CI does), the README's test command does not.
+pytestmark = pytest.mark.flow
 
 
 def _stages(run: dict[str, Any]) -> set[str]:
