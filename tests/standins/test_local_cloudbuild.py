@@ -692,7 +692,9 @@ def test_run_steps_work_on_the_debian_base(local: LocalBuild) -> None:
 def test_an_unchanged_instruction_reuses_its_layer_in_the_next_build_unless_no_cache(local: LocalBuild) -> None:
     """The stand-in keeps each repository's last layers (Cloud Build would rebuild them on a fresh worker: the image is
     the same, the local build faster); a changed input rebuilds from there on, and `--no-cache` rebuilds everything."""
-    dockerfile = b"FROM python:3.11-slim\nCOPY deps.txt /deps.txt\nRUN cat /deps.txt > /installed\nCOPY model.joblib /model/\n"
+    dockerfile = (
+        b"FROM python:3.11-slim\nCOPY deps.txt /deps.txt\nRUN cat /deps.txt > /installed\nCOPY model.joblib /model/\n"
+    )
 
     def build(model: bytes, *flags: str) -> str:
         context = local.upload({"Dockerfile": dockerfile, "deps.txt": b"numpy\n", "model.joblib": model})
