@@ -33,8 +33,8 @@ from typing import Any
 
 from local_emulator import stack as local
 from local_emulator.common import faults
+from local_emulator.pubsub.topology import plan, subscribe
 from local_emulator.scheduler import scheduler_attributes
-from local_emulator.stack.topology import plan, subscribe
 
 from benchmarks.chaos import bad_inputs, models, verdicts
 from benchmarks.pipeline import SOURCE, Pipeline, exit_on_sigterm, running, say

@@ -16,6 +16,7 @@ from pathlib import Path
 from cd4ml import catalog
 from cd4ml.errors import Cd4mlError
 from local_emulator.common import processes
+from local_emulator.pubsub.topology import plan
 from local_emulator.stack.parts import gate_config as gate_config
 from local_emulator.stack.parts import push_model as push_model
 from local_emulator.stack.parts import start_gate as start_gate
@@ -44,7 +45,6 @@ from local_emulator.stack.state import push_routes as push_routes
 from local_emulator.stack.state import stage_env as stage_env
 from local_emulator.stack.state import state_dir as state_dir
 from local_emulator.stack.state import stop as stop
-from local_emulator.stack.topology import plan
 
 
 def up(

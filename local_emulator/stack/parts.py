@@ -20,6 +20,7 @@ from typing import Any
 from cd4ml import catalog, identities
 from local_emulator import iam_proxy
 from local_emulator.common import faults, processes
+from local_emulator.pubsub.topology import Topology, create_topics, plan, subscribe
 from local_emulator.spinnaker import tls as _gate_tls
 from local_emulator.stack.state import (
     ARTIFACT_BUCKET,
@@ -40,7 +41,6 @@ from local_emulator.stack.state import (
     stage_env,
     stop,
 )
-from local_emulator.stack.topology import Topology, create_topics, plan, subscribe
 
 
 def _start_services(stack: Stack) -> None:

@@ -2,7 +2,7 @@
 
 Two halves meet here. Terraform itself evaluates catalog.tf (the `tf_locals` fixture), which derives every
 name and setting from catalog.yaml, the schemas and the manifests; those values must equal cd4ml.catalog and
-local_emulator.stack.topology.plan. Then python-hcl2 shows that each resource takes its for_each and its settings
+local_emulator.pubsub.topology.plan. Then python-hcl2 shows that each resource takes its for_each and its settings
 from exactly those locals, so what is compared is what is deployed.
 """
 
@@ -18,8 +18,8 @@ import yaml
 
 pytest.importorskip("hcl2", reason="python-hcl2 is installed by nox -s terraform")
 
+from local_emulator.pubsub.topology import Subscription, Topology, plan
 from local_emulator.scheduler import scheduler_attributes
-from local_emulator.stack.topology import Subscription, Topology, plan
 
 from cd4ml import catalog as cd4ml_catalog
 from cd4ml.catalog import Catalog

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cd4ml_models import folder as models
 from local_emulator import webhooks as webhook_receiver
-from local_emulator.stack.topology import plan
+from local_emulator.pubsub.topology import plan
 
 from cd4ml import catalog, events
 from cd4ml.errors import PermanentError

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from local_emulator.pubsub import push as pubsub_push
-from local_emulator.stack import topology
+from local_emulator.pubsub import topology
 from local_emulator.stack.supervisor import forwarded_headers
 
 from cd4ml import catalog
