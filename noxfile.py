@@ -70,7 +70,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def e2e(session: nox.Session) -> None:
     """The long end-to-end flows (``@pytest.mark.flow``): down/up ×3, each model template from init to promotion,
-    the caches, a regression gate, the web view in Chromium, Gate outages and deadlines; pytest arguments pass."""
+    the caches and the same data fetched three times, a regression gate, the web view in Chromium, Gate outages and
+    deadlines; pytest arguments pass through."""
     _debian(session, BROWSER)
     _emulators(session)
     _install(session)

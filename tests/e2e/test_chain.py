@@ -113,6 +113,7 @@ def test_a_crashing_trainer_ends_training_failed_with_the_job_error(pipeline: Pi
     assert "trainer crashed on purpose" in run["error"]["message"]
 
 
+@pytest.mark.flow
 def test_the_same_data_fetched_three_times_yields_one_training_job(pipeline: Pipeline) -> None:
     from cd4ml import clients, ledger
     from cd4ml.manifest import loads
