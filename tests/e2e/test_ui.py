@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.conftest import Pipeline
 
-pytest.importorskip("playwright", reason="Playwright drives the system Chromium (installed by nox -s tests)")
+pytest.importorskip("playwright", reason="Playwright drives the system Chromium (installed by nox -s e2e)")
 if not Path("/usr/bin/chromium").exists():
     pytest.skip("Debian's chromium is not installed (nox -s e2e installs it)", allow_module_level=True)
 
