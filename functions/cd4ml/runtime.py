@@ -149,6 +149,22 @@ class Context:
         self.info(f"emitted {type_}", run_id, event_id=event.id, event_type=type_)
         return event
 
+    def once(
+        self,
+        run_id: str,
+        act: Callable[[], dict[str, Any]],
+        recover: Callable[[], dict[str, Any] | None] | None = None,
+        key: str = "",
+    ) -> tuple[dict[str, Any], bool]:
+        """Run this stage's one effect (its registered ``effect``; ``key`` tells one of several apart, notify's
+        channel) at most once for the run (``Ledger.once``); Undeclared for a stage that registers none."""
+        from cd4ml import stages
+
+        effect = stages.stage(self.settings.stage).effect
+        if not effect:
+            raise Undeclared(f"stage {self.settings.stage} registers no effect (cd4ml.stages.STAGES)")
+        return self.ledger.once(run_id, f"{effect}-{key}" if key else effect, act, recover=recover)
+
     def request_run(self, run_id: str, data: Mapping[str, Any]) -> Event:
         """Publish run.requested for a run that has no record yet (fetch_data opens it, once per run id). The one
         event published without a run's outbox: the caller marks its own source answered after this returns, so a

@@ -75,3 +75,32 @@ def test_a_stage_cannot_write_what_only_conclude_changes(field: str) -> None:
     with pytest.raises(ValueError, match=r"only through Context\.conclude"):
         kit.ledger.record("digits-20260101t000000z", fields={f"{field}.x": 1})
     assert kit.run("digits-20260101t000000z")["status"] == "running"
+
+
+def test_a_stage_acts_only_through_its_registered_effect() -> None:
+    """Side effects go through ``Context.once`` (the stage's registered effect, at most once per run): no stage module
+    calls ``Ledger.once`` itself, and a stage that registers no effect cannot run one."""
+    import ast
+
+    folder = Path(stages.__file__).parent
+    direct = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(folder.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "once"
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ledger"
+    ]
+    assert direct == []
+    assert {s.name for s in stages.STAGES if s.effect} == {
+        "submit_training",
+        "build_image",
+        "trigger_canary",
+        "promote",
+        "notify",
+    }
+    kit = Kit("evaluate")
+    kit.seed("digits-20260101t000000z")
+    with pytest.raises(runtime.Undeclared, match="registers no effect"):
+        kit.ctx.once("digits-20260101t000000z", lambda: {"done": True})

@@ -8,7 +8,7 @@ the catalog says the stage emits.
 
 Every handler has the same shape (``docs/architecture.md``): parse the event → read the run (``checked_run``:
 running, and holding what the stage requires) → decide (a pure function returning an ``Outcome``) → at most one
-effect, through ``Ledger.once`` → ``conclude`` (the one writer of a run's status and of the events it emits).
+effect, its registered ``effect`` through ``Context.once`` → ``conclude`` (the one writer of a run's status and of the events it emits).
 Tick stages run the same steps per run of one ledger query.
 """
 
@@ -33,6 +33,9 @@ class Stage:
     name: str
     handler: str
     requires: tuple[Check, ...] = ()
+    #: The name of its one side effect outside the ledger (a job, a build, a webhook call, an alias move, a post),
+    #: run at most once per run through ``Context.once``; "" for a stage whose only act is its record.
+    effect: str = ""
 
     @property
     def spec(self) -> catalog.Stage:
@@ -47,7 +50,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("fetch_data", "fetch:fetch_data"),
-    Stage("submit_training", "training:submit_training"),
+    Stage("submit_training", "training:submit_training", effect="training-job"),
     Stage("note_arrival", "arrival:note_arrival"),
     Stage("start_on_data", "arrival:start_on_data"),
     Stage("watch_training", "training:watch_training"),
@@ -55,14 +58,19 @@ STAGES: tuple[Stage, ...] = (
     Stage("clear_delivery", "approval:clear_delivery"),
     Stage("decide_approval", "approval:decide_http"),
     Stage("watch_approvals", "approval:watch_approvals"),
-    Stage("build_image", "delivery:build_image", (requirements.evaluated_model, requirements.approval_applied)),
+    Stage(
+        "build_image",
+        "delivery:build_image",
+        (requirements.evaluated_model, requirements.approval_applied),
+        effect="image-build",
+    ),
     Stage("on_build", "delivery:on_build"),
     Stage("on_push", "delivery:on_push"),
-    Stage("trigger_canary", "delivery:trigger_canary", (requirements.built_image,)),
+    Stage("trigger_canary", "delivery:trigger_canary", (requirements.built_image,), effect="canary-webhook"),
     Stage("watch_canary", "canary:watch_canary"),
-    Stage("promote", "canary:promote", (requirements.canary_succeeded, requirements.built_image)),
+    Stage("promote", "canary:promote", (requirements.canary_succeeded, requirements.built_image), effect="promotion"),
     Stage("on_dead_letter", "dead_letters:on_dead_letter"),
-    Stage("notify", "notify:notify"),
+    Stage("notify", "notify:notify", effect="notify"),  # one post per event and channel
 )
 
 

@@ -228,7 +228,7 @@ def _promote(ctx: Context, run: Run, alias: str, repo: Any, client: Any) -> None
             return {**move_result(), "at": began, "superseded_by": str(latest["run_id"])}
         return None
 
-    result, _ = ctx.ledger.once(run.run_id, "promotion", move, recover=moved)
+    result, _ = ctx.once(run.run_id, move, recover=moved)
     before = (
         {"run_id": result["previous_run_id"], "digest": result["previous_digest"]}
         if result["previous_run_id"]

@@ -288,7 +288,7 @@ def build_image(message: PubSubMessage, ctx: Context) -> None:
         )
         return {"build_id": found[0].id, "context": ""} if found else None
 
-    result, _ = ctx.ledger.once(run_id, "image-build", submit, recover=find)
+    result, _ = ctx.once(run_id, submit, recover=find)
     if result.get("reused_from"):
         cache.continue_with_image(ctx, run_id, manifest.name, result)
         return
@@ -685,7 +685,7 @@ def trigger_canary(message: PubSubMessage, ctx: Context) -> None:
 
     # The claim's lease is renewed while the act runs; the act (recover, webhook, confirmation) spends at most the
     # client's budget, well under the function's timeout, so the platform never stops it mid-act.
-    result, _ = ctx.ledger.once(run_id, "canary-webhook", call, recover=recover)
+    result, _ = ctx.once(run_id, call, recover=recover)
     ctx.conclude(
         run_id,
         canary_started(manifest.name, manifest.canary_application, result, now(), manifest.canary_deadline_minutes),

@@ -212,7 +212,7 @@ def notify(message: PubSubMessage, ctx: Context) -> None:
             status = post(url, body(note, route), route.channel)
             return {"channel": route.channel, "kind": note.kind, "status": status, "at": format_time(now())}
 
-        result, sent = ctx.ledger.once(run.run_id, f"notify-{event.id}-{route.channel}", send)
+        result, sent = ctx.once(run.run_id, send, key=f"{event.id}-{route.channel}")
         ctx.info(
             f"notified {route.channel}: {note.what}" if sent else f"{route.channel} already notified of {event.id}",
             run.run_id,

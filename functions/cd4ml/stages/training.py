@@ -206,7 +206,7 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
         )
         return {"job": found[0].name, "refused": ""} if found else None
 
-    result, _ = ctx.ledger.once(run_id, "training-job", create, recover=find)
+    result, _ = ctx.once(run_id, create, recover=find)
     ctx.conclude(run_id, submitted(run_id, model_dir(ctx, run_id), dataset, result, manifest.name))
 
 
