@@ -71,6 +71,11 @@ class Scenarios:
             "decide_approval": self._decide_approval,
             "watch_approvals": self._watch_approvals,
             "notify": self._notify,
+            "note_arrival": self._note_arrival,
+            "start_on_data": self._tick("start_on_data"),
+            "watch_canary": self._tick("watch_canary"),
+            "promote": self._promote,
+            "on_dead_letter": self._on_dead_letter,
         }
         if stage not in makers:
             raise KeyError(f"the bench has no first event for stage {stage!r}: add one to benchmarks/scenarios.py")
@@ -181,6 +186,44 @@ class Scenarios:
     def _watch_approvals(self) -> Probe:
         attributes = scheduler_attributes(self.p.settings.project, "cd4ml-watch-tick", events.WATCH_TICKED)
         return self._push("watch_approvals", b"{}", attributes)
+
+    def _tick(self, stage: str) -> Callable[[], Probe]:
+        """A scheduler tick (the watch stages): each reads what it watches in the ledger and acts on what is due."""
+
+        def probe() -> Probe:
+            attributes = scheduler_attributes(self.p.settings.project, "cd4ml-watch-tick", events.WATCH_TICKED)
+            return self._push(stage, b"{}", attributes)
+
+        return probe
+
+    def _note_arrival(self) -> Probe:
+        """Cloud Storage's notification of an upload under no model's watched prefix: read, matched, noted nowhere."""
+        stamp = format_time(now())
+        attributes = {
+            "bucketId": self.p.settings.data_bucket,
+            "objectId": f"bench/{uuid.uuid4().hex}.csv",
+            "eventType": "OBJECT_FINALIZE",
+            "payloadFormat": "NONE",
+            "objectGeneration": "1",
+            "eventTime": stamp,
+        }
+        return self._push("note_arrival", b"", attributes)
+
+    def _promote(self) -> Probe:
+        data = {"model": self.p.model.name, "execution_id": "bench", "application": "bench", "pipeline": "bench"}
+        return self._event("promote", events.CANARY_SUCCEEDED, self._ended(), data)
+
+    def _on_dead_letter(self) -> Probe:
+        """A data.fetched that submit_training's subscription dead-lettered, for a run that already ended."""
+        run_id = self._ended()
+        body, attributes = Event.new(
+            events.DATA_FETCHED, run_id, {"model": self.p.model.name}, source=SOURCE
+        ).to_message()
+        probe = self._push("on_dead_letter", body, attributes, run_id)
+        project = self.p.settings.project
+        subscription = catalog.subscription_id("on_dead_letter", catalog.dead_letter_topic("submit_training"))
+        body_with = {**probe.body, "subscription": f"projects/{project}/subscriptions/{subscription}"}
+        return Probe(probe.stage, probe.path, body_with, run_id)
 
     def _notify(self) -> Probe:
         data = {"model": self.p.model.name, "state": "JOB_STATE_FAILED", "error": "a cold-start probe"}
