@@ -228,9 +228,8 @@ class Scenarios:
     def _on_dead_letter(self) -> Probe:
         """A data.fetched that submit_training's subscription dead-lettered, for a run that already ended."""
         run_id = self._ended()
-        body, attributes = Event.new(
-            events.DATA_FETCHED, run_id, {"model": self.p.model.name}, source=SOURCE
-        ).to_message()
+        data = {"model": self.p.model.name, "dataset": self._run(self._fetched)["dataset"]}
+        body, attributes = Event.new(events.DATA_FETCHED, run_id, data, source=SOURCE).to_message()
         probe = self._push("on_dead_letter", body, attributes, run_id)
         project = self.p.settings.project
         subscription = catalog.subscription_id("on_dead_letter", catalog.dead_letter_topic("submit_training"))
