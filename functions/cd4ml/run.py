@@ -59,6 +59,8 @@ class Training:
     active: bool = False
     error: str = ""
     submitted_at: str = ""
+    #: When watch_training first failed to read the job (Vertex unreachable); "" once it reads it again.
+    unreadable_since: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,20 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cd4ml import catalog, clients, logs, push
 from cd4ml.bus import Bus, bounded
-from cd4ml.errors import Busy, InvalidEvent, InvalidSettings, PermanentError
+from cd4ml.errors import Busy, InvalidEvent, InvalidSettings, PermanentError, RetryableError
 from cd4ml.events import RUN_FAILED, RUN_REQUESTED, Event, PubSubMessage, format_time, now, parse_time, plain
 from cd4ml.ledger import PUBLISHED, Ledger, deferring
 from cd4ml.outcome import Outcome
 from cd4ml.run import TERMINAL, Run, RunId, is_run_id
 from cd4ml.settings import Settings
-from cd4ml.store import Counting, FirestoreStore
+from cd4ml.store import Counting, Filter, FirestoreStore
 
 #: Set (to anything) to log the Firestore reads, writes and commits each handled message cost (``python -m
 #: benchmarks`` sets it: what production bills per run). Not a CD4ML_ setting: the local stack passes it through.
@@ -396,6 +396,40 @@ def checked_run(ctx: Context, event: Event) -> Run | None:
     if run is not None:
         requirements.check(ctx.settings.stage, stages.stage(ctx.settings.stage).requires, run, event)
     return run
+
+
+def sweep(
+    ctx: Context,
+    filters: Sequence[Filter],
+    each: Callable[[Run], None],
+    *,
+    doing: str,
+    trouble: Callable[[Run, Exception], None] | None = None,
+    also: tuple[type[Exception], ...] = (),
+    ended_too: bool = False,
+) -> int:
+    """A tick stage's steps, per run of one ledger query: every run matching ``filters`` (typed; an ended one skipped
+    unless ``ended_too``) goes through ``each`` (decide, act once, conclude), and one run's trouble (the ledger busy,
+    a Google API error, or one of ``also``) is logged ("could not DOING; next tick retries") and handed to
+    ``trouble`` without stopping the others. Returns how many runs the query matched."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    caught: tuple[type[Exception], ...] = (RetryableError, GoogleAPICallError, *also)
+    docs = ctx.ledger.where(*filters)
+    for doc in docs:
+        run = Run.from_document(doc)
+        if run.ended and not ended_too:
+            continue
+        try:
+            each(run)
+        except caught as problem:
+            ctx.log.warning(
+                f"could not {doing}; next tick retries: {problem}",
+                extra={"stage": ctx.settings.stage, "run_id": run.run_id},
+            )
+            if trouble is not None:
+                trouble(run, problem)
+    return len(docs)
 
 
 def quiet_libraries() -> None:

@@ -15,6 +15,7 @@ import pytest
 from cd4ml import events
 from cd4ml.errors import RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now
+from cd4ml.run import Run
 from cd4ml.stages import dead_letters, notify, training
 from tests.stagekit import Kit, as_message, manifest
 
@@ -175,13 +176,13 @@ def test_a_training_job_vertex_cannot_report_on_ends_its_run_in_time() -> None:
     kit = Kit("watch_training")
     kit.seed(RUN, training={"job": "jobs/1", "active": True})
     down = RetryableError("Vertex AI unavailable")
-    training.unreadable(kit.ctx, kit.run(RUN), down)  # first failure: noted, nothing ended
+    training.unreadable(kit.ctx, Run.from_document(kit.run(RUN)), down)  # first failure: noted, nothing ended
     assert kit.run(RUN)["status"] == "running" and kit.run(RUN)["training"]["unreadable_since"]
     kit.ledger.note(RUN, {"training.unreadable_since": format_time(now() - timedelta(seconds=60))})
-    training.unreadable(kit.ctx, kit.run(RUN), down)  # a minute of outage: the job may be fine
+    training.unreadable(kit.ctx, Run.from_document(kit.run(RUN)), down)  # a minute of outage: the job may be fine
     assert kit.run(RUN)["status"] == "running"
     kit.ledger.note(RUN, {"training.unreadable_since": format_time(now() - timedelta(hours=3))})
-    training.unreadable(kit.ctx, kit.run(RUN), down)
+    training.unreadable(kit.ctx, Run.from_document(kit.run(RUN)), down)
     data = _announced(kit)
     assert data["stage"] == "watch_training" and data["cause"] == "unreadable"
     assert "could not read training job jobs/1 for 7200 s: Vertex AI unavailable" in data["reason"]

@@ -9,7 +9,7 @@ the catalog says the stage emits.
 Every handler has the same shape (``docs/architecture.md``): parse the event → read the run (``checked_run``:
 running, and holding what the stage requires) → decide (a pure function returning an ``Outcome``) → at most one
 effect, its registered ``effect`` through ``Context.once`` → ``conclude`` (the one writer of a run's status and of the events it emits).
-Tick stages run the same steps per run of one ledger query.
+Tick stages run the same steps per run of one ledger query (``runtime.sweep``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cd4ml import events
+from cd4ml import events, runtime
 from cd4ml.approval_policy import Policy
 from cd4ml.errors import RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time, plain
@@ -296,25 +296,20 @@ def decide_http(request: flask.Request, ctx: Context) -> tuple[dict[str, Any], i
 
 def watch_approvals(message: PubSubMessage, ctx: Context) -> None:
     """On a tick, end every expired approval request rejected; one run's trouble does not stop the others."""
-    from google.api_core.exceptions import GoogleAPICallError
-
     Event.from_message(message, [events.WATCH_TICKED])
     ctx.flush_outbox()  # events recorded by an instance that died before publishing them
     at = now()
     rules = policy(ctx)
-    for doc in ctx.ledger.where(("status", "==", AWAITING_APPROVAL)):
-        run = Run.from_document(doc)
+
+    def expire_if_due(run: Run) -> None:
         rule = rules.rule(run.model)
-        if expiry(run, at, rule).emit is None:
-            continue
+        if expiry(run, at, rule).emit is not None:
+            _apply(ctx, run.run_id, lambda r: expiry(r, at, rule))
 
-        def expire(r: Run, rule: Approval | None = rule) -> Outcome:
-            return expiry(r, at, rule)
-
-        try:
-            _apply(ctx, run.run_id, expire)
-        except (RetryableError, GoogleAPICallError, LookupError) as trouble:
-            ctx.log.warning(
-                f"could not end the expired approval; next tick retries: {trouble}",
-                extra={"stage": ctx.settings.stage, "run_id": run.run_id},
-            )
+    runtime.sweep(
+        ctx,
+        [("status", "==", AWAITING_APPROVAL)],
+        expire_if_due,
+        doing="end the expired approval",
+        also=(LookupError,),
+    )

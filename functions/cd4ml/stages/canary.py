@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cd4ml import evaluation_gate, events
+from cd4ml import evaluation_gate, events, runtime
 from cd4ml.errors import RetryableError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.manifest import parse
@@ -104,8 +104,6 @@ def _failed(
 
 def watch_canary(message: PubSubMessage, ctx: Context) -> None:
     """On a tick, follow every active canary; one execution's trouble does not stop the others."""
-    from google.api_core.exceptions import GoogleAPICallError
-
     from cd4ml import catalog, gate_credentials, spinnaker
 
     Event.from_message(message, [events.WATCH_TICKED])
@@ -115,27 +113,21 @@ def watch_canary(message: PubSubMessage, ctx: Context) -> None:
         credentials=gate_credentials.load(ctx.settings.gate_auth),
         budget_seconds=spinnaker.budget(catalog.load().stage("watch_canary").timeout_seconds),
     )
-    for doc in ctx.ledger.where(("canary.active", "==", True)):
-        run = Run.from_document(doc)
-        if run.ended:
-            continue
+
+    def follow(run: Run) -> None:
         try:
             execution: Mapping[str, Any] | None = gate.execution((run.canary or Canary()).execution_id)
         except RetryableError as trouble:
             ctx.log.warning(str(trouble), extra={"stage": ctx.settings.stage, "run_id": run.run_id})
             execution = None  # the deadline still applies while Gate cannot be read
-        try:
-            outcome = verdict(run, execution, now(), ctx.ledger.champion(run.model))
-            if outcome.emit is None:
-                if outcome.record:
-                    ctx.ledger.record(run.run_id, fields=outcome.record)
-                continue
-            ctx.conclude(run.run_id, outcome)
-        except (RetryableError, GoogleAPICallError) as trouble:
-            ctx.log.warning(
-                f"could not record the canary; next tick retries: {trouble}",
-                extra={"stage": ctx.settings.stage, "run_id": run.run_id},
-            )
+        outcome = verdict(run, execution, now(), ctx.ledger.champion(run.model))
+        if outcome.emit is None:
+            if outcome.record:
+                ctx.ledger.record(run.run_id, fields=outcome.record)
+            return
+        ctx.conclude(run.run_id, outcome)
+
+    runtime.sweep(ctx, [("canary.active", "==", True)], follow, doing="record the canary")
 
 
 def promotion(

@@ -6,19 +6,18 @@ watch_training: per in-flight run, read the job (and the model it left) → deci
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from cd4ml import cache, catalog, clients, events, identities
+from cd4ml import cache, catalog, clients, events, identities, runtime
 from cd4ml.bus import bounded
-from cd4ml.errors import PermanentError, RetryableError
+from cd4ml.errors import PermanentError
 from cd4ml.events import Event, PubSubMessage, format_time, now, parse_time
 from cd4ml.gcs import GcsPath, digest, list_objects
 from cd4ml.manifest import REGISTRY_PLACEHOLDER, Manifest, parse, resolve_gcs
 from cd4ml.outcome import Outcome
 from cd4ml.payloads import Artifact, DataFetched
-from cd4ml.run import Run, Training
+from cd4ml.run import Canary, Run, Training
 from cd4ml.runtime import Context, active_run
 from cd4ml.snapshot import Dataset
 
@@ -212,46 +211,45 @@ def submit_training(message: PubSubMessage, ctx: Context) -> None:
 
 def watch_training(message: PubSubMessage, ctx: Context) -> None:
     """On a tick, report every in-flight job that finished; one job's trouble does not stop the others."""
-    from google.api_core.exceptions import GoogleAPICallError
-
     Event.from_message(message, [events.WATCH_TICKED])
     ctx.flush_outbox()  # events recorded by an instance that died before publishing them
-    for doc in ctx.ledger.where(("training.active", "==", True)):
-        try:
-            _check(ctx, Run.from_document(doc))
-        except (RetryableError, GoogleAPICallError) as trouble:
-            ctx.log.warning(
-                f"could not read training job; next tick retries: {trouble}",
-                extra={"stage": ctx.settings.stage, "run_id": doc.get("run_id")},
-            )
-            unreadable(ctx, doc, trouble)
-            continue
-        if (doc.get("training") or {}).get("unreadable_since"):
-            ctx.ledger.note(doc["run_id"], {"training.unreadable_since": ""})
+
+    def check(run: Run) -> None:
+        _check(ctx, run)
+        if (run.training or Training()).unreadable_since:
+            ctx.ledger.note(run.run_id, {"training.unreadable_since": ""})
+
+    runtime.sweep(
+        ctx,
+        [("training.active", "==", True)],
+        check,
+        doing="read training job",
+        trouble=lambda run, problem: unreadable(ctx, run, problem),
+        ended_too=True,  # a job in flight is followed until it stops, whatever the run's status
+    )
     end_stale_runs(ctx)
     from cd4ml.stages.dead_letters import end_dead_lettered_runs
 
     end_dead_lettered_runs(ctx)
 
 
-def unreadable(ctx: Context, doc: Mapping[str, Any], trouble: Exception) -> None:
+def unreadable(ctx: Context, run: Run, trouble: Exception) -> None:
     """A job whose state cannot be read (Vertex unreachable) ends its run failed once that lasted
     ``run.stale_after_seconds``: Vertex's own timeout bounds a job only while Vertex answers, and the stale sweep
     leaves runs with a job in flight alone. (Found by the chaos session: a run whose job was created just before a
     long Vertex outage was watched forever.)"""
-    training = doc.get("training") or {}
-    since = str(training.get("unreadable_since") or "")
+    training = run.training or Training()
     moment = now()
-    if not since:
-        ctx.ledger.note(doc["run_id"], {"training.unreadable_since": format_time(moment)})
+    if not training.unreadable_since:
+        ctx.ledger.note(run.run_id, {"training.unreadable_since": format_time(moment)})
         return
     limit = catalog.load().stale_after_seconds
-    if (moment - parse_time(since)).total_seconds() < limit:
+    if (moment - parse_time(training.unreadable_since)).total_seconds() < limit:
         return
-    message = bounded(f"could not read training job {training.get('job', '')} for {limit} s: {trouble}", 1024)
-    ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": doc["run_id"]})
-    ctx.conclude(doc["run_id"], Outcome.run_failed(str(doc["model"]), ctx.settings.stage, "unreadable", message))
-    ctx.ledger.note(doc["run_id"], {"training.active": False})
+    message = bounded(f"could not read training job {training.job} for {limit} s: {trouble}", 1024)
+    ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": run.run_id})
+    ctx.conclude(run.run_id, Outcome.run_failed(run.model, ctx.settings.stage, "unreadable", message))
+    ctx.ledger.note(run.run_id, {"training.active": False})
 
 
 def stale_reason(run: Run, limit_seconds: int) -> str:
@@ -265,12 +263,15 @@ def end_stale_runs(ctx: Context) -> None:
     """End, as failed, the running runs that made no progress for ``run.stale_after_seconds``."""
     limit = catalog.load().stale_after_seconds
     before = format_time(now() - timedelta(seconds=limit))
-    for doc in ctx.ledger.where(("status", "==", "running"), ("updated_at", "<", before)):
-        if (doc.get("training") or {}).get("active") or (doc.get("canary") or {}).get("active"):
-            continue  # a job or a canary in flight ends on its own (its timeout, its deadline)
-        message = stale_reason(Run.from_document(doc), limit)
-        ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": doc["run_id"]})
-        ctx.conclude(doc["run_id"], Outcome.run_failed(str(doc["model"]), ctx.settings.stage, "stale", message))
+
+    def end(run: Run) -> None:
+        if (run.training or Training()).active or (run.canary or Canary()).active:
+            return  # a job or a canary in flight ends on its own (its timeout, its deadline)
+        message = stale_reason(run, limit)
+        ctx.log.error(message, extra={"stage": ctx.settings.stage, "run_id": run.run_id})
+        ctx.conclude(run.run_id, Outcome.run_failed(run.model, ctx.settings.stage, "stale", message))
+
+    runtime.sweep(ctx, [("status", "==", "running"), ("updated_at", "<", before)], end, doing="end the stale run")
 
 
 def _check(ctx: Context, run: Run) -> None:
