@@ -250,7 +250,9 @@ class Ledger:
             "manifest": dict(manifest),
             "events": [event.summary()],
         }
-        if self._store.create(self._run(run_id), record):  # one write; the document's absence is the precondition
+        # One write, the document's absence its precondition; what it wrote becomes the known version, so the
+        # stage's record of its event (fetch_data's data.fetched) commits on it without reading the run again.
+        if self._write_on(Snapshot(None), self._run(run_id), record, []):
             return record, True
         return self.get(run_id) or {}, False
 

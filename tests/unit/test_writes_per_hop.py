@@ -114,3 +114,23 @@ def test_a_check_that_refuses_what_this_instance_knew_is_asked_again_of_what_the
 
     kit.ctx.conclude(RUN, _outcome(), check=approved)
     assert kit.bus.types() == [events.TRAINING_SUBMITTED]
+
+
+def test_a_run_opened_here_is_recorded_on_without_reading_it_again() -> None:
+    # fetch_data opens the run, then records data.fetched on it: the create's version is the precondition.
+    meter = Counting(MemoryStore())
+    kit = Kit("fetch_data", ledger=Ledger(meter))
+    requested = events.Event.new(events.RUN_REQUESTED, RUN, {"model": "digits", "trigger": "manual"}, source="//test")
+    before = meter.total()
+    _, created = kit.ctx.ledger.open_run(
+        RUN, model="digits", scheduled_time=events.now(), trigger="manual", manifest={}, event=requested
+    )
+    assert created
+    kit.ctx.ledger.record(RUN, fields={"dataset.sha256": "a" * 64})
+    assert meter.total() - before == Operations(reads=0, writes=2, commits=2)
+    assert kit.run(RUN)["dataset"]["sha256"] == "a" * 64
+    # a second request for the same run finds it (one create refused, one read) and opens nothing
+    again, created = kit.ctx.ledger.open_run(
+        RUN, model="digits", scheduled_time=events.now(), trigger="manual", manifest={}, event=requested
+    )
+    assert not created and again["dataset"]["sha256"] == "a" * 64
