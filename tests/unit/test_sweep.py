@@ -36,7 +36,8 @@ def test_one_runs_trouble_does_not_stop_the_others(caplog: pytest.LogCaptureFixt
         if run.run_id == SECOND:
             raise ServiceUnavailable("Firestore unavailable")  # type: ignore[no-untyped-call]
 
-    with caplog.at_level(logging.WARNING):
+    kit.ctx.log = logging.getLogger("test_sweep")  # propagates to caplog, whatever the JSON log setup did
+    with caplog.at_level(logging.WARNING, logger="test_sweep"):
         matched = runtime.sweep(
             kit.ctx,
             [("canary.active", "==", True)],
