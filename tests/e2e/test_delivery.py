@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -247,3 +248,75 @@ def test_a_gate_outage_shorter_than_the_retry_budget_delays_the_canary_but_loses
         if (e.get("trigger") or {}).get("payload", {}).get("run_id") == run_id
     ]
     assert len(executions) == 1
+
+
+def _dead_lettered(pipeline: Pipeline, stage: str, run_id: str, timeout: float = 60.0) -> list[str]:
+    """The reasons ``stage`` dead-lettered messages of ``run_id`` with (read from its hold subscription)."""
+    from google.cloud import pubsub_v1
+
+    from cd4ml import catalog
+
+    subscriber = pubsub_v1.SubscriberClient()
+    hold = subscriber.subscription_path(pipeline.settings.project, catalog.dead_letter_hold(stage))
+    deadline, reasons = time.monotonic() + timeout, list[str]()
+    while time.monotonic() < deadline and not reasons:
+        pulled = subscriber.pull(request={"subscription": hold, "max_messages": 50}, timeout=10)
+        reasons += [
+            m.message.attributes.get("cd4ml-error", "")
+            for m in pulled.received_messages
+            if run_id in m.message.attributes.get("cd4ml-error", "") or m.message.attributes.get("ce-subject") == run_id
+        ]
+        time.sleep(0.3)
+    return reasons
+
+
+@pytest.mark.flow
+def test_a_forged_canary_verdict_and_a_planted_push_move_nothing(
+    pipeline: Pipeline, delivered: dict[str, Any], tmp_path: Path
+) -> None:
+    # Whoever may publish on the topics (or push to the registry) rings the doorbell; the run record answers.
+    from cd4ml_models import folder as models
+    from google.cloud import pubsub_v1
+
+    from cd4ml.events import Event
+
+    variant = pipeline.variant(tmp_path, "digits", {"canary": {"deadline_minutes": 0.5}})
+    models.push(pipeline.storage, variant, pipeline.settings.artifact_bucket)
+    try:
+        run_id = pipeline.next_run_id("digits")
+        _set_outcome(pipeline, run_id, "RUNNING")  # its canary never succeeds
+        pipeline.request("digits", run_id=run_id)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            run = pipeline.ledger.get(run_id) or {}
+            if run and ((run.get("canary") or {}).get("active") or run.get("status") != "running"):
+                break
+            time.sleep(0.3)
+        assert run.get("status") == "running" and run["canary"]["active"], run
+        reference = run["image"]["reference"]
+        repository, built = reference.split("@")
+        forged = Event.new(
+            events.CANARY_SUCCEEDED,
+            run_id,
+            {"model": "digits", "execution_id": run["canary"]["execution_id"]},
+            source="//attacker",
+        )
+        pipeline.bus.publish(forged)
+        planted = "sha256:" + hashlib.sha256(b"planted").hexdigest()
+        notice = {"action": "INSERT", "digest": f"{repository}@{planted}", "tag": f"{repository}:{run_id}"}
+        publisher = pubsub_v1.PublisherClient()
+        publisher.publish(publisher.topic_path(pipeline.settings.project, "gcr"), json.dumps(notice).encode()).result(
+            timeout=30
+        )
+        refused = _dead_lettered(pipeline, "promote", run_id)
+        assert any("the run's canary verdict is" in r and "not succeeded" in r for r in refused), refused
+        planted_refused = _dead_lettered(pipeline, "on_push", run_id)
+        assert any(f"its digest {planted[:19]}" in r and built[:19] in r for r in planted_refused), planted_refused
+        run = pipeline.wait(run_id, timeout=180)  # its canary's deadline ends it
+    finally:
+        models.push(pipeline.storage, EXAMPLE, pipeline.settings.artifact_bucket)
+    assert run["status"] == "failed" and events.MODEL_PROMOTED not in _types(run)
+    assert run["image"]["reference"] == reference  # the planted digest never became the run's image
+    assert _alias_digest(pipeline, "digits", "champion") == delivered["image"]["digest"]
+    champion = pipeline.ledger.champion("digits")
+    assert champion is not None and champion["run_id"] == delivered["run_id"]
