@@ -297,6 +297,9 @@ class Scenarios:
             results=cloudbuild.Results(images=[cloudbuild.BuiltImage(name=tag, digest=digest)]),
             log_url=f"file:///bench/{run_id}.log",
         )
+        # What build_image recorded on a real run: on_build takes only the build the run recorded (the record is the
+        # truth; a notice for any other build is refused).
+        self.p.ledger.record(run_id, fields={"image.build_id": build.id, "image.tag": tag})
         return self._push("on_build", build_json(build).encode(), {"buildId": build.id, "status": "SUCCESS"}, run_id)
 
     def _on_push(self) -> Probe:
