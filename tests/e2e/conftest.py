@@ -80,6 +80,25 @@ class Pipeline:
             time.sleep(0.3)
         raise AssertionError(f"run {run_id} did not finish in {timeout} s: {self.ledger.get(run_id)}")
 
+    def dead_lettered(self, stage: str, run_id: str, timeout: float = 60.0) -> list[str]:
+        """The reasons ``stage`` dead-lettered messages of ``run_id`` with (read from its hold subscription, until
+        there is one): a message names the run by its ce-subject, or (a registry notice has none) in its reason."""
+        from google.cloud import pubsub_v1
+
+        from cd4ml import catalog
+
+        subscriber = pubsub_v1.SubscriberClient()
+        hold = subscriber.subscription_path(self.settings.project, catalog.dead_letter_hold(stage))
+        deadline, reasons = time.monotonic() + timeout, list[str]()
+        while time.monotonic() < deadline and not reasons:
+            pulled = subscriber.pull(request={"subscription": hold, "max_messages": 50}, timeout=10)
+            for received in pulled.received_messages:
+                attributes = received.message.attributes
+                if attributes.get("ce-subject") == run_id or run_id in attributes.get("cd4ml-error", ""):
+                    reasons.append(attributes.get("cd4ml-error", ""))
+            time.sleep(0.3)
+        return reasons
+
     def variant(self, tmp: Path, name: str, changes: dict[str, Any]) -> Path:
         """A copy of the example folder whose manifest sections are updated with ``changes`` (not pushed)."""
         folder = tmp / f"variant-{name}"

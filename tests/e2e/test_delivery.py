@@ -260,26 +260,6 @@ def test_a_gate_outage_shorter_than_the_retry_budget_delays_the_canary_but_loses
     assert len(executions) == 1
 
 
-def _dead_lettered(pipeline: Pipeline, stage: str, run_id: str, timeout: float = 60.0) -> list[str]:
-    """The reasons ``stage`` dead-lettered messages of ``run_id`` with (read from its hold subscription)."""
-    from google.cloud import pubsub_v1
-
-    from cd4ml import catalog
-
-    subscriber = pubsub_v1.SubscriberClient()
-    hold = subscriber.subscription_path(pipeline.settings.project, catalog.dead_letter_hold(stage))
-    deadline, reasons = time.monotonic() + timeout, list[str]()
-    while time.monotonic() < deadline and not reasons:
-        pulled = subscriber.pull(request={"subscription": hold, "max_messages": 50}, timeout=10)
-        reasons += [
-            m.message.attributes.get("cd4ml-error", "")
-            for m in pulled.received_messages
-            if run_id in m.message.attributes.get("cd4ml-error", "") or m.message.attributes.get("ce-subject") == run_id
-        ]
-        time.sleep(0.3)
-    return reasons
-
-
 @pytest.mark.flow
 def test_a_forged_canary_verdict_and_a_planted_push_move_nothing(
     pipeline: Pipeline, delivered: dict[str, Any], tmp_path: Path
@@ -314,9 +294,9 @@ def test_a_forged_canary_verdict_and_a_planted_push_move_nothing(
         publisher.publish(publisher.topic_path(pipeline.settings.project, "gcr"), json.dumps(notice).encode()).result(
             timeout=30
         )
-        refused = _dead_lettered(pipeline, "promote", run_id)
+        refused = pipeline.dead_lettered("promote", run_id)
         assert any("the run's canary verdict is" in r and "not succeeded" in r for r in refused), refused
-        planted_refused = _dead_lettered(pipeline, "on_push", run_id)
+        planted_refused = pipeline.dead_lettered("on_push", run_id)
         assert any(f"its digest {planted[:19]}" in r and built[:19] in r for r in planted_refused), planted_refused
         run = pipeline.wait(run_id, timeout=180)  # its canary's deadline ends it
     assert run["status"] == "failed" and events.MODEL_PROMOTED not in _types(run)
